@@ -1,0 +1,43 @@
+# Two commands a new user needs: `make demo` and `make test`. Both build .venv when it is missing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# Pinned so pip takes the wheels this machine keeps on disk instead of downloading gigabytes.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+# Tests run in two processes; each keeps one thread so they do not fight over the two cores.
+PYTEST_WORKERS ?= 2
+
+.PHONY: demo test lint format bench clean
+
+$(VENV)/bin/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+
+# Re-install when the project's dependencies change.
+$(VENV)/.installed-demo: pyproject.toml | $(VENV)/bin/activate
+	$(PY) -m pip install $(TORCH_PINS) -e '.[demo,vision]'
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/activate
+	$(PY) -m pip install $(TORCH_PINS) -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed-demo
+	$(VENV)/bin/innspect demo --out innspect-demo
+
+test: $(VENV)/.installed-test lint
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) tests
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks
+
+bench: $(VENV)/.installed-test
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) innspect-demo .pytest_cache

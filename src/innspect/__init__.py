@@ -1,0 +1,44 @@
+"""innspect: explain what PyTorch networks do.
+
+Start with ``create_analyzer(name, model)`` and ``analyzer.analyze(X)``; ``list_analyzers()``
+names every method.
+"""
+
+from innspect.analyzers.base import Analyzer, Explanation, ReverseAnalyzer
+from innspect.analyzers.registry import (
+    analyzer_class,
+    create_analyzer,
+    describe_analyzers,
+    list_analyzers,
+)
+from innspect.errors import (
+    InnspectError,
+    InputError,
+    NeuronSelectionError,
+    NonFiniteRelevanceError,
+    NotAnalyzableModelError,
+    OutputActivationError,
+    UnsupportedNodeError,
+)
+from innspect.model_utils import model_wo_output_activation, model_wo_softmax
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Analyzer",
+    "Explanation",
+    "InnspectError",
+    "InputError",
+    "NeuronSelectionError",
+    "NonFiniteRelevanceError",
+    "NotAnalyzableModelError",
+    "OutputActivationError",
+    "ReverseAnalyzer",
+    "UnsupportedNodeError",
+    "analyzer_class",
+    "create_analyzer",
+    "describe_analyzers",
+    "list_analyzers",
+    "model_wo_output_activation",
+    "model_wo_softmax",
+]

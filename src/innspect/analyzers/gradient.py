@@ -1,0 +1,129 @@
+"""Gradient-type analyzers: gradient, input times gradient, deconvnet, guided backprop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from innspect.analyzers.base import Analyzer, Explanation, ReverseAnalyzer
+from innspect.analyzers.registry import register
+from innspect.engine.reverse import Mapping, Unsupported
+from innspect.graph.graph import ModelGraph, NodeInfo, eval_mode
+from innspect.graph.kinds import Kind
+from innspect.rules.basic import DeconvnetReLU, Gradient, GuidedReLU
+
+GRADIENT = Gradient()
+_POSTPROCESS = (None, "abs", "square")
+
+
+def check_postprocess(postprocess: str | None) -> str | None:
+    """Validate a gradient postprocess option (None, "abs", "square")."""
+    if postprocess not in _POSTPROCESS:
+        raise ValueError(f"postprocess must be one of {_POSTPROCESS}, got {postprocess!r}")
+    return postprocess
+
+
+@register
+class GradientAnalyzer(ReverseAnalyzer):
+    """Gradient of the selected output with respect to the input.
+
+    Parameters
+    ----------
+    postprocess
+        None, "abs" or "square", applied to the gradient.
+    """
+
+    name = "gradient"
+
+    def __init__(self, model: nn.Module, *, postprocess: str | None = None, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self.postprocess = check_postprocess(postprocess)
+
+    def _mapping(self, info: NodeInfo, graph: ModelGraph) -> Mapping:
+        return GRADIENT
+
+    def _postprocess(self, attribution: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.postprocess == "abs":
+            return attribution.abs()
+        if self.postprocess == "square":
+            return attribution.square()
+        return attribution
+
+
+@register
+class InputTimesGradient(GradientAnalyzer):
+    """Input times the gradient (element-wise)."""
+
+    name = "input_t_gradient"
+
+    def __init__(self, model: nn.Module, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+
+    def _postprocess(self, attribution: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return super()._postprocess(attribution, x) * x
+
+
+class _ReLUVariant(ReverseAnalyzer):
+    """Gradient everywhere except at ReLUs; other activations are refused."""
+
+    relu_mapping: Mapping
+
+    def _mapping(self, info: NodeInfo, graph: ModelGraph) -> Mapping:
+        if info.is_relu:
+            return self.relu_mapping
+        if info.kind is Kind.ACTIVATION:
+            return Unsupported(
+                self.name,
+                "this method is defined for ReLU activations only; replace the activation by "
+                "nn.ReLU or use 'gradient'",
+            )
+        return GRADIENT
+
+
+@register
+class Deconvnet(_ReLUVariant):
+    """Deconvnet (Zeiler & Fergus 2014): at each ReLU the backward signal is rectified."""
+
+    name = "deconvnet"
+    relu_mapping = DeconvnetReLU()
+
+
+@register
+class GuidedBackprop(_ReLUVariant):
+    """Guided backprop (Springenberg et al. 2015): rectified signal times the ReLU mask."""
+
+    name = "guided_backprop"
+    relu_mapping = GuidedReLU()
+
+
+@register
+class GradientBaseline(Analyzer):
+    """The gradient computed with plain autograd on the model: a cross-check of the engine."""
+
+    name = "gradient.baseline"
+
+    def __init__(self, model: nn.Module, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        self._checked = False
+
+    def _explain(self, x: torch.Tensor, neuron_selection: Any) -> Explanation:
+        self._check_selection_arguments(neuron_selection)
+        if not self._checked:
+            # The same output-activation refusal as the engine's analyzers.
+            GradientAnalyzer(self.model).graph(x)
+            self._checked = True
+        with eval_mode(self.model), torch.enable_grad():
+            leaf = x.detach().requires_grad_(True)
+            output = self.model(leaf)
+            flat = output.reshape(output.shape[0], -1)
+            selected = self._select(flat, neuron_selection)
+            if selected is None:
+                target = flat.sum()
+                scores = flat.detach().sum(dim=1)
+            else:
+                picked = flat.gather(1, selected[:, None])[:, 0]
+                target, scores = picked.sum(), picked.detach()
+            (grad,) = torch.autograd.grad(target, leaf)
+        return Explanation(grad, selected, scores)

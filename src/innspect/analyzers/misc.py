@@ -1,0 +1,63 @@
+"""Trivial analyzers: the input itself and random noise (baselines for comparisons)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from innspect.analyzers.base import Analyzer, Explanation
+from innspect.analyzers.registry import register
+
+
+class _OutputFree(Analyzer):
+    """Analyzers whose result does not depend on the model's output."""
+
+    def _explain(self, x: torch.Tensor, neuron_selection: Any) -> Explanation:
+        self._check_selection_arguments(neuron_selection)
+        empty = torch.zeros(x.shape[0], device=x.device)
+        return Explanation(self._compute(x), None, empty)
+
+    def _compute(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@register
+class InputAnalyzer(_OutputFree):
+    """The input itself."""
+
+    name = "input"
+
+    def _compute(self, x: torch.Tensor) -> torch.Tensor:
+        return x.detach().clone()
+
+
+@register
+class RandomAnalyzer(_OutputFree):
+    """Gaussian noise of the input's shape (a baseline any method should beat).
+
+    Parameters
+    ----------
+    stddev
+        Standard deviation of the noise.
+    seed
+        Seed for reproducible noise (None: fresh noise each call).
+    """
+
+    name = "random"
+
+    def __init__(
+        self, model: nn.Module, *, stddev: float = 1.0, seed: int | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(model, **kwargs)
+        self.stddev = float(stddev)
+        self.seed = seed
+
+    def _compute(self, x: torch.Tensor) -> torch.Tensor:
+        generator = None
+        if self.seed is not None:
+            generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=dtype)
+        return noise * self.stddev

@@ -1,0 +1,105 @@
+"""The forward recorder: one pass over the graph keeping what the reverse mappings need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx
+
+from innspect.errors import InputError
+from innspect.graph.graph import ModelGraph
+
+
+@dataclass
+class ForwardRecord:
+    """Every node's output, plus the autograd leaves of the nodes recorded for a VJP.
+
+    ``leaves[node]`` holds, aligned with ``info.signal_inputs``, detached copies of the
+    node's inputs that require grad (None for inputs that are not floating tensors), so
+    the autograd graph of each node is local: a VJP through one node never walks the rest.
+    """
+
+    values: dict[fx.Node, Any]
+    leaves: dict[fx.Node, list[torch.Tensor | None]] = field(default_factory=dict)
+
+    def output(self, graph: ModelGraph) -> torch.Tensor:
+        return self.values[graph.output_node]
+
+
+def _is_float_tensor(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+def run_forward(
+    graph: ModelGraph, x: torch.Tensor, autograd_nodes: set[fx.Node] | frozenset = frozenset()
+) -> ForwardRecord:
+    """Run ``graph`` on ``x`` once, recording all node outputs.
+
+    Nodes in ``autograd_nodes`` run with autograd on local leaves (for their VJP); all others
+    run without autograd bookkeeping. Errors are re-raised naming the node that failed.
+    """
+    module = graph.module
+    values: dict[fx.Node, Any] = {}
+    record = ForwardRecord(values)
+    for info in graph.nodes:
+        node = info.node
+        if node.op == "placeholder":
+            values[node] = x
+            continue
+        if node.op == "get_attr":
+            values[node] = _fetch_attr(module, str(node.target))
+            continue
+        local = node in autograd_nodes
+        if local:
+            leaves = [
+                values[a].detach().requires_grad_(True) if _is_float_tensor(values[a]) else None
+                for a in info.signal_inputs
+            ]
+            record.leaves[node] = leaves
+            substitutes = {
+                a: leaf
+                for a, leaf in zip(info.signal_inputs, leaves, strict=True)
+                if leaf is not None
+            }
+        else:
+            substitutes = {}
+        args, kwargs = _resolve(node, values, substitutes)
+        try:
+            with torch.set_grad_enabled(local):
+                values[node] = _call(info.module, node, args, kwargs)
+        except Exception as error:  # noqa: BLE001 - re-raised with the node's name
+            raise InputError(
+                f"the model failed at node {info.describe()} on an input of shape "
+                f"{tuple(x.shape)}: {error}"
+            ) from error
+    return record
+
+
+def _resolve(
+    node: fx.Node, values: dict[fx.Node, Any], substitutes: dict[fx.Node, torch.Tensor]
+) -> tuple[Any, Any]:
+    """The node's args and kwargs with recorded values (or autograd leaves) for nodes."""
+
+    def lookup(n: fx.Node) -> Any:
+        return substitutes.get(n, values[n])
+
+    return fx.node.map_arg(node.args, lookup), fx.node.map_arg(node.kwargs, lookup)
+
+
+def _fetch_attr(module: torch.nn.Module, target: str) -> Any:
+    value: Any = module
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _call(module: torch.nn.Module | None, node: fx.Node, args: Any, kwargs: Any) -> Any:
+    if node.op == "call_module":
+        return module(*args, **kwargs)
+    if node.op == "call_function":
+        return node.target(*args, **kwargs)
+    if node.op == "call_method":
+        return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+    raise AssertionError(f"unexpected node op {node.op}")

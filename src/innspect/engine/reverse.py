@@ -1,0 +1,211 @@
+"""The reverse walk: visit nodes from output to input, mapping each node's signal to its inputs.
+
+Methods differ only in the mapping chosen per node (see ``innspect.rules``). A tensor used by
+several nodes receives the sum of their signals.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx
+
+from innspect.engine.forward import ForwardRecord
+from innspect.errors import NonFiniteRelevanceError, UnsupportedNodeError
+from innspect.graph.graph import ModelGraph, NodeInfo
+
+Signal = Any  # a tensor, or {output index: tensor} for nodes returning tuples
+
+
+@dataclass
+class NodeContext:
+    """What a mapping sees of one node: its recorded inputs and output and the signal."""
+
+    graph: ModelGraph
+    info: NodeInfo
+    record: ForwardRecord
+    signal: Signal
+
+    @property
+    def inputs(self) -> list[Any]:
+        """Recorded values of the node's input-dependent arguments (``info.signal_inputs``)."""
+        values = self.record.values
+        return [values[n] for n in self.info.signal_inputs]
+
+    @property
+    def output(self) -> Any:
+        return self.record.values[self.info.node]
+
+    def vjp(self, signal: Signal | None = None) -> list[torch.Tensor | None]:
+        """Vector-Jacobian product of the node with ``signal`` (default: the arriving one)."""
+        signal = self.signal if signal is None else signal
+        leaves = self.record.leaves.get(self.info.node)
+        if leaves is None:
+            raise AssertionError(f"node {self.info.describe()} was not recorded for autograd")
+        output = self.output
+        if isinstance(signal, dict):
+            outputs = [output[i] for i in signal]
+            grads = list(signal.values())
+        else:
+            outputs, grads = [output], [signal]
+        pairs = [(o, g) for o, g in zip(outputs, grads, strict=True) if o.requires_grad]
+        wanted = [leaf for leaf in leaves if leaf is not None]
+        if not pairs or not wanted:
+            return [None] * len(leaves)
+        result = iter(
+            torch.autograd.grad(
+                [o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True
+            )
+        )
+        return [next(result) if leaf is not None else None for leaf in leaves]
+
+
+class Mapping:
+    """Maps the signal at a node's output to signals at its inputs.
+
+    Subclasses set ``needs_autograd`` when they call ``ctx.vjp``.
+    """
+
+    needs_autograd: bool = False
+
+    def __call__(self, ctx: NodeContext) -> Sequence[torch.Tensor | None]:
+        raise NotImplementedError
+
+
+@dataclass
+class Unsupported(Mapping):
+    """Placeholder for a node the method cannot handle; raises when a signal reaches it."""
+
+    method: str
+    hint: str = ""
+
+    def __call__(self, ctx: NodeContext) -> Sequence[torch.Tensor | None]:
+        raise UnsupportedNodeError(ctx.info.name, ctx.info.operation, self.method, self.hint)
+
+
+@dataclass
+class ReverseOptions:
+    """iNNvestigate's reverse_* options.
+
+    Attributes
+    ----------
+    keep_tensors
+        Keep every node's signal by node name (layer-wise relevances).
+    check_finite
+        Raise NonFiniteRelevanceError at the first node whose signal is not finite.
+    clip_values
+        ``(min, max)`` to clip every node's signal to.
+    project_bottleneck
+        ``(min, max)``: scale the signal at every bottleneck node (one every path to the
+        output passes through) per sample into this range by its maximum absolute value.
+    min_max
+        Record each node's signal minimum and maximum.
+    """
+
+    keep_tensors: bool = False
+    check_finite: bool = False
+    clip_values: tuple[float, float] | None = None
+    project_bottleneck: tuple[float, float] | None = None
+    min_max: bool = False
+
+
+@dataclass
+class ReverseResult:
+    """The signal at the input, and what the options asked to keep."""
+
+    attribution: torch.Tensor
+    signals: dict[str, torch.Tensor] = field(default_factory=dict)
+    min_max: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def _accumulate(signals: dict[fx.Node, Signal], node: fx.Node, value: torch.Tensor) -> None:
+    current = signals.get(node)
+    signals[node] = value if current is None else current + value
+
+
+def _process_signal(
+    info: NodeInfo,
+    signal: torch.Tensor,
+    options: ReverseOptions,
+    result: ReverseResult,
+    bottlenecks: set[fx.Node],
+) -> torch.Tensor:
+    if options.project_bottleneck is not None and info.node in bottlenecks:
+        low, high = options.project_bottleneck
+        flat = signal.reshape(signal.shape[0], -1)
+        absmax = flat.abs().amax(dim=1).clamp_min(1e-12).reshape([-1] + [1] * (signal.dim() - 1))
+        signal = (signal / absmax + 1) / 2 * (high - low) + low
+    if options.clip_values is not None:
+        signal = signal.clamp(*options.clip_values)
+    if options.check_finite and not bool(torch.isfinite(signal).all()):
+        raise NonFiniteRelevanceError(
+            f"the reverse pass produced non-finite values at node {info.describe()}; "
+            "a stabiliser (larger epsilon) or clip_values may help"
+        )
+    if options.keep_tensors:
+        result.signals[info.name] = signal
+    if options.min_max:
+        result.min_max[info.name] = (float(signal.min()), float(signal.max()))
+    return signal
+
+
+def reverse_walk(
+    graph: ModelGraph,
+    record: ForwardRecord,
+    start: torch.Tensor,
+    mapping_for: Callable[[NodeInfo], Mapping],
+    options: ReverseOptions | None = None,
+) -> ReverseResult:
+    """Walk the graph from its output to its input, applying each node's mapping.
+
+    Parameters
+    ----------
+    graph, record
+        The captured graph and a forward record made on it.
+    start
+        The signal at the model output (same shape as the output).
+    mapping_for
+        Returns the mapping of a node.
+    options
+        Optional reverse-pass options.
+    """
+    options = options or ReverseOptions()
+    result = ReverseResult(attribution=torch.zeros_like(record.values[graph.input_node]))
+    bottlenecks = graph.bottleneck_nodes() if options.project_bottleneck else set()
+    signals: dict[fx.Node, Signal] = {graph.output_node: start}
+    for info in reversed(graph.nodes):
+        node = info.node
+        signal = signals.pop(node, None)
+        if signal is None:
+            continue
+        if isinstance(signal, torch.Tensor):
+            signal = _process_signal(info, signal, options, result, bottlenecks)
+        if node is graph.input_node:
+            result.attribution = signal
+            continue
+        if _selects_from_tuple(info, record):
+            parent = info.signal_inputs[0]
+            parent_signal = signals.setdefault(parent, {})
+            index = node.args[1]
+            current = parent_signal.get(index)
+            parent_signal[index] = signal if current is None else current + signal
+            continue
+        mapped = mapping_for(info)(NodeContext(graph, info, record, signal))
+        values = record.values
+        for input_node, input_signal in zip(info.signal_inputs, mapped, strict=True):
+            if input_signal is None or not isinstance(values[input_node], torch.Tensor):
+                continue
+            _accumulate(signals, input_node, input_signal)
+    return result
+
+
+def _selects_from_tuple(info: NodeInfo, record: ForwardRecord) -> bool:
+    node = info.node
+    if node.op != "call_function" or node.target is not operator.getitem:
+        return False
+    source = node.args[0]
+    return isinstance(source, fx.Node) and isinstance(record.values[source], tuple | list)

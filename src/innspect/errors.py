@@ -1,0 +1,40 @@
+"""Exceptions raised by innspect; each message says what was wrong and what to do."""
+
+from __future__ import annotations
+
+
+class InnspectError(Exception):
+    """Base class of every error innspect raises on purpose."""
+
+
+class NotAnalyzableModelError(InnspectError):
+    """The model could not be captured as a graph (neither torch.fx nor torch.export)."""
+
+
+class UnsupportedNodeError(InnspectError):
+    """A node of the model's graph has no mapping for the chosen method."""
+
+    def __init__(self, node_name: str, operation: str, method: str, hint: str = "") -> None:
+        self.node_name = node_name
+        self.operation = operation
+        self.method = method
+        message = f"node '{node_name}' ({operation}) has no mapping for method '{method}'" + (
+            f": {hint}" if hint else ""
+        )
+        super().__init__(message)
+
+
+class OutputActivationError(InnspectError, ValueError):
+    """The model's output passes through softmax or another output activation."""
+
+
+class InputError(InnspectError, ValueError):
+    """The input given to an analyzer is malformed (shape, dtype, device, NaN...)."""
+
+
+class NeuronSelectionError(InnspectError, ValueError):
+    """The neuron selection mode or index is invalid for this model or call."""
+
+
+class NonFiniteRelevanceError(InnspectError, FloatingPointError):
+    """The reverse pass produced NaN or infinite values (with ``reverse_check_finite``)."""

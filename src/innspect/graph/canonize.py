@@ -1,0 +1,172 @@
+"""Canonicalisation: graph rewrites that make the reverse mappings apply cleanly.
+
+All rewrites act on the captured GraphModule. A layer that must change (a ReLU built with
+``inplace=True``, a convolution with a BatchNorm folded in) is replaced by a new module
+installed on the GraphModule under a fresh name; the user's module is never edited.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from collections import OrderedDict
+
+import torch
+from torch import fx, nn
+
+from innspect.graph.linear_ops import batchnorm_scale_shift
+
+_ORIGINAL_TARGETS = "_innspect_original_targets"
+_INPLACE_OPERATORS = {
+    operator.iadd: operator.add,
+    operator.isub: operator.sub,
+    operator.imul: operator.mul,
+    operator.itruediv: operator.truediv,
+}
+
+
+def original_target(gm: fx.GraphModule, target: str) -> str:
+    """The module path a (possibly replaced) call_module target had in the user's model."""
+    return getattr(gm, _ORIGINAL_TARGETS, {}).get(target, target)
+
+
+def _install(gm: fx.GraphModule, node: fx.Node, module: nn.Module) -> None:
+    """Point ``node`` at ``module``, installed on ``gm`` itself under a fresh name."""
+    originals = gm.__dict__.setdefault(_ORIGINAL_TARGETS, {})
+    original = originals.get(node.target, node.target)
+    new_target = f"_innspect_{len(originals)}"
+    while hasattr(gm, new_target):
+        new_target += "_"
+    gm.add_submodule(new_target, module)
+    originals[new_target] = original
+    node.target = new_target
+
+
+def _forward_uses_after(node: fx.Node, mutated: fx.Node) -> None:
+    """After an in-place op becomes out-of-place, later readers of the mutated value read it."""
+    after = False
+    for candidate in list(node.graph.nodes):
+        if after and mutated in candidate.all_input_nodes:
+            candidate.replace_input_with(mutated, node)
+        after = after or candidate is node
+
+
+def remove_inplace(gm: fx.GraphModule) -> None:
+    """Rewrite in-place operations as out-of-place ones.
+
+    The reverse pass needs every recorded tensor as it was produced (e.g. a convolution's
+    output before an ``inplace=True`` ReLU overwrote it).
+    """
+    for node in list(gm.graph.nodes):
+        mutated = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+        changed = False
+        if node.op == "call_function" and node.target in _INPLACE_OPERATORS:
+            node.target = _INPLACE_OPERATORS[node.target]
+            changed = True
+        elif node.op == "call_function" and node.kwargs.get("inplace"):
+            node.kwargs = {**node.kwargs, "inplace": False}
+            changed = True
+        elif node.op == "call_function" and getattr(node.target, "__name__", "").endswith("_"):
+            out_of_place = getattr(torch, node.target.__name__[:-1], None)
+            if out_of_place is not None and not node.target.__name__.startswith("_"):
+                node.target = out_of_place
+                changed = True
+        elif node.op == "call_method" and _is_inplace_method(str(node.target)):
+            node.target = str(node.target)[:-1]
+            changed = True
+        elif node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            if getattr(module, "inplace", False) is True:
+                replacement = copy.copy(module)
+                replacement.inplace = False
+                _install(gm, node, replacement)
+                changed = True
+        if changed and mutated is not None:
+            _forward_uses_after(node, mutated)
+
+
+def _is_inplace_method(name: str) -> bool:
+    return (
+        name.endswith("_")
+        and not name.startswith("_")
+        and hasattr(torch.Tensor, name[:-1])
+        and callable(getattr(torch.Tensor, name[:-1]))
+    )
+
+
+def _fusable(gm: fx.GraphModule, bn_node: fx.Node) -> fx.Node | None:
+    """The convolution node a BatchNorm node can be folded into, or None."""
+    if bn_node.op != "call_module":
+        return None
+    bn = gm.get_submodule(bn_node.target)
+    if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_var is None:
+        return None
+    producer = bn_node.args[0] if bn_node.args else None
+    if not isinstance(producer, fx.Node) or producer.op != "call_module":
+        return None
+    if len(producer.users) != 1:
+        return None  # the un-normalised output is used elsewhere too
+    conv = gm.get_submodule(producer.target)
+    if not isinstance(conv, nn.modules.conv._ConvNd):
+        return None
+    if conv.transposed and conv.groups != 1:
+        return None
+    if conv.out_channels != bn.num_features:
+        return None
+    return producer
+
+
+def _fused_conv(conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+    scale, shift = batchnorm_scale_shift(bn)
+    axis = 1 if conv.transposed else 0
+    shape = [1] * conv.weight.dim()
+    shape[axis] = -1
+    with torch.no_grad():
+        weight = conv.weight.detach() * scale.reshape(shape)
+        bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(shift)
+        bias = bias * scale + shift
+    fused = copy.copy(conv)
+    # New containers on the copy, so nothing the copy holds is shared with the user's layer.
+    fused._parameters = OrderedDict(
+        weight=nn.Parameter(weight, requires_grad=False),
+        bias=nn.Parameter(bias, requires_grad=False),
+    )
+    fused._forward_hooks = OrderedDict()
+    fused._forward_pre_hooks = OrderedDict()
+    fused._backward_hooks = OrderedDict()
+    return fused
+
+
+def fuse_batchnorm(gm: fx.GraphModule) -> dict[str, list[str]]:
+    """Fold every BatchNorm that directly follows a convolution into a copy of it.
+
+    Returns, per new convolution target, the original names of the layers folded into it.
+    The fusion is the exact eval-mode algebra: ``W' = W * s``, ``b' = (b - mean) * s + beta``
+    with ``s = gamma / sqrt(var + eps)`` (iNNvestigate squares the variance and drops gamma
+    from the bias; innspect does not).
+    """
+    fused: dict[str, list[str]] = {}
+    for bn_node in list(gm.graph.nodes):
+        producer = _fusable(gm, bn_node)
+        if producer is None:
+            continue
+        conv = gm.get_submodule(producer.target)
+        bn = gm.get_submodule(bn_node.target)
+        names = [original_target(gm, producer.target), original_target(gm, bn_node.target)]
+        _install(gm, producer, _fused_conv(conv, bn))
+        fused[str(producer.target)] = names[1:]
+        bn_node.replace_all_uses_with(producer)
+        gm.graph.erase_node(bn_node)
+    return fused
+
+
+def strip_output_activation(gm: fx.GraphModule, output_node: fx.Node) -> fx.GraphModule:
+    """Make the graph return the input of its final activation instead of its output."""
+    activation_input = output_node.args[0]
+    for node in gm.graph.nodes:
+        if node.op == "output":
+            node.replace_input_with(output_node, activation_input)
+    gm.graph.erase_node(output_node)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return gm

@@ -1,0 +1,254 @@
+"""ModelGraph: the captured, canonicalised graph of a model plus what each node is."""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+
+from innspect.errors import NotAnalyzableModelError
+from innspect.graph import canonize
+from innspect.graph.capture import capture
+from innspect.graph.kinds import Kind, classify, is_relu, operation_name
+from innspect.graph.linear_ops import LinearOp, linear_op_from_module
+
+
+@dataclass
+class NodeInfo:
+    """What the reverse pass needs to know about one node of the graph."""
+
+    node: fx.Node
+    name: str  # the key used for layer-wise relevances: module path, or fx node name
+    kind: Kind
+    module: nn.Module | None
+    operation: str
+    is_relu: bool
+    depends_on_input: bool
+    signal_inputs: list[fx.Node] = field(default_factory=list)  # unique input-dependent args
+    fused: list[str] = field(default_factory=list)  # names of layers folded into this one
+    linear_op: LinearOp | None = None
+
+    def describe(self) -> str:
+        """'name' (Operation) for messages."""
+        return f"'{self.name}' ({self.operation})"
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run with every submodule in eval mode, restoring each module's own flag afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+class ModelGraph:
+    """A model captured as a graph, canonicalised for the reverse pass.
+
+    Parameters
+    ----------
+    model
+        The user's model. It is never modified: the graph shares its layers, and
+        canonicalisation replaces layers only inside the graph's own module tree.
+    example_input
+        Optional input, used only when torch.fx fails and torch.export is tried.
+    fuse_batchnorm
+        Fold each BatchNorm that directly follows a linear layer into a copy of that layer.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_input: torch.Tensor | None = None,
+        fuse_batchnorm: bool = False,
+    ) -> None:
+        self.model = model
+        with eval_mode(model):
+            self.module = capture(model, example_input)
+        self.module.training = False
+        canonize.remove_inplace(self.module)
+        self.fused: dict[str, list[str]] = {}
+        if fuse_batchnorm:
+            self.fused = canonize.fuse_batchnorm(self.module)
+        self.module.graph.lint()
+        self.module.recompile()
+        self._build_infos()
+
+    # -- construction -------------------------------------------------------------------
+    def _build_infos(self) -> None:
+        graph = self.module.graph
+        placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+        if len(placeholders) != 1:
+            raise NotAnalyzableModelError(
+                f"the model's forward takes {len(placeholders)} inputs; innspect analyzes models "
+                "with exactly one input tensor (wrap the model to bind the others)"
+            )
+        self.input_node = placeholders[0]
+        output_nodes = [n for n in graph.nodes if n.op == "output"]
+        result = output_nodes[0].args[0]
+        if not isinstance(result, fx.Node):
+            raise NotAnalyzableModelError(
+                "the model returns a tuple, list or dict; innspect needs a model returning one "
+                "tensor (wrap it, e.g. `lambda x: model(x)[0]` inside an nn.Module)"
+            )
+        self.output_node = result
+        self.infos: dict[fx.Node, NodeInfo] = {}
+        module_uses: dict[str, int] = {}
+        for node in graph.nodes:
+            if node.op == "output":
+                continue
+            module = self.module.get_submodule(node.target) if node.op == "call_module" else None
+            args = _node_args(node)
+            depends = node.op == "placeholder" or any(
+                self.infos[a].depends_on_input for a in args if a in self.infos
+            )
+            kind = classify(node, module) if depends or node.op == "placeholder" else Kind.CONSTANT
+            signal_inputs = list(dict.fromkeys(a for a in args if self.infos[a].depends_on_input))
+            dependent_args = [a for a in args if self.infos[a].depends_on_input]
+            kind = _refine_kind(kind, node, len(args), len(dependent_args))
+            name = self._display_name(node, module_uses)
+            self.infos[node] = NodeInfo(
+                node=node,
+                name=name,
+                kind=kind,
+                module=module,
+                operation=operation_name(node, module),
+                is_relu=is_relu(node, module),
+                depends_on_input=depends,
+                signal_inputs=signal_inputs,
+                fused=self.fused.get(str(node.target), []) if node.op == "call_module" else [],
+            )
+        self.nodes: list[NodeInfo] = list(self.infos.values())
+        self.by_name: dict[str, NodeInfo] = {info.name: info for info in self.nodes}
+        self._bottlenecks: set[fx.Node] | None = None
+
+    def _display_name(self, node: fx.Node, module_uses: dict[str, int]) -> str:
+        if node.op != "call_module":
+            return node.name
+        target = str(node.target)
+        original = canonize.original_target(self.module, target)
+        uses = module_uses.get(original, 0)
+        module_uses[original] = uses + 1
+        # A module called twice (torchvision's shared ReLU) gets one key per call.
+        return original if uses == 0 else f"{original}:{uses}"
+
+    # -- queries ------------------------------------------------------------------------
+    def linear_op(self, info: NodeInfo) -> LinearOp:
+        """The LinearOp of a linear or batchnorm node (built once)."""
+        if info.linear_op is None:
+            if info.module is None:
+                raise NotAnalyzableModelError(
+                    f"node {info.describe()} is a functional linear operation; innspect's rules "
+                    "need it as a module (use nn.Linear / nn.Conv2d)"
+                )
+            info.linear_op = linear_op_from_module(info.module)
+        return info.linear_op
+
+    def linear_nodes(self) -> list[NodeInfo]:
+        """Linear layers in execution order (the order per-layer rule lists refer to)."""
+        return [i for i in self.nodes if i.kind is Kind.LINEAR]
+
+    def input_layer_nodes(self) -> set[fx.Node]:
+        """Linear layers that see the model input directly, looking through reshapes."""
+        found: set[fx.Node] = set()
+        frontier = [self.input_node]
+        seen: set[fx.Node] = set()
+        while frontier:
+            node = frontier.pop()
+            for user in node.users:
+                info = self.infos.get(user)
+                if info is None or user in seen:
+                    continue
+                seen.add(user)
+                if info.kind is Kind.LINEAR:
+                    found.add(user)
+                elif info.kind in (Kind.REARRANGE, Kind.IDENTITY):
+                    frontier.append(user)
+        return found
+
+    def following_activation(self, info: NodeInfo) -> NodeInfo | None:
+        """The activation that consumes this node's output, if it is the node's only user."""
+        users = list(info.node.users)
+        while len(users) == 1:
+            user_info = self.infos.get(users[0])
+            if user_info is None:
+                return None
+            if user_info.kind is Kind.ACTIVATION:
+                return user_info
+            if user_info.kind not in (Kind.IDENTITY, Kind.BATCHNORM):
+                return None
+            users = list(users[0].users)
+        return None
+
+    def bottleneck_nodes(self) -> set[fx.Node]:
+        """Nodes that every path from the input to the output passes through."""
+        if self._bottlenecks is None:
+            self._bottlenecks = bottlenecks_in_order(self.nodes, self.output_node)
+        return self._bottlenecks
+
+    def output_activation(self) -> NodeInfo | None:
+        """The final softmax / log-softmax / sigmoid, looking back through identities."""
+        info = self.infos[self.output_node]
+        while info.kind is Kind.IDENTITY and info.signal_inputs:
+            info = self.infos[info.signal_inputs[0]]
+        if info.kind is Kind.OUTPUT_ACTIVATION:
+            return info
+        if info.kind is Kind.ACTIVATION and info.operation.lower() in {"sigmoid", "logsigmoid"}:
+            return info
+        return None
+
+
+def _node_args(node: fx.Node) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), found.append)
+    return found
+
+
+def _refine_kind(kind: Kind, node: fx.Node, n_args: int, n_dependent: int) -> Kind:
+    """Products and sums where only one factor/term depends on the input are scales/shifts."""
+    if kind is Kind.OTHER and node.target in _PRODUCTS and n_dependent == 1:
+        return Kind.SCALE
+    if kind is Kind.LINEAR_NO_PARAM and node.target in _SUMS and n_dependent == 1 and n_args > 1:
+        # x + c with c a constant tensor: a shift, through which relevance passes unchanged.
+        return Kind.IDENTITY
+    return kind
+
+
+_PRODUCTS = {"mul", "div", torch.mul, torch.div, operator.mul, operator.truediv}
+_SUMS = {"add", "sub", torch.add, torch.sub, operator.add, operator.sub}
+
+
+def bottlenecks_in_order(nodes: list[NodeInfo], output: fx.Node) -> set[fx.Node]:
+    """Nodes every path from the input to ``output`` passes through (cut vertices).
+
+    Walking in topological order, a node is a bottleneck when no edge from an earlier node
+    is still waiting to be consumed at the moment the node is reached.
+    """
+    ancestors = _ancestors(output)
+    signal_nodes = [i for i in nodes if i.depends_on_input and i.node in ancestors]
+    members = {i.node for i in signal_nodes}
+    pending = 0
+    found: set[fx.Node] = set()
+    for info in signal_nodes:
+        pending -= len(info.signal_inputs)
+        if pending == 0:
+            found.add(info.node)
+        pending += sum(1 for u in info.node.users if u in members)
+    return found
+
+
+def _ancestors(node: fx.Node) -> set[fx.Node]:
+    stack, seen = [node], set()
+    while stack:
+        current = stack.pop()
+        if current not in seen:
+            seen.add(current)
+            stack.extend(current.all_input_nodes)
+    return seen

@@ -1,0 +1,189 @@
+"""Linear operations: a layer's forward with replaceable weights, and its transpose.
+
+Every LRP rule on a linear layer is "a forward with modified weights, a division, and the
+transposed operation". This module gives that pair for Linear (on any rank),
+Conv1d/2d/3d, ConvTranspose1d/2d/3d and an eval-mode BatchNorm seen as a per-channel affine
+map, so each rule is written once for all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+@dataclass
+class LinearOp:
+    """A linear map ``z = op(x, weight) + bias`` whose weights can be swapped.
+
+    Attributes
+    ----------
+    weight, bias
+        The layer's own tensors (never modified).
+    forward
+        ``forward(x, weight, bias)`` computes the layer with the given tensors.
+    transpose
+        ``transpose(signal, weight, x)`` computes ``W^T signal`` with the given weight; ``x``
+        supplies the input's shape.
+    description
+        Human-readable layer type, for messages.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+    transpose: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    description: str
+    extras: dict = field(default_factory=dict)
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor | None = None,
+        bias: torch.Tensor | None | str = "own",
+    ) -> torch.Tensor:
+        """Apply the layer with ``weight`` (default: its own) and ``bias`` (default: own)."""
+        w = self.weight if weight is None else weight
+        b = self.bias if isinstance(bias, str) else bias
+        return self.forward(x, w, b)
+
+    def bias_broadcast(self, bias: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """Reshape a bias vector so that it broadcasts against the layer's output."""
+        axis = self.extras.get("channel_axis", -1)
+        if axis == -1:
+            return bias
+        shape = [1] * output.dim()
+        shape[axis] = -1
+        return bias.reshape(shape)
+
+
+def _autograd_transpose(forward):
+    """Transpose of an arbitrary linear forward, through autograd (one extra forward)."""
+
+    def transpose(signal: torch.Tensor, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            leaf = torch.zeros_like(x).requires_grad_(True)
+            z = forward(leaf, weight, None)
+            (grad,) = torch.autograd.grad(z, leaf, signal)
+        return grad
+
+    return transpose
+
+
+def linear_op_from_module(module: nn.Module) -> LinearOp:
+    """Build the LinearOp of a Linear, ConvNd, ConvTransposeNd or eval-mode BatchNorm module."""
+    if isinstance(module, nn.Linear):
+        return LinearOp(
+            module.weight,
+            module.bias,
+            forward=F.linear,
+            transpose=lambda s, w, x: s.matmul(w),
+            description="Linear",
+        )
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return _conv_op(module)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return _batchnorm_op(module)
+    raise TypeError(f"{type(module).__name__} is not a linear layer")
+
+
+def _conv_op(module: nn.modules.conv._ConvNd) -> LinearOp:
+    dims = len(module.kernel_size)
+    transposed = module.transposed
+    stride, dilation, groups = module.stride, module.dilation, module.groups
+    padding = module.padding
+    if transposed:
+        conv_t = _CONV_T[dims]
+        output_padding = module.output_padding
+
+        def forward(x, w, b):
+            return conv_t(x, w, b, stride, padding, output_padding, groups, dilation)
+
+    elif module.padding_mode != "zeros":
+        conv = _CONV[dims]
+        pad = module._reversed_padding_repeated_twice
+        mode = module.padding_mode
+
+        def forward(x, w, b):
+            return conv(F.pad(x, pad, mode=mode), w, b, stride, 0, dilation, groups)
+
+    else:
+        conv = _CONV[dims]
+
+        def forward(x, w, b):
+            return conv(x, w, b, stride, padding, dilation, groups)
+
+    explicit = module.padding_mode == "zeros" and not isinstance(padding, str)
+    if explicit:
+        out_pad = list(module.output_padding) if transposed else [0] * dims
+
+        def transpose(s, w, x):
+            # One transposed convolution, no forward: autograd's own kernel for grad_input.
+            return torch.ops.aten.convolution_backward(
+                s,
+                x,
+                w,
+                None,
+                list(stride),
+                list(padding),
+                list(dilation),
+                transposed,
+                out_pad,
+                groups,
+                [True, False, False],
+            )[0]
+
+    else:
+        transpose = _autograd_transpose(forward)
+    return LinearOp(
+        module.weight,
+        module.bias,
+        forward=forward,
+        transpose=transpose,
+        description=type(module).__name__,
+        extras={"channel_axis": 1},
+    )
+
+
+def batchnorm_scale_shift(
+    module: nn.modules.batchnorm._BatchNorm,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``scale`` and ``shift`` with ``bn(x) = x * scale + shift`` in eval mode."""
+    if module.running_mean is None or module.running_var is None:
+        raise ValueError(
+            f"{type(module).__name__} has no running statistics (track_running_stats=False); "
+            "it normalises with batch statistics, which is not a fixed affine map"
+        )
+    inv_std = torch.rsqrt(module.running_var + module.eps)
+    gamma = module.weight if module.weight is not None else torch.ones_like(inv_std)
+    beta = module.bias if module.bias is not None else torch.zeros_like(inv_std)
+    scale = gamma * inv_std
+    shift = beta - module.running_mean * scale
+    return scale.detach(), shift.detach()
+
+
+def _batchnorm_op(module: nn.modules.batchnorm._BatchNorm) -> LinearOp:
+    scale, shift = batchnorm_scale_shift(module)
+
+    def per_channel(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return v.reshape([1, -1] + [1] * (x.dim() - 2))
+
+    def forward(x, w, b):
+        out = x * per_channel(w, x)
+        return out if b is None else out + per_channel(b, x)
+
+    return LinearOp(
+        scale,
+        shift,
+        forward=forward,
+        transpose=lambda s, w, x: s * per_channel(w, x),
+        description=type(module).__name__,
+        extras={"channel_axis": 1},
+    )

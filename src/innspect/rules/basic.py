@@ -1,0 +1,45 @@
+"""Mappings shared by many methods: the gradient, pass-through, and the ReLU variants."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from innspect.engine.reverse import Mapping, NodeContext
+
+
+class Gradient(Mapping):
+    """The node's vector-Jacobian product (the chain rule)."""
+
+    needs_autograd = True
+
+    def __call__(self, ctx: NodeContext) -> Sequence[torch.Tensor | None]:
+        return ctx.vjp()
+
+
+class PassThrough(Mapping):
+    """The signal goes to the node's (single) input unchanged: element-wise activations in LRP."""
+
+    def __call__(self, ctx: NodeContext) -> Sequence[torch.Tensor | None]:
+        signal = ctx.signal
+        inputs = ctx.inputs
+        if inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].shape != signal.shape:
+            # e.g. x * c with a broadcast constant: the signal keeps the input's shape.
+            signal = signal.sum_to_size(inputs[0].shape)
+        return [signal] + [None] * (len(inputs) - 1)
+
+
+class DeconvnetReLU(Mapping):
+    """Deconvnet at a ReLU: rectify the backward signal, ignore the forward mask."""
+
+    def __call__(self, ctx: NodeContext) -> Sequence[torch.Tensor | None]:
+        return [torch.relu(ctx.signal)]
+
+
+class GuidedReLU(Mapping):
+    """Guided backprop at a ReLU: rectified signal times the forward mask (x > 0)."""
+
+    def __call__(self, ctx: NodeContext) -> Sequence[torch.Tensor | None]:
+        (x,) = ctx.inputs
+        return [torch.relu(ctx.signal) * (x > 0).to(ctx.signal.dtype)]
