@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import require_references
 from tests.conformance.innvestigate_layers import load_cases
+from tests.conftest import require_references
 
 
 @pytest.mark.parametrize("file_name", ["Gradient.hdf5", "LRPZ.hdf5"])
@@ -16,4 +16,6 @@ def test_rebuilt_models_reproduce_reference_outputs(file_name: str) -> None:
     for case in load_cases(folder / file_name):
         with torch.no_grad():
             output = case.model(torch.from_numpy(case.input)).numpy()
-        np.testing.assert_allclose(output, case.output, rtol=1e-5, atol=1e-6, err_msg=case.layer_name)
+        np.testing.assert_allclose(
+            output, case.output, rtol=1e-5, atol=1e-6, err_msg=case.layer_name
+        )

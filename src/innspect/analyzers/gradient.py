@@ -66,9 +66,14 @@ class InputTimesGradient(GradientAnalyzer):
 
 
 class _ReLUVariant(ReverseAnalyzer):
-    """Gradient everywhere except at ReLUs; other activations are refused."""
+    """Gradient everywhere except at ReLUs; other activations are refused.
+
+    Like iNNvestigate (whose reference data shows it), the walk starts from the selected
+    output's value, not from 1: results are the gradient-style signal scaled by y.
+    """
 
     relu_mapping: Mapping
+    relevance_start = True
 
     def _mapping(self, info: NodeInfo, graph: ModelGraph) -> Mapping:
         if info.is_relu:

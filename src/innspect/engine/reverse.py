@@ -141,11 +141,6 @@ def _process_signal(
         signal = (signal / absmax + 1) / 2 * (high - low) + low
     if options.clip_values is not None:
         signal = signal.clamp(*options.clip_values)
-    if options.check_finite and not bool(torch.isfinite(signal).all()):
-        raise NonFiniteRelevanceError(
-            f"the reverse pass produced non-finite values at node {info.describe()}; "
-            "a stabiliser (larger epsilon) or clip_values may help"
-        )
     if options.keep_tensors:
         result.signals[info.name] = signal
     if options.min_max:
@@ -199,6 +194,11 @@ def reverse_walk(
         for input_node, input_signal in zip(info.signal_inputs, mapped, strict=True):
             if input_signal is None or not isinstance(values[input_node], torch.Tensor):
                 continue
+            if options.check_finite and not bool(torch.isfinite(input_signal).all()):
+                raise NonFiniteRelevanceError(
+                    f"the reverse mapping of node {info.describe()} produced non-finite values; "
+                    "a stabiliser (larger epsilon) or reverse_clip_values may help"
+                )
             _accumulate(signals, input_node, input_signal)
     return result
 

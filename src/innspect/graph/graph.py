@@ -28,6 +28,7 @@ class NodeInfo:
     operation: str
     is_relu: bool
     depends_on_input: bool
+    is_metadata: bool  # a shape or size derived from the input: never carries a signal
     signal_inputs: list[fx.Node] = field(default_factory=list)  # unique input-dependent args
     fused: list[str] = field(default_factory=list)  # names of layers folded into this one
     linear_op: LinearOp | None = None
@@ -93,6 +94,8 @@ class ModelGraph:
         self.input_node = placeholders[0]
         output_nodes = [n for n in graph.nodes if n.op == "output"]
         result = output_nodes[0].args[0]
+        if isinstance(result, tuple | list) and len(result) == 1:
+            result = result[0]  # torch.export wraps a single output in a tuple
         if not isinstance(result, fx.Node):
             raise NotAnalyzableModelError(
                 "the model returns a tuple, list or dict; innspect needs a model returning one "
@@ -110,8 +113,20 @@ class ModelGraph:
                 self.infos[a].depends_on_input for a in args if a in self.infos
             )
             kind = classify(node, module) if depends or node.op == "placeholder" else Kind.CONSTANT
-            signal_inputs = list(dict.fromkeys(a for a in args if self.infos[a].depends_on_input))
+            signal_inputs = list(
+                dict.fromkeys(
+                    a
+                    for a in args
+                    if self.infos[a].depends_on_input and not self.infos[a].is_metadata
+                )
+            )
             dependent_args = [a for a in args if self.infos[a].depends_on_input]
+            # Shape queries (x.shape, x.size(0) and what is computed from them) depend on the
+            # input but never carry a signal.
+            metadata = depends and (
+                _is_shape_query(node)
+                or (bool(dependent_args) and all(self.infos[a].is_metadata for a in dependent_args))
+            )
             kind = _refine_kind(kind, node, len(args), len(dependent_args))
             name = self._display_name(node, module_uses)
             self.infos[node] = NodeInfo(
@@ -122,6 +137,7 @@ class ModelGraph:
                 operation=operation_name(node, module),
                 is_relu=is_relu(node, module),
                 depends_on_input=depends,
+                is_metadata=metadata,
                 signal_inputs=signal_inputs,
                 fused=self.fused.get(str(node.target), []) if node.op == "call_module" else [],
             )
@@ -130,6 +146,8 @@ class ModelGraph:
         self._bottlenecks: set[fx.Node] | None = None
 
     def _display_name(self, node: fx.Node, module_uses: dict[str, int]) -> str:
+        if node.op == "placeholder":
+            return "input"
         if node.op != "call_module":
             return node.name
         target = str(node.target)
@@ -232,7 +250,9 @@ def bottlenecks_in_order(nodes: list[NodeInfo], output: fx.Node) -> set[fx.Node]
     is still waiting to be consumed at the moment the node is reached.
     """
     ancestors = _ancestors(output)
-    signal_nodes = [i for i in nodes if i.depends_on_input and i.node in ancestors]
+    signal_nodes = [
+        i for i in nodes if i.depends_on_input and not i.is_metadata and i.node in ancestors
+    ]
     members = {i.node for i in signal_nodes}
     pending = 0
     found: set[fx.Node] = set()
@@ -242,6 +262,12 @@ def bottlenecks_in_order(nodes: list[NodeInfo], output: fx.Node) -> set[fx.Node]
             found.add(info.node)
         pending += sum(1 for u in info.node.users if u in members)
     return found
+
+
+def _is_shape_query(node: fx.Node) -> bool:
+    if node.op == "call_function" and node.target is getattr:
+        return node.args[1] in ("shape", "dtype", "device", "ndim")
+    return node.op == "call_method" and node.target in ("size", "dim", "numel")
 
 
 def _ancestors(node: fx.Node) -> set[fx.Node]:

@@ -1,0 +1,326 @@
+"""Capture, canonicalisation, the forward record, the reverse walk and their guarantees."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import innspect
+from innspect.graph.graph import ModelGraph
+from innspect.graph.kinds import Kind
+from tests.models import FunctionalNet, assert_model_unchanged, mlp, model_state
+
+
+class SoftmaxNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.softmax(self.fc(x), dim=1)
+
+
+class GatedNet(nn.Module):
+    """x * sigmoid(x): a product of two input-dependent tensors (no gradient-free mapping)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.fc(x)
+        return hidden * torch.sigmoid(hidden)
+
+
+class LoopNet(nn.Module):
+    """A Python loop over a shape: torch.fx cannot trace it, torch.export can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = 0
+        for i in range(x.shape[1]):
+            total = total + x[:, i : i + 1] * (i + 1)
+        return self.fc(x * total)
+
+
+class DataDependentNet(nn.Module):
+    """Control flow on values: neither fx nor export can capture it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return x * 2
+        return x
+
+
+class TwoInputs(nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a + b
+
+
+class TupleOutput(nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, x * 2
+
+
+def _conv_model() -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+
+
+# -- capture and canonicalisation -------------------------------------------------------------
+def test_functional_operations_are_nodes_of_their_own() -> None:
+    graph = ModelGraph(FunctionalNet())
+    kinds = {info.name: info.kind for info in graph.nodes}
+    assert kinds["conv1"] is Kind.LINEAR and kinds["relu1"] is Kind.ACTIVATION
+    assert Kind.REARRANGE in kinds.values()  # cat, chunk, permute, reshape, slicing
+    operations = {info.operation for info in graph.nodes}
+    assert {"cat", "chunk", "add", "max_pool2d", "interpolate", "adaptive_avg_pool2d"} <= operations
+
+
+def test_inplace_operations_become_out_of_place_without_touching_the_model() -> None:
+    model = FunctionalNet()
+    before = model_state(model)
+    graph = ModelGraph(model)
+    assert all(getattr(info.module, "inplace", False) is False for info in graph.nodes)
+    assert "iadd" not in {info.operation for info in graph.nodes}
+    assert model.relu2.inplace is True
+    assert_model_unchanged(model, before)
+    # The record keeps conv2's output as it was before the in-place addition and ReLU.
+    x = torch.randn(2, 3, 8, 8)
+    analyzer = innspect.create_analyzer("gradient", model)
+    record = analyzer.forward_record(x)
+    conv2 = analyzer.graph().by_name["conv2"].node
+    a = model.relu1(model.conv1(x))
+    torch.testing.assert_close(record.values[conv2], model.conv2(a))
+
+
+def test_shared_module_called_twice_gets_one_name_per_call() -> None:
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.relu = nn.ReLU()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.relu(self.fc(self.relu(x)))
+
+    names = [info.name for info in ModelGraph(Shared()).nodes]
+    assert "relu" in names and "relu:1" in names
+
+
+def test_batchnorm_fusion_gives_the_same_output_and_leaves_the_model_alone() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten()).double()
+    with torch.no_grad():
+        bn = model[1]
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+    model.train()
+    before = model_state(model)
+    graph = ModelGraph(model, fuse_batchnorm=True)
+    assert [i.kind for i in graph.nodes].count(Kind.BATCHNORM) == 0
+    fused = graph.by_name["0"]
+    assert fused.fused == ["1"]
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    model.eval()
+    expected = model(x)
+    model.train()
+    record = innspect.engine.forward.run_forward(graph, x) if False else None  # noqa: F841
+    from innspect.engine.forward import run_forward
+
+    torch.testing.assert_close(run_forward(graph, x).values[graph.output_node], expected)
+    assert_model_unchanged(model, before)
+
+
+def test_output_softmax_is_refused_and_can_be_removed() -> None:
+    model = SoftmaxNet()
+    x = torch.randn(2, 4)
+    with pytest.raises(innspect.OutputActivationError, match="model_wo_softmax"):
+        innspect.create_analyzer("gradient", model).analyze(x)
+    with pytest.raises(innspect.OutputActivationError, match="softmax"):
+        innspect.create_analyzer("gradient.baseline", model).analyze(x)
+    stripped = innspect.model_wo_softmax(model)
+    torch.testing.assert_close(stripped(x), model.fc(x))
+    result = innspect.create_analyzer("gradient", stripped).analyze(x)
+    assert result.shape == x.shape
+    sequential = nn.Sequential(nn.Linear(4, 3), nn.Sigmoid())
+    with pytest.raises(innspect.OutputActivationError):
+        innspect.model_wo_softmax(sequential)
+    torch.testing.assert_close(innspect.model_wo_output_activation(sequential)(x), sequential[0](x))
+
+
+def test_model_without_softmax_helper_refuses_models_without_one() -> None:
+    with pytest.raises(innspect.OutputActivationError, match="no final softmax"):
+        innspect.model_wo_softmax(mlp())
+
+
+def test_torch_export_fallback_when_fx_fails() -> None:
+    model = LoopNet()
+    x = torch.randn(2, 4)
+    ours = innspect.create_analyzer("gradient", model).analyze(x)
+    torch.testing.assert_close(
+        ours, innspect.create_analyzer("gradient.baseline", model).analyze(x)
+    )
+
+
+def test_model_neither_fx_nor_export_can_capture_names_both_failures() -> None:
+    with pytest.raises(innspect.NotAnalyzableModelError, match="torch.fx failed.*torch.export"):
+        innspect.create_analyzer("gradient", DataDependentNet()).analyze(torch.randn(2, 3))
+
+
+def test_models_with_two_inputs_or_tuple_outputs_are_refused_clearly() -> None:
+    with pytest.raises(innspect.NotAnalyzableModelError, match="2 inputs"):
+        innspect.create_analyzer("gradient", TwoInputs()).analyze(torch.randn(2, 3))
+    with pytest.raises(innspect.NotAnalyzableModelError, match="returns a tuple"):
+        innspect.create_analyzer("gradient", TupleOutput()).analyze(torch.randn(2, 3))
+
+
+# -- bad input ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("x", "message"),
+    [
+        (torch.randn(2, 3, 8), "rank 4"),
+        (torch.randn(2, 1, 8, 8), "3 channels"),
+        (torch.randn(2, 8, 8, 3), "channels-last"),
+        (torch.full((2, 3, 8, 8), float("nan")), "384 NaN"),
+        (torch.tensor([[[[float("inf")]]]]).expand(1, 3, 8, 8).clone(), "192 infinite"),
+        (torch.randn(0, 3, 8, 8), "at least one sample"),
+        (torch.randn(2, 3, 8, 8, dtype=torch.float64), "dtype"),
+        (np.array([["a"]]), "numeric"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_the_model_is_unchanged(x, message: str) -> None:
+    model = _conv_model()
+    before = model_state(model)
+    with pytest.raises(innspect.InputError, match=message):
+        innspect.create_analyzer("gradient", model).analyze(x)
+    assert_model_unchanged(model, before)
+
+
+def test_wrong_spatial_size_names_the_failing_node() -> None:
+    model = _conv_model()
+    with pytest.raises(innspect.InputError, match=r"node '3' \(Linear\).*shape \(2, 3, 9, 9\)"):
+        innspect.create_analyzer("gradient", model).analyze(torch.randn(2, 3, 9, 9))
+
+
+def test_linear_first_layer_wrong_width() -> None:
+    with pytest.raises(innspect.InputError, match="expects 6 features"):
+        innspect.create_analyzer("gradient", mlp()).analyze(torch.randn(2, 5))
+
+
+def test_unsupported_node_names_node_and_operation_and_model_is_unchanged() -> None:
+    model = GatedNet()
+    model.train()
+    handle = model.fc.register_forward_hook(lambda *args: None)
+    before = model_state(model)
+    with pytest.raises(innspect.UnsupportedNodeError, match=r"'sigmoid' \(sigmoid\).*deconvnet"):
+        innspect.create_analyzer("deconvnet", model).analyze(torch.randn(2, 4))
+    assert_model_unchanged(model, before)
+    handle.remove()
+
+
+@pytest.mark.parametrize(
+    "name", ["gradient", "guided_backprop", "integrated_gradients", "smoothgrad"]
+)
+def test_model_is_unchanged_after_a_successful_call(name: str) -> None:
+    model = FunctionalNet()
+    model.train()
+    for p in model.conv1.parameters():
+        p.requires_grad_(False)
+    model.conv2.register_forward_pre_hook(lambda *args: None)
+    before = model_state(model)
+    innspect.create_analyzer(name, model).analyze(torch.randn(2, 3, 8, 8))
+    assert_model_unchanged(model, before)
+
+
+def test_analysis_runs_in_eval_mode_even_for_a_training_model() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.9), nn.Linear(8, 3))
+    model.train()
+    x = torch.randn(4, 4)
+    first = innspect.create_analyzer("gradient", model).analyze(x)
+    second = innspect.create_analyzer("gradient", model).analyze(x)
+    assert torch.equal(first, second)
+    assert model.training and model[1].training
+
+
+# -- reverse options ----------------------------------------------------------------------------
+def test_keep_tensors_gives_every_node_signal_by_name() -> None:
+    model = mlp((6, 10, 4)).double()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    analyzer = innspect.create_analyzer("gradient", model, reverse_keep_tensors=True)
+    explanation = analyzer.explain(x)
+    assert {"0", "1", "2", "input"} <= set(explanation.relevances)
+    # at the ReLU's output the gradient is row `selected` of the last weight matrix
+    weight = model[2].weight.detach()[explanation.selected]
+    torch.testing.assert_close(explanation.relevances["1"], weight)
+    torch.testing.assert_close(explanation.relevances["input"], explanation.attribution)
+
+
+def test_clip_check_finite_and_min_max() -> None:
+    model = mlp((6, 10, 4)).double()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    clipped = innspect.create_analyzer("gradient", model, reverse_clip_values=(-0.01, 0.01))
+    assert float(clipped.analyze(x).abs().max()) <= 0.01
+    reported = innspect.create_analyzer("gradient", model, reverse_min_max=True).explain(x)
+    low, high = reported.min_max["input"]
+    assert low == float(reported.attribution.min()) and high == float(reported.attribution.max())
+
+    class Explode(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.sqrt(x)  # gradient at 0 is infinite
+
+    checking = innspect.create_analyzer("gradient", Explode(), reverse_check_finite=True)
+    with pytest.raises(innspect.NonFiniteRelevanceError, match="sqrt"):
+        checking.analyze(torch.zeros(1, 2))
+
+
+class ResidualNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.branch = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.stem(x))
+        b = torch.relu(a + self.branch(a))
+        return self.fc(b.flatten(1))
+
+
+def test_bottlenecks_are_the_nodes_every_path_passes_through() -> None:
+    graph = ModelGraph(ResidualNet())
+    names = {graph.infos[n].name for n in graph.bottleneck_nodes()}
+    assert names == {"input", "stem", "relu", "add", "relu_1", "flatten", "fc"}
+    # FunctionalNet's x.mean() bypasses everything up to the final concatenation.
+    graph = ModelGraph(FunctionalNet())
+    names = {graph.infos[n].name for n in graph.bottleneck_nodes()}
+    assert names == {"input", "cat_1", "head"}
+
+
+def test_project_bottleneck_scales_bottleneck_signals_into_range() -> None:
+    model = ResidualNet().double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    analyzer = innspect.create_analyzer(
+        "gradient", model, reverse_project_bottleneck_layers=(0, 1), reverse_keep_tensors=True
+    )
+    kept = analyzer.explain(x).relevances
+    plain = innspect.create_analyzer("gradient", model, reverse_keep_tensors=True).explain(x)
+    for name in ("relu", "add"):
+        per_sample = kept[name].reshape(2, -1)
+        assert float(per_sample.min()) >= 0 and float(per_sample.max()) <= 1
+        assert torch.allclose(
+            per_sample.amax(dim=1).double(), torch.ones(2, dtype=torch.float64)
+        ) or (torch.allclose(per_sample.amin(dim=1), torch.zeros(2, dtype=torch.float64)))
+    assert not torch.allclose(kept["branch"], plain.relevances["branch"])
+
+
+def test_float64_and_float32_follow_the_model() -> None:
+    x = np.random.default_rng(0).normal(size=(2, 6))
+    assert innspect.create_analyzer("gradient", mlp().double()).analyze(x).dtype == np.float64
+    assert innspect.create_analyzer("gradient", mlp()).analyze(x).dtype == np.float32
