@@ -44,6 +44,9 @@ class Explanation:
         Signal at each node by node name (with ``reverse_keep_tensors=True``).
     min_max
         Per node, (min, max) of its signal (with ``reverse_min_max=True``).
+    node_sums
+        Per node, per-sample sums of the signal arriving and leaving (with the reverse
+        option ``node_sums``; see ``innspect.tools.conservation``).
     """
 
     attribution: torch.Tensor
@@ -51,6 +54,7 @@ class Explanation:
     scores: torch.Tensor
     relevances: dict[str, torch.Tensor] = field(default_factory=dict)
     min_max: dict[str, tuple[float, float]] = field(default_factory=dict)
+    node_sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -362,12 +366,13 @@ class ReverseAnalyzer(Analyzer):
             start_flat[rows, selected] = value[rows, selected]
             scores = flat[rows, selected]
         start = start_flat.reshape(output.shape)
-        with eval_mode(self.model):
-            result = reverse_walk(
-                graph, record, start, lambda info: self._mappings[info.node], self.reverse_options
-            )
+        result = reverse_walk(
+            graph, record, start, lambda info: self._mappings[info.node], self.reverse_options
+        )
         attribution = self._postprocess(result.attribution.detach(), x)
-        return Explanation(attribution, selected, scores, result.signals, result.min_max)
+        return Explanation(
+            attribution, selected, scores, result.signals, result.min_max, result.node_sums
+        )
 
     def _check_input_shape(self, graph: ModelGraph, x: torch.Tensor) -> None:
         """Compare the input with the first layers' expectations, for a clear message."""

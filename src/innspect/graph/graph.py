@@ -41,13 +41,15 @@ class NodeInfo:
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
     """Run with every submodule in eval mode, restoring each module's own flag afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
+    # Only modules in training mode are touched: the common case (an eval model) costs nothing.
+    training = [m for m in model.modules() if m.training]
     try:
-        model.eval()
+        for module in training:
+            module.training = False
         yield
     finally:
-        for module, flag in flags:
-            module.training = flag
+        for module in training:
+            module.training = True
 
 
 class ModelGraph:
