@@ -229,3 +229,50 @@ def test_save_and_load_round_trip(tmp_path) -> None:
     assert from_file.get_config() == analyzer.get_config()
     assert torch.equal(from_file.analyze(x), analyzer.analyze(x))
     assert [p.name for p in tmp_path.iterdir()] == ["ig.npz"]  # no temporary file left
+
+
+class _ShiftedReLU(torch.nn.Module):
+    """f(x) = relu(x - 0.6) per feature, summed into one output."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x - 0.6).sum(dim=1, keepdim=True)
+
+
+def test_integrated_gradients_uses_the_left_riemann_points_k_over_steps() -> None:
+    # Points 0 and 0.5 lie below the kink at 0.6: a left Riemann sum gives 0. iNNvestigate
+    # 2.x's linspace(0, 1, steps) would evaluate at 1 too and give 0.5.
+    x = torch.ones(1, 1, dtype=torch.float64)
+    analyzer = innspect.create_analyzer("integrated_gradients", _ShiftedReLU(), steps=2)
+    assert float(analyzer.analyze(x)) == 0.0
+    assert (
+        float(innspect.create_analyzer("integrated_gradients", _ShiftedReLU(), steps=5).analyze(x))
+        == 0.2
+    )
+
+
+@pytest.mark.parametrize("name", ["integrated_gradients", "smoothgrad"])
+def test_wrappers_accept_one_index_for_a_whole_batch(name: str) -> None:
+    """iNNvestigate 2.x repeats a scalar index only augment_by_n times, not per sample."""
+    model = mlp((4, 8, 3)).double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    options = {"steps": 3} if name == "integrated_gradients" else {"augment_by_n": 3, "seed": 0}
+    analyzer = innspect.create_analyzer(name, model, neuron_selection_mode="index", **options)
+    scalar = analyzer.analyze(x, neuron_selection=2)
+    per_sample = analyzer.analyze(x, neuron_selection=[2] * 5)
+    assert torch.equal(scalar, per_sample)
+
+
+def test_smoothgrad_max_activation_explains_the_clean_inputs_neuron() -> None:
+    """iNNvestigate 2.x silently turns max_activation into 'all' in its wrappers."""
+    model = mlp((4, 8, 3)).double()
+    x = torch.randn(4, 4, dtype=torch.float64)
+    explanation = innspect.create_analyzer("smoothgrad", model, augment_by_n=3, seed=0).explain(x)
+    assert torch.equal(explanation.selected, model(x).argmax(dim=1))
+    indexed = innspect.create_analyzer(
+        "smoothgrad", model, augment_by_n=3, seed=0, neuron_selection_mode="index"
+    ).analyze(x, neuron_selection=explanation.selected)
+    everything = innspect.create_analyzer(
+        "smoothgrad", model, augment_by_n=3, seed=0, neuron_selection_mode="all"
+    ).analyze(x)
+    assert torch.equal(indexed, explanation.attribution)
+    assert not torch.allclose(everything, explanation.attribution)

@@ -57,12 +57,12 @@ class Explanation:
     node_sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
-def model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    """Device and floating dtype of the model's first parameter or buffer (CPU/float32 if none)."""
+def model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
+    """Device and floating dtype of the model's first parameter or buffer (None if it has none)."""
     for tensor in list(model.parameters()) + list(model.buffers()):
         if tensor.is_floating_point():
             return tensor.device, tensor.dtype
-    return torch.device("cpu"), torch.get_default_dtype()
+    return None, None
 
 
 class Analyzer:
@@ -178,12 +178,12 @@ class Analyzer:
         device, dtype = model_device_dtype(self.model)
         if isinstance(X, torch.Tensor):
             x, was_numpy = X, False
-            if x.is_floating_point() and x.dtype != dtype:
+            if dtype is not None and x.is_floating_point() and x.dtype != dtype:
                 raise InputError(
                     f"input dtype {x.dtype} does not match the model's {dtype}; "
                     f"convert it with X.to({dtype})"
                 )
-            if x.device != device:
+            if device is not None and x.device != device:
                 raise InputError(
                     f"input is on {x.device} but the model is on {device}; move it with "
                     f"X.to('{device}')"
@@ -199,7 +199,8 @@ class Analyzer:
                 raise InputError(f"input must be numeric, got an array of dtype {array.dtype}")
             x = torch.as_tensor(array, device=device)
             if x.is_floating_point() or array.dtype.kind == "b":
-                x = x.to(dtype)
+                # A model without tensors of its own takes numpy's float64 as it is.
+                x = x.to(dtype or (torch.float64 if array.dtype == np.float64 else torch.float32))
             was_numpy = True
         if x.dim() == 0 or x.shape[0] == 0:
             raise InputError(

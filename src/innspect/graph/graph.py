@@ -8,13 +8,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from innspect.errors import NotAnalyzableModelError
 from innspect.graph import canonize
 from innspect.graph.capture import capture
 from innspect.graph.kinds import Kind, classify, is_relu, operation_name
-from innspect.graph.linear_ops import LinearOp, linear_op_from_module
+from innspect.graph.linear_ops import LinearOp, linear_op_from_function, linear_op_from_module
 
 
 @dataclass
@@ -163,13 +164,34 @@ class ModelGraph:
     def linear_op(self, info: NodeInfo) -> LinearOp:
         """The LinearOp of a linear or batchnorm node (built once)."""
         if info.linear_op is None:
-            if info.module is None:
-                raise NotAnalyzableModelError(
-                    f"node {info.describe()} is a functional linear operation; innspect's rules "
-                    "need it as a module (use nn.Linear / nn.Conv2d)"
-                )
-            info.linear_op = linear_op_from_module(info.module)
+            if info.module is not None:
+                info.linear_op = linear_op_from_module(info.module)
+            else:
+                info.linear_op = self._functional_linear_op(info)
         return info.linear_op
+
+    def _functional_linear_op(self, info: NodeInfo) -> LinearOp:
+        node = info.node
+        if node.op != "call_function" or node.target is F.batch_norm:
+            raise NotAnalyzableModelError(
+                f"node {info.describe()}: innspect's rules need this layer as a module "
+                "(nn.Linear, nn.Conv2d, nn.BatchNorm2d...)"
+            )
+
+        def constant(arg: fx.Node) -> torch.Tensor:
+            if arg.op != "get_attr":
+                raise NotAnalyzableModelError(
+                    f"node {info.describe()}: its weights are computed in forward ('{arg.name}'); "
+                    "innspect's rules need them as parameters or buffers"
+                )
+            value = self.module
+            for part in str(arg.target).split("."):
+                value = getattr(value, part)
+            return value
+
+        args = fx.node.map_arg(node.args[1:], constant)
+        kwargs = fx.node.map_arg(node.kwargs, constant)
+        return linear_op_from_function(node.target, (None, *args), kwargs)
 
     def linear_nodes(self) -> list[NodeInfo]:
         """Linear layers in execution order (the order per-layer rule lists refer to)."""

@@ -95,24 +95,68 @@ def linear_op_from_module(module: nn.Module) -> LinearOp:
 
 
 def _conv_op(module: nn.modules.conv._ConvNd) -> LinearOp:
-    dims = len(module.kernel_size)
-    transposed = module.transposed
-    stride, dilation, groups = module.stride, module.dilation, module.groups
-    padding = module.padding
-    if transposed:
-        conv_t = _CONV_T[dims]
-        output_padding = module.output_padding
-
-        def forward(x, w, b):
-            return conv_t(x, w, b, stride, padding, output_padding, groups, dilation)
-
-    elif module.padding_mode != "zeros":
+    if module.padding_mode != "zeros":
+        dims = len(module.kernel_size)
         conv = _CONV[dims]
         pad = module._reversed_padding_repeated_twice
-        mode = module.padding_mode
+        mode, stride, dilation, groups = (
+            module.padding_mode,
+            module.stride,
+            module.dilation,
+            module.groups,
+        )
 
         def forward(x, w, b):
             return conv(F.pad(x, pad, mode=mode), w, b, stride, 0, dilation, groups)
+
+        return LinearOp(
+            module.weight,
+            module.bias,
+            forward=forward,
+            transpose=_autograd_transpose(forward),
+            description=type(module).__name__,
+            extras={"channel_axis": 1},
+        )
+    return convolution_op(
+        module.weight,
+        module.bias,
+        transposed=module.transposed,
+        stride=module.stride,
+        padding=module.padding,
+        dilation=module.dilation,
+        groups=module.groups,
+        output_padding=module.output_padding,
+        description=type(module).__name__,
+    )
+
+
+def _as_tuple(value, dims: int) -> tuple:
+    return tuple(value) if isinstance(value, list | tuple) else (value,) * dims
+
+
+def convolution_op(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    transposed: bool,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    output_padding=0,
+    description: str = "convolution",
+) -> LinearOp:
+    """LinearOp of a (transposed) convolution of any dimension with zero padding."""
+    dims = weight.dim() - 2
+    stride, dilation = _as_tuple(stride, dims), _as_tuple(dilation, dims)
+    output_padding = _as_tuple(output_padding, dims)
+    if not isinstance(padding, str):
+        padding = _as_tuple(padding, dims)
+    if transposed:
+        conv_t = _CONV_T[dims]
+
+        def forward(x, w, b):
+            return conv_t(x, w, b, stride, padding, output_padding, groups, dilation)
 
     else:
         conv = _CONV[dims]
@@ -120,9 +164,10 @@ def _conv_op(module: nn.modules.conv._ConvNd) -> LinearOp:
         def forward(x, w, b):
             return conv(x, w, b, stride, padding, dilation, groups)
 
-    explicit = module.padding_mode == "zeros" and not isinstance(padding, str)
-    if explicit:
-        out_pad = list(module.output_padding) if transposed else [0] * dims
+    if isinstance(padding, str):
+        transpose = _autograd_transpose(forward)  # 'same' may pad unevenly
+    else:
+        out_pad = list(output_padding) if transposed else [0] * dims
 
         def transpose(s, w, x):
             # One transposed convolution, no forward: autograd's own kernel for grad_input.
@@ -140,16 +185,38 @@ def _conv_op(module: nn.modules.conv._ConvNd) -> LinearOp:
                 [True, False, False],
             )[0]
 
-    else:
-        transpose = _autograd_transpose(forward)
     return LinearOp(
-        module.weight,
-        module.bias,
+        weight,
+        bias,
         forward=forward,
         transpose=transpose,
-        description=type(module).__name__,
+        description=description,
         extras={"channel_axis": 1},
     )
+
+
+_FUNCTIONAL_CONV_ARGS = ("stride", "padding", "dilation", "groups")
+_FUNCTIONAL_CONV_T_ARGS = ("stride", "padding", "output_padding", "groups", "dilation")
+
+
+def linear_op_from_function(function, args: tuple, kwargs: dict) -> LinearOp:
+    """LinearOp of a functional call ``F.linear`` / ``F.convNd`` / ``F.conv_transposeNd``.
+
+    ``args`` and ``kwargs`` are the call's arguments with values (the input first).
+    """
+    name = getattr(function, "__name__", str(function))
+    positional = list(args[1:])
+    weight = positional.pop(0) if positional else kwargs["weight"]
+    bias = positional.pop(0) if positional else kwargs.get("bias")
+    if function is F.linear:
+        return LinearOp(
+            weight, bias, forward=F.linear, transpose=lambda s, w, x: s.matmul(w), description=name
+        )
+    transposed = name.startswith("conv_transpose")
+    names = _FUNCTIONAL_CONV_T_ARGS if transposed else _FUNCTIONAL_CONV_ARGS
+    options = dict(zip(names, positional, strict=False))
+    options.update({k: v for k, v in kwargs.items() if k in names})
+    return convolution_op(weight, bias, transposed=transposed, description=name, **options)
 
 
 def batchnorm_scale_shift(
