@@ -1,3 +1,3 @@
 """Imports every module that registers analyzers, so the registry knows them all."""
 
-from innspect.analyzers import gradient, misc, wrappers  # noqa: F401
+from innspect.analyzers import composites, deeptaylor, gradient, lrp, misc, wrappers  # noqa: F401

@@ -104,6 +104,9 @@ class ReverseOptions:
         output passes through) per sample into this range by its maximum absolute value.
     min_max
         Record each node's signal minimum and maximum.
+    node_sums
+        Record, per node, the per-sample sums of the signal arriving at its output and of
+        the signals it sends to its inputs (relevance conservation checks).
     """
 
     keep_tensors: bool = False
@@ -111,6 +114,7 @@ class ReverseOptions:
     clip_values: tuple[float, float] | None = None
     project_bottleneck: tuple[float, float] | None = None
     min_max: bool = False
+    node_sums: bool = False
 
 
 @dataclass
@@ -120,6 +124,12 @@ class ReverseResult:
     attribution: torch.Tensor
     signals: dict[str, torch.Tensor] = field(default_factory=dict)
     min_max: dict[str, tuple[float, float]] = field(default_factory=dict)
+    node_sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+
+def _per_sample_sum(signals: list[torch.Tensor]) -> torch.Tensor:
+    """Sum of signals per sample (batch-first tensors of any shape)."""
+    return sum(s.reshape(s.shape[0], -1).sum(dim=1) for s in signals)
 
 
 def _accumulate(signals: dict[fx.Node, Signal], node: fx.Node, value: torch.Tensor) -> None:
@@ -191,6 +201,12 @@ def reverse_walk(
             continue
         mapped = mapping_for(info)(NodeContext(graph, info, record, signal))
         values = record.values
+        if options.node_sums:
+            arriving = list(signal.values()) if isinstance(signal, dict) else [signal]
+            leaving = [m for m in mapped if isinstance(m, torch.Tensor)]
+            arriving_sum = _per_sample_sum(arriving)
+            leaving_sum = _per_sample_sum(leaving) if leaving else torch.zeros_like(arriving_sum)
+            result.node_sums[info.name] = (arriving_sum, leaving_sum)
         for input_node, input_signal in zip(info.signal_inputs, mapped, strict=True):
             if input_signal is None or not isinstance(values[input_node], torch.Tensor):
                 continue
