@@ -12,7 +12,6 @@ import copy
 import os
 import platform
 import statistics
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ import torch
 import torchvision
 
 import innspect
+from innspect.fileio import write_text
 
 HERE = Path(__file__).resolve().parent
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -262,13 +262,6 @@ def render_batch_table(entries: list[tuple[int, Row, Row]], size: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up")
@@ -289,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     if findings.exists():
         sections.append(findings.read_text())
     sections.append(f"\nTotal benchmark time: {time.perf_counter() - started:.0f} s.\n")
-    write_atomically(args.out, "\n".join(sections))
+    write_text(args.out, "\n".join(sections))
     print(f"wrote {args.out}")
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from torch import fx, nn
 from innspect.engine.forward import ForwardRecord, run_forward
 from innspect.engine.reverse import Mapping, ReverseOptions, reverse_walk
 from innspect.errors import InputError, NeuronSelectionError, OutputActivationError
+from innspect.fileio import atomic_path
 from innspect.graph.graph import ModelGraph, NodeInfo, eval_mode
 
 NEURON_SELECTION_MODES = ("max_activation", "index", "all")
@@ -424,13 +424,5 @@ def _atomic_savez(path: str | os.PathLike, payload: dict[str, np.ndarray]) -> No
     path = os.fspath(path)
     if not path.endswith(".npz"):
         path += ".npz"
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **payload)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **payload)

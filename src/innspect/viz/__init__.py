@@ -1,0 +1,9 @@
+"""Visualisation: iNNvestigate's colour functions and a method-by-image grid.
+
+Everything renders with matplotlib's Agg backend (no display needed).
+"""
+
+from innspect.viz.colormaps import clip_quantile, gamma, graymap, heatmap, project
+from innspect.viz.grid import GridLayout, plot_grid
+
+__all__ = ["GridLayout", "clip_quantile", "gamma", "graymap", "heatmap", "plot_grid", "project"]

@@ -1,0 +1,238 @@
+"""The built-in demo: train a digits CNN, explain it with every applicable analyzer, report.
+
+``run_demo(out_dir)`` writes analysis_grid.png, perturbation.png, results.csv, results.json and
+index.html to ``out_dir`` (each atomically) and returns the results it wrote.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import innspect
+from innspect.demo import report
+from innspect.demo.catalogue import Catalogue, build_catalogue
+from innspect.demo.data import IMAGE_SIZE, load_digits_dataset, one_per_class
+from innspect.demo.model import N_CLASSES, digits_cnn, train
+from innspect.demo.plots import grid_size, write_analysis_grid, write_perturbation_plot
+from innspect.progress import progress
+from innspect.tools import Perturbation, PerturbationAnalysis
+
+VALUE_RANGE = (0.0, 1.0)
+REGION = (4, 4)
+BASELINE = "random"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Sizes of the demo run (full or ``--fast``)."""
+
+    epochs: int
+    n_perturbation_images: int
+    perturbation_steps: int
+    regions_per_step: int
+
+    @staticmethod
+    def for_mode(fast: bool) -> DemoSettings:
+        """The settings for a full or a fast run."""
+        if fast:
+            return DemoSettings(
+                epochs=3, n_perturbation_images=32, perturbation_steps=8, regions_per_step=2
+            )
+        return DemoSettings(
+            epochs=8, n_perturbation_images=128, perturbation_steps=16, regions_per_step=1
+        )
+
+
+def _log(message: str, verbose: bool) -> None:
+    if verbose:
+        print(message, file=sys.stderr, flush=True)
+
+
+def run_demo(
+    out_dir: str | os.PathLike = "innspect-demo",
+    fast: bool = False,
+    verbose: bool = True,
+    debug: bool = False,
+) -> dict[str, Any]:
+    """Run the demo and write its report to ``out_dir``; returns the content of results.json.
+
+    Parameters
+    ----------
+    out_dir
+        Output folder (created if missing).
+    fast
+        Smaller run (fewer epochs, images and steps), for tests.
+    verbose
+        Progress bars and messages on stderr.
+    debug
+        Let unexpected analyzer errors propagate instead of recording them.
+    """
+    previous_threads = torch.get_num_threads()
+    if "OMP_NUM_THREADS" not in os.environ:
+        # The demo's batches are small: one thread is 2-3 times faster than several threads
+        # competing for a small, busy CPU.
+        torch.set_num_threads(1)
+    try:
+        return _run(Path(out_dir), fast, verbose, debug)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(out: Path, fast: bool, verbose: bool, debug: bool) -> dict[str, Any]:
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    settings = DemoSettings.for_mode(fast)
+    torch.manual_seed(0)
+
+    data = load_digits_dataset()
+    model = digits_cnn()
+    training = train(
+        model,
+        data.x_train,
+        data.y_train,
+        data.x_test,
+        data.y_test,
+        settings.epochs,
+        verbose=verbose,
+    )
+    print(
+        f"test accuracy {training.test_accuracy:.1%} on {len(data.y_test)} test digits "
+        f"({training.epochs} epochs, {training.seconds:.1f} s)",
+        flush=True,
+    )
+
+    grid_index = one_per_class(data.y_test, N_CLASSES)
+    grid_images = data.x_test[grid_index]
+    with torch.no_grad():
+        predictions = model(grid_images).argmax(dim=1)
+    row_labels = [
+        f"pred {int(p)}\ntrue {int(t)}"
+        for p, t in zip(predictions, data.y_test[grid_index], strict=True)
+    ]
+    perturbation_images = data.x_test[: settings.n_perturbation_images]
+
+    catalogue = build_catalogue(
+        model, grid_images[:2], data.x_train[:512], fast, VALUE_RANGE, debug=debug
+    )
+    for name, reason in catalogue.skipped:
+        _log(f"skipped {name}: {reason}", verbose)
+    for name, reason in catalogue.failed:
+        print(f"warning: {name} failed unexpectedly: {reason}", file=sys.stderr, flush=True)
+
+    attributions: dict[str, np.ndarray] = {}
+    rows: list[dict[str, Any]] = []
+    curves: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
+    for plan in progress(
+        catalogue.methods, verbose, total=len(catalogue.methods), desc="analyzers"
+    ):
+        explanation = plan.analyzer.explain(grid_images)
+        attribution = explanation.attribution.detach().cpu().numpy()
+        attributions[plan.name] = attribution
+        conservation = None
+        if plan.relevance:
+            scores = explanation.scores.detach().cpu().double().numpy()
+            totals = attribution.reshape(len(attribution), -1).sum(axis=1)
+            errors = np.abs(totals - scores) / np.maximum(np.abs(scores), 1e-12)
+            conservation = float(errors.mean())
+        perturbation = Perturbation("zeros", region_shape=REGION, value_range=VALUE_RANGE)
+        result = PerturbationAnalysis(
+            plan.analyzer,
+            model,
+            perturbation_images,
+            perturbation,
+            steps=settings.perturbation_steps,
+            regions_per_step=settings.regions_per_step,
+            batch_size=len(perturbation_images),
+        ).compute_perturbation_analysis()
+        curves[plan.name] = (result.n_regions, result.scores, result.aopc)
+        rows.append(
+            {
+                "method": plan.name,
+                "explanation": plan.explanation,
+                "options": plan.options,
+                "relevance_method": plan.relevance,
+                "time_per_image_ms": 1000 * result.analysis_seconds / len(perturbation_images),
+                "aopc": result.aopc,
+                "conservation_error": conservation,
+                "curve": {
+                    "regions_perturbed": result.n_regions.tolist(),
+                    "mean_score": result.scores.tolist(),
+                },
+            }
+        )
+
+    grid_file, perturbation_file = "analysis_grid.png", "perturbation.png"
+    write_analysis_grid(out / grid_file, grid_images, attributions, row_labels)
+    write_perturbation_plot(
+        out / perturbation_file,
+        curves,
+        BASELINE,
+        x_label=f"regions set to zero ({REGION[0]} x {REGION[1]} pixels each)",
+        y_label=f"logit of the predicted class (mean of {len(perturbation_images)} test digits)",
+    )
+    results = _results(
+        settings, fast, training, catalogue, rows, grid_file, perturbation_file, len(grid_index)
+    )
+    results["seconds"] = time.perf_counter() - started
+    report.write_csv(out / "results.csv", rows)
+    report.write_json(out / "results.json", results)
+    report.write_html(out / "index.html", results)
+    print(
+        f"{len(rows)} analyzers ({len(catalogue.skipped)} skipped, {len(catalogue.failed)} "
+        f"failed) in {results['seconds']:.0f} s; open {out / 'index.html'}",
+        flush=True,
+    )
+    return results
+
+
+def _results(
+    settings: DemoSettings,
+    fast: bool,
+    training: Any,
+    catalogue: Catalogue,
+    rows: list[dict[str, Any]],
+    grid_file: str,
+    perturbation_file: str,
+    n_grid_images: int,
+) -> dict[str, Any]:
+    grid_width, grid_height = grid_size(n_grid_images, len(rows))
+    return {
+        "innspect_version": innspect.__version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "fast": fast,
+        "model": {
+            "architecture": str(digits_cnn()),
+            "input_shape": [1, IMAGE_SIZE, IMAGE_SIZE],
+            "epochs": training.epochs,
+            "training_seconds": training.seconds,
+            "test_accuracy": training.test_accuracy,
+        },
+        "perturbation": {
+            "function": "zeros",
+            "region_shape": list(REGION),
+            "steps": settings.perturbation_steps,
+            "regions_per_step": settings.regions_per_step,
+            "n_images": settings.n_perturbation_images,
+            "score": "output at the predicted class (logit)",
+            "baseline": BASELINE,
+        },
+        "files": {
+            "analysis_grid": {"file": grid_file, "width": grid_width, "height": grid_height},
+            "perturbation": {"file": perturbation_file},
+            "csv": {"file": "results.csv"},
+        },
+        "n_grid_images": n_grid_images,
+        "methods": rows,
+        "skipped": [{"method": n, "reason": r} for n, r in catalogue.skipped],
+        "failed": [{"method": n, "reason": r} for n, r in catalogue.failed],
+    }
