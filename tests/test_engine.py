@@ -324,3 +324,34 @@ def test_float64_and_float32_follow_the_model() -> None:
     x = np.random.default_rng(0).normal(size=(2, 6))
     assert innspect.create_analyzer("gradient", mlp().double()).analyze(x).dtype == np.float64
     assert innspect.create_analyzer("gradient", mlp()).analyze(x).dtype == np.float32
+
+
+def test_aten_graphs_from_torch_export_are_classified_not_silently_gradient() -> None:
+    """The export fallback yields ATen operators: a ReLU must still be a ReLU."""
+
+    class LoopCNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, 3, 3)
+            self.fc = nn.Linear(3 * 2 * 2, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for _ in range(x.shape[0] - x.shape[0] + 1):  # untraceable for fx, fine for export
+                x = F.max_pool2d(torch.relu(self.conv(x)), 2)
+            return self.fc(x.flatten(1))
+
+    class PlainCNN(LoopCNN):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(F.max_pool2d(torch.relu(self.conv(x)), 2).flatten(1))
+
+    exported = LoopCNN().double()
+    plain = PlainCNN().double()
+    plain.load_state_dict(exported.state_dict())
+    x = torch.randn(3, 2, 6, 6, dtype=torch.float64)
+    graph = innspect.create_analyzer("deconvnet", exported).graph(x)
+    assert any("aten" in str(info.node.target) for info in graph.nodes)
+    assert [i.is_relu for i in graph.nodes].count(True) == 1
+    for name in ("deconvnet", "guided_backprop", "lrp.epsilon", "lrp.sequential_preset_a"):
+        ours = innspect.create_analyzer(name, exported).analyze(x)
+        expected = innspect.create_analyzer(name, plain).analyze(x)
+        torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12, msg=name)

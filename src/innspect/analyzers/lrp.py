@@ -20,7 +20,7 @@ from innspect.analyzers.base import ReverseAnalyzer
 from innspect.analyzers.registry import register
 from innspect.engine.reverse import Mapping, Unsupported
 from innspect.graph.graph import ModelGraph, NodeInfo
-from innspect.graph.kinds import Kind
+from innspect.graph.kinds import Kind, op_name
 from innspect.rules.lrp import (
     AlphaBeta,
     Bounded,
@@ -55,14 +55,14 @@ def is_dense(info: NodeInfo) -> bool:
     """A fully connected layer (nn.Linear or F.linear)."""
     if info.module is not None:
         return isinstance(info.module, nn.Linear)
-    return info.node.op == "call_function" and info.node.target is F.linear
+    return info.node.op == "call_function" and op_name(info.node) == "linear"
 
 
 def is_conv(info: NodeInfo) -> bool:
     """A convolution or transposed convolution, module or functional (BatchNorm folded in)."""
     if info.module is not None:
         return isinstance(info.module, nn.modules.conv._ConvNd)
-    return info.node.op == "call_function" and info.node.target in _CONV_FUNCTIONS
+    return info.node.op == "call_function" and op_name(info.node).startswith("conv")
 
 
 def _is_condition_list(rule: Any) -> bool:

@@ -94,8 +94,28 @@ def _is_inplace_method(name: str) -> bool:
     )
 
 
-def _fusable(gm: fx.GraphModule, bn_node: fx.Node) -> fx.Node | None:
-    """The convolution node a BatchNorm node can be folded into, or None."""
+class _FusedLinear(nn.Linear):
+    """A Linear with a BatchNorm1d folded in, valid only on inputs of the rank checked at fusion.
+
+    BatchNorm1d normalises axis 1; the fold is the same map only when that axis is the
+    Linear's output features, i.e. on 2-D inputs. The forward refuses any other rank rather
+    than compute something the model does not.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2:
+            raise ValueError(
+                f"this Linear has a BatchNorm1d folded in, which is exact on 2-D inputs only, "
+                f"got an input of shape {tuple(x.shape)}; create a new analyzer for inputs of "
+                "this rank"
+            )
+        return super().forward(x)
+
+
+def _fusable(
+    gm: fx.GraphModule, bn_node: fx.Node, linear_ranks: dict[fx.Node, int]
+) -> fx.Node | None:
+    """The linear node (convolution, or Linear on a 2-D input) a BatchNorm can fold into."""
     if bn_node.op != "call_module":
         return None
     bn = gm.get_submodule(bn_node.target)
@@ -106,26 +126,80 @@ def _fusable(gm: fx.GraphModule, bn_node: fx.Node) -> fx.Node | None:
         return None
     if len(producer.users) != 1:
         return None  # the un-normalised output is used elsewhere too
-    conv = gm.get_submodule(producer.target)
-    if not isinstance(conv, nn.modules.conv._ConvNd):
+    layer = gm.get_submodule(producer.target)
+    if isinstance(layer, nn.Linear):
+        # Only provably right when the output is (N, features): see _linear_output_ranks.
+        if linear_ranks.get(producer) != 2 or not isinstance(bn, nn.BatchNorm1d):
+            return None
+        return producer if layer.out_features == bn.num_features else None
+    if not isinstance(layer, nn.modules.conv._ConvNd):
         return None
-    if conv.transposed and conv.groups != 1:
+    if layer.transposed and layer.groups != 1:
         return None
-    if conv.out_channels != bn.num_features:
+    if layer.out_channels != bn.num_features:
         return None
     return producer
 
 
-def _fused_conv(conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+def _linear_before_batchnorm(gm: fx.GraphModule) -> list[fx.Node]:
+    """Linear module nodes whose only user is a BatchNorm1d module (fusion candidates)."""
+    found = []
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or len(node.users) != 1:
+            continue
+        (user,) = node.users
+        if (
+            isinstance(gm.get_submodule(node.target), nn.Linear)
+            and user.op == "call_module"
+            and isinstance(gm.get_submodule(user.target), nn.BatchNorm1d)
+        ):
+            found.append(node)
+    return found
+
+
+def _linear_output_ranks(
+    gm: fx.GraphModule, candidates: list[fx.Node], example_input: torch.Tensor | None
+) -> dict[fx.Node, int]:
+    """The rank of each candidate Linear's output, from one forward on ``example_input``.
+
+    A Linear acts on the last axis whatever the rank, while BatchNorm1d acts on axis 1: the
+    graph alone cannot tell (N, F) from (N, C, F). Without an example input the ranks stay
+    unknown and those BatchNorms are left unfused.
+    """
+    if not candidates or example_input is None:
+        return {}
+    wanted = set(candidates)
+    ranks: dict[fx.Node, int] = {}
+
+    class RankRecorder(fx.Interpreter):
+        def run_node(self, node: fx.Node):
+            result = super().run_node(node)
+            if node in wanted and isinstance(result, torch.Tensor):
+                ranks[node] = result.dim()
+            return result
+
+    try:
+        with torch.no_grad():
+            RankRecorder(gm).run(example_input)
+    except Exception:  # noqa: BLE001 - a bad input is reported by the forward record itself
+        return {}
+    return ranks
+
+
+def _fused_layer(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+    """A copy of a convolution or Linear with ``bn`` folded into its weight and bias."""
     scale, shift = batchnorm_scale_shift(bn)
-    axis = 1 if conv.transposed else 0
-    shape = [1] * conv.weight.dim()
+    transposed = getattr(layer, "transposed", False)
+    axis = 1 if transposed else 0  # the output-channel axis of the weight
+    shape = [1] * layer.weight.dim()
     shape[axis] = -1
     with torch.no_grad():
-        weight = conv.weight.detach() * scale.reshape(shape)
-        bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(shift)
+        weight = layer.weight.detach() * scale.reshape(shape)
+        bias = layer.bias.detach() if layer.bias is not None else torch.zeros_like(shift)
         bias = bias * scale + shift
-    fused = copy.copy(conv)
+    fused = copy.copy(layer)
+    if isinstance(layer, nn.Linear):
+        fused.__class__ = _FusedLinear
     # New containers on the copy, so nothing the copy holds is shared with the user's layer.
     fused._parameters = OrderedDict(
         weight=nn.Parameter(weight, requires_grad=False),
@@ -137,23 +211,30 @@ def _fused_conv(conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchNo
     return fused
 
 
-def fuse_batchnorm(gm: fx.GraphModule) -> dict[str, list[str]]:
-    """Fold every BatchNorm that directly follows a convolution into a copy of it.
+def fuse_batchnorm(
+    gm: fx.GraphModule, example_input: torch.Tensor | None = None
+) -> dict[str, list[str]]:
+    """Fold every BatchNorm that directly follows a linear layer into a copy of that layer.
 
-    Returns, per new convolution target, the original names of the layers folded into it.
+    Convolutions (and groups=1 transposed convolutions) always fold. A Linear folds with a
+    BatchNorm1d only when one forward on ``example_input`` shows its output is 2-D; the
+    folded copy refuses inputs of another rank.
+
+    Returns, per new layer target, the original names of the layers folded into it.
     The fusion is the exact eval-mode algebra: ``W' = W * s``, ``b' = (b - mean) * s + beta``
     with ``s = gamma / sqrt(var + eps)`` (iNNvestigate squares the variance and drops gamma
     from the bias; innspect does not).
     """
+    linear_ranks = _linear_output_ranks(gm, _linear_before_batchnorm(gm), example_input)
     fused: dict[str, list[str]] = {}
     for bn_node in list(gm.graph.nodes):
-        producer = _fusable(gm, bn_node)
+        producer = _fusable(gm, bn_node, linear_ranks)
         if producer is None:
             continue
-        conv = gm.get_submodule(producer.target)
+        layer = gm.get_submodule(producer.target)
         bn = gm.get_submodule(bn_node.target)
         names = [original_target(gm, producer.target), original_target(gm, bn_node.target)]
-        _install(gm, producer, _fused_conv(conv, bn))
+        _install(gm, producer, _fused_layer(layer, bn))
         fused[str(producer.target)] = names[1:]
         bn_node.replace_all_uses_with(producer)
         gm.graph.erase_node(bn_node)

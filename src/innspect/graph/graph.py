@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import operator
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
 from innspect.errors import NotAnalyzableModelError
 from innspect.graph import canonize
 from innspect.graph.capture import capture
-from innspect.graph.kinds import Kind, classify, is_relu, operation_name
+from innspect.graph.kinds import Kind, classify, is_relu, op_name, operation_name
 from innspect.graph.linear_ops import LinearOp, linear_op_from_function, linear_op_from_module
 
 
@@ -62,7 +60,8 @@ class ModelGraph:
         The user's model. It is never modified: the graph shares its layers, and
         canonicalisation replaces layers only inside the graph's own module tree.
     example_input
-        Optional input, used only when torch.fx fails and torch.export is tried.
+        Optional input, used when torch.fx fails and torch.export is tried, and to learn
+        whether a Linear followed by BatchNorm1d sees 2-D data (only then is it folded).
     fuse_batchnorm
         Fold each BatchNorm that directly follows a linear layer into a copy of that layer.
     """
@@ -80,7 +79,8 @@ class ModelGraph:
         canonize.remove_inplace(self.module)
         self.fused: dict[str, list[str]] = {}
         if fuse_batchnorm:
-            self.fused = canonize.fuse_batchnorm(self.module)
+            with eval_mode(model):  # it may run one forward: BatchNorm statistics stay put
+                self.fused = canonize.fuse_batchnorm(self.module, example_input)
         self.module.graph.lint()
         self.module.recompile()
         self._build_infos()
@@ -172,7 +172,7 @@ class ModelGraph:
 
     def _functional_linear_op(self, info: NodeInfo) -> LinearOp:
         node = info.node
-        if node.op != "call_function" or node.target is F.batch_norm:
+        if node.op != "call_function" or "batch_norm" in op_name(node):
             raise NotAnalyzableModelError(
                 f"node {info.describe()}: innspect's rules need this layer as a module "
                 "(nn.Linear, nn.Conv2d, nn.BatchNorm2d...)"
@@ -255,16 +255,17 @@ def _node_args(node: fx.Node) -> list[fx.Node]:
 
 def _refine_kind(kind: Kind, node: fx.Node, n_args: int, n_dependent: int) -> Kind:
     """Products and sums where only one factor/term depends on the input are scales/shifts."""
-    if kind is Kind.OTHER and node.target in _PRODUCTS and n_dependent == 1:
+    name = op_name(node).rstrip("_") if node.op in ("call_function", "call_method") else ""
+    if kind is Kind.OTHER and name in _PRODUCTS and n_dependent == 1:
         return Kind.SCALE
-    if kind is Kind.LINEAR_NO_PARAM and node.target in _SUMS and n_dependent == 1 and n_args > 1:
+    if kind is Kind.LINEAR_NO_PARAM and name in _SUMS and n_dependent == 1 and n_args > 1:
         # x + c with c a constant tensor: a shift, through which relevance passes unchanged.
         return Kind.IDENTITY
     return kind
 
 
-_PRODUCTS = {"mul", "div", torch.mul, torch.div, operator.mul, operator.truediv}
-_SUMS = {"add", "sub", torch.add, torch.sub, operator.add, operator.sub}
+_PRODUCTS = {"mul", "div", "truediv"}
+_SUMS = {"add", "sub"}
 
 
 def bottlenecks_in_order(nodes: list[NodeInfo], output: fx.Node) -> set[fx.Node]:

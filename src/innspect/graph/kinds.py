@@ -213,13 +213,55 @@ _SCALE_METHODS = {"mul", "div"}
 
 UPSAMPLE_NEAREST_MODES = {"nearest", "nearest-exact"}
 
+# torch.export (the capture fallback) and TorchScript conversion give ATen operators; they
+# are classified by their overload packet's name so they never fall through silently.
+_ATEN_KINDS: dict[str, Kind] = {}
+for _kind, _names in {
+    Kind.LINEAR: "linear conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d",
+    Kind.BATCHNORM: "batch_norm _native_batch_norm_legit_no_training",
+    Kind.ACTIVATION: "relu relu_ relu6 hardtanh hardtanh_ leaky_relu leaky_relu_ elu selu celu "
+    "gelu silu silu_ mish tanh sigmoid softplus hardswish hardswish_ hardsigmoid softsign "
+    "log_sigmoid",
+    Kind.MAX_POOL: "max_pool1d max_pool2d max_pool3d max_pool2d_with_indices "
+    "max_pool3d_with_indices adaptive_max_pool1d adaptive_max_pool2d adaptive_max_pool3d amax",
+    Kind.LINEAR_NO_PARAM: "avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d "
+    "adaptive_avg_pool2d adaptive_avg_pool3d _adaptive_avg_pool2d _adaptive_avg_pool3d mean sum "
+    "add add_ sub sub_ neg upsample_bilinear2d upsample_linear1d upsample_trilinear3d",
+    Kind.REARRANGE: "view _unsafe_view reshape flatten unflatten permute transpose t squeeze "
+    "unsqueeze cat concat stack split split_with_sizes chunk slice select narrow expand repeat "
+    "pad constant_pad_nd reflection_pad1d reflection_pad2d replication_pad1d replication_pad2d "
+    "upsample_nearest1d upsample_nearest2d upsample_nearest3d _upsample_nearest_exact1d "
+    "_upsample_nearest_exact2d _upsample_nearest_exact3d movedim roll flip pixel_shuffle "
+    "pixel_unshuffle channel_shuffle",
+    Kind.IDENTITY: "dropout feature_dropout alpha_dropout clone contiguous alias _to_copy to "
+    "lift_fresh_copy",
+    Kind.OUTPUT_ACTIVATION: "softmax _softmax log_softmax _log_softmax",
+    Kind.EMBEDDING: "embedding",
+}.items():
+    _ATEN_KINDS.update(dict.fromkeys(_names.split(), _kind))
+_ATEN_PRODUCTS = {"mul", "mul_", "div", "div_"}
+
+
+def aten_name(target: object) -> str | None:
+    """'relu' for ``torch.ops.aten.relu.default``; None for anything that is not ATen."""
+    if getattr(target, "namespace", None) != "aten":
+        return None
+    return getattr(getattr(target, "overloadpacket", None), "__name__", None)
+
+
+def op_name(node: fx.Node) -> str:
+    """The operation's plain name: 'add' for operator.add, torch.add, x.add and aten.add."""
+    if node.op == "call_method":
+        return str(node.target)
+    return aten_name(node.target) or getattr(node.target, "__name__", str(node.target))
+
 
 def is_relu(node: fx.Node, module: nn.Module | None) -> bool:
     """Whether the node computes max(0, x) (module, function or method form)."""
     if node.op == "call_module":
         return isinstance(module, RELU_MODULES)
     if node.op == "call_function":
-        return node.target in _RELU_FUNCTIONS
+        return node.target in _RELU_FUNCTIONS or aten_name(node.target) in {"relu", "relu_"}
     if node.op == "call_method":
         return node.target in {"relu", "relu_"}
     return False
@@ -272,6 +314,12 @@ def _classify_module(module: nn.Module | None) -> Kind:
 
 def _classify_function(node: fx.Node) -> Kind:
     target = node.target
+    aten = aten_name(target)
+    if aten is not None:
+        if aten in _ATEN_PRODUCTS:
+            return _classify_product(node)
+        kind = _ATEN_KINDS.get(aten, Kind.OTHER)
+        return _classify_sum(node) if kind is Kind.LINEAR_NO_PARAM else kind
     if target in (F.linear, F.conv1d, F.conv2d, F.conv3d) or target in (
         F.conv_transpose1d,
         F.conv_transpose2d,
@@ -328,9 +376,8 @@ def _node_args(node: fx.Node) -> list[fx.Node]:
 
 def _classify_sum(node: fx.Node) -> Kind:
     # x + 3 is a shift, not a sum of signals: relevance passes through it unchanged.
-    if node.target in (operator.add, operator.sub, torch.add, torch.sub, "add", "sub"):
-        if len(_node_args(node)) < 2:
-            return Kind.IDENTITY
+    if op_name(node).rstrip("_") in ("add", "sub") and len(_node_args(node)) < 2:
+        return Kind.IDENTITY
     return Kind.LINEAR_NO_PARAM
 
 
@@ -347,7 +394,7 @@ def operation_name(node: fx.Node, module: nn.Module | None) -> str:
     if node.op == "call_module":
         return type(module).__name__
     if node.op == "call_function":
-        return getattr(node.target, "__name__", str(node.target))
+        return op_name(node)
     if node.op == "call_method":
         return f"Tensor.{node.target}"
     return node.op

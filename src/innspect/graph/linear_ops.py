@@ -208,7 +208,7 @@ def linear_op_from_function(function, args: tuple, kwargs: dict) -> LinearOp:
     positional = list(args[1:])
     weight = positional.pop(0) if positional else kwargs["weight"]
     bias = positional.pop(0) if positional else kwargs.get("bias")
-    if function is F.linear:
+    if function is F.linear or name.startswith("linear"):
         return LinearOp(
             weight, bias, forward=F.linear, transpose=lambda s, w, x: s.matmul(w), description=name
         )
