@@ -276,3 +276,15 @@ def test_smoothgrad_max_activation_explains_the_clean_inputs_neuron() -> None:
     ).analyze(x)
     assert torch.equal(indexed, explanation.attribution)
     assert not torch.allclose(everything, explanation.attribution)
+
+
+def test_verbose_wrappers_show_a_progress_bar_over_their_chunks(capsys) -> None:
+    model = mlp((4, 8, 3))
+    x = torch.randn(3, 4)
+    analyzer = innspect.create_analyzer(
+        "integrated_gradients", model, steps=4, batch_size=5, verbose=True
+    )
+    quiet = innspect.create_analyzer("integrated_gradients", model, steps=4, batch_size=5)
+    assert torch.equal(analyzer.analyze(x), quiet.analyze(x))
+    err = capsys.readouterr().err
+    assert "integrated_gradients" in err and "3/3" in err  # 12 rows in chunks of 5
