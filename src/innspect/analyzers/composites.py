@@ -22,14 +22,15 @@ differences, each chosen to reproduce Zennit (``zennit.composites``, ``zennit.ru
   registration order, first ``Convolution`` for ``epsilon_gamma_box``, first
   ``Convolution`` or ``Linear`` for the ``_flat`` composites), not iNNvestigate's
   "layers that see the input"; every call of that module gets the rule.
-- BatchNorm directly after a convolution is folded into it (as Zennit's
-  ``SequentialMergeBatchNorm``); a BatchNorm that stays is passed through unchanged
+- BatchNorm directly after a convolution, or after an ``nn.Linear`` on 2-D data, is
+  folded into it (as Zennit's ``SequentialMergeBatchNorm``); a BatchNorm that stays is
+  passed through unchanged
   (Zennit's ``Pass``), not given an Epsilon rule. Zennit's merge leaves the BatchNorm
   in the model as an "identity" that still divides by ``sqrt(1 + eps)``, so its
   relevances differ from the exactly folded model by about ``eps`` (1e-5) relative per
   BatchNorm; innspect folds exactly (with ``eps = 0`` the two agree to 1e-16). Zennit
-  also merges a BatchNorm that follows an ``nn.Linear``; innspect folds only
-  convolutions and passes such a BatchNorm through.
+  merges a BatchNorm1d after an ``nn.Linear`` whatever the data's rank, which is wrong on
+  (N, C, F) data; innspect then leaves it unfused (and passes relevance through it).
 - Linear layers written functionally (``F.linear``, ``F.conv2d``) get the plain
   gradient, as Zennit hooks modules only.
 - Element-wise activation *modules* pass relevance through; functional activations

@@ -3,8 +3,8 @@
 Which rule each linear layer gets (SPEC "LRP: which rule where"), in order of priority:
 ``input_layer_rule`` for the layers that see the model input, ``until_layer_rule`` for
 linear layers 0..``until_layer_idx`` (counted in execution order, weightless layers not
-counted, as in iNNvestigate), then ``rule``. BatchNorm following a convolution is folded
-into it; any other BatchNorm gets ``bn_layer_rule``.
+counted, as in iNNvestigate), then ``rule``. BatchNorm following a convolution (or a
+Linear on 2-D data) is folded into it; any other BatchNorm gets ``bn_layer_rule``.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ class LRP(ReverseAnalyzer):
     until_layer_idx, until_layer_rule
         Give linear layers 0..until_layer_idx (execution order) ``until_layer_rule``.
     bn_layer_rule
-        Rule for BatchNorm layers that cannot be folded into a convolution (default
+        Rule for BatchNorm layers that cannot be folded into the layer before (default
         ``Epsilon()``).
     **kwargs
         Neuron selection and reverse-pass options of ``ReverseAnalyzer``.

@@ -14,6 +14,7 @@ from collections import OrderedDict
 import torch
 from torch import fx, nn
 
+from innspect.errors import InputError
 from innspect.graph.linear_ops import batchnorm_scale_shift
 
 _ORIGINAL_TARGETS = "_innspect_original_targets"
@@ -173,16 +174,21 @@ def _linear_output_ranks(
 
     class RankRecorder(fx.Interpreter):
         def run_node(self, node: fx.Node):
-            result = super().run_node(node)
+            try:
+                result = super().run_node(node)
+            except Exception as error:  # noqa: BLE001 - re-raised with the node's name
+                # Raising (rather than leaving the BatchNorm unfused) keeps a graph built on
+                # a bad input from being kept and used with a different fusion later.
+                raise InputError(
+                    f"the model failed at node '{node.name}' on an input of shape "
+                    f"{tuple(example_input.shape)}: {error}"
+                ) from error
             if node in wanted and isinstance(result, torch.Tensor):
                 ranks[node] = result.dim()
             return result
 
-    try:
-        with torch.no_grad():
-            RankRecorder(gm).run(example_input)
-    except Exception:  # noqa: BLE001 - a bad input is reported by the forward record itself
-        return {}
+    with torch.no_grad():
+        RankRecorder(gm).run(example_input)
     return ranks
 
 
