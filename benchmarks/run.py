@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
+import gc
 import os
 import platform
 import statistics
@@ -37,6 +39,19 @@ INNSPECT_ROWS: list[tuple[str, str, dict]] = [
     ("innspect deep_taylor", "deep_taylor", {}),
 ]
 SAMPLES = 16  # integrated gradients steps / SmoothGrad samples
+
+
+def release_free_memory() -> None:
+    """Return freed heap memory to the OS, so each row's RSS peak starts from a clean floor.
+
+    Without it, memory freed by one row stays in the process and the next row's peak RSS
+    delta reads ~0 however much it allocates.
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: deltas are then lower bounds
+        pass
 
 
 def rss_bytes() -> int:
@@ -79,21 +94,42 @@ class Row:
     memory: int
     first_call: float | None = None
     note: str = ""
+    ratio: float | None = None  # median of ratios to paired reference runs
 
 
-def measure(name: str, run: Callable[[], object], repeats: int, first_call: bool = False) -> Row:
-    """Median wall time over ``repeats`` runs after one warm-up, and peak RSS delta."""
+def measure(
+    name: str,
+    run: Callable[[], object],
+    repeats: int,
+    first_call: bool = False,
+    reference: Callable[[], object] | None = None,
+    warmup: Callable[[], object] | None = None,
+) -> Row:
+    """Median wall time over ``repeats`` runs after one warm-up, and peak RSS delta.
+
+    With ``reference``, each run is paired with a reference run right before it and the
+    row's ratio is the median of the paired ratios: this machine's speed drifts by tens of
+    percent within minutes, and pairing keeps that drift out of the ratios.
+    """
     start = time.perf_counter()
-    run()  # warm-up (for innspect analyzers: the first call, capture included)
+    (warmup or run)()  # for innspect analyzers: the first call, capture included
     first = time.perf_counter() - start if first_call else None
-    times, peaks = [], []
+    times, peaks, ratios = [], [], []
     for _ in range(repeats):
+        if reference is not None:
+            start = time.perf_counter()
+            reference()
+            reference_seconds = time.perf_counter() - start
+        release_free_memory()
         with PeakMemory() as memory:
             start = time.perf_counter()
             run()
             times.append(time.perf_counter() - start)
         peaks.append(memory.delta)
-    return Row(name, statistics.median(times), max(peaks), first)
+        if reference is not None:
+            ratios.append(times[-1] / reference_seconds)
+    ratio = statistics.median(ratios) if ratios else None
+    return Row(name, statistics.median(times), max(peaks), first, ratio=ratio)
 
 
 def plain_runs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, Callable[[], object]]:
@@ -128,7 +164,7 @@ def innspect_runs(batch: int) -> list[tuple[str, str, dict]]:
 
 def peer_runs(
     model_name: str, model: torch.nn.Module, x: torch.Tensor
-) -> dict[str, Callable[[], object]]:
+) -> dict[str, tuple[Callable[[], object], Callable[[], object] | None]]:
     """Zennit and Captum runs; each peer works on its own copy (their hooks need no in-place ReLU)."""
     from captum.attr import GuidedBackprop, IntegratedGradients, NoiseTunnel, Saliency
     from zennit.attribution import Gradient as ZennitGradient
@@ -150,20 +186,33 @@ def peer_runs(
             one_hot = torch.nn.functional.one_hot(target, 1000).to(x.dtype)
             return attributor(x, one_hot)[1]
 
-    runs: dict[str, Callable[[], object]] = {
-        "Zennit EpsilonPlusFlat": zennit_epsilon_plus_flat,
+    def integrated_gradients(steps: int) -> Callable[[], object]:
+        return lambda: IntegratedGradients(peer).attribute(
+            x, target=target, n_steps=steps, method="riemann_left", internal_batch_size=batch
+        )
+
+    def smoothgrad(samples: int) -> Callable[[], object]:
+        return lambda: NoiseTunnel(Saliency(peer)).attribute(
+            x, nt_type="smoothgrad", nt_samples=samples, nt_samples_batch_size=1, target=target
+        )
+
+    # label -> (run, cheap warm-up or None): the averaging peers warm up with 2 samples.
+    runs: dict[str, tuple[Callable[[], object], Callable[[], object] | None]] = {
+        "Zennit EpsilonPlusFlat": (zennit_epsilon_plus_flat, None),
     }
     if model_name == "vgg16":
         from captum.attr import LRP
 
-        runs["Captum LRP"] = lambda: LRP(peer).attribute(x, target=target)
-    runs[f"Captum IntegratedGradients ({SAMPLES})"] = lambda: IntegratedGradients(peer).attribute(
-        x, target=target, n_steps=SAMPLES, method="riemann_left", internal_batch_size=batch
+        runs["Captum LRP"] = (lambda: LRP(peer).attribute(x, target=target), None)
+    runs[f"Captum IntegratedGradients ({SAMPLES})"] = (
+        integrated_gradients(SAMPLES),
+        integrated_gradients(2),
     )
-    runs[f"Captum NoiseTunnel SmoothGrad ({SAMPLES})"] = lambda: NoiseTunnel(
-        Saliency(peer)
-    ).attribute(x, nt_type="smoothgrad", nt_samples=SAMPLES, nt_samples_batch_size=1, target=target)
-    runs["Captum GuidedBackprop"] = lambda: GuidedBackprop(peer).attribute(x, target=target)
+    runs[f"Captum NoiseTunnel SmoothGrad ({SAMPLES})"] = (smoothgrad(SAMPLES), smoothgrad(2))
+    runs["Captum GuidedBackprop"] = (
+        lambda: GuidedBackprop(peer).attribute(x, target=target),
+        None,
+    )
     return runs
 
 
@@ -171,18 +220,25 @@ def model_table(model_name: str, batch: int, size: int, repeats: int) -> list[Ro
     torch.manual_seed(0)
     model = getattr(torchvision.models, model_name)(weights=None).eval()
     x = torch.randn(batch, 3, size, size)
-    rows = [measure(label, run, repeats) for label, run in plain_runs(model, x).items()]
+    plain = plain_runs(model, x)
+    reference = plain["forward+gradient (reference)"]
+    rows = [measure(label, run, repeats) for label, run in plain.items()]
     for label, name, options in innspect_runs(batch):
         try:
             analyzer = innspect.create_analyzer(name, model, **options)
         except KeyError as error:
             rows.append(Row(label, float("nan"), 0, note=f"not available: {error}"))
             continue
-        rows.append(measure(label, lambda a=analyzer: a.analyze(x), repeats, first_call=True))
+        # Single-pass rows are paired with reference runs; the averaging rows (16 passes)
+        # are long enough for drift to matter little and would double the benchmark's time.
+        paired = reference if f"({SAMPLES})" not in label else None
+        run = lambda a=analyzer: a.analyze(x)  # noqa: E731
+        rows.append(measure(label, run, repeats, first_call=True, reference=paired))
         print(f"  {rows[-1].name}: {rows[-1].seconds:.3f} s", flush=True)
-    for label, run in peer_runs(model_name, model, x).items():
+    for label, (run, warmup) in peer_runs(model_name, model, x).items():
+        paired = reference if warmup is None else None
         try:
-            rows.append(measure(label, run, repeats))
+            rows.append(measure(label, run, repeats, reference=paired, warmup=warmup))
         except Exception as error:  # noqa: BLE001 - a failing peer is reported, not fatal
             rows.append(
                 Row(label, float("nan"), 0, note=f"failed: {type(error).__name__}: {error}")
@@ -197,13 +253,11 @@ def batch_table(repeats: int, size: int) -> list[tuple[int, Row, Row]]:
     result = []
     for batch in (1, 4, 16):
         x = torch.randn(batch, 3, size, size)
-        reference = measure(
-            "forward+gradient", plain_runs(model, x)["forward+gradient (reference)"], repeats
-        )
+        plain = plain_runs(model, x)["forward+gradient (reference)"]
+        reference = measure("forward+gradient", plain, repeats)
         analyzer = innspect.create_analyzer("lrp.epsilon", model)
-        ours = measure(
-            "lrp.epsilon", lambda a=analyzer, x=x: a.analyze(x), repeats, first_call=True
-        )
+        run = lambda a=analyzer, x=x: a.analyze(x)  # noqa: E731
+        ours = measure("lrp.epsilon", run, repeats, first_call=True, reference=plain)
         result.append((batch, reference, ours))
         print(f"  batch {batch}: {ours.seconds:.3f} s vs {reference.seconds:.3f} s", flush=True)
     return result
@@ -241,8 +295,10 @@ def render_model_table(model_name: str, batch: int, size: int, rows: list[Row]) 
             f"{row.first_call:.3f} ({row.first_call / row.seconds:.2f})" if row.first_call else ""
         )
         memory_ratio = row.memory / reference.memory if reference.memory else float("nan")
+        ratio = row.ratio if row.ratio is not None else row.seconds / reference.seconds
+        paired = "" if row.ratio is None else " (paired)"
         lines.append(
-            f"| {row.name} | {row.seconds:.3f} | {row.seconds / reference.seconds:.2f} | {first} "
+            f"| {row.name} | {row.seconds:.3f} | {ratio:.2f}{paired} | {first} "
             f"| {row.memory / 2**20:.0f} | {memory_ratio:.2f} |"
         )
     return "\n".join(lines) + "\n"
@@ -251,13 +307,13 @@ def render_model_table(model_name: str, batch: int, size: int, rows: list[Row]) 
 def render_batch_table(entries: list[tuple[int, Row, Row]], size: int) -> str:
     lines = [
         f"### lrp.epsilon on resnet50 by batch size ({size}x{size})\n",
-        "| batch | fwd+grad s | lrp.epsilon s | ratio | s per image |",
+        "| batch | fwd+grad s | lrp.epsilon s | ratio (paired) | s per image |",
         "| ---: | ---: | ---: | ---: | ---: |",
     ]
     for batch, reference, ours in entries:
         lines.append(
             f"| {batch} | {reference.seconds:.3f} | {ours.seconds:.3f} | "
-            f"{ours.seconds / reference.seconds:.2f} | {ours.seconds / batch:.3f} |"
+            f"{ours.ratio:.2f} | {ours.seconds / batch:.3f} |"
         )
     return "\n".join(lines) + "\n"
 

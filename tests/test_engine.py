@@ -355,3 +355,31 @@ def test_aten_graphs_from_torch_export_are_classified_not_silently_gradient() ->
         ours = innspect.create_analyzer(name, exported).analyze(x)
         expected = innspect.create_analyzer(name, plain).analyze(x)
         torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("model_factory", [FunctionalNet, ResidualNet])
+def test_gradient_by_one_autograd_pass_equals_the_node_by_node_walk(model_factory) -> None:
+    """A plan of pure VJPs runs as one autograd pass; per-node options force the walk."""
+    model = model_factory().double().eval()
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    fast = innspect.create_analyzer("gradient", model)
+    walked = innspect.create_analyzer("gradient", model, reverse_keep_tensors=True)
+    fast.graph(x)
+    assert fast._plain_gradient
+    explanation = walked.explain(x)
+    assert "input" in explanation.relevances  # the walk really ran
+    torch.testing.assert_close(fast.analyze(x), explanation.attribution, rtol=1e-12, atol=1e-14)
+
+
+def test_the_walk_frees_recorded_values_as_it_goes() -> None:
+    model = ResidualNet().double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    analyzer = innspect.create_analyzer("guided_backprop", model)
+    graph = analyzer.graph(x)
+    record = analyzer.forward_record(x)
+    assert len(record.values) == len(graph.nodes)
+    output = record.output(graph)
+    analyzer._reverse_from(x, record, output, analyzer._select(output, None))
+    assert set(record.values) <= {graph.input_node} | {
+        i.node for i in graph.nodes if i.kind is Kind.CONSTANT
+    }

@@ -24,6 +24,7 @@ from innspect.engine.reverse import Mapping, ReverseOptions, reverse_walk
 from innspect.errors import InputError, NeuronSelectionError, OutputActivationError
 from innspect.fileio import atomic_path
 from innspect.graph.graph import ModelGraph, NodeInfo, eval_mode
+from innspect.rules.basic import Gradient
 
 NEURON_SELECTION_MODES = ("max_activation", "index", "all")
 
@@ -305,6 +306,8 @@ class ReverseAnalyzer(Analyzer):
         )
         self._graph: ModelGraph | None = None
         self._mappings: dict[fx.Node, Mapping] = {}
+        self._autograd_nodes: frozenset[fx.Node] = frozenset()
+        self._plain_gradient = False
 
     # -- the pipeline ---------------------------------------------------------------------
     def graph(self, example_input: torch.Tensor | None = None) -> ModelGraph:
@@ -319,6 +322,17 @@ class ReverseAnalyzer(Analyzer):
                     "innspect.model_wo_softmax(model) or model_wo_output_activation(model)"
                 )
             self._mappings = {info.node: self._mapping(info, graph) for info in graph.nodes}
+            self._autograd_nodes = frozenset(
+                node for node, m in self._mappings.items() if m.needs_autograd
+            )
+            # When every node maps by its VJP, one autograd pass is the same walk, done in C++.
+            self._plain_gradient = all(
+                type(m) is Gradient
+                for node, m in self._mappings.items()
+                if node in graph.infos
+                and graph.infos[node].depends_on_input
+                and node is not graph.input_node
+            )
             self._graph = graph
         return self._graph
 
@@ -335,18 +349,54 @@ class ReverseAnalyzer(Analyzer):
     def forward_record(self, x: torch.Tensor) -> ForwardRecord:
         """Run the recording forward pass (capturing the graph on first use)."""
         graph = self.graph(x)
-        needs = {node for node, m in self._mappings.items() if m.needs_autograd}
         self._check_input_shape(graph, x)
         with eval_mode(self.model):
-            return run_forward(graph, x, needs)
+            return run_forward(graph, x, self._autograd_nodes)
+
+    def model_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's output on ``x`` through the captured graph, without recording."""
+        graph = self.graph(x)
+        self._check_input_shape(graph, x)
+        with eval_mode(self.model), torch.no_grad():
+            return run_forward(graph, x, keep=False).output(graph)
 
     def _explain(self, x: torch.Tensor, neuron_selection: Any) -> Explanation:
         self._check_selection_arguments(neuron_selection)
+        graph = self.graph(x)
+        if self._plain_gradient and self.reverse_options == ReverseOptions():
+            return self._explain_by_autograd(x, neuron_selection)
         record = self.forward_record(x)
-        graph = self.graph()
         output = record.output(graph)
         selected = self._select(output, neuron_selection)
         return self._reverse_from(x, record, output, selected)
+
+    def _explain_by_autograd(self, x: torch.Tensor, neuron_selection: Any) -> Explanation:
+        graph = self.graph()
+        self._check_input_shape(graph, x)
+        leaf = x.detach().requires_grad_(True)
+        with eval_mode(self.model), torch.enable_grad():
+            output = run_forward(graph, leaf, keep=False, global_autograd=True).output(graph)
+        selected = self._select(output, neuron_selection)
+        start, scores = self._start_signal(output, selected)
+        if output.requires_grad:
+            (gradient,) = torch.autograd.grad(output, leaf, start)
+        else:
+            gradient = torch.zeros_like(x)
+        attribution = self._postprocess(gradient.detach(), x)
+        return Explanation(attribution, selected, scores)
+
+    def _start_signal(
+        self, output: torch.Tensor, selected: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The signal at the output (its shape) and the explained scores per sample."""
+        flat = output.detach().reshape(output.shape[0], -1)
+        value = self._start_value(flat)
+        if selected is None:
+            return value.reshape(output.shape), flat.sum(dim=1)
+        start_flat = torch.zeros_like(flat)
+        rows = torch.arange(flat.shape[0], device=flat.device)
+        start_flat[rows, selected] = value[rows, selected]
+        return start_flat.reshape(output.shape), flat[rows, selected]
 
     def _reverse_from(
         self,
@@ -356,17 +406,7 @@ class ReverseAnalyzer(Analyzer):
         selected: torch.Tensor | None,
     ) -> Explanation:
         graph = self.graph()
-        flat = output.detach().reshape(output.shape[0], -1)
-        value = self._start_value(flat)
-        if selected is None:
-            start_flat = value
-            scores = flat.sum(dim=1)
-        else:
-            start_flat = torch.zeros_like(flat)
-            rows = torch.arange(flat.shape[0], device=flat.device)
-            start_flat[rows, selected] = value[rows, selected]
-            scores = flat[rows, selected]
-        start = start_flat.reshape(output.shape)
+        start, scores = self._start_signal(output, selected)
         result = reverse_walk(
             graph, record, start, lambda info: self._mappings[info.node], self.reverse_options
         )

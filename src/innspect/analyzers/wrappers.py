@@ -45,8 +45,7 @@ class _GradientAverage(Analyzer):
         self._check_selection_arguments(neuron_selection)
         if not x.is_floating_point():
             raise InputError(f"{self.name} needs a floating-point input, got {x.dtype}")
-        record = self._gradient.forward_record(x)
-        output = record.output(self._gradient.graph())
+        output = self._gradient.model_output(x)
         selected = self._select(output, neuron_selection)
         flat = output.detach().reshape(output.shape[0], -1)
         if selected is None:

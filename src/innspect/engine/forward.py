@@ -33,16 +33,35 @@ def _is_float_tensor(value: Any) -> bool:
 
 
 def run_forward(
-    graph: ModelGraph, x: torch.Tensor, autograd_nodes: set[fx.Node] | frozenset = frozenset()
+    graph: ModelGraph,
+    x: torch.Tensor,
+    autograd_nodes: set[fx.Node] | frozenset = frozenset(),
+    *,
+    keep: bool = True,
+    global_autograd: bool = False,
 ) -> ForwardRecord:
-    """Run ``graph`` on ``x`` once, recording all node outputs.
+    """Run ``graph`` on ``x`` once.
 
-    Nodes in ``autograd_nodes`` run with autograd on local leaves (for their VJP); all others
-    run without autograd bookkeeping. Errors are re-raised naming the node that failed.
+    Parameters
+    ----------
+    graph, x
+        The captured graph and its input.
+    autograd_nodes
+        Nodes that run with autograd on local leaves (for their VJP); all others run
+        without autograd bookkeeping.
+    keep
+        Keep every node's output (what the reverse walk reads). False frees each value after
+        its last use, like a plain forward, and keeps only the output.
+    global_autograd
+        Record one autograd graph through the whole pass (for a plain gradient from the
+        output to ``x``, which must then require grad); ``autograd_nodes`` is ignored.
+
+    Errors are re-raised naming the node that failed.
     """
     module = graph.module
     values: dict[fx.Node, Any] = {}
     record = ForwardRecord(values)
+    free_after = graph.free_after if not keep else {}
     for info in graph.nodes:
         node = info.node
         if node.op == "placeholder":
@@ -51,20 +70,8 @@ def run_forward(
         if node.op == "get_attr":
             values[node] = _fetch_attr(module, str(node.target))
             continue
-        local = node in autograd_nodes
-        if local:
-            leaves = [
-                values[a].detach().requires_grad_(True) if _is_float_tensor(values[a]) else None
-                for a in info.signal_inputs
-            ]
-            record.leaves[node] = leaves
-            substitutes = {
-                a: leaf
-                for a, leaf in zip(info.signal_inputs, leaves, strict=True)
-                if leaf is not None
-            }
-        else:
-            substitutes = {}
+        local = global_autograd or node in autograd_nodes
+        substitutes = {} if global_autograd or not local else _local_leaves(record, info)
         args, kwargs = _resolve(node, values, substitutes)
         try:
             with torch.set_grad_enabled(local):
@@ -74,7 +81,20 @@ def run_forward(
                 f"the model failed at node {info.describe()} on an input of shape "
                 f"{tuple(x.shape)}: {error}"
             ) from error
+        for done in free_after.get(node, ()):
+            del values[done]
     return record
+
+
+def _local_leaves(record: ForwardRecord, info) -> dict[fx.Node, torch.Tensor]:
+    """Detached, grad-requiring copies of the node's inputs, so its autograd graph is local."""
+    values = record.values
+    leaves = [
+        values[a].detach().requires_grad_(True) if _is_float_tensor(values[a]) else None
+        for a in info.signal_inputs
+    ]
+    record.leaves[info.node] = leaves
+    return {a: leaf for a, leaf in zip(info.signal_inputs, leaves, strict=True) if leaf is not None}
 
 
 def _resolve(

@@ -167,6 +167,8 @@ def reverse_walk(
 ) -> ReverseResult:
     """Walk the graph from its output to its input, applying each node's mapping.
 
+    The walk consumes ``record``: each node's recorded output is freed once visited.
+
     Parameters
     ----------
     graph, record
@@ -193,6 +195,7 @@ def reverse_walk(
             result.attribution = signal
             continue
         if _selects_from_tuple(info, record):
+            record.values.pop(node, None)
             parent = info.signal_inputs[0]
             parent_signal = signals.setdefault(parent, {})
             index = node.args[1]
@@ -201,6 +204,10 @@ def reverse_walk(
             continue
         mapped = mapping_for(info)(NodeContext(graph, info, record, signal))
         values = record.values
+        # Every reader of this node's output has been visited: free it (and its autograd
+        # graph) now, as autograd frees saved tensors, so memory falls during the walk.
+        values.pop(node, None)
+        record.leaves.pop(node, None)
         if options.node_sums:
             arriving = list(signal.values()) if isinstance(signal, dict) else [signal]
             leaving = [m for m in mapped if isinstance(m, torch.Tensor)]

@@ -147,6 +147,8 @@ class ModelGraph:
         self.nodes: list[NodeInfo] = list(self.infos.values())
         self.by_name: dict[str, NodeInfo] = {info.name: info for info in self.nodes}
         self._bottlenecks: set[fx.Node] | None = None
+        self.free_after = _last_uses(self.nodes, self.output_node)
+        self._nonnegative: dict[fx.Node, bool] = {}
 
     def _display_name(self, node: fx.Node, module_uses: dict[str, int]) -> str:
         if node.op == "placeholder":
@@ -229,6 +231,24 @@ class ModelGraph:
             users = list(users[0].users)
         return None
 
+    def is_nonnegative(self, node: fx.Node) -> bool:
+        """Whether the node's output is >= 0 by construction (a ReLU, or pooling/reshaping
+        or concatenating such outputs), so rules can skip work for negative inputs."""
+        if node not in self._nonnegative:
+            info = self.infos.get(node)
+            if info is None:
+                result = False
+            elif info.is_relu:
+                result = True
+            elif info.kind in _SIGN_PRESERVING and info.signal_inputs:
+                result = op_name(node) not in ("sub", "neg") and all(
+                    self.is_nonnegative(n) for n in info.signal_inputs
+                )
+            else:
+                result = False
+            self._nonnegative[node] = result
+        return self._nonnegative[node]
+
     def bottleneck_nodes(self) -> set[fx.Node]:
         """Nodes that every path from the input to the output passes through."""
         if self._bottlenecks is None:
@@ -264,6 +284,7 @@ def _refine_kind(kind: Kind, node: fx.Node, n_args: int, n_dependent: int) -> Ki
     return kind
 
 
+_SIGN_PRESERVING = {Kind.MAX_POOL, Kind.REARRANGE, Kind.IDENTITY, Kind.LINEAR_NO_PARAM}
 _PRODUCTS = {"mul", "div", "truediv"}
 _SUMS = {"add", "sub"}
 
@@ -293,6 +314,19 @@ def _is_shape_query(node: fx.Node) -> bool:
     if node.op == "call_function" and node.target is getattr:
         return node.args[1] in ("shape", "dtype", "device", "ndim")
     return node.op == "call_method" and node.target in ("size", "dim", "numel")
+
+
+def _last_uses(nodes: list[NodeInfo], output: fx.Node) -> dict[fx.Node, list[fx.Node]]:
+    """For each node, the values that can be dropped once it has run (a plain forward)."""
+    last_user: dict[fx.Node, fx.Node] = {}
+    for info in nodes:
+        for arg in info.node.all_input_nodes:
+            last_user[arg] = info.node
+    free_after: dict[fx.Node, list[fx.Node]] = {}
+    for value, user in last_user.items():
+        if value is not output:
+            free_after.setdefault(user, []).append(value)
+    return free_after
 
 
 def _ancestors(node: fx.Node) -> set[fx.Node]:

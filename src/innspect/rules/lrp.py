@@ -63,8 +63,12 @@ class LinearRule(Mapping):
         inputs = ctx.inputs
         x = inputs[0]
         z = ctx.output.detach()
-        result = self.relevance(op, x.detach(), z, ctx.signal)
+        result = self.relevance(op, x.detach(), z, ctx.signal, **self._hints(ctx))
         return [result] + [None] * (len(inputs) - 1)
+
+    def _hints(self, ctx: NodeContext) -> dict[str, Any]:
+        """Extra knowledge from the graph a rule can use (e.g. that its input is >= 0)."""
+        return {}
 
     def relevance(
         self, op: LinearOp, x: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor
@@ -272,34 +276,47 @@ class AlphaBeta(LinearRule):
         full = _bias_term(op, z, b)
         return full, full
 
-    def relevance(self, op, x, z, relevance):
-        w_pos, w_neg = _positive(op.weight.detach()), _negative(op.weight.detach())
+    def _hints(self, ctx: NodeContext) -> dict[str, Any]:
+        return {"nonnegative": ctx.graph.is_nonnegative(ctx.info.signal_inputs[0]) or None}
+
+    def relevance(self, op, x, z, relevance, nonnegative: bool | None = None):
+        # Written for memory: every full-size temporary is freed or reused as soon as it is
+        # spent, because on the first layers of an image network each one is large.
+        weight = op.weight.detach()
+        w_pos = _positive(weight)
+        # W- only when a term uses it: for a dense layer of VGG each copy is 400 MB.
+        w_neg = _negative(weight) if self.beta or not nonnegative else None
         bias_act, bias_inh = self._bias_terms(op, z)
-        xw = _without_bias(op, z)
-        if not bool((x < 0).any()):
-            # x >= 0 (e.g. after a ReLU): the x- terms vanish, and x W- = x W - x W+
-            # comes from the recorded z: one forward in all.
-            act = op.forward(x, w_pos, None)
-            s_act = relevance / stabilize(act + bias_act, self.stabilizer)
-            result = self.alpha * (x * op.transpose(s_act, w_pos, x))
-            if self.beta:
-                s_inh = relevance / stabilize(xw - act + bias_inh, self.stabilizer)
-                result = result - self.beta * (x * op.transpose(s_inh, w_neg, x))
-            return result
-        x_pos, x_neg = _positive(x), _negative(x)
-        pp = op.forward(x_pos, w_pos, None)
-        nn_ = op.forward(x_neg, w_neg, None)
-        s_act = relevance / stabilize(pp + nn_ + bias_act, self.stabilizer)
-        result = self.alpha * (
-            x_pos * op.transpose(s_act, w_pos, x) + x_neg * op.transpose(s_act, w_neg, x)
-        )
+        if nonnegative is None:
+            nonnegative = not bool((x < 0).any())
+        x_pos = x if nonnegative else _positive(x)
+        x_neg = None if nonnegative else _negative(x)
+        if w_neg is None and x_neg is not None:
+            w_neg = _negative(weight)
+        act = op.forward(x_pos, w_pos, None)  # x+ W+
+        if x_neg is not None:
+            act += op.forward(x_neg, w_neg, None)  # + x- W-
+        result = self._share(op, relevance, act + bias_act, x_pos, x_neg, w_pos, w_neg, x)
+        result *= self.alpha
         if self.beta:
-            pn = op.forward(x_pos, w_neg, None)
-            np_ = xw - pp - nn_ - pn  # x- W+ from the recorded z: saves a forward
-            s_inh = relevance / stabilize(pn + np_ + bias_inh, self.stabilizer)
-            result = result - self.beta * (
-                x_pos * op.transpose(s_inh, w_neg, x) + x_neg * op.transpose(s_inh, w_pos, x)
-            )
+            # The inhibitor's x+ W- + x- W+ is x W - (x+ W+ + x- W-): no forward needed.
+            inhibitor = _without_bias(op, z) - act
+            del act
+            inhibitor += bias_inh
+            shared = self._share(op, relevance, inhibitor, x_pos, x_neg, w_neg, w_pos, x)
+            result -= self.beta * shared
+        return result
+
+    def _share(self, op, relevance, denominator, x_pos, x_neg, w_first, w_second, x):
+        """``x+ * W_first^T s + x- * W_second^T s`` with ``s = relevance / denominator``."""
+        s = relevance / stabilize(denominator, self.stabilizer)
+        del denominator
+        result = op.transpose(s, w_first, x)
+        result *= x_pos
+        if x_neg is not None:
+            second = op.transpose(s, w_second, x)
+            second *= x_neg
+            result += second
         return result
 
 
