@@ -114,22 +114,31 @@ def measure(
     start = time.perf_counter()
     (warmup or run)()  # for innspect analyzers: the first call, capture included
     first = time.perf_counter() - start if first_call else None
-    times, peaks, ratios = [], [], []
-    for _ in range(repeats):
+    times, ratios = [], []
+    memory_delta = 0
+    for repeat in range(repeats):
+        # The first timed run starts from a trimmed heap and gives the memory figure; the
+        # others run on a warm heap, as repeated calls in one process do. A paired
+        # reference run always sees the same heap state as the run it is paired with.
+        cold = repeat == 0
         if reference is not None:
+            if cold:
+                release_free_memory()
             start = time.perf_counter()
             reference()
             reference_seconds = time.perf_counter() - start
-        release_free_memory()
+        if cold:
+            release_free_memory()
         with PeakMemory() as memory:
             start = time.perf_counter()
             run()
             times.append(time.perf_counter() - start)
-        peaks.append(memory.delta)
+        if cold:
+            memory_delta = memory.delta
         if reference is not None:
             ratios.append(times[-1] / reference_seconds)
     ratio = statistics.median(ratios) if ratios else None
-    return Row(name, statistics.median(times), max(peaks), first, ratio=ratio)
+    return Row(name, statistics.median(times), memory_delta, first, ratio=ratio)
 
 
 def plain_runs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, Callable[[], object]]:

@@ -56,7 +56,7 @@ from innspect.analyzers.lrp import LRP, is_conv, is_dense
 from innspect.analyzers.registry import register
 from innspect.engine.reverse import Mapping
 from innspect.graph.graph import NodeInfo
-from innspect.graph.kinds import Kind
+from innspect.graph.kinds import AVG_POOL_MODULES, Kind
 from innspect.rules.lrp import AlphaBeta, Bounded, Epsilon, Flat, Gamma, LinearRule
 from innspect.rules.lrp_nodes import (
     GRADIENT,
@@ -92,14 +92,6 @@ ZENNIT_ACTIVATIONS = (
     nn.Tanh,
     nn.Tanhshrink,
     nn.Threshold,
-)
-ZENNIT_AVG_POOL = (
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveAvgPool3d,
 )
 
 
@@ -165,7 +157,7 @@ class ZennitComposite(LRP):
         if kind is Kind.ACTIVATION:
             return PASS_THROUGH if isinstance(info.module, ZENNIT_ACTIVATIONS) else GRADIENT
         if kind is Kind.LINEAR_NO_PARAM:
-            if isinstance(info.module, ZENNIT_AVG_POOL) or is_signal_sum(info):
+            if isinstance(info.module, AVG_POOL_MODULES) or is_signal_sum(info):
                 return self._norm
             return GRADIENT
         if kind is Kind.SCALE:

@@ -8,11 +8,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from innspect.engine.reverse import Mapping, NodeContext, Unsupported
 from innspect.graph.graph import NodeInfo
-from innspect.graph.kinds import AVG_POOL_MODULES, Kind
+from innspect.graph.kinds import AVG_POOL_MODULES, Kind, op_name
 from innspect.rules.basic import Gradient, PassThrough
 from innspect.rules.lrp import check_stabilizer, stabilize
 
@@ -44,33 +43,29 @@ class EmbeddingSum(Mapping):
         return [ctx.signal.sum(dim=-1)] + [None] * (len(ctx.inputs) - 1)
 
 
-_SUMS = {"add", "sub"}
-
-
 def is_signal_sum(info: NodeInfo) -> bool:
     """An addition/subtraction of two input-dependent tensors (e.g. a residual connection)."""
-    target = info.node.target
-    name = target if isinstance(target, str) else getattr(target, "__name__", "")
-    return len(info.signal_inputs) >= 2 and name in _SUMS
+    return len(info.signal_inputs) >= 2 and op_name(info.node).rstrip("_") in ("add", "sub")
 
 
-_AVERAGE_FUNCTIONS = {
-    F.avg_pool1d,
-    F.avg_pool2d,
-    F.avg_pool3d,
-    F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d,
-    F.adaptive_avg_pool3d,
-    torch.mean,
+_AVERAGES = {
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d",
+    "_adaptive_avg_pool2d",
+    "_adaptive_avg_pool3d",
     "mean",
 }
 
 
 def is_average(info: NodeInfo) -> bool:
-    """Average pooling (module or functional) or a mean over axes."""
+    """Average pooling (module, functional or ATen) or a mean over axes."""
     if info.module is not None:
         return isinstance(info.module, AVG_POOL_MODULES)
-    return info.node.op != "placeholder" and info.node.target in _AVERAGE_FUNCTIONS
+    return info.node.op in ("call_function", "call_method") and op_name(info.node) in _AVERAGES
 
 
 GRADIENT = Gradient()
