@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import innspect
+from innspect.engine.forward import run_forward
 from innspect.graph.graph import ModelGraph
 from innspect.graph.kinds import Kind
 from tests.models import FunctionalNet, assert_model_unchanged, mlp, model_state
@@ -131,9 +132,6 @@ def test_batchnorm_fusion_gives_the_same_output_and_leaves_the_model_alone() -> 
     model.eval()
     expected = model(x)
     model.train()
-    record = innspect.engine.forward.run_forward(graph, x) if False else None  # noqa: F841
-    from innspect.engine.forward import run_forward
-
     torch.testing.assert_close(run_forward(graph, x).values[graph.output_node], expected)
     assert_model_unchanged(model, before)
 
