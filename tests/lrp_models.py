@@ -114,3 +114,17 @@ def inputs(name: str, batch: int = 3, nonnegative: bool = False) -> torch.Tensor
     generator = torch.Generator().manual_seed(11)
     x = torch.randn((batch,) + INPUT_SHAPES[name], generator=generator, dtype=torch.float64)
     return x.abs() if nonnegative else x
+
+
+def randomise_batchnorm(model: nn.Module, seed: int = 3) -> nn.Module:
+    """Statistics and affine parameters far from the identity (negative gammas too)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                n = module.num_features
+                module.running_mean.copy_(0.5 * torch.randn(n, generator=generator))
+                module.running_var.copy_(0.3 + 2.7 * torch.rand(n, generator=generator))
+                module.weight.copy_(torch.randn(n, generator=generator))
+                module.bias.copy_(0.5 * torch.randn(n, generator=generator))
+    return model.double().eval()

@@ -270,19 +270,8 @@ class BNFirst(nn.Module):
         return self.fc(torch.flatten(self.conv(self.relu(self.bn(x))), 1))
 
 
-def _randomised_bn_model(model: nn.Module) -> nn.Module:
-    torch.manual_seed(5)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.normal_()
-            module.running_var.uniform_(0.5, 2)
-            module.weight.data.normal_()
-            module.bias.data.normal_()
-    return model.double().eval()
-
-
 def test_unfusable_batchnorm_gets_bn_layer_rule() -> None:
-    model = _randomised_bn_model(BNFirst())
+    model = lrp_models.randomise_batchnorm(BNFirst())
     x = torch.randn(2, 2, 6, 6, dtype=torch.float64)
     assert_layer_rule("lrp.z", model, x, "bn", rules.Epsilon())
     assert_layer_rule("lrp.z", model, x, "bn", rules.Z(), bn_layer_rule="Z")
@@ -292,7 +281,7 @@ def test_unfusable_batchnorm_gets_bn_layer_rule() -> None:
 
 def test_batchnorm_after_conv_is_folded_like_by_hand() -> None:
     torch.manual_seed(2)
-    model = _randomised_bn_model(
+    model = lrp_models.randomise_batchnorm(
         nn.Sequential(
             nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(48, 2)
         )
@@ -365,7 +354,7 @@ def test_every_name_runs_and_conserves_roughly(name: str) -> None:
 
 
 def test_model_is_unchanged_by_analysis() -> None:
-    model = _randomised_bn_model(
+    model = lrp_models.randomise_batchnorm(
         nn.Sequential(
             nn.Conv2d(2, 3, 3),
             nn.BatchNorm2d(3),

@@ -26,23 +26,10 @@ from innspect.engine.forward import run_forward
 from innspect.errors import InputError
 from innspect.graph.graph import ModelGraph
 from innspect.graph.kinds import Kind
+from tests.lrp_models import randomise_batchnorm
 from tests.models import assert_model_unchanged, model_state
 
 TINY = 1e-7  # iNNvestigate's SafeDivide / the default Epsilon
-
-
-def randomise_batchnorm(model: nn.Module, seed: int = 3) -> nn.Module:
-    """Statistics and affine parameters far from the identity (negative gammas too)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                n = module.num_features
-                module.running_mean.copy_(0.5 * torch.randn(n, generator=generator))
-                module.running_var.copy_(0.3 + 2.7 * torch.rand(n, generator=generator))
-                module.weight.copy_(torch.randn(n, generator=generator))
-                module.bias.copy_(0.5 * torch.randn(n, generator=generator))
-    return model.double().eval()
 
 
 def fold_by_hand(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:

@@ -18,12 +18,12 @@ from innspect.graph.graph import ModelGraph
 from innspect.graph.linear_ops import batchnorm_scale_shift
 from innspect.rules import lrp as rules
 from tests import lrp_models
+from tests.lrp_models import randomise_batchnorm
 from tests.test_lrp_analyzer import assert_layer_rule, layer_relevance_differs
 from tests.test_lrp_batchnorm import (
     DenseLayer,
     epsilon_on_batchnorm,
     fold_by_hand,
-    randomise_batchnorm,
 )
 
 

@@ -175,15 +175,20 @@ class EpsilonPlus(ZennitComposite):
         return AlphaBeta(alpha=1, beta=0, stabilizer=stabilizer, split_bias=True)
 
 
-@register
-class EpsilonPlusFlat(EpsilonPlus):
-    """Zennit's EpsilonPlusFlat: EpsilonPlus with Flat on the first linear layer."""
+class _FlatFirstLayer:
+    """Zennit's *Flat composites: the Flat rule on the first Linear or convolution module."""
 
-    name = "lrp.epsilon_plus_flat"
     first_layer_types = (nn.Linear, nn.modules.conv._ConvNd)
 
     def _first_rule(self, stabilizer: float) -> LinearRule | None:
         return Flat(stabilizer=stabilizer)
+
+
+@register
+class EpsilonPlusFlat(_FlatFirstLayer, EpsilonPlus):
+    """Zennit's EpsilonPlusFlat: EpsilonPlus with Flat on the first linear layer."""
+
+    name = "lrp.epsilon_plus_flat"
 
 
 @register
@@ -197,14 +202,10 @@ class EpsilonAlpha2Beta1(ZennitComposite):
 
 
 @register
-class EpsilonAlpha2Beta1Flat(EpsilonAlpha2Beta1):
+class EpsilonAlpha2Beta1Flat(_FlatFirstLayer, EpsilonAlpha2Beta1):
     """Zennit's EpsilonAlpha2Beta1Flat: EpsilonAlpha2Beta1 with Flat on the first layer."""
 
     name = "lrp.epsilon_alpha2_beta1_flat"
-    first_layer_types = (nn.Linear, nn.modules.conv._ConvNd)
-
-    def _first_rule(self, stabilizer: float) -> LinearRule | None:
-        return Flat(stabilizer=stabilizer)
 
 
 @register
