@@ -381,3 +381,104 @@ def test_the_walk_frees_recorded_values_as_it_goes() -> None:
     assert set(record.values) <= {graph.input_node} | {
         i.node for i in graph.nodes if i.kind is Kind.CONSTANT
     }
+
+
+class SumsNet(nn.Module):
+    """Residual sums of every shape the sum rule meets: a + b, a - b, broadcasting, constants."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.branch = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.stem(x))
+        b = torch.relu(a + self.branch(a))
+        c = b - a.mean(dim=(2, 3), keepdim=True)  # broadcast second argument
+        d = torch.add(c, 0.5).sub(b)  # a constant, a method call
+        return self.fc((d + d).flatten(1))
+
+
+@pytest.mark.parametrize("name", ["lrp.epsilon", "lrp.z", "deep_taylor", "lrp.epsilon_plus"])
+def test_sum_rule_without_autograd_equals_the_autograd_z_rule(name: str, monkeypatch) -> None:
+    import innspect.rules.lrp_nodes as lrp_nodes
+
+    torch.manual_seed(0)
+    model = SumsNet().double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    fast = innspect.create_analyzer(name, model)
+    fast.graph(x)
+    used = [type(m).__name__ for m in fast._mappings.values()]
+    # a + branch, b - mean, .sub(b) and d + d (c + 0.5 is a shift, not a sum); Zennit's
+    # composites take d + d (one distinct input) as a plain gradient.
+    assert used.count("ZRuleSum") == (3 if name == "lrp.epsilon_plus" else 4)
+    result = fast.analyze(x)
+    monkeypatch.setattr(lrp_nodes, "is_plain_sum", lambda info: False)
+    slow = innspect.create_analyzer(name, model)
+    slow.graph(x)
+    assert "ZRuleSum" not in {type(m).__name__ for m in slow._mappings.values()}
+    torch.testing.assert_close(result, slow.analyze(x), rtol=1e-12, atol=1e-14)
+
+
+def test_record_drops_relu_outputs_it_can_rebuild_and_results_do_not_change(monkeypatch) -> None:
+    import innspect.engine.forward as forward
+
+    torch.manual_seed(0)
+    model = ResidualNet().double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    analyzer = innspect.create_analyzer("lrp.epsilon", model)
+    graph = analyzer.graph(x)
+    record = analyzer.forward_record(x)
+    names = {graph.infos[n].name for n in record.values.recompute}
+    # relu feeds a convolution and a sum (no autograd); relu_1 feeds flatten (a VJP node).
+    assert names == {"relu"}
+    (relu,) = record.values.recompute
+    assert relu not in record.values
+    torch.testing.assert_close(record.values[relu], torch.relu(record.values[relu.args[0]]))
+    result = analyzer.analyze(x)
+    monkeypatch.setattr(forward, "rematerialisable", lambda graph, autograd_nodes: set())
+    kept = innspect.create_analyzer("lrp.epsilon", model)
+    assert not kept.forward_record(x).values.recompute
+    torch.testing.assert_close(result, kept.analyze(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["guided_backprop", "deconvnet"])
+def test_relu_variants_transpose_linear_layers_like_autograd_through_batchnorm(
+    name: str, monkeypatch
+) -> None:
+    # Guided backprop and Deconvnet fold BatchNorm into the convolutions and map linear
+    # layers by their transposed operation; both must equal autograd's VJP on the model.
+    import innspect.analyzers.gradient as gradient
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 5, 3, stride=2),
+        nn.BatchNorm2d(5),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(5, 3),
+    ).double()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.normal_()
+            module.bias.data.normal_()
+    model.eval()
+    x = torch.randn(3, 3, 6, 6, dtype=torch.float64)
+    fast = innspect.create_analyzer(name, model)
+    fast.graph(x)
+    assert "LinearGradient" in {type(m).__name__ for m in fast._mappings.values()}
+    assert fast.graph().fused  # the BatchNorms were folded
+    result = fast.analyze(x)
+    monkeypatch.setattr(gradient, "LINEAR_GRADIENT", gradient.GRADIENT)
+    monkeypatch.setattr(gradient._ReLUVariant, "fuse_batchnorm", False)
+    slow = innspect.create_analyzer(name, model)
+    slow.graph(x)
+    assert "LinearGradient" not in {type(m).__name__ for m in slow._mappings.values()}
+    torch.testing.assert_close(result, slow.analyze(x), rtol=1e-10, atol=1e-12)

@@ -315,3 +315,44 @@ def test_rule_names_follow_innvestigate() -> None:
     )
     assert rules.rule_from_name("EpsilonIgnoreBias") == rules.Epsilon(bias=False)
     assert rules.rule_from_name("z_plus") == rules.ZPlus()
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        rules.AlphaBeta(2, 1),
+        rules.AlphaBeta(1, 0, stabilizer=1e-3, split_bias=True),
+        rules.ZPlus(),
+        rules.ZPlusFast(),
+        rules.WSquare(),
+        rules.Flat(),
+        rules.Bounded(-1.0, 2.0),
+        rules.Gamma(0.5, stabilizer=1e-3, generalized=True),
+    ],
+    ids=repr,
+)
+def test_large_dense_layers_split_by_output_units_give_the_same_relevance(
+    rule: rules.LinearRule, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A rule that copies the weight works on large dense layers a block of output units at
+    # a time; with a tiny block size this small layer is split into 7 pieces.
+    from innspect.analyzers.lrp import LRP
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 13), nn.ReLU(), nn.Linear(13, 4)).double()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    analyzer = LRP(model, rule=rule, neuron_selection_mode="all")
+    whole = analyzer.analyze(x)
+    pieces: list[int] = []
+    original = type(linear_op_from_module(model[0])).output_blocks
+
+    def counting(op, max_bytes):
+        blocks = original(op, max_bytes)
+        pieces.append(0 if blocks is None else len(blocks))
+        return blocks
+
+    monkeypatch.setattr(rules.LinearRule, "block_bytes", 2 * 6 * 8)  # two rows of 6 doubles
+    monkeypatch.setattr(type(linear_op_from_module(model[0])), "output_blocks", counting)
+    split = LRP(model, rule=rule, neuron_selection_mode="all").analyze(x)
+    assert max(pieces) == 7
+    torch.testing.assert_close(split, whole, rtol=1e-12, atol=1e-12)

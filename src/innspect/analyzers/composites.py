@@ -64,6 +64,7 @@ from innspect.rules.lrp_nodes import (
     ZRuleNoParam,
     is_signal_sum,
     lrp_node_mapping,
+    z_rule_no_param,
 )
 
 ZENNIT_STABILIZER = 1e-6
@@ -157,7 +158,9 @@ class ZennitComposite(LRP):
         if kind is Kind.ACTIVATION:
             return PASS_THROUGH if isinstance(info.module, ZENNIT_ACTIVATIONS) else GRADIENT
         if kind is Kind.LINEAR_NO_PARAM:
-            if isinstance(info.module, AVG_POOL_MODULES) or is_signal_sum(info):
+            if is_signal_sum(info):
+                return z_rule_no_param(info, self.stabilizer)
+            if isinstance(info.module, AVG_POOL_MODULES):
                 return self._norm
             return GRADIENT
         if kind is Kind.SCALE:

@@ -14,7 +14,7 @@ from innspect.engine.reverse import Mapping, Unsupported
 from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.graph.kinds import Kind
 from innspect.rules.lrp import Bounded, WSquare, ZPlus
-from innspect.rules.lrp_nodes import GRADIENT, PASS_THROUGH, Z_NO_PARAM, is_average
+from innspect.rules.lrp_nodes import GRADIENT, PASS_THROUGH, is_average, z_rule_no_param
 
 _RELU_ONLY = (
     "Deep Taylor is defined for ReLU networks; replace the activation by nn.ReLU or use an "
@@ -79,7 +79,7 @@ class DeepTaylor(ReverseAnalyzer):
         if kind is Kind.LINEAR_NO_PARAM:
             # iNNvestigate's reference data: average pooling is a plain gradient in Deep
             # Taylor; additions and interpolations keep the (conservative) z-rule.
-            return GRADIENT if is_average(info) else Z_NO_PARAM
+            return GRADIENT if is_average(info) else z_rule_no_param(info)
         return Unsupported(self.name, "Deep Taylor has no rule for this operation")
 
 

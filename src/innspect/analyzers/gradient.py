@@ -12,9 +12,10 @@ from innspect.analyzers.registry import register
 from innspect.engine.reverse import Mapping, Unsupported
 from innspect.graph.graph import ModelGraph, NodeInfo, eval_mode
 from innspect.graph.kinds import Kind
-from innspect.rules.basic import DeconvnetReLU, Gradient, GuidedReLU
+from innspect.rules.basic import DeconvnetReLU, Gradient, GuidedReLU, LinearGradient
 
 GRADIENT = Gradient()
+LINEAR_GRADIENT = LinearGradient()
 _POSTPROCESS = (None, "abs", "square")
 
 
@@ -74,6 +75,9 @@ class _ReLUVariant(ReverseAnalyzer):
 
     relu_mapping: Mapping
     relevance_start = True
+    # Eval-mode BatchNorm folded into its convolution: the same gradient, one recorded
+    # tensor per layer fewer.
+    fuse_batchnorm = True
 
     def _mapping(self, info: NodeInfo, graph: ModelGraph) -> Mapping:
         if info.is_relu:
@@ -84,6 +88,8 @@ class _ReLUVariant(ReverseAnalyzer):
                 "this method is defined for ReLU activations only; replace the activation by "
                 "nn.ReLU or use 'gradient'",
             )
+        if info.module is not None and info.kind in (Kind.LINEAR, Kind.BATCHNORM):
+            return LINEAR_GRADIENT
         return GRADIENT
 
 

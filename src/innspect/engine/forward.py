@@ -10,6 +10,31 @@ from torch import fx
 
 from innspect.errors import InputError
 from innspect.graph.graph import ModelGraph
+from innspect.graph.kinds import is_relu
+
+
+class RecordedValues(dict):
+    """Node outputs by node; a ReLU output that was dropped is recomputed when read.
+
+    ``recompute[node]`` names the input a dropped ReLU output is rebuilt from. A rebuilt
+    value is kept until the reverse walk frees it (when it visits the node).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recompute: dict[fx.Node, fx.Node] = {}
+
+    def __missing__(self, node: fx.Node) -> Any:
+        source = self.recompute.get(node)
+        if source is None:
+            raise KeyError(node)
+        value = torch.relu(self[source].detach())
+        self[node] = value
+        return value
+
+    def holds_tensor(self, node: fx.Node) -> bool:
+        """Whether ``node``'s output is a tensor, without rebuilding a dropped one."""
+        return node in self.recompute or isinstance(self.get(node), torch.Tensor)
 
 
 @dataclass
@@ -21,11 +46,35 @@ class ForwardRecord:
     the autograd graph of each node is local: a VJP through one node never walks the rest.
     """
 
-    values: dict[fx.Node, Any]
+    values: RecordedValues
     leaves: dict[fx.Node, list[torch.Tensor | None]] = field(default_factory=dict)
 
     def output(self, graph: ModelGraph) -> torch.Tensor:
         return self.values[graph.output_node]
+
+
+def rematerialisable(graph: ModelGraph, autograd_nodes: set[fx.Node] | frozenset) -> set[fx.Node]:
+    """ReLU nodes whose output a record can drop after the forward and rebuild on demand.
+
+    A relevance rule needs both a layer's output ``z`` and the next layer's input
+    ``relu(z)``; keeping both doubles the record of a conv/ReLU network, while rebuilding
+    ``relu(z)`` in the reverse walk costs one element-wise pass. Not for ReLUs read through
+    autograd (a node's local autograd graph holds its inputs and outputs anyway).
+    """
+    result = set()
+    for info in graph.nodes:
+        node = info.node
+        if (
+            node is graph.output_node
+            or node in autograd_nodes
+            or len(info.signal_inputs) != 1
+            or len(node.all_input_nodes) != 1
+            or not is_relu(node, info.module)
+            or any(user in autograd_nodes for user in node.users)
+        ):
+            continue
+        result.add(node)
+    return result
 
 
 def _is_float_tensor(value: Any) -> bool:
@@ -59,9 +108,11 @@ def run_forward(
     Errors are re-raised naming the node that failed.
     """
     module = graph.module
-    values: dict[fx.Node, Any] = {}
+    values = RecordedValues()
     record = ForwardRecord(values)
-    free_after = graph.free_after if not keep else {}
+    free_after = graph.free_after
+    # keep=True: the record keeps every value except ReLU outputs it can rebuild.
+    droppable = rematerialisable(graph, autograd_nodes) if keep and not global_autograd else None
     for info in graph.nodes:
         node = info.node
         if node.op == "placeholder":
@@ -82,7 +133,11 @@ def run_forward(
                 f"{tuple(x.shape)}: {error}"
             ) from error
         for done in free_after.get(node, ()):
-            del values[done]
+            if droppable is None:
+                del values[done]
+            elif done in droppable:
+                del values[done]
+                values.recompute[done] = done.all_input_nodes[0]
     return record
 
 

@@ -215,7 +215,7 @@ def reverse_walk(
             leaving_sum = _per_sample_sum(leaving) if leaving else torch.zeros_like(arriving_sum)
             result.node_sums[info.name] = (arriving_sum, leaving_sum)
         for input_node, input_signal in zip(info.signal_inputs, mapped, strict=True):
-            if input_signal is None or not isinstance(values[input_node], torch.Tensor):
+            if input_signal is None or not values.holds_tensor(input_node):
                 continue
             if options.check_finite and not bool(torch.isfinite(input_signal).all()):
                 raise NonFiniteRelevanceError(

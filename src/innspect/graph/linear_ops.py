@@ -9,7 +9,7 @@ map, so each rule is written once for all of them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +54,28 @@ class LinearOp:
         b = self.bias if isinstance(bias, str) else bias
         return self.forward(x, w, b)
 
+    def output_blocks(self, max_bytes: int) -> list[tuple[slice, LinearOp]] | None:
+        """The op split by output units into pieces whose weight fits ``max_bytes``.
+
+        Only for dense layers (weight ``(out, in)``, outputs on the last axis) whose weight
+        is larger than ``max_bytes``; None otherwise. Every LRP rule is a sum over output
+        units, so a rule applied piece by piece and summed is the rule on the whole layer,
+        and a modified copy of the weight (W+, W-) is then made one piece at a time.
+        """
+        weight = self.weight
+        if self.extras.get("output_axis") != -1 or weight.dim() != 2:
+            return None
+        row_bytes = weight.shape[1] * weight.element_size()
+        if row_bytes * weight.shape[0] <= max_bytes:
+            return None
+        rows = max(1, max_bytes // row_bytes)
+        blocks = []
+        for start in range(0, weight.shape[0], rows):
+            index = slice(start, start + rows)
+            bias = None if self.bias is None else self.bias[index]
+            blocks.append((index, replace(self, weight=weight[index], bias=bias)))
+        return blocks
+
     def bias_broadcast(self, bias: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         """Reshape a bias vector so that it broadcasts against the layer's output."""
         axis = self.extras.get("channel_axis", -1)
@@ -86,6 +108,7 @@ def linear_op_from_module(module: nn.Module) -> LinearOp:
             forward=F.linear,
             transpose=lambda s, w, x: s.matmul(w),
             description="Linear",
+            extras={"output_axis": -1},
         )
     if isinstance(module, nn.modules.conv._ConvNd):
         return _conv_op(module)
@@ -210,7 +233,12 @@ def linear_op_from_function(function, args: tuple, kwargs: dict) -> LinearOp:
     bias = positional.pop(0) if positional else kwargs.get("bias")
     if function is F.linear or name.startswith("linear"):
         return LinearOp(
-            weight, bias, forward=F.linear, transpose=lambda s, w, x: s.matmul(w), description=name
+            weight,
+            bias,
+            forward=F.linear,
+            transpose=lambda s, w, x: s.matmul(w),
+            description=name,
+            extras={"output_axis": -1},
         )
     transposed = name.startswith("conv_transpose")
     names = _FUNCTIONAL_CONV_T_ARGS if transposed else _FUNCTIONAL_CONV_ARGS

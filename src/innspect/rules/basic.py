@@ -18,6 +18,20 @@ class Gradient(Mapping):
         return ctx.vjp()
 
 
+class LinearGradient(Mapping):
+    """The gradient of a linear layer module as its transposed operation (no autograd).
+
+    The same numbers as :class:`Gradient`, but the node needs no local autograd graph, so
+    the forward record can drop and rebuild the ReLU outputs that feed it.
+    """
+
+    def __call__(self, ctx: NodeContext) -> Sequence[torch.Tensor | None]:
+        op = ctx.graph.linear_op(ctx.info)
+        inputs = ctx.inputs
+        signal = op.transpose(ctx.signal, op.weight.detach(), inputs[0].detach())
+        return [signal] + [None] * (len(inputs) - 1)
+
+
 class PassThrough(Mapping):
     """The signal goes to the node's (single) input unchanged: element-wise activations in LRP."""
 
@@ -42,4 +56,5 @@ class GuidedReLU(Mapping):
 
     def __call__(self, ctx: NodeContext) -> Sequence[torch.Tensor | None]:
         (x,) = ctx.inputs
-        return [torch.relu(ctx.signal) * (x > 0).to(ctx.signal.dtype)]
+        # In place on the rectified copy: one full-size temporary instead of three.
+        return [torch.relu(ctx.signal).masked_fill_(~(x > 0), 0)]

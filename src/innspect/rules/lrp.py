@@ -37,6 +37,33 @@ def stabilize(z: torch.Tensor, stabilizer: float | None) -> torch.Tensor:
     return signed_shift(z, stabilizer)
 
 
+def divide_by_stabilized(
+    relevance: torch.Tensor, denominator: torch.Tensor, stabilizer: float | None
+) -> torch.Tensor:
+    """``relevance / stabilize(denominator)``, computed in the memory of ``denominator``.
+
+    The caller hands over ``denominator`` (a temporary of its own): on the first layers of
+    an image network every full-size temporary costs tens of MB and a pass over memory.
+    """
+    if stabilizer is None:
+        denominator.masked_fill_(denominator == 0, SAFE_DIVIDE_EPSILON)
+    else:
+        shift = denominator.new_tensor(stabilizer)  # a Python float would be float32
+        denominator.add_(torch.where(denominator >= 0, shift, -shift))
+    return divide_into(relevance, denominator)
+
+
+def divide_into(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """``numerator / denominator``, written into ``denominator`` when shapes and dtypes allow."""
+    if (
+        numerator.shape == denominator.shape
+        and numerator.dtype == denominator.dtype
+        and not (numerator.requires_grad or denominator.requires_grad)
+    ):
+        return torch.div(numerator, denominator, out=denominator)
+    return numerator / denominator
+
+
 def signed_shift(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     """``z + epsilon * sign(z)`` with sign(0) = +1, in one temporary (the layer outputs of
     an image network are large, and each extra temporary costs an allocation and a pass)."""
@@ -64,13 +91,26 @@ class LinearRule(Mapping):
 
     rule_name: ClassVar[str] = "LinearRule"
     config_keys: ClassVar[tuple[str, ...]] = ()
+    # Rules that build modified copies of the weight (W+, W-, w^2) work on large dense
+    # layers piece by piece, so a copy never takes more than this (VGG's first dense layer
+    # alone is 400 MB) and each piece is still in cache when its transpose reads it.
+    copies_weight: ClassVar[bool] = False
+    block_bytes: ClassVar[int] = 16 * 2**20
 
     def __call__(self, ctx: NodeContext) -> Sequence[torch.Tensor | None]:
         op = ctx.graph.linear_op(ctx.info)
         inputs = ctx.inputs
-        x = inputs[0]
+        x = inputs[0].detach()
         z = ctx.output.detach()
-        result = self.relevance(op, x.detach(), z, ctx.signal, **self._hints(ctx))
+        hints = self._hints(ctx)
+        blocks = op.output_blocks(self.block_bytes) if self.copies_weight else None
+        if blocks is None:
+            result = self.relevance(op, x, z, ctx.signal, **hints)
+        else:
+            result = None
+            for index, piece in blocks:
+                part = self.relevance(piece, x, z[..., index], ctx.signal[..., index], **hints)
+                result = part if result is None else result.add_(part)
         return [result] + [None] * (len(inputs) - 1)
 
     def _hints(self, ctx: NodeContext) -> dict[str, Any]:
@@ -116,7 +156,7 @@ def _without_bias(op: LinearOp, z: torch.Tensor) -> torch.Tensor:
     """``x W`` recovered from the recorded ``z = x W + b`` (no extra forward)."""
     if op.bias is None:
         return z
-    return z - _bias_term(op, z, op.bias)
+    return z - _bias_term(op, z, op.bias.detach())
 
 
 def _positive(t: torch.Tensor) -> torch.Tensor:
@@ -151,7 +191,7 @@ class Z(LinearRule):
 
     def relevance(self, op, x, z, relevance):
         # z is the recorded output: no extra forward, one transposed operation.
-        s = relevance / self._denominator(op, z)
+        s = divide_into(relevance, self._denominator(op, z))
         return op.transpose(s, op.weight, x).mul_(x)
 
 
@@ -191,6 +231,7 @@ class WSquare(LinearRule):
     """
 
     rule_name = "WSquare"
+    copies_weight = True
     config_keys = ("stabilizer",)
 
     def __init__(self, stabilizer: float | None = None) -> None:
@@ -257,6 +298,7 @@ class AlphaBeta(LinearRule):
     """
 
     rule_name = "AlphaBeta"
+    copies_weight = True
     config_keys = ("alpha", "beta", "bias", "stabilizer", "split_bias")
 
     def __init__(
@@ -272,51 +314,65 @@ class AlphaBeta(LinearRule):
         self.stabilizer = check_stabilizer(stabilizer)
         self.split_bias = bool(split_bias)
 
-    def _bias_terms(self, op: LinearOp, z: torch.Tensor) -> tuple[Any, Any]:
-        """Bias added to the activator and to the inhibitor denominators."""
-        if not self.bias or op.bias is None:
-            return 0.0, 0.0
+    def _bias_vectors(self, op: LinearOp) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The activator's bias, and what the inhibitor ``x W - act`` must lose of ``b``.
+
+        The inhibitor's ``x+ W- + x- W+`` is ``x W - (x+ W+ + x- W-)``, and the recorded
+        ``z`` is ``x W + b``; so the inhibitor denominator ``x+ W- + x- W+ + b_inh`` is
+        ``z - act - (b - b_inh)``: nothing to subtract when both get the whole bias.
+        """
+        if op.bias is None:
+            return None, None
         b = op.bias.detach()
+        if not self.bias:
+            return None, b
         if self.split_bias:
-            return _bias_term(op, z, _positive(b)), _bias_term(op, z, _negative(b))
-        full = _bias_term(op, z, b)
-        return full, full
+            return _positive(b), _positive(b)  # b - b- = b+
+        return b, None
 
     def _hints(self, ctx: NodeContext) -> dict[str, Any]:
         return {"nonnegative": ctx.graph.is_nonnegative(ctx.info.signal_inputs[0]) or None}
 
     def relevance(self, op, x, z, relevance, nonnegative: bool | None = None):
-        # Written for memory: every full-size temporary is freed or reused as soon as it is
-        # spent, because on the first layers of an image network each one is large.
+        # Written for memory and passes: every full-size temporary is computed in place,
+        # freed or reused as soon as it is spent (on the first layers of an image network
+        # each one is tens of MB).
         weight = op.weight.detach()
         w_pos = _positive(weight)
         # W- only when a term uses it: for a dense layer of VGG each copy is 400 MB.
         w_neg = _negative(weight) if self.beta or not nonnegative else None
-        bias_act, bias_inh = self._bias_terms(op, z)
         if nonnegative is None:
             nonnegative = not bool((x < 0).any())
         x_pos = x if nonnegative else _positive(x)
         x_neg = None if nonnegative else _negative(x)
         if w_neg is None and x_neg is not None:
             w_neg = _negative(weight)
+        bias_act, inhibitor_loses = self._bias_vectors(op)
         act = op.forward(x_pos, w_pos, None)  # x+ W+
         if x_neg is not None:
             act += op.forward(x_neg, w_neg, None)  # + x- W-
-        result = self._share(op, relevance, act + bias_act, x_pos, x_neg, w_pos, w_neg, x)
-        result *= self.alpha
+        inhibitor = None
         if self.beta:
-            # The inhibitor's x+ W- + x- W+ is x W - (x+ W+ + x- W-): no forward needed.
-            inhibitor = _without_bias(op, z) - act
-            del act
-            inhibitor += bias_inh
+            inhibitor = torch.sub(z, act)
+            if inhibitor_loses is not None:
+                inhibitor -= _bias_term(op, z, inhibitor_loses)
+        if bias_act is not None:
+            act += _bias_term(op, z, bias_act)
+        result = self._share(op, relevance, act, x_pos, x_neg, w_pos, w_neg, x)
+        del act  # its memory held the activator's s; free it before the inhibitor's pass
+        if self.alpha != 1:
+            result *= self.alpha
+        if inhibitor is not None:
             shared = self._share(op, relevance, inhibitor, x_pos, x_neg, w_neg, w_pos, x)
-            result -= self.beta * shared
+            result.sub_(shared, alpha=self.beta)
         return result
 
     def _share(self, op, relevance, denominator, x_pos, x_neg, w_first, w_second, x):
-        """``x+ * W_first^T s + x- * W_second^T s`` with ``s = relevance / denominator``."""
-        s = relevance / stabilize(denominator, self.stabilizer)
-        del denominator
+        """``x+ * W_first^T s + x- * W_second^T s`` with ``s = relevance / denominator``.
+
+        Consumes ``denominator`` (``s`` is computed in its memory).
+        """
+        s = divide_by_stabilized(relevance, denominator, self.stabilizer)
         result = op.transpose(s, w_first, x)
         result *= x_pos
         if x_neg is not None:
@@ -340,6 +396,7 @@ class ZPlusFast(LinearRule):
     """z+ for non-negative inputs: only ``W+``, no bias, the raw ``x`` (assumes x >= 0)."""
 
     rule_name = "ZPlusFast"
+    copies_weight = True
     config_keys = ("stabilizer",)
 
     def __init__(self, stabilizer: float | None = None) -> None:
@@ -379,6 +436,7 @@ class Bounded(LinearRule):
     """
 
     rule_name = "Bounded"
+    copies_weight = True
     config_keys = ("low", "high", "stabilizer")
 
     def __init__(self, low: Any = -1.0, high: Any = 1.0, stabilizer: float | None = None) -> None:
@@ -431,6 +489,7 @@ class Gamma(LinearRule):
     """
 
     rule_name = "Gamma"
+    copies_weight = True
     config_keys = ("gamma", "bias", "stabilizer", "generalized")
 
     def __init__(

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import fx
 
 from innspect.engine.reverse import Mapping, NodeContext, Unsupported
 from innspect.graph.graph import NodeInfo
@@ -34,6 +35,57 @@ class ZRuleNoParam(Mapping):
         return [
             None if g is None else x.detach() * g for x, g in zip(ctx.inputs, grads, strict=True)
         ]
+
+
+class ZRuleSum(Mapping):
+    """The z-rule on ``a + b`` or ``a - b`` (residual connections) without autograd.
+
+    ``R_a = a * R / stab(z)`` and ``R_b = +-b * R / stab(z)``, each summed over the axes it
+    was broadcast along: what :class:`ZRuleNoParam` computes, but the node needs no local
+    autograd graph, so the record can drop and rebuild the ReLU outputs that feed it.
+    """
+
+    def __init__(self, stabilizer: float | None = None) -> None:
+        self.stabilizer = check_stabilizer(stabilizer)
+
+    def __call__(self, ctx: NodeContext) -> Sequence[torch.Tensor | None]:
+        node = ctx.info.node
+        s = ctx.signal / stabilize(ctx.output.detach(), self.stabilizer)
+        negate_second = op_name(node).rstrip("_") == "sub"
+        parts: dict = dict.fromkeys(ctx.info.signal_inputs)
+        values = ctx.record.values
+        for position, arg in enumerate(node.args[:2]):
+            if not isinstance(arg, fx.Node) or arg not in parts:
+                continue
+            x = values[arg].detach()
+            part = x * s
+            if part.shape != x.shape:
+                part = part.sum_to_size(x.shape)
+            if negate_second and position == 1:
+                part = part.neg_()
+            parts[arg] = part if parts[arg] is None else parts[arg] + part
+        return [parts[n] for n in ctx.info.signal_inputs]
+
+
+def is_plain_sum(info: NodeInfo) -> bool:
+    """``a + b`` or ``a - b`` of two arguments with no scaling (``alpha``) of the second."""
+    node = info.node
+    alpha = node.kwargs.get("alpha", 1)
+    return (
+        node.op in ("call_function", "call_method")
+        and op_name(node).rstrip("_") in ("add", "sub")
+        and len(node.args) == 2
+        and set(node.kwargs) <= {"alpha"}
+        and not isinstance(alpha, fx.Node)
+        and alpha == 1
+    )
+
+
+def z_rule_no_param(info: NodeInfo, stabilizer: float | None = None) -> Mapping:
+    """The z-rule on a parameter-free linear node: without autograd for plain sums."""
+    if is_plain_sum(info):
+        return ZRuleSum(stabilizer)
+    return ZRuleNoParam(stabilizer) if stabilizer is not None else Z_NO_PARAM
 
 
 class EmbeddingSum(Mapping):
@@ -90,7 +142,7 @@ def lrp_node_mapping(info: NodeInfo, method: str, stabilizer: float | None = Non
     if kind in (Kind.MAX_POOL, Kind.REARRANGE, Kind.IDENTITY):
         return GRADIENT
     if kind is Kind.LINEAR_NO_PARAM:
-        return ZRuleNoParam(stabilizer) if stabilizer is not None else Z_NO_PARAM
+        return z_rule_no_param(info, stabilizer)
     if kind is Kind.EMBEDDING:
         return EMBEDDING_SUM
     if kind is Kind.OUTPUT_ACTIVATION:
