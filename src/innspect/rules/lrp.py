@@ -159,6 +159,14 @@ def _without_bias(op: LinearOp, z: torch.Tensor) -> torch.Tensor:
     return z - _bias_term(op, z, op.bias.detach())
 
 
+def _difference(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    """``a - b`` for optional vectors (None is 0); None when the difference is all zeros."""
+    if a is None and b is None:
+        return None
+    difference = (a if a is not None else 0) - (b if b is not None else 0)
+    return difference if bool(difference.any()) else None
+
+
 def _positive(t: torch.Tensor) -> torch.Tensor:
     return t.clamp(min=0)
 
@@ -348,16 +356,29 @@ class AlphaBeta(LinearRule):
         if w_neg is None and x_neg is not None:
             w_neg = _negative(weight)
         bias_act, inhibitor_loses = self._bias_vectors(op)
-        act = op.forward(x_pos, w_pos, None)  # x+ W+
+        # The activator's bias goes into the forward (free in a convolution kernel).
+        act = op.forward(x_pos, w_pos, bias_act)  # x+ W+ + b_act
         if x_neg is not None:
             act += op.forward(x_neg, w_neg, None)  # + x- W-
         inhibitor = None
         if self.beta:
-            inhibitor = torch.sub(z, act)
-            if inhibitor_loses is not None:
-                inhibitor -= _bias_term(op, z, inhibitor_loses)
-        if bias_act is not None:
-            act += _bias_term(op, z, bias_act)
+            inhibitor = torch.sub(z, act)  # z - act - b_inh_loses, with act's bias put back
+            correction = _difference(bias_act, inhibitor_loses)
+            if correction is not None:
+                inhibitor += _bias_term(op, z, correction)
+        if x_neg is None:
+            # x >= 0: x * (alpha W+^T s_act - beta W-^T s_inh), one product with x.
+            s = divide_by_stabilized(relevance, act, self.stabilizer)
+            del act
+            result = op.transpose(s, w_pos, x)
+            del s
+            if self.alpha != 1:
+                result *= self.alpha
+            if inhibitor is not None:
+                s = divide_by_stabilized(relevance, inhibitor, self.stabilizer)
+                del inhibitor
+                result.sub_(op.transpose(s, w_neg, x), alpha=self.beta)
+            return result.mul_(x)
         result = self._share(op, relevance, act, x_pos, x_neg, w_pos, w_neg, x)
         del act  # its memory held the activator's s; free it before the inhibitor's pass
         if self.alpha != 1:
