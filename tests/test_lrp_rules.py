@@ -356,3 +356,42 @@ def test_large_dense_layers_split_by_output_units_give_the_same_relevance(
     split = LRP(model, rule=rule, neuron_selection_mode="all").analyze(x)
     assert max(pieces) == 7
     torch.testing.assert_close(split, whole, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        rules.Z(),
+        rules.Epsilon(0.1),
+        rules.AlphaBeta(2, 1),
+        rules.AlphaBeta(1, 0, stabilizer=1e-3, split_bias=True),
+        rules.ZPlusFast(),
+        rules.WSquare(),
+        rules.Gamma(0.5, stabilizer=1e-3, generalized=True),
+    ],
+    ids=repr,
+)
+def test_rules_on_large_outputs_run_a_few_samples_at_a_time_with_the_same_result(
+    rule: rules.LinearRule, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from innspect.analyzers.lrp import LRP
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 5 * 5, 4)
+    ).double()
+    x = torch.randn(5, 2, 5, 5, dtype=torch.float64)
+    whole = LRP(model, rule=rule, neuron_selection_mode="all").analyze(x)
+    calls: list[int] = []
+    original = type(rule).relevance
+
+    def counting(self, op, x, z, relevance, **hints):
+        calls.append(x.shape[0])
+        return original(self, op, x, z, relevance, **hints)
+
+    # Two samples of the convolution's output (3 x 5 x 5 doubles) per chunk: 2 + 2 + 1.
+    monkeypatch.setattr(rules.LinearRule, "sample_bytes", 2 * 3 * 5 * 5 * 8)
+    monkeypatch.setattr(type(rule), "relevance", counting)
+    split = LRP(model, rule=rule, neuron_selection_mode="all").analyze(x)
+    assert sorted(calls) == [1, 2, 2, 5]  # the dense layer (75 x 4 outputs) runs whole
+    torch.testing.assert_close(split, whole, rtol=1e-12, atol=1e-12)

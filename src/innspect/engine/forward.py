@@ -113,6 +113,8 @@ def run_forward(
     free_after = graph.free_after
     # keep=True: the record keeps every value except ReLU outputs it can rebuild.
     droppable = rematerialisable(graph, autograd_nodes) if keep and not global_autograd else None
+    # Without a record, ReLUs whose input nobody else reads run in place (no allocation).
+    inplace = graph.inplace_relus() if not keep else set()
     for info in graph.nodes:
         node = info.node
         if node.op == "placeholder":
@@ -126,7 +128,10 @@ def run_forward(
         args, kwargs = _resolve(node, values, substitutes)
         try:
             with torch.set_grad_enabled(local):
-                values[node] = _call(info.module, node, args, kwargs)
+                if node in inplace:
+                    values[node] = torch.relu_(args[0])
+                else:
+                    values[node] = _call(info.module, node, args, kwargs)
         except Exception as error:  # noqa: BLE001 - re-raised with the node's name
             raise InputError(
                 f"the model failed at node {info.describe()} on an input of shape "

@@ -147,6 +147,7 @@ class ModelGraph:
         self.nodes: list[NodeInfo] = list(self.infos.values())
         self.by_name: dict[str, NodeInfo] = {info.name: info for info in self.nodes}
         self._bottlenecks: set[fx.Node] | None = None
+        self._inplace_relus: set[fx.Node] | None = None
         self.free_after = _last_uses(self.nodes, self.output_node)
         self._nonnegative: dict[fx.Node, bool] = {}
 
@@ -248,6 +249,35 @@ class ModelGraph:
                 result = False
             self._nonnegative[node] = result
         return self._nonnegative[node]
+
+    def inplace_relus(self) -> set[fx.Node]:
+        """ReLU nodes a freeing forward may run in place, as the model's own in-place ReLUs do.
+
+        The ReLU must be the only reader of its input, and the input must come from a layer
+        whose autograd backward does not read its output (linear, batchnorm, a sum): then
+        overwriting it is safe with and without autograd, and saves a full-size allocation.
+        """
+        if self._inplace_relus is None:
+            self._inplace_relus = set()
+            for info in self.nodes:
+                sources = info.node.all_input_nodes
+                if not info.is_relu or len(sources) != 1 or info.node is self.output_node:
+                    continue
+                source = self.infos.get(sources[0])
+                if (
+                    source is not None
+                    and len(source.node.users) == 1
+                    and source.node is not self.output_node
+                    and (
+                        source.kind in (Kind.LINEAR, Kind.BATCHNORM)
+                        or (
+                            source.kind is Kind.LINEAR_NO_PARAM
+                            and op_name(source.node) in ("add", "sub")
+                        )
+                    )
+                ):
+                    self._inplace_relus.add(info.node)
+        return self._inplace_relus
 
     def bottleneck_nodes(self) -> set[fx.Node]:
         """Nodes that every path from the input to the output passes through."""

@@ -96,6 +96,12 @@ class LinearRule(Mapping):
     # alone is 400 MB) and each piece is still in cache when its transpose reads it.
     copies_weight: ClassVar[bool] = False
     block_bytes: ClassVar[int] = 16 * 2**20
+    # A rule makes several temporaries the size of the layer's output; on the first layers
+    # of an image network (VGG: 51 MB per tensor at batch 4) it runs a few samples at a
+    # time, so its temporaries stay under this size. Rules whose options hold per-sample
+    # tensors (Bounded) set ``splits_batch = False``.
+    splits_batch: ClassVar[bool] = True
+    sample_bytes: ClassVar[int] = 32 * 2**20
 
     def __call__(self, ctx: NodeContext) -> Sequence[torch.Tensor | None]:
         op = ctx.graph.linear_op(ctx.info)
@@ -104,14 +110,26 @@ class LinearRule(Mapping):
         z = ctx.output.detach()
         hints = self._hints(ctx)
         blocks = op.output_blocks(self.block_bytes) if self.copies_weight else None
-        if blocks is None:
-            result = self.relevance(op, x, z, ctx.signal, **hints)
-        else:
+        if blocks is not None:
             result = None
             for index, piece in blocks:
                 part = self.relevance(piece, x, z[..., index], ctx.signal[..., index], **hints)
                 result = part if result is None else result.add_(part)
+        else:
+            result = self._by_sample_chunks(op, x, z, ctx.signal, hints)
         return [result] + [None] * (len(inputs) - 1)
+
+    def _by_sample_chunks(self, op, x, z, signal, hints) -> torch.Tensor:
+        """The rule on the whole batch, or on chunks of samples when the output is large."""
+        per_sample = z[:1].numel() * z.element_size()
+        chunk = max(1, self.sample_bytes // max(per_sample, 1))
+        if not self.splits_batch or z.dim() < 2 or chunk >= z.shape[0]:
+            return self.relevance(op, x, z, signal, **hints)
+        result = torch.empty_like(x)
+        for start in range(0, z.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            result[rows] = self.relevance(op, x[rows], z[rows], signal[rows], **hints)
+        return result
 
     def _hints(self, ctx: NodeContext) -> dict[str, Any]:
         """Extra knowledge from the graph a rule can use (e.g. that its input is >= 0)."""
@@ -458,6 +476,7 @@ class Bounded(LinearRule):
 
     rule_name = "Bounded"
     copies_weight = True
+    splits_batch = False  # low / high may hold one row per sample
     config_keys = ("low", "high", "stabilizer")
 
     def __init__(self, low: Any = -1.0, high: Any = 1.0, stabilizer: float | None = None) -> None:
