@@ -13,13 +13,14 @@ $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 
-# Re-install when the project's dependencies change.
+# Re-install when the project's dependencies change. --no-compile: byte-compiling all of
+# torch at install time takes about a minute; Python compiles what it imports instead.
 $(VENV)/.installed-demo: pyproject.toml | $(VENV)/bin/activate
-	$(PY) -m pip install $(TORCH_PINS) -e '.[demo,vision]'
+	$(PY) -m pip install --no-compile $(TORCH_PINS) -e '.[demo,vision]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/activate
-	$(PY) -m pip install $(TORCH_PINS) -e '.[test]'
+	$(PY) -m pip install --no-compile $(TORCH_PINS) -e '.[test]'
 	touch $@
 
 demo: $(VENV)/.installed-demo

@@ -10,7 +10,7 @@ from torch import fx
 
 from innspect.errors import InputError
 from innspect.graph.graph import ModelGraph
-from innspect.graph.kinds import is_relu
+from innspect.graph.kinds import is_plain_relu
 
 
 class RecordedValues(dict):
@@ -69,7 +69,7 @@ def rematerialisable(graph: ModelGraph, autograd_nodes: set[fx.Node] | frozenset
             or node in autograd_nodes
             or len(info.signal_inputs) != 1
             or len(node.all_input_nodes) != 1
-            or not is_relu(node, info.module)
+            or not is_plain_relu(node, info.module)
             or any(user in autograd_nodes for user in node.users)
         ):
             continue

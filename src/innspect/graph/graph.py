@@ -12,7 +12,14 @@ from torch import fx, nn
 from innspect.errors import NotAnalyzableModelError
 from innspect.graph import canonize
 from innspect.graph.capture import capture
-from innspect.graph.kinds import Kind, classify, is_relu, op_name, operation_name
+from innspect.graph.kinds import (
+    Kind,
+    classify,
+    is_plain_relu,
+    is_relu,
+    op_name,
+    operation_name,
+)
 from innspect.graph.linear_ops import LinearOp, linear_op_from_function, linear_op_from_module
 
 
@@ -261,7 +268,11 @@ class ModelGraph:
             self._inplace_relus = set()
             for info in self.nodes:
                 sources = info.node.all_input_nodes
-                if not info.is_relu or len(sources) != 1 or info.node is self.output_node:
+                if (
+                    not is_plain_relu(info.node, info.module)
+                    or len(sources) != 1
+                    or info.node is self.output_node
+                ):
                     continue
                 source = self.infos.get(sources[0])
                 if (

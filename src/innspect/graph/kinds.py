@@ -267,6 +267,11 @@ def is_relu(node: fx.Node, module: nn.Module | None) -> bool:
     return False
 
 
+def is_plain_relu(node: fx.Node, module: nn.Module | None) -> bool:
+    """A ReLU that ``torch.relu`` reproduces exactly (not a subclass with its own forward)."""
+    return is_relu(node, module) and (module is None or type(module) is nn.ReLU)
+
+
 def _upsample_kind(mode: str | None) -> Kind:
     return (
         Kind.REARRANGE if mode in UPSAMPLE_NEAREST_MODES or mode is None else Kind.LINEAR_NO_PARAM
