@@ -205,7 +205,7 @@ def peer_runs(
             x, nt_type="smoothgrad", nt_samples=samples, nt_samples_batch_size=1, target=target
         )
 
-    # label -> (run, cheap warm-up or None): the averaging peers warm up with one sample.
+    # label -> (run, cheap warm-up or None): the averaging peers warm up with 1-2 samples.
     runs: dict[str, tuple[Callable[[], object], Callable[[], object] | None]] = {
         "Zennit EpsilonPlusFlat": (zennit_epsilon_plus_flat, None),
     }
@@ -215,7 +215,7 @@ def peer_runs(
         runs["Captum LRP"] = (lambda: LRP(peer).attribute(x, target=target), None)
     runs[f"Captum IntegratedGradients ({SAMPLES})"] = (
         integrated_gradients(SAMPLES),
-        integrated_gradients(1),
+        integrated_gradients(2),  # Captum needs at least two steps
     )
     runs[f"Captum NoiseTunnel SmoothGrad ({SAMPLES})"] = (smoothgrad(SAMPLES), smoothgrad(1))
     runs["Captum GuidedBackprop"] = (
@@ -238,16 +238,14 @@ def model_table(model_name: str, batch: int, size: int, repeats: int) -> list[Ro
         except KeyError as error:
             rows.append(Row(label, float("nan"), 0, note=f"not available: {error}"))
             continue
-        # Single-pass rows are paired with reference runs; the averaging rows (16 passes)
-        # are long enough for drift to matter little and would double the benchmark's time.
-        paired = reference if f"({SAMPLES})" not in label else None
+        # Every timed run is paired with a reference run right before it (for the 16-pass
+        # rows a reference costs 1/16 of the run and keeps drift out of the ratio).
         run = lambda a=analyzer: a.analyze(x)  # noqa: E731
-        rows.append(measure(label, run, repeats, first_call=True, reference=paired))
+        rows.append(measure(label, run, repeats, first_call=True, reference=reference))
         print(f"  {rows[-1].name}: {rows[-1].seconds:.3f} s", flush=True)
     for label, (run, warmup) in peer_runs(model_name, model, x).items():
-        paired = reference if warmup is None else None
         try:
-            rows.append(measure(label, run, repeats, reference=paired, warmup=warmup))
+            rows.append(measure(label, run, repeats, reference=reference, warmup=warmup))
         except Exception as error:  # noqa: BLE001 - a failing peer is reported, not fatal
             rows.append(
                 Row(label, float("nan"), 0, note=f"failed: {type(error).__name__}: {error}")
