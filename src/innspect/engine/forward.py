@@ -111,8 +111,11 @@ def run_forward(
     values = RecordedValues()
     record = ForwardRecord(values)
     free_after = graph.free_after
-    # keep=True: the record keeps every value except ReLU outputs it can rebuild.
-    droppable = rematerialisable(graph, autograd_nodes) if keep and not global_autograd else None
+    # keep=False frees every value after its last use (droppable None); keep=True keeps
+    # every value except, without global autograd, the ReLU outputs it can rebuild.
+    droppable: set[fx.Node] | None = None
+    if keep:
+        droppable = set() if global_autograd else rematerialisable(graph, autograd_nodes)
     # Without a record, ReLUs whose input nobody else reads run in place (no allocation).
     inplace = graph.inplace_relus() if not keep else set()
     for info in graph.nodes:
