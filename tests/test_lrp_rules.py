@@ -317,20 +317,22 @@ def test_rule_names_follow_innvestigate() -> None:
     assert rules.rule_from_name("z_plus") == rules.ZPlus()
 
 
-@pytest.mark.parametrize(
-    "rule",
-    [
-        rules.AlphaBeta(2, 1),
-        rules.AlphaBeta(1, 0, stabilizer=1e-3, split_bias=True),
-        rules.ZPlus(),
-        rules.ZPlusFast(),
-        rules.WSquare(),
-        rules.Flat(),
-        rules.Bounded(-1.0, 2.0),
-        rules.Gamma(0.5, stabilizer=1e-3, generalized=True),
-    ],
-    ids=repr,
-)
+# Rules as the layer-splitting tests meet them: each test takes those its mechanism applies to.
+SPLITTABLE_RULES = [
+    rules.Z(),
+    rules.Epsilon(0.1),
+    rules.AlphaBeta(2, 1),
+    rules.AlphaBeta(1, 0, stabilizer=1e-3, split_bias=True),
+    rules.ZPlus(),
+    rules.ZPlusFast(),
+    rules.WSquare(),
+    rules.Flat(),
+    rules.Bounded(-1.0, 2.0),
+    rules.Gamma(0.5, stabilizer=1e-3, generalized=True),
+]
+
+
+@pytest.mark.parametrize("rule", [r for r in SPLITTABLE_RULES if r.copies_weight], ids=repr)
 def test_large_dense_layers_split_by_output_units_give_the_same_relevance(
     rule: rules.LinearRule, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -358,19 +360,7 @@ def test_large_dense_layers_split_by_output_units_give_the_same_relevance(
     torch.testing.assert_close(split, whole, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize(
-    "rule",
-    [
-        rules.Z(),
-        rules.Epsilon(0.1),
-        rules.AlphaBeta(2, 1),
-        rules.AlphaBeta(1, 0, stabilizer=1e-3, split_bias=True),
-        rules.ZPlusFast(),
-        rules.WSquare(),
-        rules.Gamma(0.5, stabilizer=1e-3, generalized=True),
-    ],
-    ids=repr,
-)
+@pytest.mark.parametrize("rule", [r for r in SPLITTABLE_RULES if r.splits_batch], ids=repr)
 def test_rules_on_large_outputs_run_a_few_samples_at_a_time_with_the_same_result(
     rule: rules.LinearRule, monkeypatch: pytest.MonkeyPatch
 ) -> None:
