@@ -17,7 +17,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -97,51 +97,109 @@ class Row:
     ratio: float | None = None  # median of ratios to paired reference runs
 
 
-def measure(
-    name: str,
-    run: Callable[[], object],
-    repeats: int,
-    first_call: bool = False,
-    reference: Callable[[], object] | None = None,
-    warmup: Callable[[], object] | None = None,
-) -> Row:
-    """Median wall time over ``repeats`` runs after one warm-up, and peak RSS delta.
+@dataclass
+class Subject:
+    """One row being measured: how to run it, and what its runs gave."""
 
-    With ``reference``, each run is paired with a reference run right before it and the
-    row's ratio is the median of the paired ratios: this machine's speed drifts by tens of
-    percent within minutes, and pairing keeps that drift out of the ratios.
+    label: str
+    run: Callable[[], object]
+    # None: the first call is the warm-up and is reported (innspect: capture included).
+    warmup: Callable[[], object] | None = None
+    peer: bool = False  # a peer's failure is reported in the table; innspect's is raised
+    first_call: float | None = None
+    times: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
+    memory: int = 0
+    note: str = ""
+
+    def row(self) -> Row:
+        if self.note:
+            return Row(self.label, float("nan"), 0, note=self.note)
+        ratio = statistics.median(self.ratios)
+        return Row(
+            self.label, statistics.median(self.times), self.memory, self.first_call, ratio=ratio
+        )
+
+
+def timed(run: Callable[[], object], cold: bool) -> tuple[float, int]:
+    """Seconds of one run and, when ``cold``, its peak RSS delta from a trimmed heap.
+
+    Memory is sampled in the cold runs only: later runs reuse the heap (they would read ~0),
+    and the sampling thread would only disturb their timing.
     """
-    start = time.perf_counter()
-    (warmup or run)()  # for innspect analyzers: the first call, capture included
-    first = time.perf_counter() - start if first_call else None
-    times, ratios = [], []
-    memory_delta = 0
-    for repeat in range(repeats):
-        # The first timed run starts from a trimmed heap and gives the memory figure; the
-        # others run on a warm heap, as repeated calls in one process do. A paired
-        # reference run always sees the same heap state as the run it is paired with.
-        cold = repeat == 0
-        if reference is not None:
+    if not cold:
+        start = time.perf_counter()
+        run()
+        return time.perf_counter() - start, 0
+    release_free_memory()
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        run()
+        seconds = time.perf_counter() - start
+    return seconds, memory.delta
+
+
+def attempt(subject: Subject, run: Callable[[], object], cold: bool) -> tuple[float, int] | None:
+    """``timed(run)``; a peer that raises is marked failed (None) instead of ending the run."""
+    if not subject.peer:
+        return timed(run, cold)
+    try:
+        return timed(run, cold)
+    except Exception as error:  # noqa: BLE001 - a failing peer is reported, not fatal
+        subject.note = f"failed: {type(error).__name__}: {error}"
+        return None
+
+
+def measure_paired(subjects: list[Subject], reference: Callable[[], object], repeats: int) -> Row:
+    """Warm up every subject, then time them in ``repeats`` rounds paired with reference runs.
+
+    This machine's speed drifts by tens of percent within minutes, so each run's ratio is
+    taken against a reference run right beside it (A, reference, B: one reference serves
+    the run before and the run after), and a row's ratio is the median of its paired
+    ratios. Rounds spread a row's runs over the whole measurement instead of one slow
+    minute. The first round starts every run from a trimmed heap and gives the memory
+    figures. Returns the reference's own row (median over all its runs).
+    """
+    reference()  # warm-up
+    for subject in subjects:
+        result = attempt(subject, subject.warmup or subject.run, cold=False)
+        if result is not None and subject.warmup is None:
+            subject.first_call = result[0]
+    reference_times: list[float] = []
+    reference_memory: list[int] = []
+    for round_index in range(repeats):
+        cold = round_index == 0
+        active = [subject for subject in subjects if not subject.note]
+        for start in range(0, len(active), 2):
+            pair = active[start : start + 2]
+            before = pair[0] if len(pair) == 2 else None
+            after = pair[-1]
+            before_result = attempt(before, before.run, cold) if before else None
+            reference_seconds, memory = timed(reference, cold)
+            reference_times.append(reference_seconds)
             if cold:
-                release_free_memory()
-            start = time.perf_counter()
-            reference()
-            reference_seconds = time.perf_counter() - start
-        if cold:
-            release_free_memory()
-        with PeakMemory() as memory:
-            start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
-        if cold:
-            memory_delta = memory.delta
-        if reference is not None:
-            ratios.append(times[-1] / reference_seconds)
-    ratio = statistics.median(ratios) if ratios else None
-    return Row(name, statistics.median(times), memory_delta, first, ratio=ratio)
+                reference_memory.append(memory)
+            after_result = attempt(after, after.run, cold)
+            for subject, result in ((before, before_result), (after, after_result)):
+                if subject is None or result is None:
+                    continue
+                subject.times.append(result[0])
+                subject.ratios.append(result[0] / reference_seconds)
+                if cold:
+                    subject.memory = result[1]
+        print(f"  round {round_index + 1}/{repeats} done", flush=True)
+    return Row(
+        "forward+gradient (reference)",
+        statistics.median(reference_times),
+        int(statistics.median(reference_memory)),
+    )
 
 
-def plain_runs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, Callable[[], object]]:
+def plain_runs(
+    model: torch.nn.Module, x: torch.Tensor
+) -> tuple[Callable[[], object], Callable[[], object]]:
+    """The plain forward, and the reference: forward + gradient of each sample's top logit."""
+
     def forward() -> object:
         with torch.no_grad():
             return model(x)
@@ -151,7 +209,7 @@ def plain_runs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, Callable[[]
         output = model(leaf)
         return torch.autograd.grad(output.max(dim=1).values.sum(), leaf)
 
-    return {"forward": forward, "forward+gradient (reference)": forward_gradient}
+    return forward, forward_gradient
 
 
 def innspect_runs(batch: int) -> list[tuple[str, str, dict]]:
@@ -226,56 +284,46 @@ def peer_runs(
 
 
 def model_table(model_name: str, batch: int, size: int, repeats: int) -> list[Row]:
+    """Rows of one model's table: forward, the reference, innspect's analyzers, the peers."""
     torch.manual_seed(0)
     model = getattr(torchvision.models, model_name)(weights=None).eval()
     x = torch.randn(batch, 3, size, size)
-    plain = plain_runs(model, x)
-    reference = plain["forward+gradient (reference)"]
-    rows = [measure(label, run, repeats) for label, run in plain.items()]
+    forward, reference = plain_runs(model, x)
+    subjects = [Subject("forward", forward, warmup=forward)]
     for label, name, options in innspect_runs(batch):
-        try:
-            analyzer = innspect.create_analyzer(name, model, **options)
-        except KeyError as error:
-            rows.append(Row(label, float("nan"), 0, note=f"not available: {error}"))
-            continue
-        # Every timed run is paired with a reference run right before it (for the 16-pass
-        # rows a reference costs 1/16 of the run and keeps drift out of the ratio).
-        run = lambda a=analyzer: a.analyze(x)  # noqa: E731
-        rows.append(measure(label, run, repeats, first_call=True, reference=reference))
-        print(f"  {rows[-1].name}: {rows[-1].seconds:.3f} s", flush=True)
+        analyzer = innspect.create_analyzer(name, model, **options)
+        subjects.append(Subject(label, lambda a=analyzer: a.analyze(x)))
     for label, (run, warmup) in peer_runs(model_name, model, x).items():
-        try:
-            rows.append(measure(label, run, repeats, reference=reference, warmup=warmup))
-        except Exception as error:  # noqa: BLE001 - a failing peer is reported, not fatal
-            rows.append(
-                Row(label, float("nan"), 0, note=f"failed: {type(error).__name__}: {error}")
-            )
-        print(f"  {rows[-1].name}: {rows[-1].seconds:.3f} s", flush=True)
+        subjects.append(Subject(label, run, warmup=warmup or run, peer=True))
+    reference_row = measure_paired(subjects, reference, repeats)
+    rows = [subject.row() for subject in subjects]
+    rows.insert(1, reference_row)
+    for row in rows:
+        print(f"  {row.name}: {row.seconds:.3f} s, ratio {row.ratio or 1.0:.2f}", flush=True)
     return rows
 
 
-def batch_table(repeats: int, size: int) -> list[tuple[int, Row, Row]]:
+def batch_table(
+    repeats: int, size: int, measured: dict[int, tuple[Row, Row]]
+) -> list[tuple[int, Row, Row]]:
+    """``lrp.epsilon`` on resnet50 at batch 1, 4 and 16: (batch, reference row, its row).
+
+    ``measured`` holds batches the model table has already measured, which are not rerun.
+    """
     torch.manual_seed(0)
     model = torchvision.models.resnet50(weights=None).eval()
     result = []
     for batch in (1, 4, 16):
+        if batch in measured:
+            result.append((batch, *measured[batch]))
+            continue
         x = torch.randn(batch, 3, size, size)
-        plain = plain_runs(model, x)["forward+gradient (reference)"]
-        reference_times: list[float] = []
-
-        def timed_reference(plain=plain, times=reference_times) -> object:
-            # The paired reference runs give the reference's own time too (no extra runs).
-            start = time.perf_counter()
-            result = plain()
-            times.append(time.perf_counter() - start)
-            return result
-
+        _, reference = plain_runs(model, x)
         analyzer = innspect.create_analyzer("lrp.epsilon", model)
-        run = lambda a=analyzer, x=x: a.analyze(x)  # noqa: E731
-        ours = measure("lrp.epsilon", run, repeats, first_call=True, reference=timed_reference)
-        reference = Row("forward+gradient", statistics.median(reference_times), 0)
-        result.append((batch, reference, ours))
-        print(f"  batch {batch}: {ours.seconds:.3f} s vs {reference.seconds:.3f} s", flush=True)
+        subject = Subject("lrp.epsilon", lambda a=analyzer, x=x: a.analyze(x))
+        reference_row = measure_paired([subject], reference, repeats)
+        result.append((batch, reference_row, subject.row()))
+        print(f"  batch {batch}: {subject.row().seconds:.3f} s", flush=True)
     return result
 
 
@@ -320,9 +368,12 @@ def render_model_table(model_name: str, batch: int, size: int, rows: list[Row]) 
     return "\n".join(lines) + "\n"
 
 
-def render_batch_table(entries: list[tuple[int, Row, Row]], size: int) -> str:
-    lines = [
-        f"### lrp.epsilon on resnet50 by batch size ({size}x{size})\n",
+def render_batch_table(entries: list[tuple[int, Row, Row]], size: int, reused: set[int]) -> str:
+    lines = [f"### lrp.epsilon on resnet50 by batch size ({size}x{size})\n"]
+    if reused:
+        batches = ", ".join(str(batch) for batch in sorted(reused))
+        lines.append(f"Batch {batches}: the rows of the resnet50 table above, not run again.\n")
+    lines += [
         "| batch | fwd+grad s | lrp.epsilon s | ratio (paired) | s per image |",
         "| ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -334,6 +385,103 @@ def render_batch_table(entries: list[tuple[int, Row, Row]], size: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+# (target, innspect row, largest ratio allowed, peer row it must beat or None): the issue's
+# targets on single rows, in the issue's order.
+RATIO_TARGETS: list[tuple[str, str, float, str | None]] = [
+    ("`lrp.epsilon` <= 1.3", "innspect lrp.epsilon", 1.3, None),
+    ("`lrp.sequential_preset_a` <= 1.6", "innspect lrp.sequential_preset_a", 1.6, None),
+    ("`lrp.sequential_preset_b` <= 2.0", "innspect lrp.sequential_preset_b", 2.0, None),
+    (
+        "`lrp.epsilon_plus_flat` <= 1.6 and faster than Zennit",
+        "innspect lrp.epsilon_plus_flat",
+        1.6,
+        "Zennit EpsilonPlusFlat",
+    ),
+    (
+        f"`integrated_gradients` ({SAMPLES}) <= {1.1 * SAMPLES:.1f}",
+        f"innspect integrated_gradients ({SAMPLES})",
+        1.1 * SAMPLES,
+        None,
+    ),
+    (
+        f"`smoothgrad` ({SAMPLES}) <= {1.1 * SAMPLES:.1f}",
+        f"innspect smoothgrad ({SAMPLES})",
+        1.1 * SAMPLES,
+        None,
+    ),
+]
+
+
+def target_cells(rows: list[Row]) -> dict[str, tuple[str, bool]]:
+    """Each target's measured value on one model's table, and whether it is met."""
+    by_name = {row.name: row for row in rows if not row.note}
+    reference = by_name["forward+gradient (reference)"]
+    cells: dict[str, tuple[str, bool]] = {}
+    for target, name, limit, peer_name in RATIO_TARGETS:
+        ratio = by_name[name].ratio
+        if peer_name is None:
+            cells[target] = (f"{ratio:.2f}", ratio <= limit)
+            continue
+        peer = by_name.get(peer_name)  # a failed peer is not beaten by default
+        peer_ratio = peer.ratio if peer else float("nan")
+        label = peer_name.split()[0]
+        cells[target] = (
+            f"{ratio:.2f} ({label} {peer_ratio:.2f})",
+            ratio <= limit and ratio < peer_ratio,
+        )
+    innspect_rows = [row for row in by_name.values() if row.name.startswith("innspect ")]
+    first = max(innspect_rows, key=lambda row: row.first_call / row.seconds)
+    first_ratio = first.first_call / first.seconds
+    cells["first call <= 2x the steady state"] = (
+        f"at most {first_ratio:.2f} ({first.name.removeprefix('innspect ')})",
+        first_ratio <= 2.0,
+    )
+    memory = max(innspect_rows, key=lambda row: row.memory)
+    memory_ratio = memory.memory / reference.memory
+    cells["peak memory <= 1.5x"] = (
+        f"at most {memory_ratio:.2f} ({memory.name.removeprefix('innspect ')})",
+        memory_ratio <= 1.5,
+    )
+    return cells
+
+
+def render_targets(tables: dict[str, list[Row]]) -> str:
+    """The issue's targets, read off this run's tables: value per model and met or not."""
+    cells = {model_name: target_cells(rows) for model_name, rows in tables.items()}
+    models = list(cells)
+    lines = [
+        "### Targets in this run\n",
+        "Ratios to forward+gradient, read off the tables above by the script. Where a target "
+        "is missed, the floors in the findings below give the reason.\n",
+        "| target | " + " | ".join(models) + " | met? |",
+        "| --- | " + " | ".join("---" for _ in models) + " | --- |",
+    ]
+    for target in cells[models[0]]:
+        values = [cells[model_name][target][0] for model_name in models]
+        verdicts = [cells[model_name][target][1] for model_name in models]
+        if all(verdicts):
+            met = "yes"
+        elif not any(verdicts):
+            met = "**no**"
+        else:
+            met = ", ".join(
+                f"{model_name} {'yes' if ok else '**no**'}"
+                for model_name, ok in zip(models, verdicts, strict=True)
+            )
+        lines.append(f"| {target} | " + " | ".join(values) + f" | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_duration(benchmark_seconds: float, started_at: float | None) -> str:
+    line = f"\nThe benchmark itself took {benchmark_seconds / 60:.1f} min"
+    if started_at is not None:
+        total = time.time() - started_at
+        line += (
+            f"; `make bench` took {total / 60:.1f} min in all, setting up its environment included"
+        )
+    return line + ".\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up")
@@ -341,19 +489,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--models", nargs="+", default=["vgg16", "resnet50"])
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument(
+        "--started-at",
+        type=float,
+        help="Unix time at which `make bench` started, to report the time with set-up",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     sections = ["# Benchmark results\n", "Made by `make bench` (benchmarks/run.py).\n", machine()]
+    tables: dict[str, list[Row]] = {}
     for model_name in args.models:
         print(f"{model_name}:", flush=True)
-        rows = model_table(model_name, args.batch, args.size, args.repeats)
-        sections.append(render_model_table(model_name, args.batch, args.size, rows))
+        tables[model_name] = model_table(model_name, args.batch, args.size, args.repeats)
+        sections.append(render_model_table(model_name, args.batch, args.size, tables[model_name]))
+    measured: dict[int, tuple[Row, Row]] = {}
+    if "resnet50" in tables:
+        by_name = {row.name: row for row in tables["resnet50"]}
+        measured[args.batch] = (
+            by_name["forward+gradient (reference)"],
+            by_name["innspect lrp.epsilon"],
+        )
     print("resnet50 by batch:", flush=True)
-    sections.append(render_batch_table(batch_table(args.repeats, args.size), args.size))
+    entries = batch_table(args.repeats, args.size, measured)
+    sections.append(render_batch_table(entries, args.size, set(measured)))
+    sections.append(render_targets(tables))
     findings = HERE / "FINDINGS.md"
     if findings.exists():
         sections.append(findings.read_text())
-    sections.append(f"\nTotal benchmark time: {time.perf_counter() - started:.0f} s.\n")
+    sections.append(render_duration(time.perf_counter() - started, args.started_at))
     write_text(args.out, "\n".join(sections))
     print(f"wrote {args.out}")
 
