@@ -479,3 +479,58 @@ def test_relu_variants_transpose_linear_layers_like_autograd_through_batchnorm(
     slow.graph(x)
     assert "LinearGradient" not in {type(m).__name__ for m in slow._mappings.values()}
     torch.testing.assert_close(result, slow.analyze(x), rtol=1e-10, atol=1e-12)
+
+
+class PoolingNet(nn.Module):
+    """Overlapping max pooling (ties among the ReLU zeros), functional and adaptive ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(4, 5, 3, padding=1)
+        self.adaptive = nn.AdaptiveMaxPool2d(2)
+        self.linear = nn.Linear(20, 3)
+        self.relu, self.relu2 = nn.ReLU(), nn.ReLU()  # modules: Zennit's composites need them
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.relu(self.conv(x)))
+        x = F.max_pool2d(self.relu2(self.conv2(x)), 2, stride=1)
+        return self.linear(torch.flatten(self.adaptive(x), 1))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "lrp.epsilon",
+        "lrp.sequential_preset_b",
+        "lrp.epsilon_plus_flat",
+        "deep_taylor",
+        "guided_backprop",
+    ],
+)
+def test_max_pooling_recomputed_in_the_walk_equals_its_recorded_vjp(name: str, monkeypatch) -> None:
+    import innspect.rules.basic as basic
+
+    torch.manual_seed(0)
+    model = PoolingNet().double().eval()
+    model.conv.bias.data.fill_(-0.5)  # many ReLU zeros: windows with tied maxima
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    fast = innspect.create_analyzer(name, model)
+    graph = fast.graph(x)
+    pools = [node for node, m in fast._mappings.items() if type(m).__name__ == "RecomputedGradient"]
+    assert {graph.infos[node].kind for node in pools} == {Kind.MAX_POOL} and len(pools) == 3
+    # No local autograd graph holds the pools' inputs, so the record drops the ReLU outputs.
+    pool_inputs = {node.all_input_nodes[0].name for node in pools[:2]}
+
+    def dropped(analyzer) -> set[str]:
+        return {node.name for node in analyzer.forward_record(x).values.recompute}
+
+    assert pool_inputs <= dropped(fast)
+    result = fast.analyze(x)
+    monkeypatch.setattr(basic, "RECOMPUTED_GRADIENT", basic.GRADIENT)
+    slow = innspect.create_analyzer(name, model)
+    slow.graph(x)
+    assert "RecomputedGradient" not in {type(m).__name__ for m in slow._mappings.values()}
+    assert not pool_inputs & dropped(slow)
+    torch.testing.assert_close(result, slow.analyze(x), rtol=0, atol=0)

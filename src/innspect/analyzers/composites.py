@@ -57,9 +57,9 @@ from innspect.analyzers.registry import register
 from innspect.engine.reverse import Mapping
 from innspect.graph.graph import NodeInfo
 from innspect.graph.kinds import AVG_POOL_MODULES, Kind
+from innspect.rules.basic import GRADIENT
 from innspect.rules.lrp import AlphaBeta, Bounded, Epsilon, Flat, Gamma, LinearRule
 from innspect.rules.lrp_nodes import (
-    GRADIENT,
     PASS_THROUGH,
     ZRuleNoParam,
     is_signal_sum,

@@ -12,9 +12,14 @@ from innspect.analyzers.registry import register
 from innspect.engine.reverse import Mapping, Unsupported
 from innspect.graph.graph import ModelGraph, NodeInfo, eval_mode
 from innspect.graph.kinds import Kind
-from innspect.rules.basic import DeconvnetReLU, Gradient, GuidedReLU, LinearGradient
+from innspect.rules.basic import (
+    GRADIENT,
+    DeconvnetReLU,
+    GuidedReLU,
+    LinearGradient,
+    structural_gradient,
+)
 
-GRADIENT = Gradient()
 LINEAR_GRADIENT = LinearGradient()
 _POSTPROCESS = (None, "abs", "square")
 
@@ -90,7 +95,7 @@ class _ReLUVariant(ReverseAnalyzer):
             )
         if info.module is not None and info.kind in (Kind.LINEAR, Kind.BATCHNORM):
             return LINEAR_GRADIENT
-        return GRADIENT
+        return structural_gradient(info.kind)
 
 
 @register

@@ -9,7 +9,7 @@ import torch
 from torch import fx
 
 from innspect.errors import InputError
-from innspect.graph.graph import ModelGraph
+from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.graph.kinds import is_plain_relu
 
 
@@ -128,13 +128,13 @@ def run_forward(
             continue
         local = global_autograd or node in autograd_nodes
         substitutes = {} if global_autograd or not local else _local_leaves(record, info)
-        args, kwargs = _resolve(node, values, substitutes)
         try:
             with torch.set_grad_enabled(local):
                 if node in inplace:
-                    values[node] = torch.relu_(args[0])
+                    source = node.all_input_nodes[0]
+                    values[node] = torch.relu_(substitutes.get(source, values[source]))
                 else:
-                    values[node] = _call(info.module, node, args, kwargs)
+                    values[node] = run_node(info, values, substitutes)
         except Exception as error:  # noqa: BLE001 - re-raised with the node's name
             raise InputError(
                 f"the model failed at node {info.describe()} on an input of shape "
@@ -160,15 +160,18 @@ def _local_leaves(record: ForwardRecord, info) -> dict[fx.Node, torch.Tensor]:
     return {a: leaf for a, leaf in zip(info.signal_inputs, leaves, strict=True) if leaf is not None}
 
 
-def _resolve(
-    node: fx.Node, values: dict[fx.Node, Any], substitutes: dict[fx.Node, torch.Tensor]
-) -> tuple[Any, Any]:
-    """The node's args and kwargs with recorded values (or autograd leaves) for nodes."""
+def run_node(
+    info: NodeInfo, values: dict[fx.Node, Any], substitutes: dict[fx.Node, torch.Tensor]
+) -> Any:
+    """The node's operation on recorded values (or on ``substitutes``, e.g. autograd leaves)."""
+    node = info.node
 
     def lookup(n: fx.Node) -> Any:
-        return substitutes.get(n, values[n])
+        return substitutes[n] if n in substitutes else values[n]
 
-    return fx.node.map_arg(node.args, lookup), fx.node.map_arg(node.kwargs, lookup)
+    args = fx.node.map_arg(node.args, lookup)
+    kwargs = fx.node.map_arg(node.kwargs, lookup)
+    return _call(info.module, node, args, kwargs)
 
 
 def _fetch_attr(module: torch.nn.Module, target: str) -> Any:

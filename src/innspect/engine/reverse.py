@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from innspect.engine.forward import ForwardRecord
+from innspect.engine.forward import ForwardRecord, run_node
 from innspect.errors import NonFiniteRelevanceError, UnsupportedNodeError
 from innspect.graph.graph import ModelGraph, NodeInfo
 
@@ -42,26 +42,51 @@ class NodeContext:
 
     def vjp(self, signal: Signal | None = None) -> list[torch.Tensor | None]:
         """Vector-Jacobian product of the node with ``signal`` (default: the arriving one)."""
-        signal = self.signal if signal is None else signal
         leaves = self.record.leaves.get(self.info.node)
         if leaves is None:
             raise AssertionError(f"node {self.info.describe()} was not recorded for autograd")
-        output = self.output
-        if isinstance(signal, dict):
-            outputs = [output[i] for i in signal]
-            grads = list(signal.values())
-        else:
-            outputs, grads = [output], [signal]
-        pairs = [(o, g) for o, g in zip(outputs, grads, strict=True) if o.requires_grad]
-        wanted = [leaf for leaf in leaves if leaf is not None]
-        if not pairs or not wanted:
-            return [None] * len(leaves)
-        result = iter(
-            torch.autograd.grad(
-                [o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True
-            )
-        )
-        return [next(result) if leaf is not None else None for leaf in leaves]
+        return _vjp(self.output, leaves, self.signal if signal is None else signal)
+
+    def recomputed_vjp(self, signal: Signal | None = None) -> list[torch.Tensor | None]:
+        """The same product, from running the node again on its recorded inputs.
+
+        For nodes recorded without autograd: one more pass of a cheap operation (pooling)
+        instead of a local autograd graph that holds the node's input all through the walk.
+        """
+        values = self.record.values
+        leaves = [
+            values[n].detach().requires_grad_(True)
+            if isinstance(values[n], torch.Tensor) and values[n].is_floating_point()
+            else None
+            for n in self.info.signal_inputs
+        ]
+        substitutes = {
+            n: leaf
+            for n, leaf in zip(self.info.signal_inputs, leaves, strict=True)
+            if leaf is not None
+        }
+        with torch.enable_grad():
+            output = run_node(self.info, values, substitutes)
+        return _vjp(output, leaves, self.signal if signal is None else signal)
+
+
+def _vjp(
+    output: Any, leaves: list[torch.Tensor | None], signal: Signal
+) -> list[torch.Tensor | None]:
+    """``signal``-weighted gradient of ``output`` with respect to the non-None ``leaves``."""
+    if isinstance(signal, dict):
+        outputs = [output[i] for i in signal]
+        grads = list(signal.values())
+    else:
+        outputs, grads = [output], [signal]
+    pairs = [(o, g) for o, g in zip(outputs, grads, strict=True) if o.requires_grad]
+    wanted = [leaf for leaf in leaves if leaf is not None]
+    if not pairs or not wanted:
+        return [None] * len(leaves)
+    result = iter(
+        torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True)
+    )
+    return [next(result) if leaf is not None else None for leaf in leaves]
 
 
 class Mapping:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from innspect.engine.reverse import Mapping, NodeContext
+from innspect.graph.kinds import Kind
 
 
 class Gradient(Mapping):
@@ -16,6 +17,27 @@ class Gradient(Mapping):
 
     def __call__(self, ctx: NodeContext) -> Sequence[torch.Tensor | None]:
         return ctx.vjp()
+
+
+class RecomputedGradient(Mapping):
+    """The node's vector-Jacobian product, from running the node again during the walk.
+
+    For max pooling: a local autograd graph would keep the pooling's input (a full-size
+    ReLU output on VGG-style networks) and its int64 indices through the whole walk; without
+    one, the record can drop that ReLU output and rebuild it when the walk gets here.
+    """
+
+    def __call__(self, ctx: NodeContext) -> Sequence[torch.Tensor | None]:
+        return ctx.recomputed_vjp()
+
+
+GRADIENT = Gradient()
+RECOMPUTED_GRADIENT = RecomputedGradient()
+
+
+def structural_gradient(kind: Kind) -> Mapping:
+    """The gradient mapping of a pooling, reshaping or identity node in a relevance method."""
+    return RECOMPUTED_GRADIENT if kind is Kind.MAX_POOL else GRADIENT
 
 
 class LinearGradient(Mapping):
