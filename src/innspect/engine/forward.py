@@ -127,14 +127,15 @@ def run_forward(
             values[node] = _fetch_attr(module, str(node.target))
             continue
         local = global_autograd or node in autograd_nodes
-        substitutes = {} if global_autograd or not local else _local_leaves(record, info)
+        leaves = None
+        if local and not global_autograd:
+            leaves = record.leaves[node] = autograd_leaves(values, info)
         try:
             with torch.set_grad_enabled(local):
-                if node in inplace:
-                    source = node.all_input_nodes[0]
-                    values[node] = torch.relu_(substitutes.get(source, values[source]))
+                if node in inplace:  # only without a local autograd graph (keep=False)
+                    values[node] = torch.relu_(values[node.all_input_nodes[0]])
                 else:
-                    values[node] = run_node(info, values, substitutes)
+                    values[node] = run_node(info, values, leaves)
         except Exception as error:  # noqa: BLE001 - re-raised with the node's name
             raise InputError(
                 f"the model failed at node {info.describe()} on an input of shape "
@@ -149,24 +150,30 @@ def run_forward(
     return record
 
 
-def _local_leaves(record: ForwardRecord, info) -> dict[fx.Node, torch.Tensor]:
-    """Detached, grad-requiring copies of the node's inputs, so its autograd graph is local."""
-    values = record.values
-    leaves = [
-        values[a].detach().requires_grad_(True) if _is_float_tensor(values[a]) else None
-        for a in info.signal_inputs
-    ]
-    record.leaves[info.node] = leaves
-    return {a: leaf for a, leaf in zip(info.signal_inputs, leaves, strict=True) if leaf is not None}
+def autograd_leaves(values: dict[fx.Node, Any], info: NodeInfo) -> list[torch.Tensor | None]:
+    """Detached, grad-requiring copies of the node's inputs (aligned with
+    ``info.signal_inputs``, None for inputs that are not floating tensors), so that an
+    autograd graph through the node stays local to it."""
+    leaves = []
+    for node in info.signal_inputs:
+        value = values[node]
+        leaves.append(value.detach().requires_grad_(True) if _is_float_tensor(value) else None)
+    return leaves
 
 
 def run_node(
-    info: NodeInfo, values: dict[fx.Node, Any], substitutes: dict[fx.Node, torch.Tensor]
+    info: NodeInfo, values: dict[fx.Node, Any], leaves: list[torch.Tensor | None] | None = None
 ) -> Any:
-    """The node's operation on recorded values (or on ``substitutes``, e.g. autograd leaves)."""
+    """The node's operation on recorded values, or on ``leaves`` for its signal inputs."""
     node = info.node
+    substitutes = {}
+    if leaves is not None:
+        substitutes = {
+            n: leaf for n, leaf in zip(info.signal_inputs, leaves, strict=True) if leaf is not None
+        }
 
     def lookup(n: fx.Node) -> Any:
+        # Not substitutes.get(n, values[n]): reading values[n] would rebuild a dropped ReLU.
         return substitutes[n] if n in substitutes else values[n]
 
     args = fx.node.map_arg(node.args, lookup)

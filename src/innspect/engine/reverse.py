@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from innspect.engine.forward import ForwardRecord, run_node
+from innspect.engine.forward import ForwardRecord, autograd_leaves, run_node
 from innspect.errors import NonFiniteRelevanceError, UnsupportedNodeError
 from innspect.graph.graph import ModelGraph, NodeInfo
 
@@ -54,19 +54,9 @@ class NodeContext:
         instead of a local autograd graph that holds the node's input all through the walk.
         """
         values = self.record.values
-        leaves = [
-            values[n].detach().requires_grad_(True)
-            if isinstance(values[n], torch.Tensor) and values[n].is_floating_point()
-            else None
-            for n in self.info.signal_inputs
-        ]
-        substitutes = {
-            n: leaf
-            for n, leaf in zip(self.info.signal_inputs, leaves, strict=True)
-            if leaf is not None
-        }
+        leaves = autograd_leaves(values, self.info)
         with torch.enable_grad():
-            output = run_node(self.info, values, substitutes)
+            output = run_node(self.info, values, leaves)
         return _vjp(output, leaves, self.signal if signal is None else signal)
 
 
