@@ -13,7 +13,7 @@ from innspect.analyzers.registry import register
 from innspect.engine.reverse import Mapping, Unsupported
 from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.graph.kinds import Kind
-from innspect.rules.basic import GRADIENT, structural_gradient
+from innspect.rules.basic import GRADIENT, gradient_mapping
 from innspect.rules.lrp import Bounded, WSquare, ZPlus
 from innspect.rules.lrp_nodes import PASS_THROUGH, is_average, z_rule_no_param
 
@@ -76,7 +76,7 @@ class DeepTaylor(ReverseAnalyzer):
         if kind is Kind.ACTIVATION:
             return PASS_THROUGH if is_rectifier(info) else Unsupported(self.name, _RELU_ONLY)
         if kind in (Kind.MAX_POOL, Kind.REARRANGE, Kind.IDENTITY):
-            return structural_gradient(kind)
+            return gradient_mapping(kind)
         if kind is Kind.LINEAR_NO_PARAM:
             # iNNvestigate's reference data: average pooling is a plain gradient in Deep
             # Taylor; additions and interpolations keep the (conservative) z-rule.

@@ -17,7 +17,7 @@ from innspect.rules.basic import (
     DeconvnetReLU,
     GuidedReLU,
     LinearGradient,
-    structural_gradient,
+    gradient_mapping,
 )
 
 LINEAR_GRADIENT = LinearGradient()
@@ -95,7 +95,7 @@ class _ReLUVariant(ReverseAnalyzer):
             )
         if info.module is not None and info.kind in (Kind.LINEAR, Kind.BATCHNORM):
             return LINEAR_GRADIENT
-        return structural_gradient(info.kind)
+        return gradient_mapping(info.kind)
 
 
 @register

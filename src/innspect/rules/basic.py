@@ -35,8 +35,9 @@ GRADIENT = Gradient()
 RECOMPUTED_GRADIENT = RecomputedGradient()
 
 
-def structural_gradient(kind: Kind) -> Mapping:
-    """The gradient mapping of a pooling, reshaping or identity node in a relevance method."""
+def gradient_mapping(kind: Kind) -> Mapping:
+    """The gradient mapping of a node: max pooling is run again in the walk (no local
+    autograd graph in the record), every other kind maps by its recorded VJP."""
     return RECOMPUTED_GRADIENT if kind is Kind.MAX_POOL else GRADIENT
 
 

@@ -13,7 +13,7 @@ from torch import fx
 from innspect.engine.reverse import Mapping, NodeContext, Unsupported
 from innspect.graph.graph import NodeInfo
 from innspect.graph.kinds import AVG_POOL_MODULES, Kind, op_name
-from innspect.rules.basic import PassThrough, structural_gradient
+from innspect.rules.basic import PassThrough, gradient_mapping
 from innspect.rules.lrp import check_stabilizer, stabilize
 
 
@@ -139,7 +139,7 @@ def lrp_node_mapping(info: NodeInfo, method: str, stabilizer: float | None = Non
     if kind in (Kind.ACTIVATION, Kind.SCALE):
         return PASS_THROUGH
     if kind in (Kind.MAX_POOL, Kind.REARRANGE, Kind.IDENTITY):
-        return structural_gradient(kind)
+        return gradient_mapping(kind)
     if kind is Kind.LINEAR_NO_PARAM:
         return z_rule_no_param(info, stabilizer)
     if kind is Kind.EMBEDDING:
