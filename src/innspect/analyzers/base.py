@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from innspect.analyzers.plan import Plan, build_plan
 from innspect.engine.forward import ForwardRecord, run_forward
 from innspect.engine.reverse import Mapping, ReverseOptions, reverse_walk
+from innspect.engine.strategy import DEFAULT_STRATEGY, EngineStrategy, computes_gradient, realize
 from innspect.errors import InputError, NeuronSelectionError, OutputActivationError
 from innspect.fileio import atomic_path
 from innspect.graph.graph import ModelGraph, NodeInfo, eval_mode
-from innspect.rules.basic import Gradient
 
 NEURON_SELECTION_MODES = ("max_activation", "index", "all")
 
@@ -56,6 +57,7 @@ class Explanation:
     relevances: dict[str, torch.Tensor] = field(default_factory=dict)
     min_max: dict[str, tuple[float, float]] = field(default_factory=dict)
     node_sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    plan: Plan | None = None  # the rule of each node (methods run by the reverse walk)
 
 
 def model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
@@ -281,6 +283,8 @@ class ReverseAnalyzer(Analyzer):
 
     fuse_batchnorm: ClassVar[bool] = False
     relevance_start: ClassVar[bool] = False  # start from the output value (LRP), not from 1
+    # How the engine computes each mapping (memory/speed; never changes the numbers).
+    engine_strategy: EngineStrategy = DEFAULT_STRATEGY
 
     def __init__(
         self,
@@ -306,6 +310,8 @@ class ReverseAnalyzer(Analyzer):
         )
         self._graph: ModelGraph | None = None
         self._mappings: dict[fx.Node, Mapping] = {}
+        self._rules: dict[fx.Node, Mapping] = {}
+        self._built_plan: Any = None
         self._autograd_nodes: frozenset[fx.Node] = frozenset()
         self._plain_gradient = False
 
@@ -321,13 +327,18 @@ class ReverseAnalyzer(Analyzer):
                     f"'{activation.name}'; explanations need the pre-activation output. Use "
                     "innspect.model_wo_softmax(model) or model_wo_output_activation(model)"
                 )
-            self._mappings = {info.node: self._mapping(info, graph) for info in graph.nodes}
+            # The method says what each node computes; the engine how (see engine/strategy.py).
+            self._rules = {info.node: self._mapping(info, graph) for info in graph.nodes}
+            self._mappings = {
+                info.node: realize(self._rules[info.node], info, self.engine_strategy)
+                for info in graph.nodes
+            }
             self._autograd_nodes = frozenset(
                 node for node, m in self._mappings.items() if m.needs_autograd
             )
             # When every node maps by its VJP, one autograd pass is the same walk, done in C++.
             self._plain_gradient = all(
-                type(m) is Gradient
+                computes_gradient(m)
                 for node, m in self._mappings.items()
                 if node in graph.infos
                 and graph.infos[node].depends_on_input
@@ -338,6 +349,19 @@ class ReverseAnalyzer(Analyzer):
 
     def _mapping(self, info: NodeInfo, graph: ModelGraph) -> Mapping:
         raise NotImplementedError
+
+    def plan(self, example_input: torch.Tensor | None = None) -> Plan:
+        """The rule each node gets (``print`` it); captures the graph on first use."""
+        graph = self.graph(example_input)
+        if self._built_plan is None:
+            self._built_plan = build_plan(self.name, graph, self._rules)
+        return self._built_plan
+
+    def explain(self, *args: Any, **kwargs: Any) -> Explanation:
+        """Like ``analyze`` but returns an Explanation, with the plan used (``.plan``)."""
+        explanation = super().explain(*args, **kwargs)
+        explanation.plan = self.plan()
+        return explanation
 
     def _start_value(self, output: torch.Tensor) -> torch.Tensor:
         """Signal value at the selected output neurons: 1 for gradients, y for relevance."""

@@ -16,7 +16,6 @@ from torch import nn
 
 from innspect.analyzers.base import Analyzer, Explanation
 from innspect.analyzers.gradient import GradientAnalyzer, check_postprocess
-from innspect.analyzers.registry import register
 from innspect.errors import InputError
 from innspect.progress import progress
 
@@ -78,7 +77,6 @@ class _GradientAverage(Analyzer):
         return mean_gradient
 
 
-@register
 class IntegratedGradients(_GradientAverage):
     """Integrated gradients (Sundararajan et al. 2017), left Riemann sum.
 
@@ -135,7 +133,6 @@ class IntegratedGradients(_GradientAverage):
         return mean_gradient * (x - self._reference(x))
 
 
-@register
 class SmoothGrad(_GradientAverage):
     """SmoothGrad (Smilkov et al. 2017): the mean gradient over noisy copies of the input.
 
@@ -190,3 +187,6 @@ class SmoothGrad(_GradientAverage):
             return base + self.noise_scale * noise
 
         return make
+
+
+ANALYZERS = [IntegratedGradients, SmoothGrad]
