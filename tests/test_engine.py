@@ -10,8 +10,8 @@ from torch import nn
 
 import innspect
 from innspect.engine.forward import run_forward
-from innspect.graph.graph import ModelGraph
 from innspect.engine.strategy import EngineStrategy
+from innspect.graph.graph import ModelGraph
 from innspect.graph.kinds import Kind
 from tests.models import FunctionalNet, assert_model_unchanged, mlp, model_state
 
