@@ -99,7 +99,20 @@ class Analyzer:
 
         cls.__init__ = recording_init  # type: ignore[method-assign]
 
-    def __init__(self, model: nn.Module, *, neuron_selection_mode: str = "max_activation") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        neuron_selection_mode: str = "max_activation",
+        disable_model_checks: bool = False,
+        allow_lambda_layers: bool = False,
+    ) -> None:
+        # iNNvestigate's options (docs/innvestigate.md): disable_model_checks skips the
+        # refusal of an output softmax; allow_lambda_layers has nothing to allow (innspect
+        # traces through Python code, there are no opaque Lambda layers).
+        _check_flag("disable_model_checks", disable_model_checks)
+        _check_flag("allow_lambda_layers", allow_lambda_layers)
+        self.disable_model_checks = disable_model_checks
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if neuron_selection_mode not in NEURON_SELECTION_MODES:
@@ -296,9 +309,20 @@ class ReverseAnalyzer(Analyzer):
         reverse_clip_values: Sequence[float] | None = None,
         reverse_project_bottleneck_layers: bool | Sequence[float] = False,
         reverse_min_max: bool = False,
+        reverse_check_min_max_values: bool = False,
+        reverse_verbose: bool = False,
+        reverse_reapply_on_copied_layers: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(model, neuron_selection_mode=neuron_selection_mode)
+        super().__init__(model, neuron_selection_mode=neuron_selection_mode, **kwargs)
+        for flag in ("reverse_check_min_max_values", "reverse_verbose"):
+            _check_flag(flag, locals()[flag])
+        # Rules never re-apply the user's layers: they always run on replaced weights.
+        _check_flag("reverse_reapply_on_copied_layers", reverse_reapply_on_copied_layers)
+        self.reverse_verbose = reverse_verbose
         project = reverse_project_bottleneck_layers
+        if reverse_clip_values is False:  # iNNvestigate's default for "no clipping"
+            reverse_clip_values = None
         self.reverse_options = ReverseOptions(
             keep_tensors=reverse_keep_tensors,
             check_finite=reverse_check_finite,
@@ -306,8 +330,10 @@ class ReverseAnalyzer(Analyzer):
             project_bottleneck=(-1.0, 1.0)
             if project is True
             else (tuple(project) if project else None),
-            min_max=reverse_min_max,
+            # iNNvestigate prints them; innspect records them in Explanation.min_max too.
+            min_max=reverse_min_max or reverse_check_min_max_values or reverse_verbose,
         )
+        self._print_min_max = reverse_check_min_max_values or reverse_verbose
         self._graph: ModelGraph | None = None
         self._mappings: dict[fx.Node, Mapping] = {}
         self._rules: dict[fx.Node, Mapping] = {}
@@ -321,7 +347,7 @@ class ReverseAnalyzer(Analyzer):
         if self._graph is None:
             graph = ModelGraph(self.model, example_input, fuse_batchnorm=self.fuse_batchnorm)
             activation = graph.output_activation()
-            if activation is not None:
+            if activation is not None and not self.disable_model_checks:
                 raise OutputActivationError(
                     f"the model's output passes through {activation.operation} at node "
                     f"'{activation.name}'; explanations need the pre-activation output. Use "
@@ -435,6 +461,8 @@ class ReverseAnalyzer(Analyzer):
             graph, record, start, lambda info: self._mappings[info.node], self.reverse_options
         )
         attribution = self._postprocess(result.attribution.detach(), x)
+        if self._print_min_max:
+            _print_walk(self, result.min_max)
         return Explanation(
             attribution, selected, scores, result.signals, result.min_max, result.node_sums
         )
@@ -462,6 +490,20 @@ class ReverseAnalyzer(Analyzer):
                     f"layer '{info.name}' (Linear) expects {module.in_features} features on the "
                     f"last axis, got shape {tuple(x.shape)}"
                 )
+
+
+def _check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def _print_walk(analyzer: ReverseAnalyzer, min_max: dict[str, tuple[float, float]]) -> None:
+    """iNNvestigate's reverse_verbose / reverse_check_min_max_values: print each node's
+    rule (verbose) and the minimum and maximum of its signal."""
+    rules = analyzer.plan().rules if analyzer.reverse_verbose else {}
+    for name, (low, high) in min_max.items():
+        rule = f"  {rules[name]!r}" if name in rules else ""
+        print(f"{analyzer.name}: node {name!r}{rule}: min {low:.6g}, max {high:.6g}")
 
 
 def _jsonable(value: Any) -> Any:

@@ -147,19 +147,26 @@ class GuidedBackprop(_RectifierVariant):
 
 
 class GradientBaseline(Analyzer):
-    """The gradient computed with plain autograd on the model: a cross-check of the engine."""
+    """The gradient computed with plain autograd on the model: a cross-check of the engine.
+
+    Parameters
+    ----------
+    postprocess
+        None, "abs" or "square", applied to the gradient (iNNvestigate's BaselineGradient).
+    """
 
     name = "gradient.baseline"
 
-    def __init__(self, model: nn.Module, **kwargs: Any) -> None:
+    def __init__(self, model: nn.Module, *, postprocess: str | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
+        self.postprocess = check_postprocess(postprocess)
         self._checked = False
 
     def _explain(self, x: torch.Tensor, neuron_selection: Any) -> Explanation:
         self._check_selection_arguments(neuron_selection)
         if not self._checked:
             # The same output-activation refusal as the engine's analyzers.
-            GradientAnalyzer(self.model).graph(x)
+            GradientAnalyzer(self.model, disable_model_checks=self.disable_model_checks).graph(x)
             self._checked = True
         with eval_mode(self.model), torch.enable_grad():
             leaf = x.detach().requires_grad_(True)
@@ -173,7 +180,7 @@ class GradientBaseline(Analyzer):
                 picked = flat.gather(1, selected[:, None])[:, 0]
                 target, scores = picked.sum(), picked.detach()
             (grad,) = torch.autograd.grad(target, leaf)
-        return Explanation(grad, selected, scores)
+        return Explanation(apply_postprocess(grad, self.postprocess), selected, scores)
 
 
 ANALYZERS = [GradientAnalyzer, InputTimesGradient, Deconvnet, GuidedBackprop, GradientBaseline]
