@@ -156,3 +156,17 @@ def test_the_plan_names_every_signal_node_and_the_preset_rules() -> None:
     assert lines[0].startswith("plan of lrp.sequential_preset_a_flat")
     assert "Conv2d" in lines[1] and "Flat" in lines[1]
     assert "Linear" in lines[4] and "Epsilon(epsilon=0.1" in lines[4]
+
+
+def test_innspect_methods_plan_prints_the_plan(capsys) -> None:
+    from innspect.cli import main
+
+    status = main(["methods", "--plan", "lrp.epsilon_plus_flat", "--model", "torchvision:resnet18"])
+    out = capsys.readouterr().out.splitlines()
+    assert status == 0
+    assert out[0] == "plan of lrp.epsilon_plus_flat (node, operation, kind, rule):"
+    rows = {line.split()[0]: line for line in out[1:]}
+    assert "Flat" in rows["conv1"] and "AlphaBeta" in rows["layer1.0.conv1"]
+    assert "ZRule" in rows["add"] and "Epsilon" in rows["fc"]
+    assert main(["methods", "--plan", "lrp.z"]) == 2
+    assert "--plan needs --model" in capsys.readouterr().err

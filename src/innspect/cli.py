@@ -89,7 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="analyzer option, e.g. --option epsilon=0.1 (repeatable)",
     )
 
-    commands.add_parser("methods", parents=[debug], help="list the analyzers and their options")
+    methods = commands.add_parser(
+        "methods", parents=[debug], help="list the analyzers and their options"
+    )
+    methods.add_argument(
+        "--plan", metavar="NAME", help="print the rule each node of --model gets from NAME"
+    )
+    methods.add_argument("--model", metavar="SPEC", help="the model for --plan (as for analyze)")
+    methods.add_argument("--weights", metavar="FILE", help="state dict for the model")
+    methods.add_argument(
+        "--input-shape",
+        metavar="C,H,W",
+        help="one sample's shape, for models that need an example input to be captured",
+    )
+    methods.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help="analyzer option"
+    )
     return parser
 
 
@@ -105,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args, debug)
         if args.command == "analyze":
             return _analyze(args)
+        if args.plan is not None:
+            return _plan(args)
         return _methods()
     except (CLIError, InnspectError) as error:
         if debug:
@@ -250,6 +267,41 @@ def _methods() -> int:
         "\nEvery analyzer also takes neuron_selection_mode ('max_activation', 'index', 'all');"
         " pass options with `innspect analyze --option KEY=VALUE`."
     )
+    return EXIT_OK
+
+
+def _plan(args: argparse.Namespace) -> int:
+    """``innspect methods --plan NAME --model SPEC``: the rule of every node, as a table."""
+    import torch
+
+    from innspect.analyzers.registry import create_analyzer, list_analyzers
+    from innspect.cli_loading import CLIError, load_model
+
+    if args.model is None:
+        raise CLIError("--plan needs --model SPEC (a torchvision:NAME, a factory or a file)")
+    if args.plan not in list_analyzers():
+        raise CLIError(f"unknown method '{args.plan}'; `innspect methods` lists them")
+    example = None
+    if args.input_shape:
+        try:
+            shape = [int(part) for part in args.input_shape.split(",")]
+        except ValueError as error:
+            raise CLIError(
+                f"--input-shape needs C,H,W integers, got '{args.input_shape}'"
+            ) from error
+        example = torch.zeros(1, *shape)
+    model = load_model(args.model, args.weights, example=example)
+    if example is not None:
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+        example = example.to(dtype) if dtype is not None else example
+    options = _parse_options(args.option)
+    try:
+        analyzer = create_analyzer(args.plan, model, **options)
+    except (TypeError, ValueError) as error:
+        raise CLIError(f"cannot create {args.plan} with {options}: {error}") from error
+    if not hasattr(analyzer, "plan"):
+        raise CLIError(f"{args.plan} does not walk the model's graph: it has no plan")
+    print(analyzer.plan(example))
     return EXIT_OK
 
 
