@@ -35,7 +35,7 @@ from innspect.engine.reverse import Mapping, Unsupported
 from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.graph.kinds import Kind
 from innspect.graph.kinds import family as node_family
-from innspect.rules.lrp import as_rule
+from innspect.rules.lrp import LinearRule, as_rule
 from innspect.rules.lrp_nodes import lrp_node_mapping
 
 
@@ -188,6 +188,8 @@ class Composite:
     entries
         ``(predicate, rule)`` pairs. A rule is a mapping (``innspect.rules``), a rule name
         for linear layers ("Epsilon", "Alpha2Beta1"...), or a function of the ``Site``.
+        An entry with a rule for linear layers only matches nodes with weights (linear
+        layers and BatchNorm), whatever its predicate.
     default
         The rule of a node no entry matches (a function of the ``Site``). None: LRP's
         rules for every node that is not a linear layer (``lrp_node_mapping``) and a
@@ -226,7 +228,11 @@ class Composite:
 
     def rule_for(self, site: Site, method: str) -> Mapping:
         """The rule the composite gives ``site``."""
+        weighted = site.info.kind in (Kind.LINEAR, Kind.BATCHNORM)
         for predicate, rule in self._parsed:
+            # A rule for linear layers only ever matches layers with weights.
+            if isinstance(rule, LinearRule) and not weighted:
+                continue
             if predicate(site):
                 return rule if isinstance(rule, Mapping) else rule(site)
         if self.default is not None:
