@@ -185,7 +185,9 @@ class ModelGraph:
 
     def _functional_linear_op(self, info: NodeInfo) -> LinearOp:
         node = info.node
-        if node.op != "call_function" or "batch_norm" in op_name(node):
+        if node.op != "call_function" or (
+            "batch_norm" in op_name(node) and node.target is not torch.nn.functional.batch_norm
+        ):
             raise NotAnalyzableModelError(
                 f"node {info.describe()}: innspect's rules need this layer as a module "
                 "(nn.Linear, nn.Conv2d, nn.BatchNorm2d...)"

@@ -223,11 +223,15 @@ _FUNCTIONAL_CONV_T_ARGS = ("stride", "padding", "output_padding", "groups", "dil
 
 
 def linear_op_from_function(function, args: tuple, kwargs: dict) -> LinearOp:
-    """LinearOp of a functional call ``F.linear`` / ``F.convNd`` / ``F.conv_transposeNd``.
+    """LinearOp of a functional call ``F.linear`` / ``F.convNd`` / ``F.conv_transposeNd`` /
+    ``F.batch_norm`` (eval mode).
 
     ``args`` and ``kwargs`` are the call's arguments with values (the input first).
     """
     name = getattr(function, "__name__", str(function))
+    if function is F.batch_norm:
+        scale, shift = functional_batchnorm_scale_shift(args, kwargs)
+        return batchnorm_op(scale, shift, "batch_norm")
     positional = list(args[1:])
     weight = positional.pop(0) if positional else kwargs["weight"]
     bias = positional.pop(0) if positional else kwargs.get("bias")
@@ -256,16 +260,59 @@ def batchnorm_scale_shift(
             f"{type(module).__name__} has no running statistics (track_running_stats=False); "
             "it normalises with batch statistics, which is not a fixed affine map"
         )
-    inv_std = torch.rsqrt(module.running_var + module.eps)
-    gamma = module.weight if module.weight is not None else torch.ones_like(inv_std)
-    beta = module.bias if module.bias is not None else torch.zeros_like(inv_std)
+    return affine_scale_shift(
+        module.running_mean, module.running_var, module.weight, module.bias, module.eps
+    )
+
+
+def affine_scale_shift(
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode batch norm as ``x * scale + shift`` (Ioffe & Szegedy 2015)."""
+    inv_std = torch.rsqrt(running_var + eps)
+    gamma = weight if weight is not None else torch.ones_like(inv_std)
+    beta = bias if bias is not None else torch.zeros_like(inv_std)
     scale = gamma * inv_std
-    shift = beta - module.running_mean * scale
+    shift = beta - running_mean * scale
     return scale.detach(), shift.detach()
 
 
-def _batchnorm_op(module: nn.modules.batchnorm._BatchNorm) -> LinearOp:
-    scale, shift = batchnorm_scale_shift(module)
+def functional_batchnorm_scale_shift(
+    args: tuple, kwargs: dict
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``scale, shift`` of an ``F.batch_norm(input, running_mean, running_var, weight, bias,
+    training, momentum, eps)`` call (values, the input first), in eval mode."""
+    names = (
+        "input",
+        "running_mean",
+        "running_var",
+        "weight",
+        "bias",
+        "training",
+        "momentum",
+        "eps",
+    )
+    values = {**dict(zip(names, args, strict=False)), **kwargs}
+    if values.get("training", False) or values.get("running_mean") is None:
+        raise ValueError(
+            "a batch_norm that normalises with batch statistics (training=True or no running "
+            "statistics) is not a fixed affine map"
+        )
+    return affine_scale_shift(
+        values["running_mean"],
+        values["running_var"],
+        values.get("weight"),
+        values.get("bias"),
+        float(values.get("eps", 1e-5)),
+    )
+
+
+def batchnorm_op(scale: torch.Tensor, shift: torch.Tensor, description: str) -> LinearOp:
+    """LinearOp of a per-channel affine map ``x * scale + shift`` on axis 1."""
 
     def per_channel(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return v.reshape([1, -1] + [1] * (x.dim() - 2))
@@ -279,6 +326,11 @@ def _batchnorm_op(module: nn.modules.batchnorm._BatchNorm) -> LinearOp:
         shift,
         forward=forward,
         transpose=lambda s, w, x: s * per_channel(w, x),
-        description=type(module).__name__,
+        description=description,
         extras={"channel_axis": 1},
     )
+
+
+def _batchnorm_op(module: nn.modules.batchnorm._BatchNorm) -> LinearOp:
+    scale, shift = batchnorm_scale_shift(module)
+    return batchnorm_op(scale, shift, type(module).__name__)
