@@ -72,7 +72,9 @@ from innspect.rules.lrp_nodes import PASS_THROUGH, ZRuleNoParam, is_signal_sum
 
 ZENNIT_STABILIZER = 1e-6
 
-# zennit.types.Activation: the modules Zennit's composites pass relevance through.
+# zennit.types.Activation: the modules Zennit's composites pass relevance through. Kept as
+# Zennit's own list (not innspect's activation family, which differs: Mish, Threshold...),
+# since these composites reproduce Zennit.
 ZENNIT_ACTIVATIONS = (
     nn.ELU,
     nn.Hardshrink,

@@ -25,14 +25,6 @@ _RELU_ONLY = (
 RECTIFIERS = ("relu", "rectifier")
 
 
-def is_rectifier(site: Site) -> bool:
-    """ReLU or a clamp to [0, t] (ReLU6): non-negative outputs, as Deep Taylor's z+ assumes.
-
-    iNNvestigate accepts Keras' ``ReLU(max_value=6)`` layers too (MobileNetV2).
-    """
-    return site.family in RECTIFIERS
-
-
 def _followed_by_other_activation(site: Site) -> bool:
     activation = site.graph.following_activation(site.info)
     return activation is not None and node_family(activation.node, activation.module) not in (

@@ -49,7 +49,7 @@ class LinearGradient(Mapping):
     """
 
     def __call__(self, ctx: NodeContext) -> Sequence[torch.Tensor | None]:
-        op = ctx.graph.linear_op(ctx.info)
+        op = ctx.linear_op
         inputs = ctx.inputs
         signal = op.transpose(ctx.signal, op.weight.detach(), inputs[0].detach())
         return [signal] + [None] * (len(inputs) - 1)

@@ -56,7 +56,7 @@ class ZRuleSum(Mapping):
         s = ctx.signal / stabilize(ctx.output.detach(), self.stabilizer)
         negate_second = is_difference(node)
         parts: dict = dict.fromkeys(ctx.info.signal_inputs)
-        values = ctx.record.values
+        values = dict(zip(ctx.info.signal_inputs, ctx.inputs, strict=True))
         for position, arg in enumerate(node.args[:2]):
             if not isinstance(arg, fx.Node) or arg not in parts:
                 continue
