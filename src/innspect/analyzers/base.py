@@ -306,7 +306,7 @@ class ReverseAnalyzer(Analyzer):
         neuron_selection_mode: str = "max_activation",
         reverse_keep_tensors: bool = False,
         reverse_check_finite: bool = False,
-        reverse_clip_values: Sequence[float] | None = None,
+        reverse_clip_values: Sequence[float] | bool | None = None,
         reverse_project_bottleneck_layers: bool | Sequence[float] = False,
         reverse_min_max: bool = False,
         reverse_check_min_max_values: bool = False,
@@ -315,8 +315,8 @@ class ReverseAnalyzer(Analyzer):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, neuron_selection_mode=neuron_selection_mode, **kwargs)
-        for flag in ("reverse_check_min_max_values", "reverse_verbose"):
-            _check_flag(flag, locals()[flag])
+        _check_flag("reverse_check_min_max_values", reverse_check_min_max_values)
+        _check_flag("reverse_verbose", reverse_verbose)
         # Rules never re-apply the user's layers: they always run on replaced weights.
         _check_flag("reverse_reapply_on_copied_layers", reverse_reapply_on_copied_layers)
         self.reverse_verbose = reverse_verbose
