@@ -1,4 +1,4 @@
-"""The ``innspect`` command: ``demo``, ``analyze`` and ``methods``.
+"""The ``innspect`` command: ``demo``, ``analyze``, ``methods`` and ``references``.
 
 Bad input (missing or undecodable files, unknown methods, neuron indices out of range, weights
 that do not fit) prints one line to stderr and exits with status 2; ``--debug`` shows the
@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("methods", parents=[debug], help="list the analyzers and their options")
+
+    from innspect.cli_references import add_parser as add_references_parser
+
+    add_references_parser(commands, [debug])
     return parser
 
 
@@ -105,6 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args, debug)
         if args.command == "analyze":
             return _analyze(args)
+        if args.command == "references":
+            from innspect.cli_references import run as run_references
+
+            return run_references(args)
         return _methods()
     except (CLIError, InnspectError) as error:
         if debug:

@@ -1,0 +1,158 @@
+"""`innspect references generate / check`: the round trip, corrupted data, bad input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from innspect.cli import main
+from innspect.references import (
+    ReferenceDataError,
+    check_folder,
+    generate_layer_references,
+    generate_model_references,
+    read_reference_file,
+)
+from innspect.references.generate import reference_input
+from tests.conftest import require_references
+
+INNVESTIGATE = "innvestigate-2.1.2-layer"
+
+
+def _copy(files: list[str], target: Path) -> Path:
+    folder = require_references(INNVESTIGATE)
+    target.mkdir()
+    for name in files:
+        shutil.copy(folder / name, target / name)
+        (target / name).chmod(0o644)
+    return target
+
+
+def test_check_passes_on_innvestigates_files_and_prints_a_table(capsys) -> None:
+    folder = require_references(INNVESTIGATE)
+    assert main(["references", "check", str(folder)]) == 0
+    out = capsys.readouterr().out
+    files = sorted(folder.glob("*.hdf5"))
+    # one row per file, layer model and array (output and attribution)
+    assert f"{len(files) * 12} of {len(files) * 12} arrays in {len(files)} files pass" in out
+    assert "LRPZ.hdf5" in out and "MaxPooling2D" in out and "FAIL" not in out
+
+
+def test_check_fails_on_a_corrupted_copy_and_names_the_node(tmp_path, capsys) -> None:
+    folder = _copy(["LRPZ.hdf5", "Gradient.hdf5"], tmp_path / "refs")
+    with h5py.File(folder / "LRPZ.hdf5", "r+") as f:
+        data = f["Conv2D_relu/attribution"]
+        values = np.asarray(data)
+        values[0, 1, 1, 0] += 0.05 * np.abs(values).max()
+        data[...] = values
+    assert main(["references", "check", str(folder), "--failures-only"]) == 1
+    out = capsys.readouterr().out
+    assert "LRPZ.hdf5:Conv2D_relu:attribution" in out
+    failed = [c for c in check_folder(folder) if not c.passed]
+    assert [(Path(c.file).name, c.model, c.node) for c in failed] == [
+        ("LRPZ.hdf5", "Conv2D_relu", "attribution")
+    ]
+
+
+def test_missing_dataset_and_unbuildable_layer_are_clear_errors(tmp_path, capsys) -> None:
+    folder = _copy(["LRPZ.hdf5"], tmp_path / "missing")
+    with h5py.File(folder / "LRPZ.hdf5", "r+") as f:
+        del f["Dense/attribution"]
+    with pytest.raises(ReferenceDataError, match=r"LRPZ.hdf5: missing dataset 'Dense/attribution'"):
+        read_reference_file(folder / "LRPZ.hdf5")
+    assert main(["references", "check", str(folder)]) == 2
+    assert "missing dataset 'Dense/attribution'" in capsys.readouterr().err
+
+    folder = _copy(["LRPZ.hdf5"], tmp_path / "unbuildable")
+    with h5py.File(folder / "LRPZ.hdf5", "r+") as f:
+        f.move("Conv2D", "Conv3D")
+        del f["Dense/weights/1"]
+    with pytest.raises(ReferenceDataError, match=r"LRPZ.hdf5: layer model 'Conv3D' cannot be"):
+        read_reference_file(folder / "LRPZ.hdf5")
+    with h5py.File(folder / "LRPZ.hdf5", "r+") as f:
+        f.move("Conv3D", "Conv2D")
+    with pytest.raises(ReferenceDataError, match=r"layer model 'Dense' cannot be rebuilt"):
+        read_reference_file(folder / "LRPZ.hdf5")
+
+
+def test_bad_folders_and_implementations(tmp_path, capsys) -> None:
+    assert main(["references", "check", str(tmp_path / "nowhere")]) == 2
+    assert "reference folder not found" in capsys.readouterr().err
+    assert main(["references", "check", str(tmp_path)]) == 2
+    assert "no *.hdf5 reference files" in capsys.readouterr().err
+    folder = require_references(INNVESTIGATE)
+    assert main(["references", "check", str(folder), "--implementation", "nomodule"]) == 2
+    assert "module:function" in capsys.readouterr().err
+
+
+def zero_implementation(model, x, method, options):
+    """An implementation that explains nothing: every attribution check must fail."""
+    return np.zeros_like(x)
+
+
+def test_a_foreign_implementation_is_checked(tmp_path, capsys) -> None:
+    folder = _copy(["Gradient.hdf5"], tmp_path / "refs")
+    spec = "tests.test_references:zero_implementation"
+    assert main(["references", "check", str(folder), "--implementation", spec]) == 1
+    out = capsys.readouterr().out
+    assert out.count("  FAIL") == 6 and "6 of 12 arrays" in out  # outputs pass, attributions not
+
+
+def test_layer_set_round_trip_is_deterministic_and_checks(tmp_path) -> None:
+    methods = ["gradient", "lrp.epsilon", "lrp.alpha_2_beta_1", "deep_taylor.bounded"]
+    first, skipped = generate_layer_references(tmp_path / "a", methods)
+    second, _ = generate_layer_references(tmp_path / "b", methods)
+    assert not skipped and len(first) == len(methods)
+    for a, b in zip(first, second, strict=True):
+        assert a.read_bytes() == b.read_bytes()
+    comparisons = check_folder(tmp_path / "a")
+    assert len(comparisons) == len(methods) * 12 and all(c.passed for c in comparisons)
+    with h5py.File(first[1], "r") as f:  # signed inputs and non-zero biases, unlike iNNvestigate's
+        assert (np.asarray(f["input"]) < 0).any() and np.abs(f["Dense/weights/1"]).min() > 0
+        assert f["Conv2D/weights/0"].shape == (3, 3, 3, 5)
+    with h5py.File(first[1], "r+") as f:
+        f["Dense_relu/attribution"][0, 0, 0, 0] += 1e-3
+    failed = [(c.model, c.node) for c in check_folder(tmp_path / "a") if not c.passed]
+    assert failed == [("Dense_relu", "attribution")]
+
+
+# Rules that conserve relevance at every node of these networks: no bias in the
+# denominators, and relevance only where x > 0, so the z-rule of average pooling loses none
+# (Flat and w^2 give relevance to zero inputs of the pooling, whose z-rule then drops it).
+CONSERVING = ("lrp.z_IB", "lrp.alpha_1_beta_0_IB", "lrp.z_plus")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vgg11", "resnet18"])
+def test_generate_then_check_round_trip_on_torchvision_models(tmp_path, name, capsys) -> None:
+    out = tmp_path / name
+    x, input_name = reference_input(None, 1, (3, 32, 32), seed=0)
+    written, skipped = generate_model_references(
+        f"torchvision:{name}", out, x, input_name, extra_options={"steps": 2, "augment_by_n": 2}
+    )
+    from innspect import list_analyzers
+
+    assert {p.name.removesuffix(".hdf5") for p in written} | {s[0] for s in skipped} == set(
+        list_analyzers()
+    )
+    assert len(written) >= 30, skipped
+    comparisons = check_folder(out)
+    assert all(c.passed for c in comparisons), [c for c in comparisons if not c.passed][:3]
+    nodes = {(Path(c.file).stem, c.node) for c in comparisons}
+    assert ("lrp.z", "-1") in nodes and ("lrp.z", "input") in nodes
+    for method in CONSERVING:
+        with h5py.File(out / f"{method}.hdf5", "r") as f:
+            group = f["layerwise_relevances"]
+            start = np.asarray(group["-1"], dtype=np.float64)
+            np.testing.assert_allclose(start, np.asarray(f["output"]).max(axis=1), rtol=1e-6)
+            # Every node of vgg11 is on the one path from output to input; in resnet18 the
+            # residual sums and the nodes outside the blocks are.
+            on_path = [n for n in group if name == "vgg11" or n.startswith(("add", "input", "max"))]
+            assert len(on_path) >= 10
+            for node in on_path:
+                total = np.asarray(group[node], dtype=np.float64).reshape(1, -1).sum(axis=1)
+                np.testing.assert_allclose(total, start, rtol=1e-4, err_msg=f"{method} {node}")
