@@ -156,3 +156,29 @@ def test_generate_then_check_round_trip_on_torchvision_models(tmp_path, name, ca
             for node in on_path:
                 total = np.asarray(group[node], dtype=np.float64).reshape(1, -1).sum(axis=1)
                 np.testing.assert_allclose(total, start, rtol=1e-4, err_msg=f"{method} {node}")
+
+
+def test_generate_command_round_trip_and_bad_input(tmp_path, capsys) -> None:
+    out = tmp_path / "refs"
+    argv = ["references", "generate", "--model", "tests.cli_models:small_cnn", "--random", "2"]
+    argv += ["--shape", "1,12,12", "--methods", "lrp.epsilon", "gradient", "--out", str(out)]
+    assert main(argv) == 0
+    assert "wrote 2 reference files" in capsys.readouterr().out
+    with h5py.File(out / "lrp.epsilon.hdf5", "r") as f:
+        assert f.attrs["model_name"] == "tests.cli_models:small_cnn"
+        assert set(f["layerwise_relevances"]) == {"-1", "0", "1", "2", "3", "4", "input"}
+        np.testing.assert_array_equal(f["layerwise_relevances/input"], f["attribution"])
+    assert main(["references", "check", str(out)]) == 0
+    bad = [
+        (["--random", "2"], "--shape"),
+        (["--random", "0", "--shape", "1,12,12"], "at least 1 sample"),
+        (["--random", "1", "--shape", "1,x"], "--shape must look like"),
+        (["--random", "1", "--shape", "1,12,12", "--methods", "nope"], "unknown analyzer"),
+    ]
+    for extra, message in bad:
+        model = ["references", "generate", "--model", "tests.cli_models:small_cnn"]
+        assert main([*model, *extra, "--out", str(tmp_path / "x")]) == 2
+        assert message in capsys.readouterr().err
+    layers = ["references", "generate", "--layers", "--input", "a.npy", "--out", str(out)]
+    assert main(layers) == 2
+    assert "--layers makes its own input" in capsys.readouterr().err
