@@ -193,3 +193,30 @@ def test_oracle_equals_innspect_on_random_networks(seed: int) -> None:
                 atol=1e-10 * scale,
                 err_msg=f"{spec}, layer {index} of {network}",
             )
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 5])
+def test_network_gradprop_is_the_gradient(seed: int) -> None:
+    model, x, _ = random_network(seed)
+    network = oracle.from_torch(model)
+    y = network.forward(x)
+    dy = np.random.default_rng(seed).standard_normal(y.shape)
+    leaf = torch.from_numpy(x).requires_grad_(True)
+    (expected,) = torch.autograd.grad(model(leaf), leaf, torch.from_numpy(dy))
+    np.testing.assert_allclose(network.gradprop(dy), expected.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_format_bounds_feed_the_deep_taylor_code() -> None:
+    """The tutorial's Format maps [0, 1] to [low, high]; z^B then uses those bounds."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).double()
+    raw = np.random.default_rng(0).uniform(size=(4, 6))
+    network = oracle.Network([oracle.Format(-2.0, 3.0), *oracle.from_torch(model).layers])
+    result = network.layerwise_lrp(raw, np.array([0, 1, 2, 0]), "deeptaylor")
+    formatted = raw * 5.0 - 2.0
+    np.testing.assert_allclose(network.layers[0].forward(raw), formatted)
+    expected = innspect.create_analyzer(
+        "deep_taylor.bounded", model, low=-2.0, high=3.0, neuron_selection_mode="index"
+    ).analyze(formatted, neuron_selection=[0, 1, 2, 0])
+    np.testing.assert_allclose(result.relevances[0], expected, rtol=1e-10, atol=1e-12)
+    assert (result.relevances[-1] >= 0).all()  # Deep Taylor starts from max(0, y)

@@ -91,8 +91,6 @@ def _write(group: h5py.Group, name: str, value: np.ndarray) -> None:
 
 
 def _config_json(name: str, options: dict[str, Any]) -> str:
-    from innspect import create_analyzer  # noqa: F401 - the registry must be loaded
-
     return json.dumps({"name": name, "options": _jsonable(options)}, sort_keys=True)
 
 
