@@ -1,6 +1,7 @@
 """``innspect references generate`` / ``check``: reference data for explanation code.
 
-Registered by ``innspect.cli``; see ``innspect.references`` for the file layouts.
+Registered by ``innspect.cli`` (``HELP``, ``DESCRIPTION``, ``configure(parser)``, ``run(args)``,
+like the other subcommand modules); see ``innspect.references`` for the file layouts.
 """
 
 from __future__ import annotations
@@ -10,20 +11,21 @@ from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_FAILED = 0, 1
+HELP = "generate or check reference data (iNNvestigate's layout)"
+DESCRIPTION = (
+    "Reference data for explanation code: write it with innspect (generate), or check an "
+    "implementation against a folder of it, iNNvestigate 1.0.9's or innspect's (check)."
+)
 
 
-def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
-    """Add ``references`` with its two subcommands to the ``innspect`` parser."""
-    references = commands.add_parser(
-        "references",
-        parents=parents,
-        help="generate or check reference data (iNNvestigate's layout)",
-        description="Reference data for explanation code: write it with innspect, or check an "
-        "implementation against a folder of it (iNNvestigate 1.0.9's or innspect's files).",
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The ``generate`` and ``check`` subcommands and their arguments."""
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
     )
-    sub = references.add_subparsers(
-        dest="references_command", required=True, parser_class=type(references)
-    )
+    parents = [debug]
+    sub = parser.add_subparsers(dest="references_command", required=True, parser_class=type(parser))
     generate = sub.add_parser(
         "generate",
         parents=parents,
@@ -80,6 +82,12 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     check.add_argument("--failures-only", action="store_true", help="print only failing rows")
 
 
+def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """Register ``references`` on the ``innspect`` subparsers ``commands``."""
+    parser = commands.add_parser("references", parents=parents, help=HELP, description=DESCRIPTION)
+    configure(parser)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``innspect references ...``; returns the exit status."""
     if args.references_command == "check":
@@ -92,7 +100,7 @@ def _check(args: argparse.Namespace) -> int:
 
     implementation = load_implementation(args.implementation) if args.implementation else None
     comparisons = check_folder(
-        args.folder, implementation, rtol=args.rtol, atol=args.atol, verbose=True
+        args.folder, implementation, rtol=args.rtol, atol=args.atol, verbose=_progress_bars()
     )
     failed = [c for c in comparisons if not c.passed]
     shown = failed if args.failures_only else comparisons
@@ -107,19 +115,18 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from innspect.cli import _parse_options
     from innspect.cli_loading import CLIError
     from innspect.references import generate_layer_references, generate_model_references
     from innspect.references.generate import reference_input
 
-    options = _parse_options(args.option)
+    options = _parse_options(args.option)  # KEY=VALUE, as `innspect analyze --option`
     if args.layers:
         if args.input or args.random or args.weights:
             raise CLIError(
                 "--layers makes its own input and weights; drop --input/--random/--weights"
             )
         written, skipped = generate_layer_references(
-            args.out, args.methods, seed=args.seed, extra_options=options, verbose=True
+            args.out, args.methods, seed=args.seed, extra_options=options, verbose=_progress_bars()
         )
     else:
         shape = None
@@ -138,9 +145,26 @@ def _generate(args: argparse.Namespace) -> int:
             weights=args.weights,
             model_seed=args.seed,
             extra_options=options,
-            verbose=True,
+            verbose=_progress_bars(),
         )
     for name, reason in skipped:
         print(f"skipped {name}: {reason}")
     print(f"wrote {len(written)} reference files to {args.out}")
     return EXIT_OK
+
+
+def _parse_options(items: list[str]) -> dict[str, Any]:
+    # The parser of `innspect analyze --option` (cli.py today, cli_analyze.py once the
+    # subcommands have modules of their own).
+    try:
+        from innspect.cli_analyze import parse_options
+    except ImportError:
+        from innspect.cli import _parse_options as parse_options
+    return parse_options(items)
+
+
+def _progress_bars() -> bool:
+    # tqdm is optional (innspect[demo]); without it the commands run without a bar.
+    import importlib.util
+
+    return importlib.util.find_spec("tqdm") is not None
