@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -207,8 +208,9 @@ def generate_layer_references(
 ) -> tuple[list[Path], list[tuple[str, str]]]:
     """Write the layer set: per analyzer a file with the six layer models of REFERENCES.md A5.
 
-    Each analyzer file draws its own weights from ``seed`` (as iNNvestigate's do), the input
-    ``(8, 10, 10, 3)`` is standard normal from ``seed``.
+    Each analyzer file draws its own weights from ``seed`` and the analyzer's name (as
+    iNNvestigate's files have their own), the input ``(8, 10, 10, 3)`` is standard normal
+    from ``seed``: a subset of methods writes the same files as the whole set.
     """
     from innspect.errors import InnspectError
     from innspect.fileio import atomic_path
@@ -219,9 +221,11 @@ def generate_layer_references(
     x = torch.randn((LAYER_BATCH, *INPUT_SHAPE), generator=generator, dtype=torch.float64).numpy()
     value_range = (float(x.min()), float(x.max()))
     written, skipped = [], []
-    for index, name in enumerate(progress(names, verbose, total=len(names), desc="analyzers")):
+    for name in progress(names, verbose, total=len(names), desc="analyzers"):
         options = method_options(name, value_range, extra_options)
-        layer_generator = torch.Generator().manual_seed(seed * 1000 + index + 1)
+        # Weights from the seed and the analyzer's name, not its position in the list
+        # (iNNvestigate's depend on the position, REFERENCES.md A5).
+        layer_generator = torch.Generator().manual_seed(seed * 2**32 + zlib.crc32(name.encode()))
         results = {}
         try:
             for layer_name in LAYER_MODELS:
