@@ -81,6 +81,8 @@ def test_unknown_layers_and_rules_are_refused_by_name() -> None:
         oracle.from_torch(nn.Linear(2, 2))
     with pytest.raises(oracle.OracleError, match="stride = kernel"):
         oracle.from_torch(nn.Sequential(nn.MaxPool2d(3, stride=1)))
+    with pytest.raises(oracle.OracleError, match="alpha >= 1"):
+        oracle.rule(("alphabeta", 0.5))
     with pytest.raises(oracle.OracleError, match="unknown rule 'gamma'"):
         oracle.rule("gamma")
     with pytest.raises(oracle.OracleError, match="one entry per layer"):

@@ -120,6 +120,10 @@ def rule(spec: Any) -> Rule | None:
         if key == "epsilon":
             result = replace(result, epsilon=float(params[0]))
         elif key == "alphabeta":
+            if float(params[0]) < 1:
+                raise OracleError(
+                    f"alpha-beta needs alpha >= 1 (beta = alpha - 1), got {params[0]}"
+                )
             result = replace(result, alpha=float(params[0]))
         elif key == "zb" and len(params) == 2:
             result = replace(result, low=params[0], high=params[1])
@@ -131,8 +135,6 @@ def rule(spec: Any) -> Rule | None:
 # -- layers -------------------------------------------------------------------------------
 class Layer:
     """A layer: ``forward`` keeps its input, ``gradprop`` and ``relprop`` go backwards."""
-
-    name = "layer"
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self.x = x
