@@ -187,3 +187,19 @@ def test_generate_command_round_trip_and_bad_input(tmp_path, capsys) -> None:
     layers = ["references", "generate", "--layers", "--input", "a.npy", "--out", str(out)]
     assert main(layers) == 2
     assert "--layers makes its own input" in capsys.readouterr().err
+
+
+def test_generate_from_input_files(tmp_path, capsys) -> None:
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(2):
+        files.append(tmp_path / f"sample{i}.npy")
+        np.save(files[-1], rng.standard_normal((1, 12, 12)).astype(np.float32))
+    out = tmp_path / "refs"
+    argv = ["references", "generate", "--model", "tests.cli_models:small_cnn", "--input"]
+    assert main([*argv, *map(str, files), "--methods", "lrp.z", "--out", str(out)]) == 0
+    with h5py.File(out / "lrp.z.hdf5", "r") as f:
+        assert f.attrs["input_name"] == "sample0.npy,sample1.npy"
+        np.testing.assert_array_equal(f["input"][1], np.load(files[1]))
+    assert main([*argv, str(tmp_path / "missing.npy"), "--out", str(out)]) == 2
+    assert "input file not found" in capsys.readouterr().err

@@ -196,9 +196,10 @@ def build_model(
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model = load_model(spec, weights, example=example)
+        loaded = load_model(spec, weights, example=example)
     except CLIError as error:
         raise ReferenceDataError(f"cannot build model '{spec}': {error}") from error
     finally:
         torch.random.set_rng_state(state)
-    return model.eval()
+    # The cli branch's load_model returns a LoadedModel holding the module.
+    return getattr(loaded, "module", loaded).eval()

@@ -275,9 +275,11 @@ def reference_input(
         from innspect.cli_loading import CLIError, load_input
 
         try:
-            samples = [load_input(path, "none").numpy() for path in files]
+            loaded = [load_input(path, "none") for path in files]
         except CLIError as error:
             raise ReferenceDataError(str(error)) from error
+        # The cli branch's load_input returns a LoadedInput holding the tensor.
+        samples = [getattr(item, "tensor", item).numpy() for item in loaded]
         if len({s.shape for s in samples}) != 1:
             raise ReferenceDataError("the --input files have different shapes; give one shape")
         return np.stack(samples), ",".join(Path(p).name for p in files)
