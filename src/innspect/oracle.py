@@ -552,7 +552,9 @@ def rules_for(layers: Sequence[Layer], rules: Any) -> list[Rule | None]:
       ``"wwab"`` = w^2 first, alpha-beta (alpha 2) above; ``"deeptaylor"`` = z^B first,
       z+ above, starting from ``max(0, y)``. The z^B bounds are those of a :class:`Format`
       layer if the network has one, else [-1, 1] (tensorflow-lrp always used its global
-      -1 / +1).
+      -1 / +1). Pooling keeps its own rule, as in the tutorial: average pooling shares by
+      the z-rule, where innspect's ``deep_taylor`` (following iNNvestigate's data) takes the
+      gradient; the two agree on networks without average pooling.
     """
     linear = [i for i, layer in enumerate(layers) if isinstance(layer, LinearLayer)]
     if isinstance(rules, str) and rules.lower() in ("zbab", "wwab", "deeptaylor"):
