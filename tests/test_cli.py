@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 import innspect
-from innspect.cli import heatmap_rgb, main
+from innspect.cli import main
+from innspect.cli_analyze import heatmap_rgb
 from innspect.cli_loading import CLIError
 from tests.cli_models import other_cnn, small_cnn
 
