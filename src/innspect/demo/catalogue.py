@@ -8,7 +8,6 @@ model, or needs an argument the demo cannot choose, is skipped with the reason r
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from innspect.analyzers.base import Analyzer
+from innspect.analyzers.parameters import analyzer_parameters
 from innspect.analyzers.registry import analyzer_class, describe_analyzers, list_analyzers
 from innspect.errors import InnspectError
 
@@ -108,8 +108,8 @@ def tuning_arguments(fast: bool) -> dict[str, Any]:
 
 def demo_options(name: str, cls: type, fast: bool, value_range: tuple[float, float]) -> dict:
     """The options the demo gives analyzer ``name`` (class ``cls``)."""
-    own, _, _ = _parameters(cls, inherited=False)
-    accepted, _, _ = _parameters(cls)
+    own, _, _ = analyzer_parameters(cls, inherited=False)
+    accepted, _, _ = analyzer_parameters(cls)
     options = {k: v for k, v in tuning_arguments(fast).items() if k in accepted}
     options.update({k: v for k, v in zip(BOUND_PARAMETERS, value_range, strict=True) if k in own})
     options.update(NAMED_ARGUMENTS.get(name, {}))
@@ -132,33 +132,6 @@ def explanation_for(name: str, docstring_line: str) -> str:
     return docstring_line or generic or name
 
 
-def _parameters(cls: type, inherited: bool = True) -> tuple[set[str], set[str], bool]:
-    """(accepted names, required names, takes **kwargs) of the class's __init__.
-
-    With ``inherited``, options that ``**kwargs`` forwards to base classes count as accepted.
-    """
-    signature = inspect.signature(cls.__init__)
-    accepted: set[str] = set()
-    required: set[str] = set()
-    var_keyword = False
-    for index, (name, parameter) in enumerate(signature.parameters.items()):
-        if index < 2:  # self, model
-            continue
-        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
-            var_keyword = True
-        elif parameter.kind is not inspect.Parameter.VAR_POSITIONAL:
-            accepted.add(name)
-            if parameter.default is inspect.Parameter.empty:
-                required.add(name)
-    if var_keyword and inherited:
-        # Options forwarded to base classes are accepted too.
-        for base in cls.__mro__[1:]:
-            if "__init__" in base.__dict__ and issubclass(base, Analyzer):
-                base_accepted, _, _ = _parameters(base)
-                accepted |= base_accepted
-    return accepted, required, var_keyword
-
-
 def build_catalogue(
     model: nn.Module,
     probe: torch.Tensor,
@@ -173,7 +146,7 @@ def build_catalogue(
     for name in list_analyzers():
         cls = analyzer_class(name)
         options = demo_options(name, cls, fast, value_range)
-        _, required, _ = _parameters(cls, inherited=False)
+        _, required, _ = analyzer_parameters(cls, inherited=False)
         missing = sorted(required - set(options))
         if missing:
             catalogue.skipped.append(
