@@ -138,9 +138,15 @@ def title_of(name: str, in_family: bool = False) -> str:
 def grouped(
     names: list[str], declared: dict[str, str | None] | None = None
 ) -> list[tuple[Family, list[str]]]:
-    """``names`` grouped by family in ``FAMILIES`` order, keeping the given order inside each."""
+    """``names`` grouped by family in ``FAMILIES`` order; inside a family in ``TITLES`` order,
+    then names it does not list, in the given order."""
     declared = declared or {}
     groups: dict[str, list[str]] = {}
     for name in names:
         groups.setdefault(family_of(name, declared.get(name)).key, []).append(name)
-    return [(family, groups[family.key]) for family in FAMILIES if family.key in groups]
+    order = {name: index for index, name in enumerate(TITLES)}  # TITLES lists a reading order
+    return [
+        (family, sorted(groups[family.key], key=lambda n: order.get(n, len(order))))
+        for family in FAMILIES
+        if family.key in groups
+    ]
