@@ -581,3 +581,20 @@ def test_a_decompression_bomb_is_refused(tmp_path, monkeypatch, capsys):
     argv = ["analyze", "--model", FACTORY, "--input", str(png), "--method", "gradient"]
     assert main([*argv, "--out", str(tmp_path / "out")]) == 2
     assert "too large to decode safely" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["guided_backprop", "lrp.epsilon_plus_flat"])
+def test_torchscript_with_batchnorm_and_inplace_residuals_equals_the_module(method):
+    """A TorchScript ResNet-like model (in-place `+=` and ReLU, BatchNorm, pooling) converts
+    to a graph every method explains exactly as the original module."""
+    from innspect.cli_loading import torchscript_to_fx
+    from tests.cli_models import residual_net
+
+    model = residual_net()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = torchscript_to_fx(torch.jit.script(model), torch.zeros(1, 1, 8, 8))
+    x = torch.randn(3, 1, 8, 8)
+    expected = innspect.create_analyzer(method, model).analyze(x)
+    got = innspect.create_analyzer(method, converted).analyze(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)

@@ -257,7 +257,10 @@ def _run(args: argparse.Namespace) -> int:
             raise CLIError(f"cannot create {method} with {per_method[method]}: {error}") from error
 
     out = _output_folder(Path(args.out))
-    source = f"random weights, seed {args.seed}" if loaded.random_weights else "trained weights"
+    if loaded.random_weights:
+        source = f"random weights, seed {args.seed}"
+    else:
+        source = f"weights {args.weights}" if args.weights else "weights in the file"
     print(
         f"model {args.model} ({source}); preprocessing: {preprocess}; "
         f"{len(samples)} input(s) x {len(methods)} method(s) -> {out}",
