@@ -78,3 +78,17 @@ def residual_net() -> nn.Module:
         layer.running_var.uniform_(0.5, 1.5)
         nn.init.uniform_(layer.weight, 0.5, 1.5)
     return model.eval()
+
+
+class _DictOutput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = small_cnn()
+
+    def forward(self, x):
+        return {"scores": self.net(x)}
+
+
+def dict_output() -> nn.Module:
+    """A model whose output is a dict, as detection models' are."""
+    return _DictOutput()

@@ -532,6 +532,10 @@ def _helpful_cases(tmp: Path, weights_path: Path, files: list[Path]) -> dict:
             ["--model", "torchvision:resnet19", "--input", npy, "--method", "gradient"],
             "did you mean resnet18",
         ),
+        "output not a tensor": (
+            ["--model", "tests.cli_models:dict_output", "--input", npy, "--method", "gradient"],
+            "returns dict, not a tensor of scores",
+        ),
         "empty folder": (
             [*good, "--input", str(tmp / "empty"), "--method", "gradient"],
             "no inputs in folder",
@@ -553,6 +557,7 @@ HELPFUL_CASES = [
     "nothing to strip",
     "unknown torchvision model",
     "empty folder",
+    "output not a tensor",
 ]
 
 

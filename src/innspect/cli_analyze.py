@@ -284,8 +284,14 @@ def _run(args: argparse.Namespace) -> int:
             x = sample.tensor[None]
             with torch.no_grad():
                 output = model(x)
-            if isinstance(output, tuple | list):
+            if isinstance(output, tuple | list) and output:
                 output = output[0]
+            if not isinstance(output, torch.Tensor):
+                raise CLIError(
+                    f"{args.model} returns {type(output).__name__}, not a tensor of scores "
+                    "(e.g. a detection model's boxes): innspect explains outputs that are "
+                    "tensors; wrap the model so it returns the scores to explain"
+                )
             flat = output.reshape(1, -1)
             if labels is not None and len(labels) != flat.shape[1]:
                 if args.labels:
@@ -412,8 +418,9 @@ def _row_label(result: InputResult, predicted: bool) -> str:
     """The comparison figure's row label: the input and, by default, the predicted class."""
     if not predicted:
         return result.name
-    name = f"{result.prediction_name}\n" if result.prediction_name else ""
-    return f"{result.name}\npredicted:\n{name}class {result.prediction}"
+    if result.prediction_name:
+        return f"{result.name}\npredicted:\n{result.prediction_name}\n({result.prediction})"
+    return f"{result.name}\npredicted:\nclass {result.prediction}"
 
 
 def _class_text(neuron: int | None, score: float, labels: list[str] | None) -> str:

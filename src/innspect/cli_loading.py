@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import inspect
 import os
 import pickle
 import re
@@ -353,7 +354,15 @@ def _torchvision_model(name: str) -> tuple[nn.Module, list[str] | None]:
             else "e.g. " + ", ".join(sorted(available)[:8])
         )
         raise CLIError(f"unknown torchvision model '{name}'; {hint}")
-    model = torchvision.models.get_model(name, weights=None)
+    builder = torchvision.models.get_model_builder(name)
+    options: dict[str, Any] = {"weights": None}
+    if "weights_backbone" in inspect.signature(builder).parameters:
+        # Detection and segmentation builders download ImageNet backbone weights by default.
+        options["weights_backbone"] = None
+    try:
+        model = builder(**options)
+    except Exception as error:  # noqa: BLE001 - e.g. a builder that needs more arguments
+        raise CLIError(f"cannot build torchvision:{name}: {_one_line(error)}") from error
     try:
         categories = torchvision.models.get_model_weights(name).DEFAULT.meta.get("categories")
     except (ValueError, AttributeError, KeyError):
