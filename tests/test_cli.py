@@ -536,6 +536,10 @@ def _helpful_cases(tmp: Path, weights_path: Path, files: list[Path]) -> dict:
             ["--model", "tests.cli_models:dict_output", "--input", npy, "--method", "gradient"],
             "returns dict, not a tensor of scores",
         ),
+        "input of the wrong size": (
+            [*good, "--input", str(tmp / "big.npy"), "--method", "gradient"],
+            "the model fails on",
+        ),
         "empty folder": (
             [*good, "--input", str(tmp / "empty"), "--method", "gradient"],
             "no inputs in folder",
@@ -558,12 +562,14 @@ HELPFUL_CASES = [
     "unknown torchvision model",
     "empty folder",
     "output not a tensor",
+    "input of the wrong size",
 ]
 
 
 @pytest.mark.parametrize("case", HELPFUL_CASES)
 def test_helpful_errors_are_one_line_with_status_2(tmp_path, weights, inputs, case, capsys):
     (tmp_path / "empty").mkdir()
+    np.save(tmp_path / "big.npy", np.zeros((1, 20, 20), np.float32))
     argv, fragment = _helpful_cases(tmp_path, weights[0], inputs[0])[case]
     argv = ["analyze", *argv]
     if "--out" not in argv:

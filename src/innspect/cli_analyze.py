@@ -282,8 +282,15 @@ def _run(args: argparse.Namespace) -> int:
         sample = samples[index]
         if len(results) <= index:
             x = sample.tensor[None]
-            with torch.no_grad():
-                output = model(x)
+            try:
+                with torch.no_grad():
+                    output = model(x)
+            except Exception as error:  # noqa: BLE001 - an input the model cannot take
+                message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                raise CLIError(
+                    f"the model fails on {sample.path} (shape {tuple(x.shape)}): "
+                    f"{type(error).__name__}: {message}; check --preprocess and the input's size"
+                ) from error
             if isinstance(output, tuple | list) and output:
                 output = output[0]
             if not isinstance(output, torch.Tensor):

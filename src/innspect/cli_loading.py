@@ -241,7 +241,7 @@ def check_channels(model: nn.Module, sample: LoadedInput) -> None:
         kind = "greyscale (1 channel)" if given == 1 else f"{given} channels"
         raise CLIError(
             f"image {sample.path} is {kind} but the model's first layer takes {expected} "
-            f"channels; "
+            f"channel{'s' if expected != 1 else ''}; "
             + (
                 "convert the image to RGB or use --preprocess imagenet (which does)"
                 if given == 1
