@@ -72,7 +72,7 @@ def test_analyze_state_dict_model_equals_library(tmp_path, weights, inputs, meth
 
 
 @pytest.mark.parametrize("method", ["gradient", "deconvnet", "lrp.epsilon"])
-def test_analyze_torchscript_model_equals_library(tmp_path, weights, inputs, method):
+def test_analyze_torchscript_model_equals_library(tmp_path, weights, inputs, method, capfd):
     _, model = weights
     files, tensors = inputs
     script = tmp_path / "model.pt"
@@ -82,6 +82,8 @@ def test_analyze_torchscript_model_equals_library(tmp_path, weights, inputs, met
     out = tmp_path / "out"
     argv = ["analyze", "--model", str(script), "--method", method, "--out", str(out)]
     assert main([*argv, "--input", *map(str, files)]) == 0
+    # torch.export's warnings and log lines (on the conversion path) stay off the terminal.
+    assert capfd.readouterr().err == ""
     _check_outputs(out, files, tensors, model, method)
 
 
@@ -609,3 +611,18 @@ def test_torchscript_with_batchnorm_and_inplace_residuals_equals_the_module(meth
     expected = innspect.create_analyzer(method, model).analyze(x)
     got = innspect.create_analyzer(method, converted).analyze(x)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_methods_file_adds_names_and_options_go_where_they_are_taken(tmp_path, weights, inputs):
+    weights_path, model = weights
+    files, tensors = inputs
+    listing = tmp_path / "methods.txt"
+    listing.write_text("# my favourites\nlrp.epsilon  # stabilised\n\ngradient lrp.z\n")
+    out = tmp_path / "out"
+    argv = ["analyze", "--model", FACTORY, "--weights", str(weights_path), "--input"]
+    argv += [str(files[0]), "--methods", str(listing), "--option", "epsilon=0.5"]
+    assert main([*argv, "--out", str(out)]) == 0
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["methods"] == {"lrp.epsilon": {"epsilon": 0.5}, "gradient": {}, "lrp.z": {}}
+    expected = innspect.create_analyzer("lrp.epsilon", model, epsilon=0.5).analyze(tensors[0][None])
+    np.testing.assert_allclose(np.load(out / "sample_lrp.epsilon.npy"), expected[0], atol=1e-6)
