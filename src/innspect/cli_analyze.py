@@ -158,6 +158,10 @@ def parse_options(items: Sequence[str]) -> dict[str, Any]:
     return options
 
 
+# Options every analyzer takes (iNNvestigate's): not worth listing in an error message.
+_EVERY_ANALYZER = {"neuron_selection_mode", "disable_model_checks", "allow_lambda_layers"}
+
+
 def options_per_method(
     methods: list[str], options: dict[str, Any], seed: int, neuron: int | None
 ) -> dict[str, dict[str, Any]]:
@@ -172,7 +176,7 @@ def options_per_method(
     accepted = {m: analyzer_parameters(analyzer_class(m))[0] for m in methods}
     for key in options:
         if not any(key in accepted[m] for m in methods):
-            valid = sorted(set().union(*accepted.values()) - {"neuron_selection_mode"})
+            valid = sorted(set().union(*accepted.values()) - _EVERY_ANALYZER)
             which = methods[0] if len(methods) == 1 else ", ".join(methods)
             listed = ", ".join(v for v in valid if not v.startswith("reverse_"))
             close = difflib.get_close_matches(key, valid, n=1)
