@@ -64,7 +64,7 @@ from innspect.analyzers.plan import (
     lrp_default,
     module_type,
 )
-from innspect.analyzers.registry import Preset
+from innspect.analyzers.presets import Preset
 from innspect.graph.kinds import Kind, modules_of
 from innspect.rules.basic import GRADIENT
 from innspect.rules.lrp import AlphaBeta, Bounded, Epsilon, Flat, Gamma, LinearRule

@@ -10,7 +10,7 @@ from torch import nn
 from innspect.analyzers.composed import ComposedAnalyzer
 from innspect.analyzers.lrp import input_rule_from_spec
 from innspect.analyzers.plan import Composite, Predicate, Site, family, input_layer, kind
-from innspect.analyzers.registry import Preset
+from innspect.analyzers.presets import Preset
 from innspect.engine.reverse import Mapping, Unsupported
 from innspect.graph.kinds import Kind
 from innspect.graph.kinds import family as node_family

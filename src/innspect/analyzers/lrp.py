@@ -29,7 +29,7 @@ from innspect.analyzers.plan import (
     until_layer,
     where,
 )
-from innspect.analyzers.registry import Preset
+from innspect.analyzers.presets import Preset
 from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.graph.kinds import Kind
 from innspect.graph.kinds import family as node_family
