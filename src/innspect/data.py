@@ -35,6 +35,15 @@ class Batch:
     index: int
 
 
+def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
+    """Device and floating dtype of the model's first parameter or buffer (None if none):
+    where and in which precision batches for the model go."""
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    return None, None
+
+
 def _is_array(value: Any) -> bool:
     return isinstance(value, np.ndarray | torch.Tensor)
 
@@ -82,7 +91,9 @@ def _raw_batches(data: Any, batch_size: int) -> Iterator[tuple[Any, Any]]:
             "torch DataLoader) yielding x or (x, y)"
         )
     for item in data:
-        if isinstance(item, tuple | list):
+        if isinstance(item, Batch):  # already streamed (e.g. a peeked first batch)
+            yield item.x, item.y
+        elif isinstance(item, tuple | list):
             if not item:
                 raise InputError("the data stream yielded an empty tuple; yield x or (x, y)")
             yield item[0], item[1] if len(item) > 1 else None

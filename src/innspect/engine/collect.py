@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from innspect.data import iter_batches, num_batches
+from innspect.data import iter_batches, model_device_dtype, num_batches
 from innspect.engine.forward import run_forward
 from innspect.engine.reducers import Observation, Reducer
 from innspect.errors import InputError
@@ -210,6 +210,7 @@ def collect(
     statistics: Statistics | None = None,
     skip_batches: int = 0,
     on_batch: Callable[[Statistics], None] | None = None,
+    total: int | None = None,
 ) -> Statistics:
     """Run a statistics pass of ``data`` through ``model`` (see the module docstring).
 
@@ -235,17 +236,18 @@ def collect(
     statistics, skip_batches, on_batch
         Resuming: continue into existing ``statistics`` after skipping the first
         ``skip_batches`` batches of the stream; ``on_batch(statistics)`` is called after
-        every batch (e.g. to save a checkpoint).
+        every batch (e.g. to save a checkpoint). ``total``: the number of batches for the
+        progress bar when ``data`` has no length.
     """
-    if reducers is None:
+    if reducers is None and statistics is None:
         raise InputError("collect needs reducers=..., e.g. reducers=Mean() or {'mean': Mean()}")
     if isinstance(model, ModelGraph):
         graph, module = model, model.model
     else:
         graph, module = None, model
-    device, dtype = _device_dtype(module)
+    device, dtype = model_device_dtype(module)
     stream = iter_batches(data, batch_size, device=device, dtype=dtype)
-    total = num_batches(data, batch_size)
+    total = num_batches(data, batch_size) if total is None else total
     infos: list[NodeInfo] = []
     needs: dict[str, NodeInfo] = {}
     seen = 0
@@ -256,6 +258,7 @@ def collect(
             graph = ModelGraph(module, batch.x)
         if statistics is None:
             infos = resolve_nodes(graph, nodes)
+            assert reducers is not None
             statistics = Statistics({i.name: _reducers_for(i, reducers) for i in infos})
         if not infos:
             infos = resolve_nodes(graph, list(statistics.reducers))
@@ -272,13 +275,6 @@ def collect(
     if statistics is None or (seen == 0 and skip_batches == 0):
         raise InputError("the data set is empty: there is not a single batch to process")
     return statistics
-
-
-def _device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        if tensor.is_floating_point():
-            return tensor.device, tensor.dtype
-    return None, None
 
 
 def _observe(
