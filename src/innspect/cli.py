@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("methods", parents=[debug], help="list the analyzers and their options")
+
+    from innspect import cli_introspect
+
+    cli_introspect.add_parser(commands, [debug])
     return parser
 
 
@@ -105,6 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args, debug)
         if args.command == "analyze":
             return _analyze(args)
+        if args.command == "introspect":
+            from innspect.cli_introspect import run
+
+            return run(args)
         return _methods()
     except (CLIError, InnspectError) as error:
         if debug:

@@ -87,6 +87,55 @@ class NapReducer(Reducer):
         return NapReducer(self.align, self.channel_axis)
 
 
+class SampleReducer(Reducer):
+    """The first ``limit`` samples of each group, flattened (float32): what instance
+    projections need, memory bounded by ``limit`` x groups x layer size."""
+
+    kind = "samples"
+
+    def __init__(self, limit: int = 50) -> None:
+        self.limit = limit
+        self.ids: list[int] = []
+        self.values: list[np.ndarray] = []
+        self.counts: dict[int, int] = {}
+
+    def _add(self, ids: Iterable[int], rows: np.ndarray) -> None:
+        for group, row in zip(ids, rows, strict=True):
+            if self.counts.get(group, 0) < self.limit:
+                self.counts[group] = self.counts.get(group, 0) + 1
+                self.ids.append(group)
+                self.values.append(row)
+
+    def update(self, obs: Observation) -> None:
+        flat = obs.output.detach().reshape(obs.output.shape[0], -1).float().cpu().numpy()
+        self._add(group_ids(obs, "y").tolist(), flat)
+
+    def merge(self, other: Reducer) -> SampleReducer:
+        self._check_same(other)
+        assert isinstance(other, SampleReducer)
+        self._add(other.ids, np.asarray(other.values).reshape(len(other.ids), -1))
+        return self
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(group ids (n,), flattened samples (n, D))``."""
+        values = np.stack(self.values) if self.values else np.zeros((0, 0), np.float32)
+        return np.asarray(self.ids, dtype=np.int64), values
+
+    def config(self) -> dict[str, Any]:
+        return {"limit": self.limit}
+
+    def state(self) -> dict[str, np.ndarray]:
+        ids, values = self.result()
+        return {"ids": ids, "values": values}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        self.ids, self.values, self.counts = [], [], {}
+        self._add(np.asarray(state["ids"]).tolist(), np.asarray(state["values"]))
+
+    def fresh(self) -> SampleReducer:
+        return SampleReducer(self.limit)
+
+
 def default_layers(graph: ModelGraph) -> list[str]:
     """The output of every activation that follows a linear layer (through BatchNorm)."""
     names = []
@@ -149,6 +198,7 @@ def collect(
     target: int | None = None,
     batch_size: int = 32,
     channel_axis: int = 1,
+    keep_samples: int = 0,
     verbose: bool = False,
 ) -> Naps:
     """Neuron activation profiles of ``model``'s ``layers`` over ``data``, in one pass.
@@ -172,6 +222,9 @@ def collect(
         (iNNtrospect's ``align_data`` along the spatial axes only).
     channel_axis
         The channel axis of the model's activations (1 for PyTorch); NAPs are channels-last.
+    keep_samples
+        Also keep the first ``keep_samples`` samples of each group per layer, flattened, as
+        ``Naps.samples`` / ``Naps.sample_groups`` (for :func:`instance_projection`).
     verbose
         Show a progress bar.
 
@@ -182,10 +235,12 @@ def collect(
     if align and not gradients:
         raise InputError("align=True needs gradients=True (alignment follows the gradient)")
     registry = _GroupIds()
-    reducer = NapReducer(align=align, channel_axis=channel_axis)
+    reducers: dict[str, Reducer] = {"naps": NapReducer(align=align, channel_axis=channel_axis)}
+    if keep_samples > 0:
+        reducers["samples"] = SampleReducer(keep_samples)
     if isinstance(data, str | os.PathLike):
         statistics = _collect_corpus(
-            model, Path(data), layers, reducer, registry, gradients, target, verbose
+            model, Path(data), layers, reducers, registry, gradients, target, verbose
         )
     else:
         graph, stream = _prepare(model, data, groups, registry)
@@ -193,7 +248,7 @@ def collect(
             graph,
             stream,
             nodes=_layers(graph, layers),
-            reducers={"naps": reducer},
+            reducers=reducers,
             target=target,
             gradients=gradients,
             batch_size=batch_size,
@@ -238,7 +293,7 @@ def _collect_corpus(
     model: nn.Module,
     folder: Path,
     layers: Sequence[str] | None,
-    reducer: NapReducer,
+    reducers: dict[str, Reducer],
     registry: _GroupIds,
     gradients: bool,
     target: int | None,
@@ -261,7 +316,7 @@ def _collect_corpus(
             graph,
             (x, labels),
             nodes=chosen,
-            reducers={"naps": reducer},
+            reducers=reducers,
             target=row_target,
             gradients=gradients,
             batch_size=max(len(x), 1),
@@ -273,6 +328,7 @@ def _collect_corpus(
 
 def _naps(statistics: Statistics, registry: _GroupIds) -> Naps:
     merged = NapAccumulator(align=False)
+    samples, sample_groups = {}, []
     for node, reducers in statistics.items():
         accumulator = reducers["naps"].result()
         merged.counts = {registry.names[int(g)]: n for g, n in accumulator.counts.items()}
@@ -281,4 +337,9 @@ def _naps(statistics: Statistics, registry: _GroupIds) -> Naps:
             for sums in accumulator.sums.values()
             for g, total in sums.items()
         }
-    return merged.result()
+        if "samples" in reducers:
+            ids, samples[node] = reducers["samples"].result()
+            sample_groups = [registry.names[int(i)] for i in ids]
+    profiles = merged.result()
+    profiles.samples, profiles.sample_groups = samples, sample_groups
+    return profiles

@@ -113,11 +113,16 @@ class Naps:
         Samples per group, int64 ``(G,)``.
     layers
         Layer name -> float64 array ``(G, *spatial, C)`` (channels last).
+    samples, sample_groups
+        Optional: a few samples per group and layer, flattened ``(n, D)``, and their n group
+        names (``collect(keep_samples=...)``; for instance projections).
     """
 
     groups: list[str]
     group_sizes: np.ndarray
     layers: dict[str, np.ndarray] = field(default_factory=dict)
+    samples: dict[str, np.ndarray] = field(default_factory=dict)
+    sample_groups: list[str] = field(default_factory=list)
 
     def __getitem__(self, layer: str) -> np.ndarray:
         if layer not in self.layers:
@@ -137,12 +142,14 @@ class Naps:
         files = {}
         for i, (name, array) in enumerate(self.layers.items()):
             files[name] = f"layer{i:03d}.npy"
-            with atomic_path(folder / files[name]) as tmp, open(tmp, "wb") as handle:
-                np.save(handle, array)
+            _save_npy(folder / files[name], array)
+            if name in self.samples:
+                _save_npy(folder / f"layer{i:03d}_samples.npy", self.samples[name])
         manifest = {
             "groups": self.groups,
             "group_sizes": [int(n) for n in self.group_sizes],
             "layers": files,
+            "sample_groups": self.sample_groups,
         }
         write_text(folder / "naps.json", json.dumps(manifest, indent=1))
 
@@ -155,7 +162,19 @@ class Naps:
             raise InputError(f"{manifest_path} not found: not a folder written by Naps.save")
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         layers = {name: np.load(folder / file) for name, file in manifest["layers"].items()}
-        return cls(list(manifest["groups"]), np.asarray(manifest["group_sizes"], np.int64), layers)
+        samples = {}
+        for name, file in manifest["layers"].items():
+            sample_file = folder / file.replace(".npy", "_samples.npy")
+            if sample_file.is_file():
+                samples[name] = np.load(sample_file)
+        sizes = np.asarray(manifest["group_sizes"], np.int64)
+        groups = list(manifest["groups"])
+        return cls(groups, sizes, layers, samples, list(manifest.get("sample_groups", [])))
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array)
 
 
 class NapAccumulator:

@@ -1,0 +1,85 @@
+"""``innspect introspect``: NAPs, topographic maps and an index.html for a model on a corpus.
+
+A config file (JSON or TOML; iNNtrospect's keys ``model_path``, ``layer_names_of_interest``,
+``data_path``, ``processed_corpus_path``, ``use_aligned_naps`` work) and flags for the common
+case; a flag given on the command line overrides the config.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """Register the ``introspect`` subcommand on ``commands`` (argparse subparsers)."""
+    parser = commands.add_parser(
+        "introspect",
+        parents=parents,
+        help="what the network learned: NAPs and topographic maps of its layers",
+        description="Compute neuron activation profiles (NAPs) of a model's layers over an "
+        "iNNtrospect corpus (corpus.csv with 'file.npy, group[, output index]' rows), lay out "
+        "each layer's channels as a topographic map and write plots and index.html. A second "
+        "run with the same settings reuses finished steps.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="JSON or TOML settings")
+    parser.add_argument(
+        "--model",
+        metavar="SPEC",
+        help="TorchScript file, torchvision:NAME or package.module:factory",
+    )
+    parser.add_argument("--weights", metavar="FILE", help="state dict for the model")
+    parser.add_argument("--data", metavar="DIR", help="corpus folder holding corpus.csv")
+    parser.add_argument(
+        "--layers",
+        nargs="+",
+        metavar="NODE",
+        help="node names (default: activations after linear layers)",
+    )
+    parser.add_argument(
+        "--layout",
+        metavar="METHOD",
+        help="umap (default), tsne, pca, graph, som, pso, random, or METHOD_pso",
+    )
+    parser.add_argument(
+        "--align",
+        action="store_true",
+        default=None,
+        help="align maps on the gradient before averaging",
+    )
+    parser.add_argument(
+        "--projection", choices=("umap", "pca", "none"), help="instance projection method"
+    )
+    parser.add_argument("--seed", type=int, help="random seed of every layout")
+    parser.add_argument("--out", metavar="DIR", help="output folder (default: innspect-introspect)")
+    parser.add_argument("--force", action="store_true", help="redo every step")
+
+
+_FLAGS = ("model", "weights", "data", "layers", "layout", "align", "projection", "seed", "out")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``innspect introspect`` with parsed arguments; returns the exit status."""
+    from innspect.introspect.pipeline import (
+        IntrospectionSettings,
+        load_config,
+        run_introspection,
+    )
+
+    values: dict[str, Any] = {}
+    source = "the config"
+    if args.config:
+        values = load_config(args.config)
+        source = args.config
+    settings = IntrospectionSettings.from_mapping(values, source)
+    for flag in _FLAGS:
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(settings, flag, value)
+    try:
+        run_introspection(settings, force=args.force, verbose=True)
+    except ImportError as error:  # a missing optional dependency: bad setup, not a bug
+        from innspect.cli_loading import CLIError
+
+        raise CLIError(str(error)) from error
+    return 0
