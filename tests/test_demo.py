@@ -16,7 +16,14 @@ import innspect
 from innspect.demo.plots import PERTURBATION_SIZE, grid_size
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-OUTPUTS = ("analysis_grid.png", "perturbation.png", "results.csv", "results.json", "index.html")
+OUTPUTS = (
+    "analysis_grid.png",
+    "perturbation.png",
+    "results.csv",
+    "results.json",
+    "index.html",
+    "introspection",
+)
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +97,18 @@ def test_html_references_only_existing_files(demo_dir: Path) -> None:
     for reference in references:
         assert "://" not in reference and not reference.startswith("/")
         assert (demo_dir / reference).is_file(), reference
+
+
+def test_introspection_maps_every_chosen_layer(demo_dir: Path) -> None:
+    """The demo's introspection: NAPs of ten digit classes, a contrastive topomap row per
+    layer (one panel per class) on the page, quality metrics in results.json."""
+    summary = json.loads((demo_dir / "results.json").read_text())["introspection"]
+    assert summary["groups"] == [str(d) for d in range(10)]
+    page = (demo_dir / "index.html").read_text()
+    for layer in summary["layers"]:
+        assert layer["contrastive_topomaps"] in page
+        assert sorted(layer["group_order"], key=int) == summary["groups"]
+        assert layer["quality"]["resize_auc"] > 0
+        with Image.open(demo_dir / layer["contrastive_topomaps"]) as row:
+            assert row.width > 5 * row.height  # ten panels side by side
+    assert (demo_dir / summary["index"]).is_file()

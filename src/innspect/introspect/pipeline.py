@@ -147,6 +147,15 @@ def _file_stamp(path: str | os.PathLike | None) -> Any:
     return [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
 
 
+def _model_stamp(model: nn.Module) -> str:
+    """A hash of the model's parameters and buffers: a retrained model redoes the NAPs."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return f"{type(model).__name__}:{digest.hexdigest()[:16]}"
+
+
 def _save_npy(path: Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, array)
@@ -182,7 +191,7 @@ def run_introspection(
     naps_key = _key(
         "naps",
         corpus_key,
-        settings.model if model is None else type(model).__name__,
+        settings.model if model is None else _model_stamp(model),
         _file_stamp(settings.weights),
         settings.layers,
         settings.gradients,
