@@ -313,12 +313,14 @@ class PatternComputer:
         batch_size: int = 32,
         skip_batches: int = 0,
         on_batch: Any = None,
+        total: int | None = None,
     ) -> dict[str, np.ndarray]:
         """Accumulate statistics over a stream of batches (an iterable of ``x`` or ``(x, y)``,
         a DataLoader, or anything :func:`innspect.data.iter_batches` takes); return the
-        patterns. ``skip_batches`` / ``on_batch`` serve resumable runs (the CLI)."""
+        patterns. ``skip_batches`` / ``on_batch`` serve resumable runs (the CLI); ``total``
+        is the number of batches for the progress bar when the stream has no length."""
         device, dtype = model_device_dtype(self.model)
-        total = num_batches(generator, batch_size)
+        total = num_batches(generator, batch_size) if total is None else total
         stream = iter_batches(generator, batch_size, device=device, dtype=dtype)
         first = next(stream)  # raises InputError on an empty data set
         graph = self.graph(first.x)
@@ -372,14 +374,17 @@ class PatternComputer:
         return result
 
     # -- files --------------------------------------------------------------------------
-    def save_npz(self, path: str | os.PathLike) -> None:
-        """Write statistics, patterns and the layer list to ``path`` (.npz) atomically."""
+    def save_npz(self, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> None:
+        """Write statistics and patterns to ``path`` (.npz) atomically; ``meta`` (JSON)
+        describes the run (the CLI keeps its arguments there to resume safely)."""
         if self.statistics is None:
             raise InputError("nothing to save: no statistics yet")
         arrays = self.statistics.to_arrays()
         for name, pattern in self.patterns().items():
             arrays[f"pattern/{name}"] = pattern
-        arrays["__patterns__"] = np.array(json.dumps({"pattern_type": self.pattern_type}))
+        arrays["__patterns__"] = np.array(
+            json.dumps({"pattern_type": self.pattern_type, "run": meta or {}})
+        )
         write_npz(path, arrays)
 
     @classmethod
