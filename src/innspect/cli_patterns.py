@@ -104,14 +104,14 @@ def run(args: argparse.Namespace) -> int:
             if statistics.batches % args.save_every == 0:
                 computer.save_npz(out, meta=run_meta)
 
-        computer.compute_generator(
+        computer.update(
             source.batches(done * args.batch_size, args.batch_size),
             verbose=verbose,
             total=n_batches - done,
             on_batch=checkpoint,
         )
         computer.save_npz(out, meta=run_meta)
-    layers = computer.patterns()
+    layers = computer.statistics.reducers if computer.statistics is not None else {}
     print(
         f"innspect: patterns of {len(layers)} layers from {len(source)} samples "
         f"({args.pattern_type}) -> {out}"

@@ -317,19 +317,30 @@ class PatternComputer:
         return self.compute_generator(X, batch_size=batch_size, verbose=verbose)
 
     def compute_generator(
+        self, generator: Any, verbose: bool = False, **kwargs: Any
+    ) -> dict[str, np.ndarray]:
+        """Accumulate statistics over a stream of batches (an iterable of ``x`` or ``(x, y)``,
+        a DataLoader, or anything :func:`innspect.data.iter_batches` takes); return the
+        patterns. ``kwargs`` as for :meth:`update`."""
+        self.update(generator, verbose=verbose, **kwargs)
+        return self.patterns()
+
+    def update(
         self,
-        generator: Any,
+        data: Any,
         verbose: bool = False,
         *,
         batch_size: int = 32,
         skip_batches: int = 0,
         on_batch: Any = None,
         total: int | None = None,
-    ) -> dict[str, np.ndarray]:
-        """Accumulate statistics over a stream of batches (an iterable of ``x`` or ``(x, y)``,
-        a DataLoader, or anything :func:`innspect.data.iter_batches` takes); return the
-        patterns. ``skip_batches`` / ``on_batch`` serve resumable runs (the CLI); ``total``
-        is the number of batches for the progress bar when the stream has no length."""
+    ) -> None:
+        """Accumulate statistics over ``data`` without computing the patterns.
+
+        ``skip_batches`` / ``on_batch`` serve resumable runs (the CLI); ``total`` is the
+        number of batches for the progress bar when the stream has no length.
+        """
+        generator = data
         device, dtype = model_device_dtype(self.model)
         total = num_batches(generator, batch_size) if total is None else total
         stream = iter_batches(generator, batch_size, device=device, dtype=dtype)
@@ -353,7 +364,6 @@ class PatternComputer:
             skip_batches=skip_batches,
             on_batch=on_batch,
         )
-        return self.patterns()
 
     def merge(self, other: PatternComputer) -> PatternComputer:
         """Add another computer's statistics (another shard of the data) to these."""
