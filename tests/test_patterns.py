@@ -142,9 +142,17 @@ def test_transposed_convolution_weight_gradient_equals_autograd() -> None:
     fast = op.weight_gradient(x, signal)
     slow = _autograd_weight_gradient(op)(x, signal)
     torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
-    patterns = PatternComputer(model, "linear").compute(x)
-    assert patterns["0"].shape == tuple(model[0].weight.shape)
-    assert np.isfinite(patterns["0"]).all()
+    pattern = PatternComputer(model, "linear").compute(x)["0"]
+    assert pattern.shape == tuple(model[0].weight.shape)
+    # Each output channel's pattern is normalised: sum over the weights feeding it of W * A
+    # is 1. Which weights feed channel o is found independently, from a one-hot signal.
+    weight = model[0].weight.detach().numpy()
+    for o in range(6):
+        one_hot = torch.zeros_like(signal)
+        one_hot[:, o] = 1
+        feeds = op.weight_gradient(torch.ones_like(x), one_hot).numpy() != 0
+        assert feeds.sum() == weight.size // 6
+        np.testing.assert_allclose((weight * pattern)[feeds].sum(), 1.0, rtol=1e-10)
 
 
 def _innvestigate_compute_pattern(W, mean_x, mean_y, mean_xy):

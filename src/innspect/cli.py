@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
         "[0, 1]); default: %(default)s",
     )
     analyze.add_argument(
+        "--patterns",
+        metavar="FILE",
+        help="patterns for pattern.net / pattern.attribution (from `innspect patterns compute`)",
+    )
+    analyze.add_argument(
         "--option",
         action="append",
         default=[],
@@ -90,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("methods", parents=[debug], help="list the analyzers and their options")
+
+    from innspect.cli_patterns import add_parser as add_patterns_parser
+
+    add_patterns_parser(commands, [debug])
 
     from innspect import cli_introspect
 
@@ -109,6 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args, debug)
         if args.command == "analyze":
             return _analyze(args)
+        if args.command == "patterns":
+            from innspect.cli_patterns import run as run_patterns
+
+            return run_patterns(args)
         if args.command == "introspect":
             from innspect.cli_introspect import run
 
@@ -183,6 +196,8 @@ def _analyze(args: argparse.Namespace) -> int:
     inputs = [load_input(path, args.preprocess) for path in args.input]
     model = load_model(args.model, args.weights, example=inputs[0][None])
     options = _parse_options(args.option)
+    if args.patterns is not None:
+        options["patterns"] = args.patterns
     if args.neuron is not None:
         options["neuron_selection_mode"] = "index"
     try:

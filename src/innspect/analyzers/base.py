@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from innspect.analyzers.plan import Plan, build_plan
 from innspect.engine.forward import ForwardRecord, run_forward
 from innspect.engine.reverse import Mapping, ReverseOptions, reverse_walk
+from innspect.engine.strategy import DEFAULT_STRATEGY, EngineStrategy, computes_gradient, realize
 from innspect.errors import InputError, NeuronSelectionError, OutputActivationError
 from innspect.fileio import atomic_path
 from innspect.graph.graph import ModelGraph, NodeInfo, eval_mode
-from innspect.rules.basic import Gradient
 
 NEURON_SELECTION_MODES = ("max_activation", "index", "all")
 
@@ -56,6 +57,7 @@ class Explanation:
     relevances: dict[str, torch.Tensor] = field(default_factory=dict)
     min_max: dict[str, tuple[float, float]] = field(default_factory=dict)
     node_sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    plan: Plan | None = None  # the rule of each node (methods run by the reverse walk)
 
 
 def model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
@@ -97,7 +99,20 @@ class Analyzer:
 
         cls.__init__ = recording_init  # type: ignore[method-assign]
 
-    def __init__(self, model: nn.Module, *, neuron_selection_mode: str = "max_activation") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        neuron_selection_mode: str = "max_activation",
+        disable_model_checks: bool = False,
+        allow_lambda_layers: bool = False,
+    ) -> None:
+        # iNNvestigate's options (docs/innvestigate.md): disable_model_checks skips the
+        # refusal of an output softmax; allow_lambda_layers has nothing to allow (innspect
+        # traces through Python code, there are no opaque Lambda layers).
+        _check_flag("disable_model_checks", disable_model_checks)
+        _check_flag("allow_lambda_layers", allow_lambda_layers)
+        self.disable_model_checks = disable_model_checks
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if neuron_selection_mode not in NEURON_SELECTION_MODES:
@@ -281,6 +296,8 @@ class ReverseAnalyzer(Analyzer):
 
     fuse_batchnorm: ClassVar[bool] = False
     relevance_start: ClassVar[bool] = False  # start from the output value (LRP), not from 1
+    # How the engine computes each mapping (memory/speed; never changes the numbers).
+    engine_strategy: EngineStrategy = DEFAULT_STRATEGY
 
     def __init__(
         self,
@@ -292,9 +309,20 @@ class ReverseAnalyzer(Analyzer):
         reverse_clip_values: Sequence[float] | None = None,
         reverse_project_bottleneck_layers: bool | Sequence[float] = False,
         reverse_min_max: bool = False,
+        reverse_check_min_max_values: bool = False,
+        reverse_verbose: bool = False,
+        reverse_reapply_on_copied_layers: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(model, neuron_selection_mode=neuron_selection_mode)
+        super().__init__(model, neuron_selection_mode=neuron_selection_mode, **kwargs)
+        for flag in ("reverse_check_min_max_values", "reverse_verbose"):
+            _check_flag(flag, locals()[flag])
+        # Rules never re-apply the user's layers: they always run on replaced weights.
+        _check_flag("reverse_reapply_on_copied_layers", reverse_reapply_on_copied_layers)
+        self.reverse_verbose = reverse_verbose
         project = reverse_project_bottleneck_layers
+        if reverse_clip_values is False:  # iNNvestigate's default for "no clipping"
+            reverse_clip_values = None
         self.reverse_options = ReverseOptions(
             keep_tensors=reverse_keep_tensors,
             check_finite=reverse_check_finite,
@@ -302,10 +330,14 @@ class ReverseAnalyzer(Analyzer):
             project_bottleneck=(-1.0, 1.0)
             if project is True
             else (tuple(project) if project else None),
-            min_max=reverse_min_max,
+            # iNNvestigate prints them; innspect records them in Explanation.min_max too.
+            min_max=reverse_min_max or reverse_check_min_max_values or reverse_verbose,
         )
+        self._print_min_max = reverse_check_min_max_values or reverse_verbose
         self._graph: ModelGraph | None = None
         self._mappings: dict[fx.Node, Mapping] = {}
+        self._rules: dict[fx.Node, Mapping] = {}
+        self._built_plan: Any = None
         self._autograd_nodes: frozenset[fx.Node] = frozenset()
         self._plain_gradient = False
 
@@ -315,19 +347,24 @@ class ReverseAnalyzer(Analyzer):
         if self._graph is None:
             graph = ModelGraph(self.model, example_input, fuse_batchnorm=self.fuse_batchnorm)
             activation = graph.output_activation()
-            if activation is not None:
+            if activation is not None and not self.disable_model_checks:
                 raise OutputActivationError(
                     f"the model's output passes through {activation.operation} at node "
                     f"'{activation.name}'; explanations need the pre-activation output. Use "
                     "innspect.model_wo_softmax(model) or model_wo_output_activation(model)"
                 )
-            self._mappings = {info.node: self._mapping(info, graph) for info in graph.nodes}
+            # The method says what each node computes; the engine how (see engine/strategy.py).
+            self._rules = {info.node: self._mapping(info, graph) for info in graph.nodes}
+            self._mappings = {
+                info.node: realize(self._rules[info.node], info, self.engine_strategy)
+                for info in graph.nodes
+            }
             self._autograd_nodes = frozenset(
                 node for node, m in self._mappings.items() if m.needs_autograd
             )
             # When every node maps by its VJP, one autograd pass is the same walk, done in C++.
             self._plain_gradient = all(
-                type(m) is Gradient
+                computes_gradient(m)
                 for node, m in self._mappings.items()
                 if node in graph.infos
                 and graph.infos[node].depends_on_input
@@ -338,6 +375,19 @@ class ReverseAnalyzer(Analyzer):
 
     def _mapping(self, info: NodeInfo, graph: ModelGraph) -> Mapping:
         raise NotImplementedError
+
+    def plan(self, example_input: torch.Tensor | None = None) -> Plan:
+        """The rule each node gets (``print`` it); captures the graph on first use."""
+        graph = self.graph(example_input)
+        if self._built_plan is None:
+            self._built_plan = build_plan(self.name, graph, self._rules)
+        return self._built_plan
+
+    def explain(self, *args: Any, **kwargs: Any) -> Explanation:
+        """Like ``analyze`` but returns an Explanation, with the plan used (``.plan``)."""
+        explanation = super().explain(*args, **kwargs)
+        explanation.plan = self.plan()
+        return explanation
 
     def _start_value(self, output: torch.Tensor) -> torch.Tensor:
         """Signal value at the selected output neurons: 1 for gradients, y for relevance."""
@@ -411,6 +461,8 @@ class ReverseAnalyzer(Analyzer):
             graph, record, start, lambda info: self._mappings[info.node], self.reverse_options
         )
         attribution = self._postprocess(result.attribution.detach(), x)
+        if self._print_min_max:
+            _print_walk(self, result.min_max)
         return Explanation(
             attribution, selected, scores, result.signals, result.min_max, result.node_sums
         )
@@ -438,6 +490,20 @@ class ReverseAnalyzer(Analyzer):
                     f"layer '{info.name}' (Linear) expects {module.in_features} features on the "
                     f"last axis, got shape {tuple(x.shape)}"
                 )
+
+
+def _check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def _print_walk(analyzer: ReverseAnalyzer, min_max: dict[str, tuple[float, float]]) -> None:
+    """iNNvestigate's reverse_verbose / reverse_check_min_max_values: print each node's
+    rule (verbose) and the minimum and maximum of its signal."""
+    rules = analyzer.plan().rules if analyzer.reverse_verbose else {}
+    for name, (low, high) in min_max.items():
+        rule = f"  {rules[name]!r}" if name in rules else ""
+        print(f"{analyzer.name}: node {name!r}{rule}: min {low:.6g}, max {high:.6g}")
 
 
 def _jsonable(value: Any) -> Any:

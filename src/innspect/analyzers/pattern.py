@@ -20,14 +20,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from innspect.analyzers.base import Explanation, ReverseAnalyzer
-from innspect.analyzers.registry import register
+from innspect.analyzers.base import Explanation
+from innspect.analyzers.composed import ComposedAnalyzer
+from innspect.analyzers.plan import Composite, Site, always, kind
 from innspect.engine.reverse import Mapping, NodeContext
 from innspect.errors import InputError
-from innspect.graph.graph import ModelGraph, NodeInfo
+from innspect.graph.graph import ModelGraph
 from innspect.graph.kinds import Kind
 from innspect.graph.linear_ops import LinearOp
-from innspect.rules.basic import GRADIENT, LinearGradient, gradient_mapping
+from innspect.rules.basic import GRADIENT
 
 
 class PatternLinear(Mapping):
@@ -42,9 +43,11 @@ class PatternLinear(Mapping):
         signal = self.op.transpose(ctx.signal, weight, inputs[0].detach())
         return [signal] + [None] * (len(inputs) - 1)
 
+    def __repr__(self) -> str:
+        return f"{type(self.analyzer).__name__}.pattern('{self.name}')"
 
-@register
-class PatternNet(ReverseAnalyzer):
+
+class PatternNet(ComposedAnalyzer):
     """PatternNet: the signal direction of each layer's output, propagated back.
 
     Parameters
@@ -83,6 +86,11 @@ class PatternNet(ReverseAnalyzer):
         if pattern_type not in PATTERN_TYPES:
             raise InputError(f"pattern_type must be one of {PATTERN_TYPES}, got {pattern_type!r}")
         self.pattern_type = pattern_type
+        # Kernels get their pattern; everything else (ReLU masks, max pooling, BatchNorm
+        # that could not be folded, additions...) maps like the gradient.
+        self.composite = Composite(
+            [(kind(Kind.LINEAR), self._pattern_rule), (always(), GRADIENT)], name=self.name
+        )
         self._options.pop("patterns", None)  # kept as arrays by get_state, not as config
         self.patterns: dict[str, np.ndarray] | None = None
         self._weights: dict[str, torch.Tensor] = {}
@@ -180,14 +188,10 @@ class PatternNet(ReverseAnalyzer):
         return weight
 
     # -- the walk -----------------------------------------------------------------------
-    def _mapping(self, info: NodeInfo, graph: ModelGraph) -> Mapping:
-        if info.kind is Kind.LINEAR and info.depends_on_input:
-            return PatternLinear(self, info.name, graph.linear_op(info))
-        if info.module is not None and info.kind is Kind.BATCHNORM:
-            return LinearGradient()
-        if info.is_relu:
+    def _pattern_rule(self, site: Site) -> Mapping:
+        if not site.info.depends_on_input:
             return GRADIENT
-        return gradient_mapping(info.kind)
+        return PatternLinear(self, site.info.name, site.graph.linear_op(site.info))
 
     def _explain(self, x: torch.Tensor, neuron_selection: Any) -> Explanation:
         self._check_patterns(self.graph(x))
@@ -205,7 +209,6 @@ class PatternNet(ReverseAnalyzer):
             self.set_patterns(found)
 
 
-@register
 class PatternAttribution(PatternNet):
     """PatternAttribution: the backward pass with each weight replaced by ``pattern * W``.
 
@@ -216,3 +219,6 @@ class PatternAttribution(PatternNet):
 
     def _pattern_weight(self, pattern: torch.Tensor, op: LinearOp) -> torch.Tensor:
         return pattern * op.weight.detach()
+
+
+ANALYZERS = [PatternNet, PatternAttribution]

@@ -16,7 +16,6 @@ from torch import nn
 
 from innspect.analyzers.base import Analyzer, Explanation
 from innspect.analyzers.gradient import GradientAnalyzer, check_postprocess
-from innspect.analyzers.registry import register
 from innspect.errors import InputError
 from innspect.progress import progress
 
@@ -33,6 +32,11 @@ class _GradientAverage(Analyzer):
         verbose: bool = False,
         **reverse_kwargs: Any,
     ) -> None:
+        if "subanalyzer" in reverse_kwargs:
+            raise TypeError(
+                f"{self.name} builds its gradient analyzer itself; iNNvestigate's subanalyzer= "
+                "(used by its own save/load) is not taken"
+            )
         super().__init__(model, neuron_selection_mode=neuron_selection_mode)
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -78,7 +82,6 @@ class _GradientAverage(Analyzer):
         return mean_gradient
 
 
-@register
 class IntegratedGradients(_GradientAverage):
     """Integrated gradients (Sundararajan et al. 2017), left Riemann sum.
 
@@ -88,6 +91,8 @@ class IntegratedGradients(_GradientAverage):
         Number of points ``x_ref + k/steps (x - x_ref)``, k = 0 .. steps-1.
     reference_inputs
         The baseline: a number, or an array broadcastable to the input.
+    postprocess
+        None, "abs" or "square", applied to each gradient on the path (iNNvestigate).
     batch_size
         Points pushed through the model at once.
     verbose
@@ -97,13 +102,26 @@ class IntegratedGradients(_GradientAverage):
     name = "integrated_gradients"
 
     def __init__(
-        self, model: nn.Module, *, steps: int = 64, reference_inputs: Any = 0.0, **kwargs: Any
+        self,
+        model: nn.Module,
+        *,
+        steps: int = 64,
+        reference_inputs: Any = 0.0,
+        postprocess: str | None = None,
+        **kwargs: Any,
     ) -> None:
+        if "augment_by_n" in kwargs:
+            raise TypeError(
+                "integrated_gradients takes steps= for the number of points on the path "
+                "(iNNvestigate passes steps to its PathIntegrator as augment_by_n)"
+            )
         super().__init__(model, **kwargs)
         if int(steps) < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         self.steps = int(steps)
         self.reference_inputs = reference_inputs
+        # iNNvestigate applies it to each gradient on the path, before the average.
+        self._gradient.postprocess = check_postprocess(postprocess)
 
     def _reference(self, x: torch.Tensor) -> torch.Tensor:
         ref = self.reference_inputs
@@ -135,7 +153,6 @@ class IntegratedGradients(_GradientAverage):
         return mean_gradient * (x - self._reference(x))
 
 
-@register
 class SmoothGrad(_GradientAverage):
     """SmoothGrad (Smilkov et al. 2017): the mean gradient over noisy copies of the input.
 
@@ -190,3 +207,6 @@ class SmoothGrad(_GradientAverage):
             return base + self.noise_scale * noise
 
         return make
+
+
+ANALYZERS = [IntegratedGradients, SmoothGrad]

@@ -53,48 +53,57 @@ def safe_divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a / (b + (b == 0))
 
 
-def output_index(op: LinearOp, weight_shape: tuple[int, ...]) -> np.ndarray:
-    """For every weight entry, the output neuron (channel) it feeds, in the weight's shape.
+def to_output_major(op: LinearOp, array: np.ndarray) -> np.ndarray:
+    """A kernel-shaped array with the output neuron on axis 0, ``(out, in/groups, *kernel)``.
 
-    Linear and ConvNd weights are ``(out, in/groups, *kernel)``; ConvTransposeNd weights are
-    ``(in, out/groups, *kernel)``, where input channel ``i`` feeds outputs
-    ``group(i) * out/groups + j``.
+    Linear and ConvNd weights are already so; ConvTransposeNd weights are
+    ``(in, out/groups, *kernel)``, where input channel ``i`` of group ``g`` feeds outputs
+    ``g * out/groups + j``.
     """
     if not op.extras.get("transposed", False):
-        index = np.arange(weight_shape[0]).reshape((-1,) + (1,) * (len(weight_shape) - 1))
-        return np.broadcast_to(index, weight_shape)
-    n_in, per_group = weight_shape[0], weight_shape[1]
+        return array
     groups = int(op.extras.get("groups", 1))
-    group_of_input = np.arange(n_in) // (n_in // groups)
-    index = group_of_input[:, None] * per_group + np.arange(per_group)[None, :]
-    return np.broadcast_to(
-        index.reshape(index.shape + (1,) * (len(weight_shape) - 2)), weight_shape
-    )
+    n_in, per_group, kernel = array.shape[0], array.shape[1], array.shape[2:]
+    grouped = array.reshape(groups, n_in // groups, per_group, *kernel).swapaxes(1, 2)
+    return grouped.reshape(groups * per_group, n_in // groups, *kernel)
+
+
+def from_output_major(op: LinearOp, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The inverse of :func:`to_output_major`, back to the kernel's ``shape``."""
+    if not op.extras.get("transposed", False):
+        return array
+    groups = int(op.extras.get("groups", 1))
+    n_in, per_group, kernel = shape[0], shape[1], shape[2:]
+    grouped = array.reshape(groups, per_group, n_in // groups, *kernel).swapaxes(1, 2)
+    return np.ascontiguousarray(grouped.reshape(shape))
 
 
 def pattern_from_statistics(
     weight: np.ndarray,
-    out_index: np.ndarray,
     count: np.ndarray,
     count_all: np.ndarray,
     sum_x: np.ndarray,
     sum_y: np.ndarray,
     sum_xy: np.ndarray,
 ) -> np.ndarray:
-    """The pattern ``A = cov(x, y) / diag(W^T cov(x, y))`` in the weight's shape.
+    """The pattern ``A = cov(x, y) / diag(W^T cov(x, y))``, output neuron on axis 0.
 
-    ``count``, ``count_all``, ``sum_y`` are per output neuron; ``sum_x``, ``sum_xy`` and
-    ``out_index`` (see :func:`output_index`) have the weight's shape.
+    ``count``, ``count_all``, ``sum_y`` are per output neuron; ``weight``, ``sum_x`` and
+    ``sum_xy`` are ``(out, ...)`` (see :func:`to_output_major`). Written for memory: two
+    arrays of the weight's size at a time (VGG16's first dense layer has 103M weights).
     """
-    n_out = count.shape[0]
-    active = count[out_index]
-    mean_x = safe_divide(sum_x, active)
-    mean_xy = safe_divide(sum_xy, active)
-    mean_y = safe_divide(sum_y, count_all)
-    cov_xy = mean_xy - mean_x * mean_y[out_index]
-    w_cov = np.zeros(n_out)
-    np.add.at(w_cov, out_index.reshape(-1), (weight * cov_xy).reshape(-1))
-    return safe_divide(cov_xy, w_cov[out_index])
+    view = (-1,) + (1,) * (weight.ndim - 1)
+    active = (count + (count == 0)).reshape(view)
+    mean_y = safe_divide(sum_y, count_all).reshape(view)
+    cov = sum_xy / active  # E[xy] over active samples
+    product = sum_x / active  # E[x] over active samples ...
+    product *= mean_y  # ... times E[y] over all samples
+    cov -= product
+    del product
+    rows = weight.shape[0]
+    w_cov = np.einsum("ij,ij->i", weight.reshape(rows, -1), cov.reshape(rows, -1))
+    cov /= (w_cov + (w_cov == 0)).reshape(view)
+    return cov
 
 
 class PatternStatistics(Reducer):
@@ -173,11 +182,12 @@ class PatternStatistics(Reducer):
         self._add("sum_xy", weight_gradient(x, y * mask))
 
     def _add(self, name: str, value: torch.Tensor) -> None:
-        value = value.detach().to(torch.float64)
+        value = value.detach()
         if name in self.sums:
-            self.sums[name] += value.to(self.sums[name].device)
+            # in place, promoting to float64 on the fly: no float64 copy of a large kernel
+            self.sums[name].add_(value.to(self.sums[name].device))
         else:
-            self.sums[name] = value.clone()
+            self.sums[name] = value.to(torch.float64, copy=True)
 
     def merge(self, other: Reducer) -> PatternStatistics:
         self._check_same(other)
@@ -205,16 +215,17 @@ class PatternStatistics(Reducer):
         if "count" not in self.sums:
             raise InputError("no statistics yet: compute patterns on some data first")
         s = self.state()
-        assert self.op is not None
-        return pattern_from_statistics(
-            w,
-            output_index(self.op, w.shape),
+        op = self.op
+        assert op is not None
+        pattern = pattern_from_statistics(
+            to_output_major(op, w),
             s["count"],
             s["count_all"],
-            s["sum_x"],
+            to_output_major(op, s["sum_x"]),
             s["sum_y"],
-            s["sum_xy"],
+            to_output_major(op, s["sum_xy"]),
         )
+        return from_output_major(op, pattern, w.shape)
 
 
 def _autograd_weight_gradient(op: LinearOp):
@@ -306,19 +317,32 @@ class PatternComputer:
         return self.compute_generator(X, batch_size=batch_size, verbose=verbose)
 
     def compute_generator(
+        self, generator: Any, verbose: bool = False, **kwargs: Any
+    ) -> dict[str, np.ndarray]:
+        """Accumulate statistics over a stream of batches (an iterable of ``x`` or ``(x, y)``,
+        a DataLoader, or anything :func:`innspect.data.iter_batches` takes); return the
+        patterns. ``kwargs`` as for :meth:`update`."""
+        self.update(generator, verbose=verbose, **kwargs)
+        return self.patterns()
+
+    def update(
         self,
-        generator: Any,
+        data: Any,
         verbose: bool = False,
         *,
         batch_size: int = 32,
         skip_batches: int = 0,
         on_batch: Any = None,
-    ) -> dict[str, np.ndarray]:
-        """Accumulate statistics over a stream of batches (an iterable of ``x`` or ``(x, y)``,
-        a DataLoader, or anything :func:`innspect.data.iter_batches` takes); return the
-        patterns. ``skip_batches`` / ``on_batch`` serve resumable runs (the CLI)."""
+        total: int | None = None,
+    ) -> None:
+        """Accumulate statistics over ``data`` without computing the patterns.
+
+        ``skip_batches`` / ``on_batch`` serve resumable runs (the CLI); ``total`` is the
+        number of batches for the progress bar when the stream has no length.
+        """
+        generator = data
         device, dtype = model_device_dtype(self.model)
-        total = num_batches(generator, batch_size)
+        total = num_batches(generator, batch_size) if total is None else total
         stream = iter_batches(generator, batch_size, device=device, dtype=dtype)
         first = next(stream)  # raises InputError on an empty data set
         graph = self.graph(first.x)
@@ -340,7 +364,6 @@ class PatternComputer:
             skip_batches=skip_batches,
             on_batch=on_batch,
         )
-        return self.patterns()
 
     def merge(self, other: PatternComputer) -> PatternComputer:
         """Add another computer's statistics (another shard of the data) to these."""
@@ -372,14 +395,17 @@ class PatternComputer:
         return result
 
     # -- files --------------------------------------------------------------------------
-    def save_npz(self, path: str | os.PathLike) -> None:
-        """Write statistics, patterns and the layer list to ``path`` (.npz) atomically."""
+    def save_npz(self, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> None:
+        """Write statistics and patterns to ``path`` (.npz) atomically; ``meta`` (JSON)
+        describes the run (the CLI keeps its arguments there to resume safely)."""
         if self.statistics is None:
             raise InputError("nothing to save: no statistics yet")
         arrays = self.statistics.to_arrays()
         for name, pattern in self.patterns().items():
             arrays[f"pattern/{name}"] = pattern
-        arrays["__patterns__"] = np.array(json.dumps({"pattern_type": self.pattern_type}))
+        arrays["__patterns__"] = np.array(
+            json.dumps({"pattern_type": self.pattern_type, "run": meta or {}})
+        )
         write_npz(path, arrays)
 
     @classmethod
