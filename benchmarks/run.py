@@ -496,7 +496,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--only",
-        choices=("patterns",),
+        choices=("patterns", "introspect"),
         help="run one group only, written to RESULTS-<group>.md unless --out is given",
     )
     parser.add_argument("--pattern-batch", type=int, default=16, help="batch of --only patterns")
@@ -506,6 +506,12 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         default=[10, 100],
         help="stream lengths (batches) whose peak memory --only patterns compares",
+    )
+    parser.add_argument(
+        "--introspect-batch", type=int, default=16, help="batch of --only introspect"
+    )
+    parser.add_argument(
+        "--introspect-channels", type=int, default=2048, help="layout size of --only introspect"
     )
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -525,6 +531,29 @@ def main(argv: list[str] | None = None) -> None:
                 args.size,
                 args.repeats,
                 args.pattern_stream,
+            )
+        )
+        sections.append(render_duration(time.perf_counter() - started, args.started_at))
+        write_text(out, "\n".join(sections))
+        print(f"wrote {out}")
+        return
+    if args.only == "introspect":
+        import sys
+
+        import bench_introspect
+
+        given = argv or sys.argv
+        out = args.out if "--out" in given else HERE / "RESULTS-introspect.md"
+        models = args.models if "--models" in given else ["resnet50"]
+        sections[1] = "Made by `python benchmarks/run.py --only introspect`.\n"
+        sections.append(
+            bench_introspect.section(
+                sys.modules[__name__],
+                models,
+                args.introspect_batch,
+                args.size,
+                args.repeats,
+                args.introspect_channels,
             )
         )
         sections.append(render_duration(time.perf_counter() - started, args.started_at))

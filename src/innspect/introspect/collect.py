@@ -188,7 +188,7 @@ def _target_indices(indices: Sequence[int]) -> Any:
 
 
 def collect(
-    model: nn.Module,
+    model: nn.Module | ModelGraph,
     data: Any,
     layers: Sequence[str] | None = None,
     groups: Sequence[Any] | None = None,
@@ -206,7 +206,8 @@ def collect(
     Parameters
     ----------
     model
-        Any ``nn.Module`` with one input (never modified; run in eval mode).
+        Any ``nn.Module`` with one input (never modified; run in eval mode), or its
+        already captured :class:`~innspect.graph.graph.ModelGraph` (no capture per call).
     data
         An array/tensor of inputs with ``groups`` (one label per sample), an ``(X, groups)``
         tuple, an iterable or ``DataLoader`` of ``(x, group labels)`` batches, or the path of
@@ -258,10 +259,15 @@ def collect(
 
 
 def _prepare(
-    model: nn.Module, data: Any, groups: Sequence[Any] | None, registry: _GroupIds
+    model: nn.Module | ModelGraph, data: Any, groups: Sequence[Any] | None, registry: _GroupIds
 ) -> tuple[ModelGraph, Any]:
     """The captured graph (before any work, so that unknown layer names fail early) and the
     data as the engine streams it, group labels replaced by integer ids."""
+    if isinstance(model, ModelGraph):
+        graph: ModelGraph | None = model
+        model = model.model
+    else:
+        graph = None
     device, dtype = model_device_dtype(model)
     if groups is not None or (isinstance(data, tuple) and len(data) == 2):
         inputs, labels = (data, groups) if groups is not None else data
@@ -270,13 +276,13 @@ def _prepare(
         if len(inputs) == 0:
             raise InputError("the data set is empty: there is not a single sample")
         example = as_tensor(inputs[:1], device, dtype)
-        return ModelGraph(model, example), (inputs, registry.ids(labels))
+        return graph or ModelGraph(model, example), (inputs, registry.ids(labels))
     batches = registry.stream(data)
     first = next(batches, None)
     if first is None:
         raise InputError("the data set is empty: there is not a single batch to process")
     example = as_tensor(first[0], device, dtype)
-    return ModelGraph(model, example), itertools.chain([first], batches)
+    return graph or ModelGraph(model, example), itertools.chain([first], batches)
 
 
 def _layers(graph: ModelGraph, layers: Sequence[str] | None) -> Any:
@@ -290,7 +296,7 @@ def _layers(graph: ModelGraph, layers: Sequence[str] | None) -> Any:
 
 
 def _collect_corpus(
-    model: nn.Module,
+    model: nn.Module | ModelGraph,
     folder: Path,
     layers: Sequence[str] | None,
     reducers: dict[str, Reducer],
@@ -301,7 +307,8 @@ def _collect_corpus(
 ) -> Statistics:
     rows = read_corpus_csv(folder)  # every file checked before any work
     statistics = None
-    graph = None
+    graph = model if isinstance(model, ModelGraph) else None
+    chosen = _layers(graph, layers) if graph is not None else None
     for row in progress(rows, verbose, total=len(rows), desc="NAPs"):
         x = np.load(row.file, allow_pickle=False)
         if graph is None:
