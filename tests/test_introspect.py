@@ -336,3 +336,11 @@ def test_corpus_csv_rows_are_stripped_and_missing_files_named(tmp_path: Path) ->
         read_corpus_csv(tmp_path)
     with pytest.raises(InputError, match="corpus.csv not found"):
         read_corpus_csv(tmp_path / "nowhere")
+
+
+def test_a_missing_optional_dependency_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "minisom", None)  # import fails
+    with pytest.raises(
+        ImportError, match=r"SOM layout needs minisom: pip install 'innspect\[introspect\]'"
+    ):
+        topomap_layout(np.random.default_rng(0).normal(size=(3, 8)), method="som")

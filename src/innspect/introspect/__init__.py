@@ -9,6 +9,7 @@ Optional dependencies (scikit-learn, umap-learn, minisom, networkx, scipy) come 
 ``pip install 'innspect[introspect]'`` and are imported only by the functions that need them.
 """
 
+from innspect.introspect.collect import NapReducer, collect, default_layers
 from innspect.introspect.corpus import corpus_batches, read_corpus_csv, read_processed_corpus
 from innspect.introspect.layout import (
     LAYOUT_METHODS,
@@ -32,11 +33,14 @@ from innspect.introspect.topomap import group_order, interpolate_topomaps, topom
 __all__ = [
     "LAYOUT_METHODS",
     "NapAccumulator",
+    "NapReducer",
     "Naps",
     "align_spatial",
+    "collect",
     "component_stats",
     "contrastive_naps",
     "corpus_batches",
+    "default_layers",
     "distribute_in_circle",
     "group_order",
     "instance_projection",
