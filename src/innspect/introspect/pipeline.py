@@ -80,6 +80,8 @@ class IntrospectionSettings:
             if name in chosen and chosen[name] != value:
                 raise InputError(f"{source} sets '{name}' twice with different values")
             chosen[name] = value
+        for name, value in chosen.items():
+            _check_type(name, value, source)
         settings = cls(**chosen)
         settings.check()
         return settings
@@ -95,6 +97,27 @@ class IntrospectionSettings:
             raise InputError("align needs gradients (alignment follows the gradient)")
         if isinstance(self.layers, str):
             self.layers = [self.layers]
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "layers": (list, str, type(None)),
+    "contrastive_groups": (list, type(None)),
+    "data": (str, type(None)),
+    "model": (str, type(None)),
+    "weights": (str, type(None)),
+    "threshold": (int, float),
+    "seed": (int,),
+    "projection_samples": (int,),
+}
+
+
+def _check_type(name: str, value: Any, source: str) -> None:
+    default = IntrospectionSettings.__dataclass_fields__[name].default
+    expected = _TYPES.get(name, (type(default),))
+    wrong_bool = isinstance(value, bool) and bool not in expected
+    if wrong_bool or not isinstance(value, expected):
+        names = " or ".join("null" if t is type(None) else t.__name__ for t in expected)
+        raise InputError(f"'{name}' in {source} must be {names}, got {value!r}")
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
