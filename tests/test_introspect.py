@@ -344,3 +344,93 @@ def test_a_missing_optional_dependency_names_the_extra(monkeypatch: pytest.Monke
         ImportError, match=r"SOM layout needs minisom: pip install 'innspect\[introspect\]'"
     ):
         topomap_layout(np.random.default_rng(0).normal(size=(3, 8)), method="som")
+
+
+def _pso_step_by_hand(
+    points: np.ndarray, local_weight: float, global_term: np.ndarray
+) -> np.ndarray:
+    """One synchronous PSO update written as the double loop of INTROSPECT.md section 9.5."""
+    n = len(points)
+    new = points.copy()
+    for i in range(n):
+        total = np.zeros(2)
+        for j in range(n):
+            delta = points[j] - points[i]
+            d = max(np.hypot(*delta), 0.01)
+            local = 1.5 * (d + 1) ** -3 - 15 * np.exp(-d / 2)
+            total += (local_weight * local + global_term[i, j]) / 2 * delta
+        new[i] = points[i] + total / n
+    return new
+
+
+def test_pso_and_distribute_in_circle_follow_the_force_formula() -> None:
+    from innspect.introspect.layout import distribute_in_circle, pso
+
+    rng = np.random.default_rng(7)
+    start = rng.random((6, 2))
+    # one refinement step from a given layout: local force only, weight (1 + tanh(-3)) / 2
+    step = pso(None, 6, n_steps=1, init=start, rng=rng)
+    expected = _pso_step_by_hand(start, (1 + np.tanh(-3)) / 2, np.zeros((6, 6)))
+    np.testing.assert_allclose(step, expected, rtol=1e-12)
+    # from scratch: the global force of the channel distances, weight (1 - tanh(-3)) / 2
+    distances = rng.random((6, 6))
+    distances = (distances + distances.T) / 2
+    np.fill_diagonal(distances, 0)
+    points = pso(distances, 6, n_steps=1, rng=np.random.default_rng(1))
+    initial = np.random.default_rng(1).random((6, 2))
+    force = 1.5 * (1 - (distances / distances.max()) ** 3) - 0.5 * np.exp(-distances / 2)
+    expected = _pso_step_by_hand(initial, (1 + np.tanh(-3)) / 2, (1 - np.tanh(-3)) / 2 * force)
+    np.testing.assert_allclose(points, expected, rtol=1e-12)
+    # spreading: a tight cluster becomes a disc filling the unit square
+    tight = 0.5 + 0.01 * rng.normal(size=(40, 2))
+    spread = distribute_in_circle(tight)
+    assert spread.min() == 0 and spread.max() == 1
+    gaps = np.linalg.norm(spread[:, None] - spread[None], axis=-1) + np.eye(40)
+    assert gaps.min(axis=1).mean() > 0.05  # neighbours pushed apart
+
+
+def test_smoothness_errors_and_components_on_hand_made_maps() -> None:
+    from sklearn.metrics import auc
+
+    from innspect.introspect.quality import (
+        blur_errors,
+        component_stats,
+        error_auc,
+        resize_errors,
+    )
+
+    flat = np.full((1, 60, 60, 3), 200, dtype=np.uint8)
+    np.testing.assert_array_equal(resize_errors(flat), np.zeros(10))
+    np.testing.assert_array_equal(blur_errors(flat), np.zeros(10))
+    edge = flat.copy()
+    edge[0, :, 30:] = 0
+    errors = blur_errors(edge)
+    assert np.all(np.diff(errors) > 0)  # more blur, more error
+    assert errors[0] > 255  # a float MSE: uint8 wrapping would keep it below 256
+    curve = np.array([3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0, 5.0, 3.0])
+    assert error_auc(curve) == pytest.approx(auc(np.arange(10), curve))
+
+    image = np.full((100, 100), np.nan)
+    image[10:90, 10:90] = 0.0  # inside the hull, neutral
+    image[20:40, 20:40] = 1.0  # a red blob of 400 px
+    image[60:70, 60:70] = -1.0  # a blue blob of 100 px
+    image[80:82, 15:17] = 1.0  # 4 px: too small to count
+    count, area = component_stats(image[None], limit=1.0)
+    assert count == 2
+    assert area == pytest.approx(250)
+
+
+def test_instance_projections_separate_well_separated_groups() -> None:
+    from innspect.introspect import instance_projection
+
+    rng = np.random.default_rng(8)
+    centres = 5 * rng.normal(size=(3, 20))
+    labels = np.repeat(np.arange(3), 15)
+    samples = centres[labels] + rng.normal(size=(45, 20))
+    for method in ("umap", "pca"):
+        points = instance_projection(samples.reshape(45, 4, 5), seed=0, method=method)
+        assert points.shape == (45, 2)
+        distance = np.linalg.norm(points[:, None] - points[None], axis=-1) + 1e9 * np.eye(45)
+        assert (labels[distance.argmin(axis=1)] == labels).mean() > 0.95, method
+    with pytest.raises(InputError, match="unknown projection method 'tsne'"):
+        instance_projection(samples, method="tsne")
