@@ -138,3 +138,29 @@ def test_a_corpus_row_naming_a_missing_file_writes_nothing(
     assert main(["introspect", "--config", str(_config(tmp_path, corpus))]) == 2
     assert "line 7: batch0099.npy" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_inntrospect_processed_corpus_is_mapped_without_a_model(tmp_path: Path) -> None:
+    from innspect.introspect import read_processed_corpus
+    from tests.test_introspect import _write_inntrospect_folder
+
+    rng = np.random.default_rng(9)
+    acts = {
+        "layer000": rng.normal(size=(18, 6, 6, 1)),  # one channel: no map
+        "layer001": rng.normal(size=(18, 4, 4, 5)),
+    }
+    grads = {name: rng.normal(size=a.shape) for name, a in acts.items()}
+    labels = np.array(["x", "y", "z"] * 6)
+    _write_inntrospect_folder(tmp_path / "processed", acts, grads, labels)
+    out = tmp_path / "out"
+    args = ["introspect", "--activations", str(tmp_path / "processed"), "--out", str(out)]
+    assert main([*args, "--layout", "pca", "--projection", "pca", "--align"]) == 0
+    profiles = Naps.load(out / "naps")
+    expected = read_processed_corpus(tmp_path / "processed", align=True)
+    np.testing.assert_allclose(profiles["layer001"], expected["layer001"], rtol=0, atol=1e-12)
+    assert profiles.sample_groups == ["x"] * 6 + ["y"] * 6 + ["z"] * 6  # all kept (<= 50)
+    summary = json.loads((out / "summary.json").read_text())
+    skipped, mapped = summary["layers"]
+    assert "at least 3" in skipped["skipped"]
+    assert np.load(out / "vis_data/topomap/layer001_coordinates.npy").shape == (5, 2)
+    assert mapped["projection"].endswith("layer001_projection.png")

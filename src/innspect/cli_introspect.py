@@ -31,6 +31,13 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument("--weights", metavar="FILE", help="state dict for the model")
     parser.add_argument("--data", metavar="DIR", help="corpus folder holding corpus.csv")
     parser.add_argument(
+        "--activations",
+        metavar="DIR",
+        help="instead of --model and --data: an iNNtrospect processed-corpus folder (acts/, "
+        "grads/ and its JSON files), from any framework",
+    )
+    parser.add_argument("--batch-size", type=int, help="samples per forward pass (default 32)")
+    parser.add_argument(
         "--layers",
         nargs="+",
         metavar="NODE",
@@ -55,12 +62,25 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     parser.add_argument("--force", action="store_true", help="redo every step")
 
 
-_FLAGS = ("model", "weights", "data", "layers", "layout", "align", "projection", "seed", "out")
+_FLAGS = (
+    "model",
+    "weights",
+    "data",
+    "activations",
+    "batch_size",
+    "layers",
+    "layout",
+    "align",
+    "projection",
+    "seed",
+    "out",
+)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``innspect introspect`` with parsed arguments; returns the exit status."""
     from innspect.introspect.pipeline import (
+        INNTROSPECT_KEYS,
         IntrospectionSettings,
         load_config,
         run_introspection,
@@ -71,11 +91,13 @@ def run(args: argparse.Namespace) -> int:
     if args.config:
         values = load_config(args.config)
         source = args.config
-    settings = IntrospectionSettings.from_mapping(values, source)
-    for flag in _FLAGS:
+    for flag in _FLAGS:  # a flag overrides the config, whichever name the config used
         value = getattr(args, flag)
         if value is not None:
-            setattr(settings, flag, value)
+            for alias in [k for k, v in INNTROSPECT_KEYS.items() if v == flag]:
+                values.pop(alias, None)
+            values[flag] = value
+    settings = IntrospectionSettings.from_mapping(values, source)
     try:
         run_introspection(settings, force=args.force, verbose=True)
     except ImportError as error:  # a missing optional dependency: bad setup, not a bug

@@ -241,7 +241,7 @@ def collect(
         reducers["samples"] = SampleReducer(keep_samples)
     if isinstance(data, str | os.PathLike):
         statistics = _collect_corpus(
-            model, Path(data), layers, reducers, registry, gradients, target, verbose
+            model, Path(data), layers, reducers, registry, gradients, target, batch_size, verbose
         )
     else:
         graph, stream = _prepare(model, data, groups, registry)
@@ -303,6 +303,7 @@ def _collect_corpus(
     registry: _GroupIds,
     gradients: bool,
     target: int | None,
+    batch_size: int,
     verbose: bool,
 ) -> Statistics:
     rows = read_corpus_csv(folder)  # every file checked before any work
@@ -326,7 +327,7 @@ def _collect_corpus(
             reducers=reducers,
             target=row_target,
             gradients=gradients,
-            batch_size=max(len(x), 1),
+            batch_size=batch_size,
             statistics=statistics,
         )
     assert statistics is not None

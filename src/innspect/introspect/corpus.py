@@ -97,7 +97,10 @@ def _read_json(path: Path) -> dict:
 
 
 def read_processed_corpus(
-    path: str | os.PathLike, align: bool = False, layers: list[str] | None = None
+    path: str | os.PathLike,
+    align: bool = False,
+    layers: list[str] | None = None,
+    keep_samples: int = 0,
 ) -> Naps:
     """NAPs from an iNNtrospect processed-corpus folder, as it is.
 
@@ -106,6 +109,8 @@ def read_processed_corpus(
     time. Alignment is recomputed from the gradients (spatial axes only) rather than read from
     iNNtrospect's ``aligned/`` folder, which shifts channels and mixes files up
     (INTROSPECT.md section 10, points 1-2). Layers are named ``layerNNN`` as in the folder.
+    ``keep_samples`` keeps the first samples of each group, flattened, as ``Naps.samples``
+    (iNNtrospect's instance projections read the first batch files of each group).
     """
     root = Path(path)
     index_to_group = _read_json(root / "index_to_group_name.json")
@@ -122,7 +127,10 @@ def read_processed_corpus(
             f"unknown layer(s) {', '.join(unknown)}; available: {', '.join(available)}"
         )
     accumulator = NapAccumulator(align=align)
+    kept: dict[str, list[np.ndarray]] = {name: [] for name in chosen}
+    kept_groups: list[str] = []
     for group in groups:
+        taken = 0
         for file_name in group_files.get(group, []):
             acts = {name: _load(acts_root / name / file_name) for name in chosen}
             grads = None
@@ -134,7 +142,17 @@ def read_processed_corpus(
                 }
             n = len(next(iter(acts.values())))
             accumulator.update(acts, [group] * n, grads)
-    return accumulator.result(groups)
+            take = min(n, keep_samples - taken)
+            if take > 0:
+                for name in chosen:
+                    kept[name].append(acts[name][:take].reshape(take, -1).astype(np.float32))
+                kept_groups += [group] * take
+                taken += take
+    profiles = accumulator.result(groups)
+    if kept_groups:
+        profiles.samples = {name: np.concatenate(arrays) for name, arrays in kept.items()}
+        profiles.sample_groups = kept_groups
+    return profiles
 
 
 def _load(path: Path) -> np.ndarray:

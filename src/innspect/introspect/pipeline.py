@@ -47,6 +47,7 @@ class IntrospectionSettings:
     in :data:`INNTROSPECT_KEYS` are accepted too)."""
 
     data: str | None = None  # an iNNtrospect corpus folder (corpus.csv + batch .npy files)
+    activations: str | None = None  # or an iNNtrospect processed-corpus folder (no model)
     out: str = "innspect-introspect"
     model: str | None = None  # TorchScript file, torchvision:NAME or package.module:factory
     weights: str | None = None  # state dict for the model
@@ -64,6 +65,7 @@ class IntrospectionSettings:
     individual_plots: bool = False
     plot_format: str = "png"
     seed: int = 0
+    batch_size: int = 32
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "the config") -> Any:
@@ -97,12 +99,20 @@ class IntrospectionSettings:
             raise InputError("align needs gradients (alignment follows the gradient)")
         if isinstance(self.layers, str):
             self.layers = [self.layers]
+        if (self.data is None) == (self.activations is None):
+            raise InputError(
+                "give either data (a corpus folder with corpus.csv, --data) or activations "
+                "(an iNNtrospect processed-corpus folder, --activations), not both or neither"
+            )
+        if self.batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {self.batch_size}")
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
     "layers": (list, str, type(None)),
     "contrastive_groups": (list, type(None)),
     "data": (str, type(None)),
+    "activations": (str, type(None)),
     "model": (str, type(None)),
     "weights": (str, type(None)),
     "threshold": (int, float),
@@ -200,27 +210,9 @@ def run_introspection(
     """
     settings.check()
     say = log or (print if verbose else (lambda message: None))
-    if settings.data is None:
-        raise InputError("no data: give the corpus folder (--data or data_path in the config)")
-    from innspect.introspect.corpus import read_corpus_csv
-
-    rows = read_corpus_csv(settings.data)  # bad rows fail before anything is written
     out = Path(settings.out)  # created by the first output: a failed first step leaves nothing
     steps = _Steps(out, force)
-    corpus_key = [
-        _file_stamp(Path(settings.data) / "corpus.csv"),
-        [_file_stamp(r.file) for r in rows],
-    ]
-    naps_key = _key(
-        "naps",
-        corpus_key,
-        settings.model if model is None else _model_stamp(model),
-        _file_stamp(settings.weights),
-        settings.layers,
-        settings.gradients,
-        settings.align,
-        settings.projection_samples if settings.projection != "none" else 0,
-    )
+    naps_key = _key("naps", _input_stamp(settings, model), settings.layers, settings.align)
     if steps.fresh("naps", naps_key) and (out / "naps" / "naps.json").is_file():
         say("NAPs: reusing the finished step")
         profiles = Naps.load(out / "naps")
@@ -261,8 +253,41 @@ def run_introspection(
     return summary
 
 
+def _input_stamp(settings: IntrospectionSettings, model: nn.Module | None) -> list[Any]:
+    """What the NAPs depend on: the input files (sizes and times), the model, the options."""
+    keep = settings.projection_samples if settings.projection != "none" else 0
+    if settings.activations is not None:
+        root = Path(settings.activations)
+        if not root.is_dir():
+            raise InputError(f"activations folder {root} not found")
+        files = sorted(root.glob("*.json")) + sorted(root.glob("acts/**/*.npy"))
+        if settings.align:
+            files += sorted(root.glob("grads/**/*.npy"))
+        return ["activations", [_file_stamp(p) for p in files], keep]
+    from innspect.introspect.corpus import read_corpus_csv
+
+    rows = read_corpus_csv(settings.data)  # bad rows fail before anything is written
+    return [
+        "corpus",
+        _file_stamp(Path(settings.data) / "corpus.csv"),
+        [_file_stamp(r.file) for r in rows],
+        settings.model if model is None else _model_stamp(model),
+        _file_stamp(settings.weights),
+        settings.gradients,
+        keep,
+    ]
+
+
 def _compute_naps(settings: IntrospectionSettings, model: nn.Module | None, verbose: bool) -> Naps:
     from innspect.introspect.collect import collect
+
+    keep = settings.projection_samples if settings.projection != "none" else 0
+    if settings.activations is not None:
+        from innspect.introspect.corpus import read_processed_corpus
+
+        return read_processed_corpus(
+            settings.activations, settings.align, settings.layers, keep_samples=keep
+        )
 
     if model is None:
         if settings.model is None:
@@ -274,13 +299,13 @@ def _compute_naps(settings: IntrospectionSettings, model: nn.Module | None, verb
         import torch
 
         model = load_model(settings.model, settings.weights, example=torch.as_tensor(first[:1]))
-    keep = settings.projection_samples if settings.projection != "none" else 0
     return collect(
         model,
         settings.data,
         layers=settings.layers,
         gradients=settings.gradients,
         align=settings.align,
+        batch_size=settings.batch_size,
         keep_samples=keep,
         verbose=verbose,
     )
