@@ -271,6 +271,8 @@ def _prepare(
     device, dtype = model_device_dtype(model)
     if groups is not None or (isinstance(data, tuple) and len(data) == 2):
         inputs, labels = (data, groups) if groups is not None else data
+        if not isinstance(inputs, np.ndarray | torch.Tensor):
+            inputs = np.asarray(inputs)  # e.g. a list of samples
         if len(labels) != len(inputs):
             raise InputError(f"{len(labels)} group labels for {len(inputs)} samples")
         if len(inputs) == 0:
