@@ -99,7 +99,7 @@ def test_bad_data_is_one_line_with_status_2(setup, tmp_path, capsys) -> None:
     assert "data not found" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert _compute(weights, tmp_path / "empty", tmp_path / "p.npz") == 2
-    assert "holds no .npy" in capsys.readouterr().err
+    assert "holds no .png, .jpg, .jpeg, .npy files" in capsys.readouterr().err
     nan = np.zeros((4, 1, 12, 12), dtype=np.float32)
     nan[2, 0, 0, 0] = np.nan
     np.save(tmp_path / "nan.npy", nan)
