@@ -206,3 +206,16 @@ def test_clear_errors() -> None:
         collect(model, X, ["1"])
     with pytest.raises(InputError, match="stream data of type dict"):
         collect(model, {"x": X}, ["1"], Mean())
+
+
+def test_runs_in_eval_mode_and_leaves_the_model_as_it_was() -> None:
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Dropout(0.5), nn.ReLU(), nn.Linear(6, 2)).double()
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    X = torch.randn(16, 5, dtype=torch.float64)
+    stats = collect(model, X, ["2"], Mean(), batch_size=5)
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    expected = torch.relu(model[0](X)).mean(0).detach().numpy()  # no dropout: eval mode
+    np.testing.assert_allclose(stats.results()["2"]["mean"], expected, rtol=1e-12)
