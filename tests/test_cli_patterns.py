@@ -82,6 +82,8 @@ def test_an_interrupted_run_resumes_where_it_stopped(setup, tmp_path, monkeypatc
     assert _compute(weights, data_file, out, "--save-every", "2") == 130
     partial = PatternComputer.load_npz(out, model)
     assert partial.statistics.batches == 2  # the checkpoint after batch 2 survived
+    with pytest.raises(innspect.InputError, match="unfinished run"):
+        innspect.create_analyzer("pattern.net", model, patterns=out)
     monkeypatch.setattr(cli_patterns._DataSource, "batches", original)
     assert _compute(weights, data_file, out, "--save-every", "2") == 0
     assert "resuming" in capsys.readouterr().out

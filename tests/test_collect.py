@@ -128,10 +128,11 @@ def test_gradient_observation_equals_autograd() -> None:
     np.testing.assert_allclose(a.results()["1"]["sum"], b.results()["1"]["sum"], rtol=1e-14)
 
 
-def test_every_data_form_gives_the_same_statistics() -> None:
+def test_every_data_form_gives_the_same_statistics(capsys) -> None:
     model, (X, Y) = _cnn(), _data(20)
     reducers = {"class_mean": Mean(groups="y")}
-    reference = collect(model, (X, Y), ["3"], reducers, batch_size=6).results()
+    reference = collect(model, (X, Y), ["3"], reducers, batch_size=6, verbose=True).results()
+    assert "statistics: 100%" in capsys.readouterr().err  # the progress bar
     pairs = [(X[i : i + 6], Y[i : i + 6]) for i in range(0, 20, 6)]
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, Y), batch_size=4)
     forms = [

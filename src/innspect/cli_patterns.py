@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
 
         def checkpoint(statistics: Any) -> None:
             if statistics.batches % args.save_every == 0:
-                computer.save_npz(out, meta=run_meta)
+                computer.save_npz(out, meta=run_meta, with_patterns=False)
 
         computer.update(
             source.batches(done * args.batch_size, args.batch_size),

@@ -395,14 +395,21 @@ class PatternComputer:
         return result
 
     # -- files --------------------------------------------------------------------------
-    def save_npz(self, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> None:
+    def save_npz(
+        self,
+        path: str | os.PathLike,
+        meta: dict[str, Any] | None = None,
+        with_patterns: bool = True,
+    ) -> None:
         """Write statistics and patterns to ``path`` (.npz) atomically; ``meta`` (JSON)
-        describes the run (the CLI keeps its arguments there to resume safely)."""
+        describes the run (the CLI keeps its arguments there to resume safely).
+        ``with_patterns=False`` writes the statistics only (a cheap checkpoint)."""
         if self.statistics is None:
             raise InputError("nothing to save: no statistics yet")
         arrays = self.statistics.to_arrays()
-        for name, pattern in self.patterns().items():
-            arrays[f"pattern/{name}"] = pattern
+        if with_patterns:
+            for name, pattern in self.patterns().items():
+                arrays[f"pattern/{name}"] = pattern
         arrays["__patterns__"] = np.array(
             json.dumps({"pattern_type": self.pattern_type, "run": meta or {}})
         )
@@ -443,6 +450,12 @@ def load_patterns(path: str | os.PathLike) -> dict[str, np.ndarray]:
             for k, v in arrays.items()
             if k.startswith("state/pattern/")
         }
+    if not found and "__patterns__" in arrays:
+        raise InputError(
+            f"{path} holds the statistics of an unfinished run: rerun `innspect patterns "
+            "compute` with the same arguments to finish it, or use "
+            "PatternComputer.load_npz(path, model).patterns()"
+        )
     if not found:
         raise InputError(f"{path} holds no patterns (write one with PatternComputer.save_npz)")
     return found
