@@ -205,6 +205,8 @@ def test_clear_errors() -> None:
         Mean().merge(Moments())
     with pytest.raises(InputError, match="reducers"):
         collect(model, X, ["1"])
+    with pytest.raises(InputError, match="as many labels as samples"):
+        collect(model, (X, torch.zeros(3)), ["1"], Mean())
     with pytest.raises(InputError, match="stream data of type dict"):
         collect(model, {"x": X}, ["1"], Mean())
 

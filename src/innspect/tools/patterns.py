@@ -176,7 +176,8 @@ class PatternStatistics(Reducer):
         others = [d for d in range(z.dim()) if d != axis]
         weight_gradient = op.weight_gradient or _autograd_weight_gradient(op)
         self._add("count", mask.sum(dim=others))
-        self._add("count_all", torch.full((z.shape[axis],), z.numel() / z.shape[axis]))
+        per_neuron = z.numel() // z.shape[axis]
+        self._add("count_all", torch.full((z.shape[axis],), per_neuron, dtype=torch.float64))
         self._add("sum_y", y.sum(dim=others))
         self._add("sum_x", weight_gradient(x, mask))
         self._add("sum_xy", weight_gradient(x, y * mask))
