@@ -107,3 +107,11 @@ def test_bad_data_is_one_line_with_status_2(setup, tmp_path, capsys) -> None:
     np.save(tmp_path / "nan.npy", nan)
     assert _compute(weights, tmp_path / "nan.npy", tmp_path / "p.npz") == 2
     assert "NaN" in capsys.readouterr().err
+
+
+def test_methods_plan_shows_the_pattern_layers(capsys) -> None:
+    assert main(["methods", "--plan", "pattern.attribution", "--model", FACTORY]) == 0
+    out = capsys.readouterr().out
+    assert "PatternAttribution.pattern('0')" in out and "PatternAttribution.pattern('4')" in out
+    assert main(["methods", "--plan", "pattern.net"]) == 2
+    assert "--plan needs --model" in capsys.readouterr().err
