@@ -104,6 +104,9 @@ def test_save_load_round_trip_then_merge(tmp_path) -> None:
 
 def test_gradient_observation_equals_autograd() -> None:
     model, (X, _) = _cnn(), _data(12)
+    # the input is a node too: its mean is the data's mean
+    data_mean = collect(model, X, ["input"], Mean(), batch_size=5).results()["input"]["mean"]
+    np.testing.assert_allclose(data_mean, X.mean(0).numpy(), rtol=1e-12, atol=1e-15)
     weights = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
     stats = collect(
         model,
@@ -189,7 +192,7 @@ def test_memory_stays_flat_when_the_data_grows_tenfold() -> None:
 
 def test_clear_errors() -> None:
     model, (X, _) = _cnn(), _data(8)
-    with pytest.raises(InputError, match=r"unknown node name\(s\) \['nope'\].*0, 1, 2, 3"):
+    with pytest.raises(InputError, match=r"unknown node name\(s\) \['nope'\].*input, 0, 1, 2, 3"):
         collect(model, X, ["nope"], Mean())
     with pytest.raises(InputError, match="empty"):
         collect(model, iter([]), ["1"], Mean())

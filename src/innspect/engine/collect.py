@@ -135,12 +135,9 @@ class Statistics(Mapping[str, dict[str, Reducer]]):
 
 
 def node_names(graph: ModelGraph) -> list[str]:
-    """Names of the nodes a statistics pass can observe (those computed from the input)."""
-    return [
-        i.name
-        for i in graph.nodes
-        if i.depends_on_input and not i.is_metadata and i.node.op != "placeholder"
-    ]
+    """Names of the nodes a statistics pass can observe: the model's input(s) and every node
+    computed from them (shape queries excluded)."""
+    return [i.name for i in graph.nodes if i.depends_on_input and not i.is_metadata]
 
 
 def resolve_nodes(graph: ModelGraph, nodes: Sequence[str] | None) -> list[NodeInfo]:
