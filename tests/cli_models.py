@@ -19,3 +19,29 @@ def small_cnn() -> nn.Module:
 def other_cnn() -> nn.Module:
     """An architecture whose state dict does not fit ``small_cnn``."""
     return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten())
+
+
+def rgb_cnn() -> nn.Module:
+    """A small CNN for 3-channel images of any size (ImageNet-style 224 x 224 included)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 5, stride=4, padding=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 5),
+    )
+
+
+def softmax_cnn() -> nn.Module:
+    """``small_cnn`` with a final softmax (to be stripped with --strip-softmax)."""
+    return nn.Sequential(small_cnn(), nn.Softmax(dim=1))
+
+
+def needs_arguments(width: int) -> nn.Module:
+    """A factory the CLI cannot call (it needs an argument)."""
+    return nn.Linear(width, 2)
+
+
+def raises() -> nn.Module:
+    """A factory that fails."""
+    raise RuntimeError("this factory is broken on purpose")

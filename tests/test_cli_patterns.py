@@ -82,6 +82,8 @@ def test_an_interrupted_run_resumes_where_it_stopped(setup, tmp_path, monkeypatc
     assert _compute(weights, data_file, out, "--save-every", "2") == 130
     partial = PatternComputer.load_npz(out, model)
     assert partial.statistics.batches == 2  # the checkpoint after batch 2 survived
+    with pytest.raises(innspect.InputError, match="unfinished run"):
+        innspect.create_analyzer("pattern.net", model, patterns=out)
     monkeypatch.setattr(cli_patterns._DataSource, "batches", original)
     assert _compute(weights, data_file, out, "--save-every", "2") == 0
     assert "resuming" in capsys.readouterr().out
@@ -99,9 +101,17 @@ def test_bad_data_is_one_line_with_status_2(setup, tmp_path, capsys) -> None:
     assert "data not found" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert _compute(weights, tmp_path / "empty", tmp_path / "p.npz") == 2
-    assert "holds no .npy" in capsys.readouterr().err
+    assert "holds no .png, .jpg, .jpeg, .npy files" in capsys.readouterr().err
     nan = np.zeros((4, 1, 12, 12), dtype=np.float32)
     nan[2, 0, 0, 0] = np.nan
     np.save(tmp_path / "nan.npy", nan)
     assert _compute(weights, tmp_path / "nan.npy", tmp_path / "p.npz") == 2
     assert "NaN" in capsys.readouterr().err
+
+
+def test_methods_plan_shows_the_pattern_layers(capsys) -> None:
+    assert main(["methods", "--plan", "pattern.attribution", "--model", FACTORY]) == 0
+    out = capsys.readouterr().out
+    assert "PatternAttribution.pattern('0')" in out and "PatternAttribution.pattern('4')" in out
+    assert main(["methods", "--plan", "pattern.net"]) == 2
+    assert "--plan needs --model" in capsys.readouterr().err

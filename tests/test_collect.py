@@ -104,6 +104,9 @@ def test_save_load_round_trip_then_merge(tmp_path) -> None:
 
 def test_gradient_observation_equals_autograd() -> None:
     model, (X, _) = _cnn(), _data(12)
+    # the input is a node too: its mean is the data's mean
+    data_mean = collect(model, X, ["input"], Mean(), batch_size=5).results()["input"]["mean"]
+    np.testing.assert_allclose(data_mean, X.mean(0).numpy(), rtol=1e-12, atol=1e-15)
     weights = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
     stats = collect(
         model,
@@ -128,10 +131,11 @@ def test_gradient_observation_equals_autograd() -> None:
     np.testing.assert_allclose(a.results()["1"]["sum"], b.results()["1"]["sum"], rtol=1e-14)
 
 
-def test_every_data_form_gives_the_same_statistics() -> None:
+def test_every_data_form_gives_the_same_statistics(capsys) -> None:
     model, (X, Y) = _cnn(), _data(20)
     reducers = {"class_mean": Mean(groups="y")}
-    reference = collect(model, (X, Y), ["3"], reducers, batch_size=6).results()
+    reference = collect(model, (X, Y), ["3"], reducers, batch_size=6, verbose=True).results()
+    assert "statistics: 100%" in capsys.readouterr().err  # the progress bar
     pairs = [(X[i : i + 6], Y[i : i + 6]) for i in range(0, 20, 6)]
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, Y), batch_size=4)
     forms = [
@@ -188,7 +192,7 @@ def test_memory_stays_flat_when_the_data_grows_tenfold() -> None:
 
 def test_clear_errors() -> None:
     model, (X, _) = _cnn(), _data(8)
-    with pytest.raises(InputError, match=r"unknown node name\(s\) \['nope'\].*0, 1, 2, 3"):
+    with pytest.raises(InputError, match=r"unknown node name\(s\) \['nope'\].*input, 0, 1, 2, 3"):
         collect(model, X, ["nope"], Mean())
     with pytest.raises(InputError, match="empty"):
         collect(model, iter([]), ["1"], Mean())
@@ -204,5 +208,20 @@ def test_clear_errors() -> None:
         Mean().merge(Moments())
     with pytest.raises(InputError, match="reducers"):
         collect(model, X, ["1"])
+    with pytest.raises(InputError, match="as many labels as samples"):
+        collect(model, (X, torch.zeros(3)), ["1"], Mean())
     with pytest.raises(InputError, match="stream data of type dict"):
         collect(model, {"x": X}, ["1"], Mean())
+
+
+def test_runs_in_eval_mode_and_leaves_the_model_as_it_was() -> None:
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Dropout(0.5), nn.ReLU(), nn.Linear(6, 2)).double()
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    X = torch.randn(16, 5, dtype=torch.float64)
+    stats = collect(model, X, ["2"], Mean(), batch_size=5)
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    expected = torch.relu(model[0](X)).mean(0).detach().numpy()  # no dropout: eval mode
+    np.testing.assert_allclose(stats.results()["2"]["mean"], expected, rtol=1e-12)

@@ -300,3 +300,33 @@ def test_clear_errors(tmp_path) -> None:
         innspect.create_analyzer("pattern.net", model, patterns=tmp_path / "missing.npz")
     with pytest.raises(InputError, match="no linear layer"):
         PatternComputer(nn.Sequential(nn.ReLU())).compute(X)
+
+
+class _FunctionalCNN(nn.Module):
+    """The same network as ``_module_cnn``, written with F.conv2d / F.linear calls."""
+
+    def __init__(self, modules: nn.Sequential) -> None:
+        super().__init__()
+        self.w1, self.b1 = modules[0].weight, modules[0].bias
+        self.w2, self.b2 = modules[3].weight, modules[3].bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = F.relu(F.conv2d(x, self.w1, self.b1, stride=2, padding=1))
+        return F.linear(hidden.flatten(1), self.w2, self.b2)
+
+
+def test_functional_layers_get_the_patterns_of_their_module_twins() -> None:
+    modules = nn.Sequential(
+        nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(27, 4)
+    ).double()
+    functional = _FunctionalCNN(modules)
+    X = torch.randn(20, 2, 6, 6, dtype=torch.float64)
+    expected = PatternComputer(modules, "relu").compute(X, batch_size=6)
+    found = PatternComputer(functional, "relu").compute(X, batch_size=6)
+    assert len(found) == 2
+    for (_, a), (_, b) in zip(sorted(expected.items()), sorted(found.items()), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
+    for name in ("pattern.net", "pattern.attribution"):
+        a = innspect.create_analyzer(name, modules, patterns=expected).analyze(X[:3])
+        b = innspect.create_analyzer(name, functional, patterns=found).analyze(X[:3])
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)

@@ -10,18 +10,18 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+HELP = "what the network learned: NAPs and topographic maps of its layers"
+DESCRIPTION = (
+    "Compute neuron activation profiles (NAPs) of a model's layers over an iNNtrospect corpus "
+    "(corpus.csv with 'file.npy, group[, output index]' rows), or read them from an "
+    "iNNtrospect processed-corpus folder (--activations), lay out each layer's channels as a "
+    "topographic map and write plots and index.html. A second run with the same settings "
+    "reuses finished steps."
+)
 
-def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
-    """Register the ``introspect`` subcommand on ``commands`` (argparse subparsers)."""
-    parser = commands.add_parser(
-        "introspect",
-        parents=parents,
-        help="what the network learned: NAPs and topographic maps of its layers",
-        description="Compute neuron activation profiles (NAPs) of a model's layers over an "
-        "iNNtrospect corpus (corpus.csv with 'file.npy, group[, output index]' rows), lay out "
-        "each layer's channels as a topographic map and write plots and index.html. A second "
-        "run with the same settings reuses finished steps.",
-    )
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The ``introspect`` subcommand's arguments."""
     parser.add_argument("--config", metavar="FILE", help="JSON or TOML settings")
     parser.add_argument(
         "--model",

@@ -18,27 +18,30 @@ from typing import Any
 import numpy as np
 import torch
 
-from innspect.cli_loading import IMAGE_SUFFIXES, CLIError, load_input, load_model
+from innspect.cli_loading import INPUT_SUFFIXES, CLIError, load_input, load_model
 
-DATA_SUFFIXES = (".npy", *IMAGE_SUFFIXES)
+DATA_SUFFIXES = INPUT_SUFFIXES
 
 
-def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
-    """Register ``patterns compute`` on the ``innspect`` subcommands."""
-    patterns = commands.add_parser(
-        "patterns",
-        parents=parents,
-        help="compute PatternNet / PatternAttribution patterns on data",
-        description="Statistics for the pattern methods (Kindermans et al. 2018).",
-    )
-    actions = patterns.add_subparsers(dest="patterns_command", required=True)
+HELP = "compute PatternNet / PatternAttribution patterns on data (resumable)"
+DESCRIPTION = (
+    "Statistics for the pattern methods (Kindermans et al. 2018).\n\n"
+    "innspect patterns compute: stream DATA through the model, accumulating the pattern "
+    "statistics of every linear layer; write statistics and patterns to --out every "
+    "--save-every batches. Run it again with the same --out to continue an interrupted run."
+)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The ``patterns`` subcommand's own subcommands (``compute``)."""
+    actions = parser.add_subparsers(dest="patterns_command", required=True)
     compute = actions.add_parser(
         "compute",
-        parents=parents,
         help="stream a data set through the model and write patterns.npz (resumable)",
-        description="Stream DATA through the model, accumulating the pattern statistics of "
-        "every linear layer; write statistics and patterns to --out every --save-every "
-        "batches. Run it again with the same --out to continue an interrupted run.",
+        description=DESCRIPTION,
+    )
+    compute.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
     )
     compute.add_argument("--model", required=True, metavar="SPEC", help="as for `analyze`")
     compute.add_argument("--weights", metavar="FILE", help="state dict for the model")
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--batch-size and --save-every must be positive integers")
     source = _DataSource(Path(args.data), args.preprocess)
     n_batches = -(-len(source) // args.batch_size)
-    model = load_model(args.model, args.weights, example=source.sample(0)[None])
+    model = load_model(args.model, args.weights, example=source.sample(0)[None]).module
     out = Path(args.out)
     if out.suffix != ".npz":
         out = out.with_name(out.name + ".npz")
@@ -102,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
 
         def checkpoint(statistics: Any) -> None:
             if statistics.batches % args.save_every == 0:
-                computer.save_npz(out, meta=run_meta)
+                computer.save_npz(out, meta=run_meta, with_patterns=False)
 
         computer.update(
             source.batches(done * args.batch_size, args.batch_size),
@@ -164,7 +167,7 @@ class _DataSource:
     def sample(self, index: int) -> torch.Tensor:
         if self.array is not None:
             return torch.as_tensor(np.array(self.array[index], dtype=np.float32))
-        return load_input(self.files[index], self.preprocess)
+        return load_input(self.files[index], self.preprocess).tensor
 
     def batches(self, start: int, batch_size: int) -> Iterator[torch.Tensor]:
         for first in range(start, len(self), batch_size):

@@ -49,13 +49,15 @@ def _is_array(value: Any) -> bool:
 
 
 def _is_pair(data: Any) -> bool:
-    return (
-        isinstance(data, tuple)
-        and len(data) == 2
-        and all(_is_array(v) for v in data)
-        and len(data[0]) == len(data[1])
-        and data[0].ndim >= 1
-    )
+    """An ``(X, Y)`` tuple of arrays/tensors (a tuple is never a stream of two batches)."""
+    if not (isinstance(data, tuple) and len(data) == 2 and all(_is_array(v) for v in data)):
+        return False
+    if data[0].ndim == 0 or data[1].ndim == 0 or len(data[0]) != len(data[1]):
+        raise InputError(
+            f"(X, Y) data needs as many labels as samples: X has shape {tuple(data[0].shape)}, "
+            f"Y has shape {tuple(data[1].shape)}"
+        )
+    return True
 
 
 def num_batches(data: Any, batch_size: int = 32) -> int | None:

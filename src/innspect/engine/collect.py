@@ -37,8 +37,19 @@ from innspect.engine.forward import run_forward
 from innspect.engine.reducers import Observation, Reducer
 from innspect.errors import InputError
 from innspect.fileio import write_npz
-from innspect.graph.graph import ModelGraph, NodeInfo, eval_mode
+from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.progress import progress
+
+try:
+    # The graph shares the user's layers: run them in eval mode, restoring their flags.
+    from innspect.graph.graph import eval_mode as _running
+except ImportError:  # pragma: no cover - capture with eval views (reliability branch)
+    from innspect.graph.capture import GRAPH_LOCK
+
+    def _running(model: nn.Module) -> Any:  # type: ignore[misc]
+        """Modules may run, no capture starts meanwhile (the layers are eval views)."""
+        return GRAPH_LOCK.shared()
+
 
 ReducerSpec = Reducer | Mapping[str, Reducer] | Callable[[NodeInfo], Mapping[str, Reducer]]
 Target = int | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
@@ -124,12 +135,9 @@ class Statistics(Mapping[str, dict[str, Reducer]]):
 
 
 def node_names(graph: ModelGraph) -> list[str]:
-    """Names of the nodes a statistics pass can observe (those computed from the input)."""
-    return [
-        i.name
-        for i in graph.nodes
-        if i.depends_on_input and not i.is_metadata and i.node.op != "placeholder"
-    ]
+    """Names of the nodes a statistics pass can observe: the model's input(s) and every node
+    computed from them (shape queries excluded)."""
+    return [i.name for i in graph.nodes if i.depends_on_input and not i.is_metadata]
 
 
 def resolve_nodes(graph: ModelGraph, nodes: Sequence[str] | None) -> list[NodeInfo]:
@@ -287,7 +295,7 @@ def _observe(
     gradients: bool,
 ) -> None:
     x = batch.x
-    with eval_mode(graph.model), torch.set_grad_enabled(gradients):
+    with _running(graph.model), torch.set_grad_enabled(gradients):
         if gradients:
             x = x.detach().requires_grad_(x.is_floating_point())
         record = run_forward(graph, x, keep=True, global_autograd=gradients)

@@ -176,7 +176,8 @@ class PatternStatistics(Reducer):
         others = [d for d in range(z.dim()) if d != axis]
         weight_gradient = op.weight_gradient or _autograd_weight_gradient(op)
         self._add("count", mask.sum(dim=others))
-        self._add("count_all", torch.full((z.shape[axis],), z.numel() / z.shape[axis]))
+        per_neuron = z.numel() // z.shape[axis]
+        self._add("count_all", torch.full((z.shape[axis],), per_neuron, dtype=torch.float64))
         self._add("sum_y", y.sum(dim=others))
         self._add("sum_x", weight_gradient(x, mask))
         self._add("sum_xy", weight_gradient(x, y * mask))
@@ -395,14 +396,21 @@ class PatternComputer:
         return result
 
     # -- files --------------------------------------------------------------------------
-    def save_npz(self, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> None:
+    def save_npz(
+        self,
+        path: str | os.PathLike,
+        meta: dict[str, Any] | None = None,
+        with_patterns: bool = True,
+    ) -> None:
         """Write statistics and patterns to ``path`` (.npz) atomically; ``meta`` (JSON)
-        describes the run (the CLI keeps its arguments there to resume safely)."""
+        describes the run (the CLI keeps its arguments there to resume safely).
+        ``with_patterns=False`` writes the statistics only (a cheap checkpoint)."""
         if self.statistics is None:
             raise InputError("nothing to save: no statistics yet")
         arrays = self.statistics.to_arrays()
-        for name, pattern in self.patterns().items():
-            arrays[f"pattern/{name}"] = pattern
+        if with_patterns:
+            for name, pattern in self.patterns().items():
+                arrays[f"pattern/{name}"] = pattern
         arrays["__patterns__"] = np.array(
             json.dumps({"pattern_type": self.pattern_type, "run": meta or {}})
         )
@@ -443,6 +451,12 @@ def load_patterns(path: str | os.PathLike) -> dict[str, np.ndarray]:
             for k, v in arrays.items()
             if k.startswith("state/pattern/")
         }
+    if not found and "__patterns__" in arrays:
+        raise InputError(
+            f"{path} holds the statistics of an unfinished run: rerun `innspect patterns "
+            "compute` with the same arguments to finish it, or use "
+            "PatternComputer.load_npz(path, model).patterns()"
+        )
     if not found:
         raise InputError(f"{path} holds no patterns (write one with PatternComputer.save_npz)")
     return found
