@@ -111,7 +111,10 @@ def test_flags_alone_and_toml_configs_work(tmp_path: Path, corpus: Path) -> None
     [
         ({"colour_map": "jet"}, "unknown key 'colour_map'"),
         ({"seed": "one"}, "'seed' in .*config.json must be int, got 'one'"),
-        ({"layer_names_of_interest": ["conv9"]}, "unknown node name.*conv9.*nodes are: 0, 1"),
+        (
+            {"layer_names_of_interest": ["conv9"]},
+            "unknown node name.*conv9.*nodes are: input, 0, 1",
+        ),
         ({"layout": "kmeans"}, "unknown layout method 'kmeans'"),
         ({"data_path": "nowhere"}, "corpus.csv not found"),
     ],

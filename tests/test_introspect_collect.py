@@ -137,7 +137,7 @@ def test_nap_reducers_serialise_and_merge_like_one_pass(data: tuple, tmp_path: P
 def test_bad_input_gets_clear_errors(data: tuple, tmp_path: Path) -> None:
     model = _cnn()
     x, labels = data
-    with pytest.raises(InputError, match=r"unknown node name.*'conv9'.*nodes are: 0, 1, 2"):
+    with pytest.raises(InputError, match=r"unknown node name.*'conv9'.*nodes are: input, 0, 1, 2"):
         collect(model, x, groups=labels, layers=["conv9"])
     with pytest.raises(InputError, match="25 group labels for 26 samples"):
         collect(model, x, groups=labels[:25])

@@ -298,7 +298,8 @@ def _compute_naps(settings: IntrospectionSettings, model: nn.Module | None, verb
         first = np.load(read_corpus_csv(settings.data)[0].file, allow_pickle=False)
         import torch
 
-        model = load_model(settings.model, settings.weights, example=torch.as_tensor(first[:1]))
+        example = torch.as_tensor(first[:1])
+        model = load_model(settings.model, settings.weights, example=example).module
     return collect(
         model,
         settings.data,
