@@ -11,13 +11,14 @@ import argparse
 from typing import Any
 
 HELP = "what the network learned: NAPs and topographic maps of its layers"
-DESCRIPTION = (
-    "Compute neuron activation profiles (NAPs) of a model's layers over an iNNtrospect corpus "
-    "(corpus.csv with 'file.npy, group[, output index]' rows), or read them from an "
-    "iNNtrospect processed-corpus folder (--activations), lay out each layer's channels as a "
-    "topographic map and write plots and index.html. A second run with the same settings "
-    "reuses finished steps."
-)
+DESCRIPTION = """\
+Neuron activation profiles (NAPs) and topographic maps (Krug et al., HHAI 2023).
+
+innspect introspect --model SPEC --data CORPUS --out DIR: stream an iNNtrospect corpus
+(corpus.csv rows 'file.npy, group[, output index]' beside the batch files) through the
+model; --activations DIR reads an iNNtrospect processed-corpus folder instead (no model).
+Each layer's channels are laid out as a map; plots, quality metrics and index.html go to
+--out. A second run with the same settings reuses the finished steps."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
