@@ -16,10 +16,11 @@ from torch import nn
 
 from innspect.demo.data import Digits
 from innspect.fileio import atomic_path
+from innspect.graph.graph import ModelGraph
+from innspect.introspect.collect import default_layers
 from innspect.introspect.pipeline import IntrospectionSettings, run_introspection
 
 FOLDER = "introspection"
-LAYERS = ["7", "11"]  # the last convolution's ReLU and the dense ReLU
 
 
 def run_introspection_demo(
@@ -40,10 +41,12 @@ def run_introspection_demo(
         rows.append(f"{name},{digit},{digit}")
     with atomic_path(corpus / "corpus.csv") as tmp:
         tmp.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    # the last two activations after linear layers: the last convolution's and the dense one's
+    layers = default_layers(ModelGraph(model, data.x_test[:1]))[-2:]
     settings = IntrospectionSettings(
         data=str(corpus),
         out=str(folder),
-        layers=LAYERS,
+        layers=layers,
         gradients=False,
         layout="som",
         projection="pca",
