@@ -434,3 +434,10 @@ def test_instance_projections_separate_well_separated_groups() -> None:
         assert (labels[distance.argmin(axis=1)] == labels).mean() > 0.95, method
     with pytest.raises(InputError, match="unknown projection method 'tsne'"):
         instance_projection(samples, method="tsne")
+
+
+def test_every_method_lays_out_the_smallest_layer() -> None:
+    nap = np.random.default_rng(10).normal(size=(4, 2, 3))  # 3 channels, the minimum
+    for method in LAYOUT_METHODS:
+        points = topomap_layout(nap, method=method)
+        assert points.shape == (3, 2) and np.isfinite(points).all(), method

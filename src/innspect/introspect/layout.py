@@ -206,7 +206,13 @@ def _embedding(profile: np.ndarray, method: str, seed: int) -> np.ndarray:
     umap = require("umap", "the UMAP layout")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "n_jobs overridden by random_state": wanted here
-        reducer = umap.UMAP(n_components=2, n_neighbors=min(15, n - 1), random_state=seed)
+        # UMAP's spectral initialisation needs more points than dimensions + 1
+        reducer = umap.UMAP(
+            n_components=2,
+            n_neighbors=min(15, n - 1),
+            init="spectral" if n >= 5 else "random",
+            random_state=seed,
+        )
         return reducer.fit_transform(features)
 
 
