@@ -145,7 +145,7 @@ def test_demo_page_opens_in_a_headless_browser_with_every_image(demo_dir: Path) 
     from tests.browser import images_in_page
 
     images = images_in_page(demo_dir / "index.html")
-    assert {source for source, _ in images} == {"analysis_grid.png", "perturbation.png"}
+    assert {"analysis_grid.png", "perturbation.png"} <= {source for source, _ in images}
     assert all(loaded for _, loaded in images), images
 
 
