@@ -45,3 +45,50 @@ def needs_arguments(width: int) -> nn.Module:
 def raises() -> nn.Module:
     """A factory that fails."""
     raise RuntimeError("this factory is broken on purpose")
+
+
+class ResidualNet(nn.Module):
+    """Conv + BatchNorm + in-place ReLU, a residual `out += identity`, pooling modules: what
+    TorchScript'd torchvision ResNets contain."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(4)
+        self.pool = nn.MaxPool2d(2)
+        self.avg = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        identity = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(identity))
+        out += identity
+        out = self.pool(self.relu(out))
+        return self.fc(self.avg(out).flatten(1))
+
+
+def residual_net() -> nn.Module:
+    """A ``ResidualNet`` with non-trivial BatchNorm statistics."""
+    model = ResidualNet()
+    for layer in (model.bn1, model.bn2):
+        layer.running_mean.uniform_(-0.3, 0.3)
+        layer.running_var.uniform_(0.5, 1.5)
+        nn.init.uniform_(layer.weight, 0.5, 1.5)
+    return model.eval()
+
+
+class _DictOutput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = small_cnn()
+
+    def forward(self, x):
+        return {"scores": self.net(x)}
+
+
+def dict_output() -> nn.Module:
+    """A model whose output is a dict, as detection models' are."""
+    return _DictOutput()

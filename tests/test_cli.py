@@ -72,7 +72,7 @@ def test_analyze_state_dict_model_equals_library(tmp_path, weights, inputs, meth
 
 
 @pytest.mark.parametrize("method", ["gradient", "deconvnet", "lrp.epsilon"])
-def test_analyze_torchscript_model_equals_library(tmp_path, weights, inputs, method):
+def test_analyze_torchscript_model_equals_library(tmp_path, weights, inputs, method, capfd):
     _, model = weights
     files, tensors = inputs
     script = tmp_path / "model.pt"
@@ -82,6 +82,8 @@ def test_analyze_torchscript_model_equals_library(tmp_path, weights, inputs, met
     out = tmp_path / "out"
     argv = ["analyze", "--model", str(script), "--method", method, "--out", str(out)]
     assert main([*argv, "--input", *map(str, files)]) == 0
+    # torch.export's warnings and log lines (on the conversion path) stay off the terminal.
+    assert capfd.readouterr().err == ""
     _check_outputs(out, files, tensors, model, method)
 
 
@@ -532,6 +534,14 @@ def _helpful_cases(tmp: Path, weights_path: Path, files: list[Path]) -> dict:
             ["--model", "torchvision:resnet19", "--input", npy, "--method", "gradient"],
             "did you mean resnet18",
         ),
+        "output not a tensor": (
+            ["--model", "tests.cli_models:dict_output", "--input", npy, "--method", "gradient"],
+            "returns dict, not a tensor of scores",
+        ),
+        "input of the wrong size": (
+            [*good, "--input", str(tmp / "big.npy"), "--method", "gradient"],
+            "the model fails on",
+        ),
         "empty folder": (
             [*good, "--input", str(tmp / "empty"), "--method", "gradient"],
             "no inputs in folder",
@@ -553,12 +563,15 @@ HELPFUL_CASES = [
     "nothing to strip",
     "unknown torchvision model",
     "empty folder",
+    "output not a tensor",
+    "input of the wrong size",
 ]
 
 
 @pytest.mark.parametrize("case", HELPFUL_CASES)
 def test_helpful_errors_are_one_line_with_status_2(tmp_path, weights, inputs, case, capsys):
     (tmp_path / "empty").mkdir()
+    np.save(tmp_path / "big.npy", np.zeros((1, 20, 20), np.float32))
     argv, fragment = _helpful_cases(tmp_path, weights[0], inputs[0])[case]
     argv = ["analyze", *argv]
     if "--out" not in argv:
@@ -581,3 +594,35 @@ def test_a_decompression_bomb_is_refused(tmp_path, monkeypatch, capsys):
     argv = ["analyze", "--model", FACTORY, "--input", str(png), "--method", "gradient"]
     assert main([*argv, "--out", str(tmp_path / "out")]) == 2
     assert "too large to decode safely" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["guided_backprop", "lrp.epsilon_plus_flat"])
+def test_torchscript_with_batchnorm_and_inplace_residuals_equals_the_module(method):
+    """A TorchScript ResNet-like model (in-place `+=` and ReLU, BatchNorm, pooling) converts
+    to a graph every method explains exactly as the original module."""
+    from innspect.cli_loading import torchscript_to_fx
+    from tests.cli_models import residual_net
+
+    model = residual_net()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = torchscript_to_fx(torch.jit.script(model), torch.zeros(1, 1, 8, 8))
+    x = torch.randn(3, 1, 8, 8)
+    expected = innspect.create_analyzer(method, model).analyze(x)
+    got = innspect.create_analyzer(method, converted).analyze(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_methods_file_adds_names_and_options_go_where_they_are_taken(tmp_path, weights, inputs):
+    weights_path, model = weights
+    files, tensors = inputs
+    listing = tmp_path / "methods.txt"
+    listing.write_text("# my favourites\nlrp.epsilon  # stabilised\n\ngradient lrp.z\n")
+    out = tmp_path / "out"
+    argv = ["analyze", "--model", FACTORY, "--weights", str(weights_path), "--input"]
+    argv += [str(files[0]), "--methods", str(listing), "--option", "epsilon=0.5"]
+    assert main([*argv, "--out", str(out)]) == 0
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["methods"] == {"lrp.epsilon": {"epsilon": 0.5}, "gradient": {}, "lrp.z": {}}
+    expected = innspect.create_analyzer("lrp.epsilon", model, epsilon=0.5).analyze(tensors[0][None])
+    np.testing.assert_allclose(np.load(out / "sample_lrp.epsilon.npy"), expected[0], atol=1e-6)

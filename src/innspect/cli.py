@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, str] = {
     "analyze": "innspect.cli_analyze",
     "methods": "innspect.cli_methods",
     "patterns": "innspect.cli_patterns",
+    "references": "innspect.cli_references",
     "introspect": "innspect.cli_introspect",
 }
 

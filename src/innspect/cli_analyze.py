@@ -265,7 +265,10 @@ def _run(args: argparse.Namespace) -> int:
             raise CLIError(f"cannot create {method} with {per_method[method]}: {error}") from error
 
     out = _output_folder(Path(args.out))
-    source = f"random weights, seed {args.seed}" if loaded.random_weights else "trained weights"
+    if loaded.random_weights:
+        source = f"random weights, seed {args.seed}"
+    else:
+        source = f"weights {args.weights}" if args.weights else "weights in the file"
     print(
         f"model {args.model} ({source}); preprocessing: {preprocess}; "
         f"{len(samples)} input(s) x {len(methods)} method(s) -> {out}",
@@ -287,10 +290,23 @@ def _run(args: argparse.Namespace) -> int:
         sample = samples[index]
         if len(results) <= index:
             x = sample.tensor[None]
-            with torch.no_grad():
-                output = model(x)
-            if isinstance(output, tuple | list):
+            try:
+                with torch.no_grad():
+                    output = model(x)
+            except Exception as error:  # noqa: BLE001 - an input the model cannot take
+                message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                raise CLIError(
+                    f"the model fails on {sample.path} (shape {tuple(x.shape)}): "
+                    f"{type(error).__name__}: {message}; check --preprocess and the input's size"
+                ) from error
+            if isinstance(output, tuple | list) and output:
                 output = output[0]
+            if not isinstance(output, torch.Tensor):
+                raise CLIError(
+                    f"{args.model} returns {type(output).__name__}, not a tensor of scores "
+                    "(e.g. a detection model's boxes): innspect explains outputs that are "
+                    "tensors; wrap the model so it returns the scores to explain"
+                )
             flat = output.reshape(1, -1)
             if labels is not None and len(labels) != flat.shape[1]:
                 if args.labels:
@@ -417,8 +433,9 @@ def _row_label(result: InputResult, predicted: bool) -> str:
     """The comparison figure's row label: the input and, by default, the predicted class."""
     if not predicted:
         return result.name
-    name = f"{result.prediction_name}\n" if result.prediction_name else ""
-    return f"{result.name}\npredicted:\n{name}class {result.prediction}"
+    if result.prediction_name:
+        return f"{result.name}\npredicted:\n{result.prediction_name}\n({result.prediction})"
+    return f"{result.name}\npredicted:\nclass {result.prediction}"
 
 
 def _class_text(neuron: int | None, score: float, labels: list[str] | None) -> str:

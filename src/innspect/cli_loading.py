@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import inspect
 import os
 import pickle
 import re
@@ -240,7 +241,7 @@ def check_channels(model: nn.Module, sample: LoadedInput) -> None:
         kind = "greyscale (1 channel)" if given == 1 else f"{given} channels"
         raise CLIError(
             f"image {sample.path} is {kind} but the model's first layer takes {expected} "
-            f"channels; "
+            f"channel{'s' if expected != 1 else ''}; "
             + (
                 "convert the image to RGB or use --preprocess imagenet (which does)"
                 if given == 1
@@ -353,7 +354,15 @@ def _torchvision_model(name: str) -> tuple[nn.Module, list[str] | None]:
             else "e.g. " + ", ".join(sorted(available)[:8])
         )
         raise CLIError(f"unknown torchvision model '{name}'; {hint}")
-    model = torchvision.models.get_model(name, weights=None)
+    builder = torchvision.models.get_model_builder(name)
+    options: dict[str, Any] = {"weights": None}
+    if "weights_backbone" in inspect.signature(builder).parameters:
+        # Detection and segmentation builders download ImageNet backbone weights by default.
+        options["weights_backbone"] = None
+    try:
+        model = builder(**options)
+    except Exception as error:  # noqa: BLE001 - e.g. a builder that needs more arguments
+        raise CLIError(f"cannot build torchvision:{name}: {_one_line(error)}") from error
     try:
         categories = torchvision.models.get_model_weights(name).DEFAULT.meta.get("categories")
     except (ValueError, AttributeError, KeyError):
@@ -459,6 +468,10 @@ _ATEN_TO_TORCH: dict[Any, Callable[..., Any]] = {
     torch.ops.aten.conv3d.default: F.conv3d,
     torch.ops.aten.linear.default: F.linear,
     torch.ops.aten.relu.default: torch.relu,
+    # In-place forms (TorchScript's `out += identity`, `relu_`): innspect keeps every recorded
+    # value as it was produced, so they become their out-of-place twins.
+    torch.ops.aten.relu_.default: torch.relu,
+    torch.ops.aten.add_.Tensor: torch.add,
     torch.ops.aten.max_pool2d.default: F.max_pool2d,
     torch.ops.aten.avg_pool2d.default: F.avg_pool2d,
     torch.ops.aten.adaptive_avg_pool2d.default: F.adaptive_avg_pool2d,
@@ -507,12 +520,19 @@ def torchscript_to_fx(scripted: torch.jit.ScriptModule, example: torch.Tensor) -
 
 
 def _layers_as_modules(module: fx.GraphModule) -> None:
-    """Turn ``F.linear`` / ``F.convNd`` calls on stored weights into nn.Linear / nn.ConvNd.
+    """Turn ``F.linear`` / ``F.convNd`` / eval-mode ``batch_norm`` calls on stored tensors
+    into nn.Linear / nn.ConvNd / nn.BatchNormNd modules.
 
     innspect's LRP rules work on layer modules; the new modules share the stored tensors.
     """
     convolutions = {F.conv1d: nn.Conv1d, F.conv2d: nn.Conv2d, F.conv3d: nn.Conv3d}
     for index, node in enumerate(list(module.graph.nodes)):
+        if node.op == "call_function" and node.target is torch.ops.aten.batch_norm.default:
+            _batch_norm_as_module(module, node, f"layer_{index}")
+            continue
+        if node.op == "call_function" and node.target in _POOLING:
+            _pooling_as_module(module, node, f"layer_{index}")
+            continue
         if node.op != "call_function" or node.target not in (F.linear, *convolutions):
             continue
         args = list(node.args) + [None] * 7
@@ -547,6 +567,69 @@ def _layers_as_modules(module: fx.GraphModule) -> None:
         module.graph.erase_node(node)
     module.graph.eliminate_dead_code()
     module.recompile()
+
+
+def _max_pool(kernel, stride=(), padding=0, dilation=1, ceil_mode=False) -> nn.Module:
+    return nn.MaxPool2d(kernel, tuple(stride) or kernel, padding, dilation, ceil_mode=ceil_mode)
+
+
+def _avg_pool(
+    kernel, stride=(), padding=0, ceil_mode=False, count_include_pad=True, divisor=None
+) -> nn.Module:
+    return nn.AvgPool2d(
+        kernel, tuple(stride) or kernel, padding, ceil_mode, count_include_pad, divisor
+    )
+
+
+# Pooling calls become modules too: Zennit's composites, which innspect follows, treat pooling
+# modules (z-rule for averages) and functional pooling (the gradient) differently.
+_POOLING: dict[Any, Callable[..., nn.Module]] = {
+    F.max_pool2d: _max_pool,
+    F.avg_pool2d: _avg_pool,
+    F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d,
+}
+
+
+def _pooling_as_module(module: fx.GraphModule, node: fx.Node, name: str) -> None:
+    if node.kwargs or any(isinstance(a, fx.Node) for a in node.args[1:]):
+        return  # arguments computed in the graph: keep the call
+    module.add_submodule(name, _POOLING[node.target](*node.args[1:]))
+    with module.graph.inserting_before(node):
+        replacement = module.graph.call_module(name, (node.args[0],))
+    node.replace_all_uses_with(replacement)
+    module.graph.erase_node(node)
+
+
+def _batch_norm_as_module(module: fx.GraphModule, node: fx.Node, name: str) -> None:
+    """An eval-mode ``aten.batch_norm`` on stored tensors as an nn.BatchNormNd module, which
+    the relevance methods fold into the convolution before it."""
+    args = list(node.args) + [None] * 9
+    source, weight, bias, mean, var, training, _, eps = args[:8]
+    if training or not all(_is_attr(a) or a is None for a in (weight, bias)):
+        return
+    if not (_is_attr(mean) and _is_attr(var)):
+        return
+    running_mean = _attribute(module, mean.target)
+    value = source.meta.get("val") if isinstance(source, fx.Node) else None
+    rank = value.dim() if isinstance(value, torch.Tensor) else 4
+    kind = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 5: nn.BatchNorm3d}.get(rank, nn.BatchNorm2d)
+    layer = kind(
+        running_mean.shape[0],
+        eps=float(eps if eps is not None else 1e-5),
+        affine=weight is not None,
+    )
+    if weight is not None:
+        layer.weight = nn.Parameter(_attribute(module, weight.target).detach())
+    if bias is not None:
+        layer.bias = nn.Parameter(_attribute(module, bias.target).detach())
+    layer.running_mean = running_mean.detach().clone()
+    layer.running_var = _attribute(module, var.target).detach().clone()
+    layer.eval()
+    module.add_submodule(name, layer)
+    with module.graph.inserting_before(node):
+        replacement = module.graph.call_module(name, (source,))
+    node.replace_all_uses_with(replacement)
+    module.graph.erase_node(node)
 
 
 def _attribute(module: nn.Module, target: str) -> torch.Tensor:

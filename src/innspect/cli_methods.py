@@ -10,7 +10,7 @@ _COMMON_OPTIONS = {"neuron_selection_mode"}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """``--plan NAME --model SPEC``: print a method's rule per node instead of the list."""
+    """Arguments of ``innspect methods`` (only for ``--plan``)."""
     parser.add_argument(
         "--plan", metavar="NAME", help="print the rule each node of --model gets from NAME"
     )
@@ -27,11 +27,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print each analyzer, its description and options (or, with --plan, one plan)."""
-    from innspect.analyzers.registry import analyzer_class, describe_analyzers
-
+    """Print each analyzer, its description and options (or, with --plan, a model's plan)."""
     if getattr(args, "plan", None) is not None:
         return _plan(args)
+    from innspect.analyzers.registry import analyzer_class, describe_analyzers
 
     descriptions = describe_analyzers()
     width = max(len(name) for name in descriptions) + 2
@@ -67,14 +66,13 @@ def _plan(args: argparse.Namespace) -> int:
     """``innspect methods --plan NAME --model SPEC``: the rule of every node, as a table."""
     import torch
 
-    from innspect.analyzers.registry import create_analyzer, list_analyzers
-    from innspect.cli_analyze import parse_options
+    from innspect.analyzers.registry import create_analyzer
+    from innspect.cli_analyze import parse_options, resolve_methods
     from innspect.cli_loading import CLIError, load_model
 
     if args.model is None:
         raise CLIError("--plan needs --model SPEC (a torchvision:NAME, a factory or a file)")
-    if args.plan not in list_analyzers():
-        raise CLIError(f"unknown method '{args.plan}'; `innspect methods` lists them")
+    (method,) = resolve_methods([args.plan], None)
     example = None
     if args.input_shape:
         try:
@@ -90,10 +88,10 @@ def _plan(args: argparse.Namespace) -> int:
         example = example.to(dtype) if dtype is not None else example
     options = parse_options(args.option)
     try:
-        analyzer = create_analyzer(args.plan, model, **options)
+        analyzer = create_analyzer(method, model, **options)
     except (TypeError, ValueError) as error:
-        raise CLIError(f"cannot create {args.plan} with {options}: {error}") from error
+        raise CLIError(f"cannot create {method} with {options}: {error}") from error
     if not hasattr(analyzer, "plan"):
-        raise CLIError(f"{args.plan} does not walk the model's graph: it has no plan")
+        raise CLIError(f"{method} does not walk the model's graph: it has no plan")
     print(analyzer.plan(example))
     return 0

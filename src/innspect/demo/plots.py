@@ -17,7 +17,7 @@ from innspect.viz.files import save_figure  # noqa: E402
 
 GRID_LAYOUT = GridLayout(cell=64, label_width=70, header=40, dpi=100)
 GRID_MAX_COLUMNS = 15  # the digit column + up to 14 methods per block
-PANEL_SIZE = (520, 330)  # pixels of one family's panel in the perturbation figure
+PANEL_SIZE = (660, 330)  # pixels of one family's panel in the perturbation figure
 PERTURBATION_DPI = 100
 
 
@@ -128,9 +128,10 @@ def write_perturbation_plot(
         axes.tick_params(labelsize=7)
         axes.legend(
             fontsize=6,
-            loc="lower left",
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
             frameon=False,
-            ncol=2 if len(ordered) > 8 else 1,
+            ncol=1,
             title="method (AOPC, larger is better)",
             title_fontsize=6,
         )
