@@ -47,9 +47,9 @@ class NapReducer(Reducer):
         if self.align and acts.ndim >= 3:
             if obs.grad is None:
                 raise InputError("aligned NAPs need gradients: collect(..., gradients=True)")
-            grads = {obs.name: channels_last(obs.grad, self.channel_axis)}
+            grads = {"node": channels_last(obs.grad, self.channel_axis)}
         # one node per reducer: a fixed key, so that a restored state merges with a live one
-        self.accumulator.update({"node": acts}, labels, grads and {"node": grads[obs.name]})
+        self.accumulator.update({"node": acts}, labels, grads)
 
     def merge(self, other: Reducer) -> NapReducer:
         self._check_same(other)
