@@ -441,3 +441,25 @@ def test_every_method_lays_out_the_smallest_layer() -> None:
     for method in LAYOUT_METHODS:
         points = topomap_layout(nap, method=method)
         assert points.shape == (3, 2) and np.isfinite(points).all(), method
+
+
+def test_naps_save_and_load_every_part_and_never_a_stale_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    full = Naps(
+        ["a", "b"],
+        np.array([3, 4]),
+        {"conv": rng.normal(size=(2, 3, 3, 4)), "fc": rng.normal(size=(2, 5))},
+        samples={"fc": rng.normal(size=(4, 5)).astype(np.float32)},
+        sample_groups=["a", "a", "b", "b"],
+        gradients={"conv": rng.normal(size=(2, 3, 3, 4))},
+    )
+    full.save(tmp_path)
+    loaded = Naps.load(tmp_path)
+    assert loaded.groups == full.groups and loaded.sample_groups == full.sample_groups
+    np.testing.assert_array_equal(loaded.group_sizes, full.group_sizes)
+    for part in ("layers", "samples", "gradients"):
+        assert getattr(loaded, part).keys() == getattr(full, part).keys()
+        for name, array in getattr(full, part).items():
+            np.testing.assert_array_equal(getattr(loaded, part)[name], array)
+    Naps(["a", "b"], np.array([3, 4]), {"conv": full["conv"]}).save(tmp_path)
+    assert not Naps.load(tmp_path).gradients  # layer000_gradients.npy is left but not read

@@ -69,8 +69,11 @@ def test_collect_equals_hooked_activations_and_aligned_autograd(data: tuple) -> 
     assert plain.layer_names == ["1", "4"]  # default: activations after linear layers
     assert plain.groups == ["cat", "dog", "eel"]
     expected = naps(acts, labels)
+    mean_gradients = naps(grads, labels)  # the gradient of each sample's top logit
     for name in ("1", "4"):
         np.testing.assert_allclose(plain[name], expected[name], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(plain.gradients[name], mean_gradients[name], rtol=0, atol=1e-12)
+    assert not collect(model, x, groups=labels, gradients=False).gradients
     aligned = collect(model, (x, labels), align=True, batch_size=26)
     expected = naps(acts, labels, gradients=grads, align=True)
     assert not np.allclose(aligned["4"], plain["4"])  # alignment changed something

@@ -31,18 +31,24 @@ from innspect.progress import progress
 
 class NapReducer(Reducer):
     """Per-group sums of a node's channels-last output (optionally aligned on its gradient),
-    keyed by the integer group ids of ``Observation.y``; mergeable and serialisable."""
+    or of the target gradient at it (``of="grad"``), keyed by the integer group ids of
+    ``Observation.y``; mergeable and serialisable."""
 
     kind = "naps"
 
-    def __init__(self, align: bool = False, channel_axis: int = 1) -> None:
+    def __init__(self, align: bool = False, channel_axis: int = 1, of: str = "output") -> None:
+        if of not in ("output", "grad"):
+            raise InputError(f"NapReducer reduces 'output' or 'grad', got {of!r}")
         self.align = align
         self.channel_axis = channel_axis
+        self.of = of
         self.accumulator = NapAccumulator(align=align)
 
     def update(self, obs: Observation) -> None:
         labels = [str(i) for i in group_ids(obs, "y").tolist()]
-        acts = channels_last(obs.output, self.channel_axis)
+        if self.of == "grad" and obs.grad is None:
+            raise InputError("gradient profiles need collect(..., gradients=True)")
+        acts = channels_last(obs.output if self.of == "output" else obs.grad, self.channel_axis)
         grads = None
         if self.align and acts.ndim >= 3:
             if obs.grad is None:
@@ -61,7 +67,7 @@ class NapReducer(Reducer):
         return self.accumulator
 
     def config(self) -> dict[str, Any]:
-        return {"align": self.align, "channel_axis": self.channel_axis}
+        return {"align": self.align, "channel_axis": self.channel_axis, "of": self.of}
 
     def state(self) -> dict[str, np.ndarray]:
         counts = self.accumulator.counts
@@ -84,7 +90,7 @@ class NapReducer(Reducer):
         self.accumulator.sums = {"node": {str(i): np.asarray(state["sums"][i]) for i in present}}
 
     def fresh(self) -> NapReducer:
-        return NapReducer(self.align, self.channel_axis)
+        return NapReducer(self.align, self.channel_axis, self.of)
 
 
 class SampleReducer(Reducer):
@@ -217,7 +223,8 @@ def collect(
         Default: the outputs of every activation after a linear layer.
     gradients
         Take the gradient of the predicted output (the largest; ``target`` or the corpus'
-        output index when given) at each layer; needed by ``align``.
+        output index when given) at each layer: its per-group mean goes to
+        ``Naps.gradients``, and ``align`` needs it.
     align
         Align each sample's spatial maps on its gradient saliency before averaging
         (iNNtrospect's ``align_data`` along the spatial axes only).
@@ -237,6 +244,8 @@ def collect(
         raise InputError("align=True needs gradients=True (alignment follows the gradient)")
     registry = _GroupIds()
     reducers: dict[str, Reducer] = {"naps": NapReducer(align=align, channel_axis=channel_axis)}
+    if gradients:
+        reducers["gradients"] = NapReducer(channel_axis=channel_axis, of="grad")
     if keep_samples > 0:
         reducers["samples"] = SampleReducer(keep_samples)
     if isinstance(data, str | os.PathLike):
@@ -336,20 +345,29 @@ def _collect_corpus(
     return statistics
 
 
+def _group_sums(reducer: Reducer, registry: _GroupIds) -> tuple[dict, dict]:
+    accumulator = reducer.result()
+    counts = {registry.names[int(g)]: n for g, n in accumulator.counts.items()}
+    sums = {
+        registry.names[int(g)]: total
+        for per_node in accumulator.sums.values()
+        for g, total in per_node.items()
+    }
+    return counts, sums
+
+
 def _naps(statistics: Statistics, registry: _GroupIds) -> Naps:
-    merged = NapAccumulator(align=False)
+    merged, gradients = NapAccumulator(), NapAccumulator()
     samples, sample_groups = {}, []
     for node, reducers in statistics.items():
-        accumulator = reducers["naps"].result()
-        merged.counts = {registry.names[int(g)]: n for g, n in accumulator.counts.items()}
-        merged.sums[node] = {
-            registry.names[int(g)]: total
-            for sums in accumulator.sums.values()
-            for g, total in sums.items()
-        }
+        merged.counts, merged.sums[node] = _group_sums(reducers["naps"], registry)
+        if "gradients" in reducers:
+            gradients.counts, gradients.sums[node] = _group_sums(reducers["gradients"], registry)
         if "samples" in reducers:
             ids, samples[node] = reducers["samples"].result()
             sample_groups = [registry.names[int(i)] for i in ids]
     profiles = merged.result()
     profiles.samples, profiles.sample_groups = samples, sample_groups
+    if gradients.counts:
+        profiles.gradients = gradients.result(profiles.groups).layers
     return profiles

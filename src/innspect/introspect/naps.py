@@ -116,6 +116,9 @@ class Naps:
     samples, sample_groups
         Optional: a few samples per group and layer, flattened ``(n, D)``, and their n group
         names (``collect(keep_samples=...)``; for instance projections).
+    gradients
+        Optional: layer name -> per-group mean gradient of the target at the layer, shaped
+        like ``layers`` (``collect(gradients=True)``).
     """
 
     groups: list[str]
@@ -123,6 +126,7 @@ class Naps:
     layers: dict[str, np.ndarray] = field(default_factory=dict)
     samples: dict[str, np.ndarray] = field(default_factory=dict)
     sample_groups: list[str] = field(default_factory=list)
+    gradients: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __getitem__(self, layer: str) -> np.ndarray:
         if layer not in self.layers:
@@ -136,19 +140,25 @@ class Naps:
         return list(self.layers)
 
     def save(self, folder: str | os.PathLike) -> None:
-        """Write ``naps.json`` and one ``layerNNN.npy`` per layer into ``folder``, atomically
-        per file (the manifest last, so a folder with a manifest is complete)."""
+        """Write ``naps.json`` and one ``layerNNN.npy`` per layer (plus ``_samples`` and
+        ``_gradients`` files when present) into ``folder``, atomically per file; the manifest
+        comes last and names every file, so a folder with a manifest is complete and files
+        of an earlier run are never read."""
         folder = Path(folder)
-        files = {}
+        entries: dict[str, dict[str, str]] = {}
         for i, (name, array) in enumerate(self.layers.items()):
-            files[name] = f"layer{i:03d}.npy"
-            _save_npy(folder / files[name], array)
-            if name in self.samples:
-                _save_npy(folder / f"layer{i:03d}_samples.npy", self.samples[name])
+            stem = f"layer{i:03d}"
+            entries[name] = {"naps": f"{stem}.npy"}
+            for kind, arrays in (("samples", self.samples), ("gradients", self.gradients)):
+                if name in arrays:
+                    entries[name][kind] = f"{stem}_{kind}.npy"
+            for kind, file in entries[name].items():
+                source = array if kind == "naps" else getattr(self, kind)[name]
+                _save_npy(folder / file, source)
         manifest = {
             "groups": self.groups,
             "group_sizes": [int(n) for n in self.group_sizes],
-            "layers": files,
+            "layers": entries,
             "sample_groups": self.sample_groups,
         }
         write_text(folder / "naps.json", json.dumps(manifest, indent=1))
@@ -161,15 +171,16 @@ class Naps:
         if not manifest_path.is_file():
             raise InputError(f"{manifest_path} not found: not a folder written by Naps.save")
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        layers = {name: np.load(folder / file) for name, file in manifest["layers"].items()}
-        samples = {}
-        for name, file in manifest["layers"].items():
-            sample_file = folder / file.replace(".npy", "_samples.npy")
-            if sample_file.is_file():
-                samples[name] = np.load(sample_file)
+        layers, samples, gradients = {}, {}, {}
+        for name, entry in manifest["layers"].items():
+            layers[name] = np.load(folder / entry["naps"])
+            for kind, found in (("samples", samples), ("gradients", gradients)):
+                if kind in entry:
+                    found[name] = np.load(folder / entry[kind])
         sizes = np.asarray(manifest["group_sizes"], np.int64)
         groups = list(manifest["groups"])
-        return cls(groups, sizes, layers, samples, list(manifest.get("sample_groups", [])))
+        sample_groups = list(manifest.get("sample_groups", []))
+        return cls(groups, sizes, layers, samples, sample_groups, gradients)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
