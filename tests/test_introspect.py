@@ -34,8 +34,6 @@ from innspect.introspect import (
     topomap_quality,
 )
 
-pytest.importorskip("umap", reason="the introspect extra (umap-learn) is part of the test extra")
-
 
 def _group_means(acts: np.ndarray, labels: np.ndarray, names: list[str]) -> np.ndarray:
     return np.stack([acts[labels == g].astype(np.float64).mean(axis=0) for g in names])
