@@ -298,8 +298,6 @@ def test_clear_errors(tmp_path) -> None:
         PatternComputer(model, "sigmoid")
     with pytest.raises(InputError, match="does not exist"):
         innspect.create_analyzer("pattern.net", model, patterns=tmp_path / "missing.npz")
-    with pytest.raises(InputError, match="no linear layer"):
-        PatternComputer(nn.Sequential(nn.ReLU())).compute(X)
 
 
 class _FunctionalCNN(nn.Module):
@@ -330,3 +328,26 @@ def test_functional_layers_get_the_patterns_of_their_module_twins() -> None:
         a = innspect.create_analyzer(name, modules, patterns=expected).analyze(X[:3])
         b = innspect.create_analyzer(name, functional, patterns=found).analyze(X[:3])
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+
+
+def test_a_model_without_linear_layers_gets_no_patterns(tmp_path) -> None:
+    model = nn.Sequential(nn.MaxPool2d(2), nn.Flatten()).double()
+    X = torch.randn(4, 2, 4, 4, dtype=torch.float64)
+    computer = PatternComputer(model, "relu")
+    assert computer.compute(X) == {}
+    computer.save_npz(tmp_path / "none.npz")
+    net = innspect.create_analyzer(
+        "pattern.net",
+        model,
+        patterns=tmp_path / "none.npz",
+        neuron_selection_mode="all",
+        reverse_project_bottleneck_layers=False,
+    )
+    expl = innspect.create_analyzer("gradient", model, neuron_selection_mode="all").explain(X)
+    expected = expl.attribution * model(X).detach().reshape(4, 2, 2, 2).repeat_interleave(
+        2, -1
+    ).repeat_interleave(2, -2)  # the walk starts from y: y at each maximum, 0 elsewhere
+    torch.testing.assert_close(net.analyze(X), expected)
+    net.save_npz(tmp_path / "net.npz")
+    loaded = Analyzer.load_npz(tmp_path / "net.npz", model)
+    torch.testing.assert_close(loaded.analyze(X), expected)

@@ -106,10 +106,10 @@ class PatternNet(ComposedAnalyzer):
             patterns = patterns.patterns()
         elif isinstance(patterns, str | os.PathLike):
             patterns = load_patterns(patterns)
-        if not isinstance(patterns, dict) or not patterns:
+        if not isinstance(patterns, dict):
             raise InputError(
-                "patterns must be a non-empty dict {layer name: array}, a PatternComputer or "
-                f"a patterns file, got {type(patterns).__name__}"
+                "patterns must be a dict {layer name: array}, a PatternComputer or a patterns "
+                f"file, got {type(patterns).__name__}"
             )
         self.patterns = {
             str(k): np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v)
@@ -201,11 +201,12 @@ class PatternNet(ComposedAnalyzer):
     def get_state(self) -> dict[str, np.ndarray]:
         if self.patterns is None:
             return {}
-        return {f"pattern/{k}": v for k, v in self.patterns.items()}
+        # "fitted" marks a fitted analyzer even when the model has no linear layer.
+        return {"fitted": np.array(True), **{f"pattern/{k}": v for k, v in self.patterns.items()}}
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         found = {k[len("pattern/") :]: v for k, v in state.items() if k.startswith("pattern/")}
-        if found:
+        if found or "fitted" in state:
             self.set_patterns(found)
 
 

@@ -280,11 +280,9 @@ class PatternComputer:
     # -- the graph and its layers ---------------------------------------------------------
     def graph(self, example_input: torch.Tensor | None = None) -> ModelGraph:
         if self._graph is None:
+            # A model without linear layers gets no patterns (PatternNet is then the
+            # gradient's walk started from the output value), as in iNNvestigate.
             self._graph = ModelGraph(self.model, example_input, fuse_batchnorm=True)
-            if not pattern_layers(self._graph):
-                raise InputError(
-                    "the model has no linear layer (Linear, ConvNd...) to learn patterns for"
-                )
         return self._graph
 
     def _reducers(self, graph: ModelGraph) -> dict[str, dict[str, Reducer]]:
@@ -412,7 +410,9 @@ class PatternComputer:
             for name, pattern in self.patterns().items():
                 arrays[f"pattern/{name}"] = pattern
         arrays["__patterns__"] = np.array(
-            json.dumps({"pattern_type": self.pattern_type, "run": meta or {}})
+            json.dumps(
+                {"pattern_type": self.pattern_type, "run": meta or {}, "complete": with_patterns}
+            )
         )
         write_npz(path, arrays)
 
@@ -451,12 +451,14 @@ def load_patterns(path: str | os.PathLike) -> dict[str, np.ndarray]:
             for k, v in arrays.items()
             if k.startswith("state/pattern/")
         }
-    if not found and "__patterns__" in arrays:
+    if "__patterns__" in arrays and json.loads(str(arrays["__patterns__"])).get("complete", True):
+        return found  # a finished run (no entries: a model without linear layers)
+    if "__patterns__" in arrays:
         raise InputError(
             f"{path} holds the statistics of an unfinished run: rerun `innspect patterns "
             "compute` with the same arguments to finish it, or use "
             "PatternComputer.load_npz(path, model).patterns()"
         )
-    if not found:
+    if not found and "state/fitted" not in arrays:  # a fitted analyzer's save_npz has it
         raise InputError(f"{path} holds no patterns (write one with PatternComputer.save_npz)")
     return found
