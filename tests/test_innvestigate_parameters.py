@@ -116,6 +116,8 @@ def test_parameter_is_accepted_or_refused_as_documented(names, analyzers, call, 
         options = {**required, **call}
         if status == "accepted":
             analyzer = innspect.create_analyzer(name, model, **options)
+            if analyzer.is_trainable:  # pattern.net / pattern.attribution learn from data first
+                analyzer.fit(x)
             result = analyzer.analyze(x)
             assert result.shape == x.shape, name
         else:

@@ -109,6 +109,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--report", action="store_true", help="also write index.html, a self-contained page"
     )
+    parser.add_argument(
+        "--patterns",
+        metavar="FILE",
+        help="patterns for pattern.net / pattern.attribution (`innspect patterns compute`)",
+    )
 
 
 # -- methods and options -----------------------------------------------------------------------
@@ -252,7 +257,10 @@ def _run(args: argparse.Namespace) -> int:
     for sample in samples:
         check_channels(model, sample)
     labels = read_labels(args.labels) if args.labels else loaded.class_names
-    per_method = options_per_method(methods, parse_options(args.option), args.seed, args.neuron)
+    options = parse_options(args.option)
+    if args.patterns is not None:
+        options["patterns"] = args.patterns
+    per_method = options_per_method(methods, options, args.seed, args.neuron)
     analyzers = {}
     for method in methods:
         try:

@@ -27,6 +27,7 @@ METHOD_MODULES = (
     "innspect.analyzers.lrp",
     "innspect.analyzers.composites",
     "innspect.analyzers.deeptaylor",
+    "innspect.analyzers.pattern",
 )
 
 _ANALYZERS: dict[str, type[Analyzer]] = {}

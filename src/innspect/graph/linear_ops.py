@@ -34,6 +34,12 @@ class LinearOp:
         supplies the input's shape.
     description
         Human-readable layer type, for messages.
+    weight_gradient
+        ``weight_gradient(x, signal)``: the gradient of ``<signal, op(x, W)>`` with respect to
+        ``W`` (the weight's shape), i.e. the sum over samples and positions of
+        ``input patch x output signal``, computed without unfolding patches (one
+        ``convolution_backward`` for convolutions, a matmul for Linear). Statistics over
+        receptive fields (PatternComputer) use it. None: derive it by autograd.
     """
 
     weight: torch.Tensor
@@ -42,6 +48,7 @@ class LinearOp:
     transpose: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     description: str
     extras: dict = field(default_factory=dict)
+    weight_gradient: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def __call__(
         self,
@@ -99,6 +106,11 @@ def _autograd_transpose(forward):
     return transpose
 
 
+def _dense_weight_gradient(x: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
+    """``sum over samples (and leading axes) of signal^T x``, the shape of a Linear weight."""
+    return signal.reshape(-1, signal.shape[-1]).T.matmul(x.reshape(-1, x.shape[-1]))
+
+
 def linear_op_from_module(module: nn.Module) -> LinearOp:
     """Build the LinearOp of a Linear, ConvNd, ConvTransposeNd or eval-mode BatchNorm module."""
     if isinstance(module, nn.Linear):
@@ -109,6 +121,7 @@ def linear_op_from_module(module: nn.Module) -> LinearOp:
             transpose=lambda s, w, x: s.matmul(w),
             description="Linear",
             extras={"output_axis": -1},
+            weight_gradient=_dense_weight_gradient,
         )
     if isinstance(module, nn.modules.conv._ConvNd):
         return _conv_op(module)
@@ -187,6 +200,7 @@ def convolution_op(
         def forward(x, w, b):
             return conv(x, w, b, stride, padding, dilation, groups)
 
+    weight_gradient = None
     if isinstance(padding, str):
         transpose = _autograd_transpose(forward)  # 'same' may pad unevenly
     else:
@@ -208,13 +222,30 @@ def convolution_op(
                 [True, False, False],
             )[0]
 
+        def weight_gradient(x, s):
+            # The weight gradient of the convolution: sums of patch(x) * s over positions.
+            return torch.ops.aten.convolution_backward(
+                s,
+                x,
+                weight.detach().to(x.dtype),  # read for its shape only
+                None,
+                list(stride),
+                list(padding),
+                list(dilation),
+                transposed,
+                out_pad,
+                groups,
+                [False, True, False],
+            )[1]
+
     return LinearOp(
         weight,
         bias,
         forward=forward,
         transpose=transpose,
         description=description,
-        extras={"channel_axis": 1},
+        extras={"channel_axis": 1, "groups": groups, "transposed": transposed},
+        weight_gradient=weight_gradient,
     )
 
 
@@ -243,6 +274,7 @@ def linear_op_from_function(function, args: tuple, kwargs: dict) -> LinearOp:
             transpose=lambda s, w, x: s.matmul(w),
             description=name,
             extras={"output_axis": -1},
+            weight_gradient=_dense_weight_gradient,
         )
     transposed = name.startswith("conv_transpose")
     names = _FUNCTIONAL_CONV_T_ARGS if transposed else _FUNCTIONAL_CONV_ARGS
