@@ -28,6 +28,7 @@ METHOD_MODULES = (
     "innspect.analyzers.composites",
     "innspect.analyzers.deeptaylor",
     "innspect.analyzers.pattern",
+    "innspect.analyzers.modern",
 )
 
 _ANALYZERS: dict[str, type[Analyzer]] = {}

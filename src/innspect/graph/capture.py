@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from innspect.errors import NotAnalyzableModelError
+from innspect.graph import attention
 
 
 class _LeafTracer(fx.Tracer):
@@ -13,8 +17,20 @@ class _LeafTracer(fx.Tracer):
 
     fx's default already treats torch.nn modules (except containers) as leaves; user modules
     and torchvision blocks are traced through, so their additions and concatenations become
-    nodes of their own.
+    nodes of their own. Attention (``nn.MultiheadAttention``,
+    ``F.scaled_dot_product_attention``) is written out in plain operations
+    (``graph/attention.py``) so the relevance rules reach its projections and softmax.
     """
+
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        if isinstance(m, nn.MultiheadAttention):
+            return attention.multihead_attention(m, m.out_proj, *args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def create_proxy(self, kind: str, target: Any, args: Any, kwargs: Any, *rest: Any, **kw: Any):
+        if kind == "call_function" and target is F.scaled_dot_product_attention:
+            return attention.sdpa(*args, **kwargs)
+        return super().create_proxy(kind, target, args, kwargs, *rest, **kw)
 
 
 def capture(model: nn.Module, example_input: torch.Tensor | None = None) -> fx.GraphModule:

@@ -310,14 +310,73 @@ OPERATIONS: tuple[Op, ...] = (
     ),
     Op("upsample", Kind.REARRANGE, (nn.Upsample,), (F.interpolate, F.upsample)),
     Op("embedding", Kind.EMBEDDING, (nn.Embedding,), (F.embedding,), ("embedding",)),
+    # Softmax: the model's output activation when last (analyzers refuse it there), an
+    # attention normaliser inside the network (AttnLRP / CP-LRP rules, rules/modern.py).
+    Op(
+        "softmax",
+        Kind.OUTPUT_ACTIVATION,
+        (nn.Softmax, nn.Softmax2d),
+        (F.softmax, torch.softmax),
+        _names("softmax _softmax"),
+    ),
     Op(
         "output_activation",
         Kind.OUTPUT_ACTIVATION,
-        (nn.Softmax, nn.LogSoftmax, nn.Softmax2d),
-        (F.softmax, torch.softmax, F.log_softmax, torch.log_softmax),
-        _names("softmax _softmax log_softmax _log_softmax"),
+        (nn.LogSoftmax,),
+        (F.log_softmax, torch.log_softmax),
+        _names("log_softmax _log_softmax"),
     ),
+    # Modern architectures (SPEC "Modern architectures"): products of two signals, the
+    # normalisations, and the factors a product holds constant (gates, 1 / norm).
+    Op(
+        "matmul",
+        Kind.OTHER,
+        (),
+        (torch.matmul, operator.matmul, torch.bmm, torch.einsum),
+        _names("matmul bmm einsum"),
+    ),
+    Op(
+        "layer_norm",
+        Kind.OTHER,
+        (nn.LayerNorm,),
+        (F.layer_norm,),
+        _names("layer_norm native_layer_norm"),
+        signal_args=(0,),
+    ),
+    Op(
+        "group_norm",
+        Kind.OTHER,
+        (nn.GroupNorm,),
+        (F.group_norm,),
+        _names("group_norm native_group_norm"),
+        signal_args=(0,),
+    ),
+    Op(
+        "rms_norm",
+        Kind.OTHER,
+        (nn.RMSNorm,),
+        (F.rms_norm, F.normalize),
+        _names("rms_norm normalize"),
+        signal_args=(0,),
+    ),
+    Op("reciprocal", Kind.OTHER, (), (torch.rsqrt, torch.reciprocal), _names("rsqrt reciprocal")),
+    # Positions set to a constant (attention masks): the signal passes where kept.
+    Op("masked_fill", Kind.IDENTITY, (), (torch.masked_fill,), _names("masked_fill")),
 )
+
+# Functions of optional packages, by qualified name (torchvision is not a core dependency).
+_BY_QUALNAME: dict[str, Op] = {
+    # Stochastic depth (EfficientNet, ConvNeXt, Swin): the identity in eval mode.
+    "torchvision.ops.stochastic_depth.stochastic_depth": next(
+        op for op in OPERATIONS if op.family == "identity"
+    ),
+}
+
+# Operations whose output a product of two signals treats as a constant weight (gate rule):
+# gates in [0, 1] and the reciprocal norms of hand-written normalisations.
+GATE_FAMILIES = {"softmax", "reciprocal"}
+GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid)
+GATE_NAMES = {"sigmoid", "hardsigmoid"}
 
 _BY_FUNCTION: dict[object, Op] = {}
 _BY_NAME: dict[str, Op] = {}
@@ -361,6 +420,11 @@ def op_of(node: fx.Node, module: nn.Module | None) -> Op | None:
         op = _BY_FUNCTION.get(node.target)
         if op is not None:
             return op
+        qualname = (
+            f"{getattr(node.target, '__module__', '')}.{getattr(node.target, '__name__', '')}"
+        )
+        if qualname in _BY_QUALNAME:
+            return _BY_QUALNAME[qualname]
         name = aten_name(node.target)
         return _BY_NAME.get(name) if name is not None else None
     if node.op == "call_method":
@@ -377,6 +441,14 @@ def family(node: fx.Node, module: nn.Module | None) -> str:
     if op.family == "activation" and rectifier_bound(node, module) is not None:
         return "rectifier"
     return op.family
+
+
+def is_gate(node: fx.Node, module: nn.Module | None) -> bool:
+    """Whether the node computes a gate (sigmoid, hard sigmoid, softmax) or a reciprocal
+    (``rsqrt``), a factor the gate rule of a product holds constant."""
+    if node.op == "call_module":
+        return isinstance(module, GATE_MODULES) or family(node, module) in GATE_FAMILIES
+    return op_name(node).rstrip("_") in GATE_NAMES or family(node, module) in GATE_FAMILIES
 
 
 def is_relu(node: fx.Node, module: nn.Module | None) -> bool:

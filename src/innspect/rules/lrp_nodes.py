@@ -15,6 +15,14 @@ from innspect.graph.graph import NodeInfo
 from innspect.graph.kinds import Kind, family, is_difference, is_sum
 from innspect.rules.basic import GRADIENT, PassThrough
 from innspect.rules.lrp import check_stabilizer, stabilize
+from innspect.rules.modern import (
+    ATTN_EPSILON,
+    MatmulRule,
+    NormRule,
+    ProductRule,
+    SoftmaxConstant,
+    SoftmaxRule,
+)
 
 
 class ZRuleNoParam(Mapping):
@@ -129,6 +137,9 @@ def lrp_node_mapping(info: NodeInfo, method: str, stabilizer: float | None = Non
         Stabiliser of the z-rule on parameter-free linear operations.
     """
     kind = info.kind
+    modern = modern_node_mapping(info)
+    if modern is not None:
+        return modern
     if kind in (Kind.ACTIVATION, Kind.SCALE):
         return PASS_THROUGH
     if kind in (Kind.MAX_POOL, Kind.REARRANGE, Kind.IDENTITY):
@@ -149,5 +160,33 @@ def lrp_node_mapping(info: NodeInfo, method: str, stabilizer: float | None = Non
     )
 
 
+def modern_node_mapping(
+    info: NodeInfo, epsilon: float = ATTN_EPSILON, cp: bool = False, gate: bool = True
+) -> Mapping | None:
+    """The rule of a node of a modern architecture (SPEC "Modern architectures"), or None.
+
+    Products of two signals (gate or uniform rule), matrix products (epsilon-uniform),
+    softmax inside the network (AttnLRP's rule, or CP-LRP's constant attention with
+    ``cp=True``), LayerNorm / GroupNorm (std held constant), RMSNorm (identity).
+    """
+    fam = family(info.node, info.module)
+    if fam == "product" and info.kind is Kind.OTHER:
+        return ProductRule(gate=gate) if gate else UNIFORM_PRODUCT
+    if fam == "matmul":
+        if cp:
+            return MatmulRule(epsilon, hold_gates=True)
+        return MatmulRule(epsilon)
+    if fam == "softmax":
+        return SOFTMAX_CONSTANT if cp else SOFTMAX_RULE
+    if fam in ("layer_norm", "group_norm"):
+        return NormRule(epsilon)
+    if fam == "rms_norm":
+        return PASS_THROUGH
+    return None
+
+
 Z_NO_PARAM = ZRuleNoParam()
+UNIFORM_PRODUCT = ProductRule(gate=False)
+SOFTMAX_RULE = SoftmaxRule()
+SOFTMAX_CONSTANT = SoftmaxConstant()
 EMBEDDING_SUM = EmbeddingSum()
