@@ -16,37 +16,26 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import fx, nn
+from torch import nn
 
 from innspect.errors import NotAnalyzableModelError
 
 
-def _concrete(value: Any) -> Any:
-    """The tensor behind a traced parameter or buffer (a get_attr proxy), else ``value``."""
-    node = getattr(value, "node", None)
-    if isinstance(value, fx.Proxy) and node is not None and node.op == "get_attr":
-        found: Any = value.tracer.root
-        for part in str(node.target).split("."):
-            found = getattr(found, part)
-        return found
-    return value
+@torch.fx.wrap
+def attention_mask(scores: torch.Tensor, mask: torch.Tensor, masked_when: bool) -> torch.Tensor:
+    """Masked attention scores: a boolean mask sets ``-inf`` where ``mask == masked_when``
+    (True means *attend* in ``scaled_dot_product_attention``, *ignore* in
+    ``nn.MultiheadAttention``); a float mask is added. One node once traced (the mask's
+    dtype is only known when it runs); its gradient passes the signal where kept."""
+    if mask.dtype == torch.bool:
+        return scores.masked_fill(mask if masked_when else ~mask, float("-inf"))
+    return scores + mask
 
 
 def _apply_mask(scores: Any, mask: Any, masked_when: bool) -> Any:
-    """Masked scores: boolean masks set ``-inf`` where ``mask == masked_when``; float masks
-    are added."""
     if mask is None:
         return scores
-    concrete = _concrete(mask)
-    if isinstance(concrete, torch.Tensor) and concrete.dtype == torch.bool:
-        return scores.masked_fill(mask if masked_when else ~mask, float("-inf"))
-    if isinstance(concrete, torch.Tensor):
-        return scores + mask
-    # A proxy (the mask is computed in forward): its dtype is unknown while tracing.
-    raise NotAnalyzableModelError(
-        "an attention mask computed inside forward cannot be decomposed for the relevance "
-        "rules; register it as a buffer (or pass a float mask held by the model)"
-    )
+    return attention_mask(scores, mask, masked_when)
 
 
 def sdpa(

@@ -370,6 +370,10 @@ _BY_QUALNAME: dict[str, Op] = {
     "torchvision.ops.stochastic_depth.stochastic_depth": next(
         op for op in OPERATIONS if op.family == "identity"
     ),
+    # innspect's own decomposition of attention masks (graph/attention.py).
+    "innspect.graph.attention.attention_mask": next(
+        op for op in OPERATIONS if op.family == "masked_fill"
+    ),
 }
 
 # Operations whose output a product of two signals treats as a constant weight (gate rule):

@@ -1,0 +1,73 @@
+"""Conservation of lrp.cp and lrp.attn on bias-free modern blocks (float64), and the
+attention decomposition against the modules it replaces."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import innspect
+from innspect.engine.forward import run_forward
+from innspect.graph.graph import ModelGraph
+from innspect.graph.kinds import family
+from innspect.tools.conservation import conservation_report
+from tests import modern_models
+
+EPS = 1e-12  # conservation up to what epsilon absorbs: negligible in float64
+
+
+@pytest.mark.parametrize("name", sorted(modern_models.MODELS))
+def test_decomposed_graph_computes_what_the_model_computes(name: str) -> None:
+    model, x = modern_models.build(name), modern_models.inputs(name)
+    graph = ModelGraph(model)
+    operations = {family(i.node, i.module) for i in graph.nodes}
+    if name in ("vit", "bert", "decoder"):
+        assert {"matmul", "softmax"} <= operations  # attention written out
+    torch.testing.assert_close(graph.module(x), model(x), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(modern_models.MODELS))
+def test_cp_lrp_conserves_at_every_node(name: str) -> None:
+    model, x = modern_models.build(name), modern_models.inputs(name)
+    report = conservation_report(innspect.create_analyzer("lrp.cp", model, epsilon=EPS), x)
+    assert len(report.nodes) >= 5
+    for node, balance in report.nodes.items():
+        difference = float(balance.relative_difference.max())
+        assert difference <= 1e-8, f"lrp.cp on {name}: node {node} loses {difference:.3g}"
+    torch.testing.assert_close(report.input_total, report.output_total, rtol=1e-8, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(modern_models.MODELS))
+def test_attn_lrp_conserves_except_at_softmax_where_the_loss_is_its_bias_term(name: str) -> None:
+    model, x = modern_models.build(name), modern_models.inputs(name)
+    analyzer = innspect.create_analyzer("lrp.attn", model, epsilon=EPS, reverse_keep_tensors=True)
+    report = conservation_report(analyzer, x)
+    graph = ModelGraph(model)
+    softmax = {i.name: i for i in graph.nodes if family(i.node, i.module) == "softmax"}
+    assert bool(softmax) == (name in ("vit", "bert", "decoder"))
+    assert set(softmax) <= set(report.nodes)  # relevance reaches every softmax
+    record = run_forward(graph, x)
+    relevances = analyzer.explain(x).relevances
+    for node, balance in report.nodes.items():
+        if node not in softmax:
+            difference = float(balance.relative_difference.max())
+            assert difference <= 1e-8, f"lrp.attn on {name}: node {node} loses {difference:.3g}"
+            continue
+        # R_in = x (R - s sum R) per row: what leaves is sum(x R) - sum(x s) sum(R) per row,
+        # i.e. the loss is the zero-order Taylor term sum_j R_j (1 - x_j + sum_i x_i s_i).
+        info = softmax[node]
+        scores = record.values[info.signal_inputs[0]]
+        scores = torch.where(torch.isinf(scores), torch.zeros_like(scores), scores)
+        s, r = record.values[info.node], relevances[node]
+        per_row = (scores * r).sum(-1) - (scores * s).sum(-1) * r.sum(-1)
+        expected = per_row.reshape(per_row.shape[0], -1).sum(1)
+        torch.testing.assert_close(balance.leaving, expected, rtol=1e-10, atol=1e-12)
+        assert float((balance.leaving - balance.arriving).abs().max()) > 1e-6  # really lost
+
+
+def test_gate_rule_conserves_on_squeeze_excitation() -> None:
+    model, x = modern_models.build("se"), modern_models.inputs("se")
+    report = conservation_report(innspect.create_analyzer("lrp.z", model), x)
+    assert report.max_relative_difference() <= 1e-8
+    plan = str(innspect.create_analyzer("lrp.z", model).explain(x).plan)
+    assert "ProductRule(gate)" in plan
