@@ -147,3 +147,94 @@ def multihead_attention(
     if need_weights:
         weights = probabilities.mean(dim=1) if average_attn_weights else probabilities
     return output, weights
+
+
+@torch.fx.wrap
+def _swin_geometry(
+    shape: torch.Size, window_size: list[int], shift_size: list[int]
+) -> tuple[int, int, int, int, int, int]:
+    # torchvision's padding and shift rule, run on the shape (a metadata node once traced).
+    _, height, width, _ = shape
+    pad_r = (window_size[1] - width % window_size[1]) % window_size[1]
+    pad_b = (window_size[0] - height % window_size[0]) % window_size[0]
+    pad_h, pad_w = height + pad_b, width + pad_r
+    shift_h = 0 if window_size[0] >= pad_h else shift_size[0]
+    shift_w = 0 if window_size[1] >= pad_w else shift_size[1]
+    return pad_r, pad_b, pad_h, pad_w, shift_h, shift_w
+
+
+@torch.fx.wrap
+def _swin_mask(
+    geometry: tuple[int, ...], window_size: list[int], device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    # torchvision's shifted-window mask (0 or -100 between windows), zeros without a shift.
+    _, _, pad_h, pad_w, shift_h, shift_w = geometry
+    windows = (pad_h // window_size[0]) * (pad_w // window_size[1])
+    size = window_size[0] * window_size[1]
+    if shift_h + shift_w == 0:
+        return torch.zeros(windows, size, size, device=device, dtype=dtype)
+    mask = torch.zeros((pad_h, pad_w), device=device, dtype=dtype)
+    h_slices = ((0, -window_size[0]), (-window_size[0], -shift_h), (-shift_h, None))
+    w_slices = ((0, -window_size[1]), (-window_size[1], -shift_w), (-shift_w, None))
+    count = 0
+    for h in h_slices:
+        for w in w_slices:
+            mask[h[0] : h[1], w[0] : w[1]] = count
+            count += 1
+    mask = mask.view(pad_h // window_size[0], window_size[0], pad_w // window_size[1], -1)
+    mask = mask.permute(0, 2, 1, 3).reshape(windows, size)
+    mask = mask.unsqueeze(1) - mask.unsqueeze(2)
+    return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+
+
+def swin_attention(
+    input: Any,
+    qkv_weight: Any,
+    proj_weight: Any,
+    relative_position_bias: Any,
+    window_size: list[int],
+    num_heads: int,
+    shift_size: list[int],
+    attention_dropout: float = 0.0,
+    dropout: float = 0.0,
+    qkv_bias: Any = None,
+    proj_bias: Any = None,
+    logit_scale: Any = None,
+    training: bool = True,
+) -> Any:
+    """torchvision's ``shifted_window_attention`` (Swin V1) in plain operations, eval mode:
+    padding, cyclic shift and window partition are rearrangements, the relative position
+    bias and the shift mask constants added to the scores (both depend on the shape only)."""
+    if logit_scale is not None:
+        raise NotAnalyzableModelError(
+            "Swin V2's cosine attention (logit_scale) is not decomposed for the relevance rules"
+        )
+    geometry = _swin_geometry(input.shape, window_size, shift_size)
+    pad_r, pad_b, pad_h, pad_w, shift_h, shift_w = (geometry[i] for i in range(6))
+    batch, height, width, channels = (input.shape[i] for i in range(4))
+    x = F.pad(input, (0, 0, 0, pad_r, 0, pad_b))
+    x = torch.roll(x, shifts=(-shift_h, -shift_w), dims=(1, 2))
+    rows, cols = pad_h // window_size[0], pad_w // window_size[1]
+    windows, size = rows * cols, window_size[0] * window_size[1]
+    x = x.reshape(batch, rows, window_size[0], cols, window_size[1], channels)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(batch * windows, size, channels)
+    qkv = F.linear(x, qkv_weight, qkv_bias)
+    qkv = qkv.reshape(batch * windows, size, 3, num_heads, channels // num_heads)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    scores = torch.matmul(q, k.transpose(-2, -1)) * (channels // num_heads) ** -0.5
+    scores = scores + relative_position_bias
+    scores = scores.view(batch, windows, num_heads, size, size)
+    mask = _swin_mask(geometry, window_size, input.device, input.dtype)
+    scores = (scores + mask.unsqueeze(1).unsqueeze(0)).view(-1, num_heads, size, size)
+    x = torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2)
+    x = F.linear(x.reshape(batch * windows, size, channels), proj_weight, proj_bias)
+    x = x.view(batch, rows, cols, window_size[0], window_size[1], channels)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(batch, pad_h, pad_w, channels)
+    x = torch.roll(x, shifts=(shift_h, shift_w), dims=(1, 2))
+    return x[:, :height, :width, :].contiguous()
+
+
+# Fused attention functions of other libraries, by qualified name, and their decomposition.
+DECOMPOSED = {
+    "torchvision.models.swin_transformer.shifted_window_attention": swin_attention,
+}

@@ -28,8 +28,12 @@ class _LeafTracer(fx.Tracer):
         return super().call_module(m, forward, args, kwargs)
 
     def create_proxy(self, kind: str, target: Any, args: Any, kwargs: Any, *rest: Any, **kw: Any):
-        if kind == "call_function" and target is F.scaled_dot_product_attention:
-            return attention.sdpa(*args, **kwargs)
+        if kind == "call_function":
+            if target is F.scaled_dot_product_attention:
+                return attention.sdpa(*args, **kwargs)
+            qualname = f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', '')}"
+            if qualname in attention.DECOMPOSED:
+                return attention.DECOMPOSED[qualname](*args, **kwargs)
         return super().create_proxy(kind, target, args, kwargs, *rest, **kw)
 
 

@@ -140,7 +140,9 @@ class ModelGraph:
                 _is_shape_query(node)
                 or (bool(dependent_args) and all(self.infos[a].is_metadata for a in dependent_args))
             )
-            kind = _refine_kind(kind, node, len(args), len(dependent_args))
+            # A shape-derived operand (metadata) is a constant for the products and sums.
+            signal_args = [a for a in dependent_args if not self.infos[a].is_metadata]
+            kind = _refine_kind(kind, node, len(args), len(signal_args))
             name = self._display_name(node, module_uses)
             self.infos[node] = NodeInfo(
                 node=node,

@@ -283,6 +283,9 @@ OPERATIONS: tuple[Op, ...] = (
             F.pad,
             operator.getitem,
             torch.movedim,
+            torch.swapaxes,
+            torch.swapdims,
+            torch.unbind,
             F.pixel_shuffle,
             F.pixel_unshuffle,
             F.channel_shuffle,
@@ -294,7 +297,7 @@ OPERATIONS: tuple[Op, ...] = (
             "repeat view_as reshape_as pad constant_pad_nd reflection_pad1d reflection_pad2d "
             "replication_pad1d replication_pad2d upsample_nearest1d upsample_nearest2d "
             "upsample_nearest3d _upsample_nearest_exact1d _upsample_nearest_exact2d "
-            "_upsample_nearest_exact3d movedim roll flip pixel_shuffle pixel_unshuffle "
+            "_upsample_nearest_exact3d movedim swapaxes swapdims unbind roll flip pixel_shuffle pixel_unshuffle "
             "channel_shuffle"
         ),
     ),
@@ -369,6 +372,10 @@ _BY_QUALNAME: dict[str, Op] = {
     # Stochastic depth (EfficientNet, ConvNeXt, Swin): the identity in eval mode.
     "torchvision.ops.stochastic_depth.stochastic_depth": next(
         op for op in OPERATIONS if op.family == "identity"
+    ),
+    # Swin's patch merging: pad, then four strided slices concatenated (a rearrangement).
+    "torchvision.models.swin_transformer._patch_merging_pad": next(
+        op for op in OPERATIONS if op.family == "rearrange"
     ),
     # innspect's own decomposition of attention masks (graph/attention.py).
     "innspect.graph.attention.attention_mask": next(

@@ -1,0 +1,110 @@
+"""torchvision's modern families (small random configurations) run with the relevance methods.
+
+EfficientNet, MobileNetV3 and RegNetY (squeeze-excitation gates, SiLU / Hardswish,
+stochastic depth), ConvNeXt (LayerNorm, layer scale, stochastic depth), ViT
+(nn.MultiheadAttention), Swin (shifted-window attention, relative position bias, patch
+merging) and MaxViT (block / grid attention) under lrp.attn, lrp.cp, lrp.epsilon, an
+iNNvestigate preset and a Zennit composite: finite results with relevance reaching the
+input. Deep Taylor refuses them with its clear error.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import innspect
+from innspect.errors import UnsupportedNodeError
+from innspect.graph.graph import ModelGraph
+
+torchvision = pytest.importorskip("torchvision")  # in the test extra: never missing in CI
+from torchvision.models import convnext_tiny, efficientnet_b0, mobilenet_v3_small  # noqa: E402
+from torchvision.models.maxvit import MaxVit  # noqa: E402
+from torchvision.models.regnet import BlockParams, RegNet  # noqa: E402
+from torchvision.models.swin_transformer import SwinTransformer  # noqa: E402
+from torchvision.models.vision_transformer import VisionTransformer  # noqa: E402
+
+
+def _regnet_y() -> torch.nn.Module:
+    params = BlockParams.from_init_params(
+        depth=2, w_0=8, w_a=8.0, w_m=2.0, group_width=8, se_ratio=0.25
+    )
+    return RegNet(params, num_classes=5, stem_width=8)
+
+
+FAMILIES = {
+    "efficientnet": lambda: efficientnet_b0(num_classes=5),
+    "mobilenet_v3": lambda: mobilenet_v3_small(num_classes=5),
+    "regnet_y": _regnet_y,
+    "convnext": lambda: convnext_tiny(num_classes=5),
+    "vit": lambda: VisionTransformer(
+        image_size=32,
+        patch_size=16,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=8,
+        mlp_dim=16,
+        num_classes=5,
+    ),
+    "swin": lambda: SwinTransformer(
+        patch_size=[4, 4],
+        embed_dim=8,
+        depths=[2, 2],
+        num_heads=[1, 2],
+        window_size=[2, 2],
+        num_classes=5,
+    ),
+    "maxvit": lambda: MaxVit(
+        input_size=(32, 32),
+        stem_channels=8,
+        partition_size=2,
+        block_channels=[8],
+        block_layers=[1],
+        head_dim=4,
+        stochastic_depth_prob=0.1,
+        num_classes=5,
+    ),
+}
+METHODS = [
+    ("lrp.attn", {}),
+    ("lrp.cp", {}),
+    ("lrp.epsilon", {}),
+    ("lrp.sequential_preset_a", {}),
+    ("lrp.epsilon_plus", {}),
+]
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    built = {name: build().eval() for name, build in FAMILIES.items()}
+    calibration = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    for model in built.values():  # ViT's head starts at zero: no relevance to explain
+        for parameter in model.parameters():
+            if parameter.dim() > 1 and not bool(parameter.any()):
+                torch.nn.init.normal_(parameter, std=0.5)
+        # Batch-norm statistics of the data, so activations do not vanish (EfficientNet's
+        # output is ~1e-14 with the initial statistics).
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.momentum = 1.0
+        with torch.no_grad():
+            model.train()(calibration)
+        model.eval()
+    return built
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_modern_family_runs_with_the_relevance_methods(family: str, models) -> None:
+    model = models[family]
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    # the captured (decomposed) graph computes what the model computes
+    torch.testing.assert_close(ModelGraph(model).module(x), model(x), rtol=1e-4, atol=1e-5)
+    for name, options in METHODS:
+        attribution = innspect.create_analyzer(name, model, **options).analyze(x)
+        attribution = torch.as_tensor(attribution)
+        assert attribution.shape == x.shape, name
+        assert bool(torch.isfinite(attribution).all()), f"{name} on {family}"
+        assert float(attribution.abs().sum()) > 0, f"{name} on {family}: no relevance"
+    with pytest.raises(UnsupportedNodeError, match="deep_taylor"):
+        innspect.create_analyzer("deep_taylor", model).analyze(x)
