@@ -21,6 +21,9 @@ $(VENV)/.installed-demo: pyproject.toml | $(VENV)/bin/activate
 
 $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/activate
 	$(PY) -m pip install --no-compile $(TORCH_PINS) -e '.[test]'
+	# LXT 2.1 (AttnLRP's reference implementation) for tests/test_modern_lxt.py: its rules
+	# need only torch; its declared dependencies (transformers, bitsandbytes...) are left out.
+	$(PY) -m pip install --no-compile --no-deps lxt==2.1
 	touch $@
 
 demo: $(VENV)/.installed-demo

@@ -171,7 +171,9 @@ def modern_node_mapping(
     """
     fam = family(info.node, info.module)
     if fam == "product" and info.kind is Kind.OTHER:
-        return ProductRule(gate=gate) if gate else UNIFORM_PRODUCT
+        if cp:
+            return CP_PRODUCT
+        return GATE_PRODUCT if gate else UNIFORM_PRODUCT
     if fam == "matmul":
         if cp:
             return MatmulRule(epsilon, hold_gates=True)
@@ -187,6 +189,8 @@ def modern_node_mapping(
 
 Z_NO_PARAM = ZRuleNoParam()
 UNIFORM_PRODUCT = ProductRule(gate=False)
+GATE_PRODUCT = ProductRule(gate=True)
+CP_PRODUCT = ProductRule(gate=True, activations=True)
 SOFTMAX_RULE = SoftmaxRule()
 SOFTMAX_CONSTANT = SoftmaxConstant()
 EMBEDDING_SUM = EmbeddingSum()

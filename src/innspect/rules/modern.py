@@ -24,14 +24,15 @@ from innspect.rules.lrp import signed_shift
 ATTN_EPSILON = 1e-6  # LXT's stabiliser
 
 
-def gate_factor(graph: ModelGraph, node: fx.Node) -> bool:
+def gate_factor(graph: ModelGraph, node: fx.Node, activations: bool = False) -> bool:
     """Whether ``node`` is a gate or reciprocal, looking back through identities and
-    rearrangements (dropout on attention probabilities, a reshape of an SE gate)."""
+    rearrangements (dropout on attention probabilities, a reshape of an SE gate).
+    ``activations``: any element-wise activation output is a gate too (CP-LRP's SwiGLU)."""
     while True:
         info = graph.infos.get(node)
         if info is None:
             return False
-        if is_gate(node, info.module):
+        if is_gate(node, info.module) or (activations and info.kind is Kind.ACTIVATION):
             return True
         if info.kind not in (Kind.IDENTITY, Kind.REARRANGE) or len(info.signal_inputs) != 1:
             return False
@@ -63,12 +64,14 @@ class ProductRule(Mapping):
     softmax, or a reciprocal norm such as ``rsqrt``): ``R_x = R``, ``R_g = 0``; the gate
     acts as a weight (conservative; squeeze-excitation, hand-written RMSNorm). Otherwise,
     and always with ``gate=False``, AttnLRP's uniform rule ``R_a = R_b = R / 2`` (Achtibat
-    et al. 2024, Prop. 3.2). A quotient ``a / b`` holds ``b`` constant: ``R_a = R``. A
+    et al. 2024, Prop. 3.2). ``activations=True`` (CP-LRP, as LXT's CP mode on gated MLPs):
+    the output of any element-wise activation (SwiGLU's ``silu(x W1)``) is a gate. A quotient ``a / b`` holds ``b`` constant: ``R_a = R``. A
     product with one input-dependent factor is a scaling: ``R_a = R``.
     """
 
-    def __init__(self, gate: bool = True) -> None:
+    def __init__(self, gate: bool = True, activations: bool = False) -> None:
         self.gate = gate
+        self.activations = activations
 
     def __call__(self, ctx: NodeContext) -> Sequence[torch.Tensor | None]:
         node, signal = ctx.info.node, ctx.signal
@@ -79,7 +82,7 @@ class ProductRule(Mapping):
             # a / b: the divisor is held constant (a norm); c / x is element-wise in x.
             keep = [numerator] if numerator in values else factors[:1]
         elif len(factors) == 2 and self.gate:
-            gates = [gate_factor(ctx.graph, f) for f in factors]
+            gates = [gate_factor(ctx.graph, f, self.activations) for f in factors]
             keep = [f for f, g in zip(factors, gates, strict=True) if not g] if any(gates) else []
             keep = keep if len(keep) == 1 else factors
         else:
@@ -92,6 +95,8 @@ class ProductRule(Mapping):
         return _shares(ctx, parts)
 
     def __repr__(self) -> str:
+        if self.activations:
+            return "ProductRule(gate, activations as gates)"
         return "ProductRule(gate)" if self.gate else "ProductRule(uniform)"
 
 
