@@ -7,7 +7,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # Tests run in two processes; each keeps one thread so they do not fight over the two cores.
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test lint format bench clean browser
+.PHONY: coverage demo test lint format bench clean browser
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ BENCH_STARTED := $(shell date +%s)
 
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/run.py --started-at $(BENCH_STARTED)
+
+# Which torchvision model each method explains (docs/coverage.md); minutes, not in make test.
+coverage: $(VENV)/.installed-test
+	$(PY) benchmarks/coverage.py --out docs/coverage.md
 
 clean:
 	rm -rf $(VENV) innspect-demo .pytest_cache
