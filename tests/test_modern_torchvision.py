@@ -3,7 +3,7 @@
 EfficientNet, MobileNetV3 and RegNetY (squeeze-excitation gates, SiLU / Hardswish,
 stochastic depth), ConvNeXt (LayerNorm, layer scale, stochastic depth), ViT
 (nn.MultiheadAttention), Swin (shifted-window attention, relative position bias, patch
-merging) and MaxViT (block / grid attention) under lrp.attn, lrp.cp, lrp.epsilon, an
+merging; V2's cosine attention) and MaxViT (block / grid attention) under lrp.attn, lrp.cp, lrp.epsilon, an
 iNNvestigate preset and a Zennit composite: finite results with relevance reaching the
 input. Deep Taylor refuses them with its clear error.
 """
@@ -21,7 +21,11 @@ torchvision = pytest.importorskip("torchvision")  # in the test extra: never mis
 from torchvision.models import convnext_tiny, efficientnet_b0, mobilenet_v3_small  # noqa: E402
 from torchvision.models.maxvit import MaxVit  # noqa: E402
 from torchvision.models.regnet import BlockParams, RegNet  # noqa: E402
-from torchvision.models.swin_transformer import SwinTransformer  # noqa: E402
+from torchvision.models.swin_transformer import (  # noqa: E402
+    PatchMergingV2,
+    SwinTransformer,
+    SwinTransformerBlockV2,
+)
 from torchvision.models.vision_transformer import VisionTransformer  # noqa: E402
 
 
@@ -53,6 +57,16 @@ FAMILIES = {
         num_heads=[1, 2],
         window_size=[2, 2],
         num_classes=5,
+    ),
+    "swin_v2": lambda: SwinTransformer(
+        patch_size=[4, 4],
+        embed_dim=8,
+        depths=[2, 2],
+        num_heads=[1, 2],
+        window_size=[2, 2],
+        num_classes=5,
+        block=SwinTransformerBlockV2,
+        downsample_layer=PatchMergingV2,
     ),
     "maxvit": lambda: MaxVit(
         input_size=(32, 32),

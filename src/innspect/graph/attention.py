@@ -150,6 +150,14 @@ def multihead_attention(
 
 
 @torch.fx.wrap
+def _v2_bias(qkv_bias: torch.Tensor) -> torch.Tensor:
+    bias = qkv_bias.clone()
+    length = bias.numel() // 3
+    bias[length : 2 * length] = 0
+    return bias
+
+
+@torch.fx.wrap
 def _swin_geometry(
     shape: torch.Size, window_size: list[int], shift_size: list[int]
 ) -> tuple[int, int, int, int, int, int]:
@@ -202,13 +210,11 @@ def swin_attention(
     logit_scale: Any = None,
     training: bool = True,
 ) -> Any:
-    """torchvision's ``shifted_window_attention`` (Swin V1) in plain operations, eval mode:
-    padding, cyclic shift and window partition are rearrangements, the relative position
-    bias and the shift mask constants added to the scores (both depend on the shape only)."""
-    if logit_scale is not None:
-        raise NotAnalyzableModelError(
-            "Swin V2's cosine attention (logit_scale) is not decomposed for the relevance rules"
-        )
+    """torchvision's ``shifted_window_attention`` (Swin V1 and V2) in plain operations, eval
+    mode: padding, cyclic shift and window partition are rearrangements, the relative
+    position bias and the shift mask constants added to the scores (both depend on the shape
+    only). V2's cosine attention normalises q and k (``F.normalize``: identity rule) and
+    scales by a constant."""
     geometry = _swin_geometry(input.shape, window_size, shift_size)
     pad_r, pad_b, pad_h, pad_w, shift_h, shift_w = (geometry[i] for i in range(6))
     batch, height, width, channels = (input.shape[i] for i in range(4))
@@ -218,10 +224,18 @@ def swin_attention(
     windows, size = rows * cols, window_size[0] * window_size[1]
     x = x.reshape(batch, rows, window_size[0], cols, window_size[1], channels)
     x = x.permute(0, 1, 3, 2, 4, 5).reshape(batch * windows, size, channels)
-    qkv = F.linear(x, qkv_weight, qkv_bias)
+    if logit_scale is not None and qkv_bias is not None:
+        # V2 zeroes the key bias in forward: a computed bias, added after the projection.
+        qkv = F.linear(x, qkv_weight) + _v2_bias(qkv_bias)
+    else:
+        qkv = F.linear(x, qkv_weight, qkv_bias)
     qkv = qkv.reshape(batch * windows, size, 3, num_heads, channels // num_heads)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-    scores = torch.matmul(q, k.transpose(-2, -1)) * (channels // num_heads) ** -0.5
+    if logit_scale is not None:
+        scores = torch.matmul(F.normalize(q, dim=-1), F.normalize(k, dim=-1).transpose(-2, -1))
+        scores = scores * torch.clamp(logit_scale, max=math.log(100.0)).exp()
+    else:
+        scores = torch.matmul(q, k.transpose(-2, -1)) * (channels // num_heads) ** -0.5
     scores = scores + relative_position_bias
     scores = scores.view(batch, windows, num_heads, size, size)
     mask = _swin_mask(geometry, window_size, input.device, input.dtype)
