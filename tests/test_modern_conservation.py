@@ -71,3 +71,39 @@ def test_gate_rule_conserves_on_squeeze_excitation() -> None:
     assert report.max_relative_difference() <= 1e-8
     plan = str(innspect.create_analyzer("lrp.z", model).explain(x).plan)
     assert "ProductRule(gate)" in plan
+
+
+class _Attention(torch.nn.Module):
+    def __init__(self, mask: str, batch_first: bool, kdim: int | None) -> None:
+        super().__init__()
+        self.attn = torch.nn.MultiheadAttention(8, 2, batch_first=batch_first, kdim=kdim, vdim=kdim)
+        self.key = torch.nn.Linear(8, kdim or 8)
+        generator = torch.Generator().manual_seed(3)
+        masks = {
+            "none": None,
+            "bool": torch.rand(5, 5, generator=generator) > 0.6,
+            "float": torch.randn(5, 5, generator=generator),
+            "3d": torch.randn(2 * 2, 5, 5, generator=generator),
+        }
+        self.register_buffer("mask", masks[mask])
+        self.batch_first = batch_first
+
+    def forward(self, x):
+        x = x if self.batch_first else x.transpose(0, 1)
+        out, weights = self.attn(x, self.key(x), self.key(x), attn_mask=self.mask)
+        out = out if self.batch_first else out.transpose(0, 1)
+        return out.sum(1) + weights.sum((1, 2))[:, None]
+
+
+@pytest.mark.parametrize("mask", ["none", "bool", "float", "3d"])
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("kdim", [None, 6])
+def test_multihead_attention_variants_decompose_exactly(mask, batch_first, kdim) -> None:
+    torch.manual_seed(0)
+    model = _Attention(mask, batch_first, kdim).double().eval()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    graph = ModelGraph(model)
+    assert not any(i.operation == "MultiheadAttention" for i in graph.nodes)
+    torch.testing.assert_close(graph.module(x), model(x), rtol=1e-10, atol=1e-12)
+    attribution = innspect.create_analyzer("lrp.attn", model).analyze(x)
+    assert bool(torch.isfinite(torch.as_tensor(attribution)).all())
