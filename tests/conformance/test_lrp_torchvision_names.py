@@ -55,6 +55,9 @@ CONSERVATIVE: dict[str, float] = {
     "lrp.epsilon_gamma_box": 1e-3,
     "lrp.epsilon_alpha2_beta1": 1e-3,
     "lrp.epsilon_alpha2_beta1_flat": 1e-3,
+    # AttnLRP / CP-LRP (issue 16): on ReLU CNNs, epsilon 1e-6 on every layer and sum.
+    "lrp.attn": 1e-3,
+    "lrp.cp": 1e-3,
 }
 # Not conservative by definition: Epsilon(0.1) on dense layers absorbs relevance (presets);
 # Flat / w^2 send relevance to inputs that are zero, which max pooling and the z-rule at
@@ -160,7 +163,7 @@ def test_every_name_has_an_expectation() -> None:
     assert set(NAMES) == set(CONSERVATIVE) | NOT_CONSERVATIVE
     assert not set(CONSERVATIVE) & NOT_CONSERVATIVE
     assert {name for _, name in EXCEPTIONS} <= set(CONSERVATIVE)
-    assert len(NAMES) == 26
+    assert len(NAMES) == 28  # 26 + lrp.attn, lrp.cp (issue 16)
 
 
 @pytest.mark.parametrize("name", NAMES)
