@@ -107,3 +107,46 @@ def test_multihead_attention_variants_decompose_exactly(mask, batch_first, kdim)
     torch.testing.assert_close(graph.module(x), model(x), rtol=1e-10, atol=1e-12)
     attribution = innspect.create_analyzer("lrp.attn", model).analyze(x)
     assert bool(torch.isfinite(torch.as_tensor(attribution)).all())
+
+
+class _Encoder(torch.nn.Module):
+    """nn.TransformerEncoder (bias-free), with a key padding mask; a head on token 0."""
+
+    def __init__(self, norm_first: bool, batch_first: bool) -> None:
+        super().__init__()
+        layer = torch.nn.TransformerEncoderLayer(
+            8,
+            2,
+            16,
+            batch_first=batch_first,
+            norm_first=norm_first,
+            bias=False,
+            activation="gelu",
+        )
+        norm = torch.nn.LayerNorm(8, bias=False)
+        self.encoder = torch.nn.TransformerEncoder(layer, 2, norm, enable_nested_tensor=False)
+        padding = torch.zeros(2, 5, dtype=torch.bool)
+        padding[:, -2:] = True
+        self.register_buffer("padding", padding)
+        self.head = torch.nn.Linear(8, 3, bias=False)
+        self.batch_first = batch_first
+
+    def forward(self, x):
+        x = x if self.batch_first else x.transpose(0, 1)
+        x = self.encoder(x, src_key_padding_mask=self.padding)
+        return self.head((x if self.batch_first else x.transpose(0, 1))[:, 0])
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_transformer_encoder_is_decomposed_and_cp_lrp_conserves(norm_first, batch_first) -> None:
+    torch.manual_seed(0)
+    model = _Encoder(norm_first, batch_first).double().eval()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    graph = ModelGraph(model)
+    assert not any("Transformer" in i.operation for i in graph.nodes)
+    torch.testing.assert_close(graph.module(x), model(x), rtol=1e-10, atol=1e-12)
+    report = conservation_report(innspect.create_analyzer("lrp.cp", model, epsilon=EPS), x)
+    if batch_first:  # per-node sums are per sample along axis 0 (sequence-first: per token)
+        assert report.max_relative_difference() <= 1e-8, report.worst_nodes()
+    torch.testing.assert_close(report.input_total, report.output_total, rtol=1e-8, atol=0)

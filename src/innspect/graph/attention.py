@@ -252,3 +252,36 @@ def swin_attention(
 DECOMPOSED = {
     "torchvision.models.swin_transformer.shifted_window_attention": swin_attention,
 }
+
+
+def encoder_layer(
+    module: nn.TransformerEncoderLayer,
+    src: Any,
+    src_mask: Any = None,
+    src_key_padding_mask: Any = None,
+    is_causal: bool = False,
+) -> Any:
+    """``nn.TransformerEncoderLayer.forward`` without its fused fast path (eval mode): the
+    attention goes through ``multihead_attention``, the rest are its own submodules."""
+    x = src
+    if module.norm_first:
+        x = x + module._sa_block(module.norm1(x), src_mask, src_key_padding_mask, is_causal)
+        return x + module._ff_block(module.norm2(x))
+    x = module.norm1(x + module._sa_block(x, src_mask, src_key_padding_mask, is_causal))
+    return module.norm2(x + module._ff_block(x))
+
+
+def encoder(
+    module: nn.TransformerEncoder,
+    src: Any,
+    mask: Any = None,
+    src_key_padding_mask: Any = None,
+    is_causal: bool | None = None,
+) -> Any:
+    """``nn.TransformerEncoder.forward`` layer by layer (no nested-tensor fast path)."""
+    x = src
+    for layer in module.layers:
+        x = layer(
+            x, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal)
+        )
+    return module.norm(x) if module.norm is not None else x

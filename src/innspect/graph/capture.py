@@ -17,14 +17,18 @@ class _LeafTracer(fx.Tracer):
 
     fx's default already treats torch.nn modules (except containers) as leaves; user modules
     and torchvision blocks are traced through, so their additions and concatenations become
-    nodes of their own. Attention (``nn.MultiheadAttention``,
-    ``F.scaled_dot_product_attention``) is written out in plain operations
+    nodes of their own. Attention (``nn.MultiheadAttention``, ``nn.TransformerEncoder``
+    and its layers, ``F.scaled_dot_product_attention``) is written out in plain operations
     (``graph/attention.py``) so the relevance rules reach its projections and softmax.
     """
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
         if isinstance(m, nn.MultiheadAttention):
             return attention.multihead_attention(m, m.out_proj, *args, **kwargs)
+        if isinstance(m, nn.TransformerEncoderLayer):
+            return attention.encoder_layer(m, *args, **kwargs)
+        if isinstance(m, nn.TransformerEncoder):
+            return attention.encoder(m, *args, **kwargs)
         return super().call_module(m, forward, args, kwargs)
 
     def create_proxy(self, kind: str, target: Any, args: Any, kwargs: Any, *rest: Any, **kw: Any):
