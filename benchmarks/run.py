@@ -496,7 +496,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--only",
-        choices=("patterns", "introspect"),
+        choices=("patterns", "introspect", "modern"),
         help="run one group only, written to RESULTS-<group>.md unless --out is given",
     )
     parser.add_argument("--pattern-batch", type=int, default=16, help="batch of --only patterns")
@@ -556,6 +556,18 @@ def main(argv: list[str] | None = None) -> None:
                 args.introspect_channels,
             )
         )
+        sections.append(render_duration(time.perf_counter() - started, args.started_at))
+        write_text(out, "\n".join(sections))
+        print(f"wrote {out}")
+        return
+    if args.only == "modern":
+        import sys
+
+        import bench_modern
+
+        out = args.out if "--out" in (argv or sys.argv) else HERE / "RESULTS-modern.md"
+        sections[1] = "Made by `python benchmarks/run.py --only modern`.\n"
+        sections.append(bench_modern.section(sys.modules[__name__], args.batch, args.repeats))
         sections.append(render_duration(time.perf_counter() - started, args.started_at))
         write_text(out, "\n".join(sections))
         print(f"wrote {out}")
