@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 from importlib import metadata
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -87,3 +88,32 @@ def test_agrees_with_lxt_on_a_llama_style_block(method: str) -> None:
     error = float((ours - reference).norm() / reference.norm())
     print(f"{method}: relative L2 {error:.3g} from LXT")
     assert error <= 1e-3, f"{method}: relative L2 {error:.3g} from LXT"
+
+
+@pytest.mark.parametrize(
+    "cases", [("llama-attn", "bert-attn", "vit-cp"), ("llama-cp",)], ids=["attn+vit", "llama-cp"]
+)
+def test_agrees_with_lxt_monkey_patched_models(cases: tuple[str, ...]) -> None:
+    """Hugging Face LLaMA / BERT (tiny random configurations, eager attention) and
+    torchvision ViT under LXT's own monkey_patch; patching is global, so the two patches
+    of LLaMA run in two processes."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)])}
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.lxt_cases", *cases],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    errors = dict(line.split() for line in result.stdout.splitlines() if line.strip())
+    assert set(errors) == set(cases), result.stdout
+    for case, error in errors.items():
+        assert float(error) <= 1e-3, f"{case}: relative L2 {error} from LXT"

@@ -1,7 +1,8 @@
 """AttnLRP and CP-LRP: LRP for transformers and modern CNNs (SPEC "Modern architectures").
 
 ``lrp.attn`` (Achtibat et al. 2024, "AttnLRP", arXiv 2402.05602; its implementation LXT):
-the epsilon rule on every linear layer, the z-rule with the same stabiliser on sums,
+the epsilon rule on every linear layer, the z-rule with the same stabiliser on sums (a
+constant addend, such as a position embedding, is a bias that absorbs its share),
 the gate / uniform rule on element-wise products, the epsilon-uniform rule on matrix
 products of two signals, AttnLRP's softmax rule, LayerNorm with its standard deviation
 held constant, identity on RMSNorm and element-wise non-linearities.
@@ -18,9 +19,9 @@ from typing import Any
 from innspect.analyzers.lrp import LRP
 from innspect.analyzers.plan import Composite, Site, kind, lrp_default
 from innspect.analyzers.presets import Preset
-from innspect.graph.kinds import Kind
+from innspect.graph.kinds import Kind, is_sum
 from innspect.rules.lrp import Epsilon
-from innspect.rules.lrp_nodes import modern_node_mapping
+from innspect.rules.lrp_nodes import ZRuleNoParam, modern_node_mapping
 from innspect.rules.modern import ATTN_EPSILON
 
 
@@ -31,6 +32,11 @@ def attention_composite(epsilon: float = ATTN_EPSILON, cp: bool = False) -> Comp
     name = "lrp.cp" if cp else "lrp.attn"
 
     def default(site: Site) -> Any:
+        info = site.info
+        if info.kind is Kind.IDENTITY and is_sum(info.node):
+            # x + c with c constant (position embeddings): c is a bias that absorbs its
+            # share, as in the epsilon rule and in LXT's gradient x input.
+            return ZRuleNoParam(epsilon)
         rule = modern_node_mapping(site.info, epsilon, cp=cp)
         return rule if rule is not None else lrp_default(site, name, epsilon)
 

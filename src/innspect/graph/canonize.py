@@ -69,6 +69,10 @@ def remove_inplace(gm: fx.GraphModule) -> None:
         elif node.op == "call_function" and node.kwargs.get("inplace"):
             node.kwargs = {**node.kwargs, "inplace": False}
             changed = True
+        elif node.op == "call_function" and _aten_out_of_place(node.target) is not None:
+            # torch.export's ATen in-place ops (aten.add_.Tensor from `x += y`).
+            node.target = _aten_out_of_place(node.target)
+            changed = True
         elif node.op == "call_function" and getattr(node.target, "__name__", "").endswith("_"):
             out_of_place = getattr(torch, node.target.__name__[:-1], None)
             if out_of_place is not None and not node.target.__name__.startswith("_"):
@@ -86,6 +90,15 @@ def remove_inplace(gm: fx.GraphModule) -> None:
                 changed = True
         if changed and mutated is not None:
             _forward_uses_after(node, mutated)
+
+
+def _aten_out_of_place(target: object) -> object | None:
+    """``aten.add.Tensor`` for ``aten.add_.Tensor``; None for anything else."""
+    name = aten_name(target)
+    if name is None or not name.endswith("_") or name.startswith("_"):
+        return None
+    packet = getattr(torch.ops.aten, name[:-1], None)
+    return getattr(packet, getattr(target, "_overloadname", "default"), None)
 
 
 def _is_inplace_method(name: str) -> bool:
