@@ -1,3 +1,11 @@
 """Imports every module that registers analyzers, so the registry knows them all."""
 
-from innspect.analyzers import composites, deeptaylor, gradient, lrp, misc, wrappers  # noqa: F401
+from innspect.analyzers import (  # noqa: F401
+    composites,
+    deeptaylor,
+    gradient,
+    lrp,
+    misc,
+    occlusion,
+    wrappers,
+)
