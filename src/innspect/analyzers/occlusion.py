@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from innspect.analyzers.base import Analyzer, Explanation
+from innspect.analyzers.baselines import broadcast_baseline
 from innspect.analyzers.registry import register
 from innspect.errors import InputError, NotAnalyzableModelError
 from innspect.graph.graph import eval_mode
@@ -144,18 +145,6 @@ class Occlusion(Analyzer):
                 )
         return tuple(strides)
 
-    def _baseline(self, x: torch.Tensor) -> torch.Tensor:
-        value = self.baseline
-        value = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
-        value = value.to(device=x.device, dtype=x.dtype)
-        try:
-            return torch.broadcast_to(value, x.shape)
-        except RuntimeError as error:
-            raise InputError(
-                f"baseline of shape {tuple(value.shape)} does not broadcast to the input's shape "
-                f"{tuple(x.shape)}; give a number or one baseline per sample or for all"
-            ) from error
-
     # -- the analysis -------------------------------------------------------------------------
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         with eval_mode(self.model), torch.no_grad():
@@ -179,7 +168,7 @@ class Occlusion(Analyzer):
         if not x.is_floating_point():
             raise InputError(f"occlusion needs a floating-point input, got {x.dtype}")
         windows = self.windows(x.shape[1:])
-        baseline = self._baseline(x)
+        baseline = broadcast_baseline(self.baseline, x, "baseline")
         self._check_model(x)
         output = self._forward(x)
         selected = self._select(output, neuron_selection)

@@ -48,6 +48,8 @@ class ForwardRecord:
 
     values: RecordedValues
     leaves: dict[fx.Node, list[torch.Tensor | None]] = field(default_factory=dict)
+    # Every node's output on the reference input (``run_forward_with_reference``), or None.
+    reference: RecordedValues | None = None
 
     def output(self, graph: ModelGraph) -> torch.Tensor:
         return self.values[graph.output_node]
@@ -196,3 +198,76 @@ def _call(module: torch.nn.Module | None, node: fx.Node, args: Any, kwargs: Any)
     if node.op == "call_method":
         return getattr(args[0], str(node.target))(*args[1:], **kwargs)
     raise AssertionError(f"unexpected node op {node.op}")
+
+
+def run_forward_with_reference(
+    graph: ModelGraph, x: torch.Tensor, reference: torch.Tensor, *, batched: bool = True
+) -> ForwardRecord:
+    """Record ``graph`` on ``x`` and on ``reference`` (same shape), for reference-based methods.
+
+    The record's ``values`` hold the nodes' outputs on ``x`` and ``reference`` holds them on
+    the reference input, so a mapping reads both (DeepLIFT's differences from the reference).
+    With ``batched``, one forward pass of ``[x; reference]`` makes both, and every recorded
+    batch-first tensor is split into its halves (views, no copy); shape queries are run
+    again on each half. A graph whose values cannot be split that way (a node output whose
+    first axis is not the batch) is recorded by two forward passes instead. No node is
+    recorded for autograd: mappings take VJPs with ``NodeContext.recomputed_vjp``.
+    """
+    if reference.shape != x.shape:
+        raise InputError(
+            f"the reference input has shape {tuple(reference.shape)}, the input "
+            f"{tuple(x.shape)}; they must be equal"
+        )
+    if batched:
+        both = run_forward(graph, torch.cat([x, reference]))
+        halves = _split_values(graph, both.values, x, reference)
+        if halves is not None:
+            return ForwardRecord(halves[0], reference=halves[1])
+        del both
+    record = run_forward(graph, x)
+    record.reference = run_forward(graph, reference).values
+    return record
+
+
+def _split_values(
+    graph: ModelGraph, values: RecordedValues, x: torch.Tensor, reference: torch.Tensor
+) -> tuple[RecordedValues, RecordedValues] | None:
+    """The record of a forward pass on ``[x; reference]`` as one record per half, or None
+    where a value that depends on the input is not batch-first."""
+    n = x.shape[0]
+    halves = (RecordedValues(), RecordedValues())
+    for half in halves:
+        half.recompute.update(values.recompute)
+    for info in graph.nodes:
+        node = info.node
+        if node is graph.input_node:
+            halves[0][node], halves[1][node] = x, reference
+            continue
+        if node in values.recompute:  # a dropped ReLU: each half rebuilds it from its input
+            continue
+        value = values.get(node)
+        if not info.depends_on_input:
+            for half in halves:
+                half[node] = value
+        elif info.is_metadata:  # x.shape, x.size(0)...: the half's own
+            for half in halves:
+                half[node] = run_node(info, half)
+        else:
+            parts = _split_batch(value, n)
+            if parts is None:
+                return None
+            halves[0][node], halves[1][node] = parts
+    return halves
+
+
+def _split_batch(value: Any, n: int) -> tuple[Any, Any] | None:
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 0 or value.shape[0] != 2 * n:
+            return None
+        return value[:n], value[n:]
+    if isinstance(value, tuple | list):
+        parts = [_split_batch(v, n) for v in value]
+        if any(p is None for p in parts):
+            return None
+        return type(value)(p[0] for p in parts), type(value)(p[1] for p in parts)
+    return None

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from innspect.engine.forward import ForwardRecord, autograd_leaves, run_node
+from innspect.engine.forward import ForwardRecord, RecordedValues, autograd_leaves, run_node
 from innspect.errors import NonFiniteRelevanceError, UnsupportedNodeError
 from innspect.graph.graph import ModelGraph, NodeInfo
 
@@ -40,6 +40,21 @@ class NodeContext:
     def output(self) -> Any:
         return self.record.values[self.info.node]
 
+    @property
+    def reference_inputs(self) -> list[Any]:
+        """The same inputs on the reference input (a record made by the reference pass)."""
+        reference = self._reference()
+        return [reference[n] for n in self.info.signal_inputs]
+
+    @property
+    def reference_output(self) -> Any:
+        return self._reference()[self.info.node]
+
+    def _reference(self) -> RecordedValues:
+        if self.record.reference is None:
+            raise AssertionError(f"node {self.info.describe()}: the record has no reference pass")
+        return self.record.reference
+
     def vjp(self, signal: Signal | None = None) -> list[torch.Tensor | None]:
         """Vector-Jacobian product of the node with ``signal`` (default: the arriving one)."""
         leaves = self.record.leaves.get(self.info.node)
@@ -47,13 +62,16 @@ class NodeContext:
             raise AssertionError(f"node {self.info.describe()} was not recorded for autograd")
         return _vjp(self.output, leaves, self.signal if signal is None else signal)
 
-    def recomputed_vjp(self, signal: Signal | None = None) -> list[torch.Tensor | None]:
+    def recomputed_vjp(
+        self, signal: Signal | None = None, *, at_reference: bool = False
+    ) -> list[torch.Tensor | None]:
         """The same product, from running the node again on its recorded inputs.
 
         For nodes recorded without autograd: one more pass of a cheap operation (pooling)
         instead of a local autograd graph that holds the node's input all through the walk.
+        ``at_reference``: the product at the node's reference inputs instead.
         """
-        values = self.record.values
+        values = self._reference() if at_reference else self.record.values
         leaves = autograd_leaves(values, self.info)
         with torch.enable_grad():
             output = run_node(self.info, values, leaves)
@@ -223,6 +241,8 @@ def reverse_walk(
         # graph) now, as autograd frees saved tensors, so memory falls during the walk.
         values.pop(node, None)
         record.leaves.pop(node, None)
+        if record.reference is not None:
+            record.reference.pop(node, None)
         if options.node_sums:
             arriving = list(signal.values()) if isinstance(signal, dict) else [signal]
             leaving = [m for m in mapped if isinstance(m, torch.Tensor)]
