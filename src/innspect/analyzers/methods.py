@@ -2,6 +2,7 @@
 
 from innspect.analyzers import (  # noqa: F401
     composites,
+    deeplift,
     deeptaylor,
     gradient,
     lrp,
