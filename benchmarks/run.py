@@ -494,9 +494,30 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         help="Unix time at which `make bench` started, to report the time with set-up",
     )
+    parser.add_argument(
+        "--only",
+        choices=("deeplift",),
+        help="run one group only, written to RESULTS-<group>.md unless --out is given",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     sections = ["# Benchmark results\n", "Made by `make bench` (benchmarks/run.py).\n", machine()]
+    if args.only == "deeplift":
+        import sys
+
+        import bench_deeplift
+
+        out = args.out if "--out" in (argv or sys.argv) else HERE / "RESULTS-deeplift.md"
+        sections[1] = "Made by `python benchmarks/run.py --only deeplift`.\n"
+        sections.append(
+            bench_deeplift.section(
+                sys.modules[__name__], args.models, args.batch, args.size, args.repeats
+            )
+        )
+        sections.append(render_duration(time.perf_counter() - started, args.started_at))
+        write_text(out, "\n".join(sections))
+        print(f"wrote {out}")
+        return
     tables: dict[str, list[Row]] = {}
     for model_name in args.models:
         print(f"{model_name}:", flush=True)
