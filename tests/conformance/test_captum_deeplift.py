@@ -151,3 +151,19 @@ def test_smooth_activations_equal_captum_and_sum_to_delta(mode: str) -> None:
         assert error <= 1e-4
     else:  # Captum has no reveal-cancel: it must differ, while summing to the same delta
         assert error > 1e-3
+
+
+@pytest.mark.parametrize("mode", ["rescale", "reveal_cancel"])
+def test_resnet18_sums_to_delta_with_captums_max_pool_rule(mode: str) -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    reference = 0.1 * torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    explanation = innspect.create_analyzer(
+        "deep_lift", model, reference_inputs=reference, nonlinear_mode=mode, max_pooling="delta"
+    ).explain(x)
+    rows = torch.arange(2)
+    with torch.no_grad():
+        delta = model(x)[rows, explanation.selected] - model(reference)[rows, explanation.selected]
+    sums = explanation.attribution.sum(dim=(1, 2, 3))
+    torch.testing.assert_close(sums, delta, rtol=0, atol=1e-8)
