@@ -110,7 +110,8 @@ def test_summation_to_delta(name: str, mode: str) -> None:
 
 
 class FunctionalActivations(nn.Module):
-    """Functional GELU, SiLU, ReLU6 and sigmoid, and one ReLU module called twice."""
+    """Functional GELU, SiLU, ReLU6 and sigmoid, one ReLU module called twice, and a layer
+    output read by an activation and a sum."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -119,7 +120,8 @@ class FunctionalActivations(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = F.gelu(self.fc1(x)) + F.silu(self.fc1(x))
-        b = self.relu(F.relu6(self.fc2(a)) - torch.sigmoid(a))
+        z = self.fc2(a)  # read by an activation and by a sum: both multipliers add up
+        b = self.relu(F.relu6(z) - torch.sigmoid(a)) + z
         return self.fc3(self.relu(b + a))
 
 
