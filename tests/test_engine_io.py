@@ -331,6 +331,12 @@ def test_lrp_z_of_a_contrast_is_input_times_its_gradient() -> None:
         torch.testing.assert_close(lrp.attributions[name], x * gradient, rtol=1e-8, atol=1e-10)
     total = sum(a.flatten(1).sum(1) for a in lrp.attributions.values())
     torch.testing.assert_close(total, lrp.scores, rtol=1e-8, atol=1e-10)  # sums to t
+    # A non-linear t: relevance starts from y * dt/dy, which sums to k t for t homogeneous
+    # of degree k (Euler); the README documents it with this product (k = 2).
+    product = innspect.create_analyzer("lrp.z", model, target=lambda y: y[:, 0] * y[:, 1])
+    explanation = product.explain((image, aux))
+    total = sum(a.flatten(1).sum(1) for a in explanation.attributions.values())
+    torch.testing.assert_close(total, 2 * explanation.scores, rtol=1e-8, atol=1e-10)
 
 
 def test_wrappers_take_targets_and_several_inputs() -> None:
@@ -416,6 +422,51 @@ def test_integrated_gradients_at_an_embedding_output() -> None:
     torch.testing.assert_close(ours, total * embedded, rtol=1e-10, atol=1e-12)
 
 
+class TokensAndMask(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.fc = nn.Linear(4, 2, bias=False)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = torch.relu(self.embed(tokens))
+        if mask is not None:
+            hidden = hidden * mask[..., None]
+        return self.fc(hidden.sum(1))
+
+
+def test_lrp_at_an_embedding_output_matches_the_token_relevance() -> None:
+    model = _seeded(TokensAndMask())
+    tokens = torch.tensor([[1, 4, 7], [2, 2, 9]])
+    # wave 1: a model with one integer input gets relevance per token (embedding rule)
+    per_token = innspect.create_analyzer("lrp.z", model).explain(tokens)
+    at_node = innspect.create_analyzer(
+        "lrp.z", model, attribute_to="embed", attribute_sum_axis=-1
+    ).explain(tokens)
+    torch.testing.assert_close(at_node.attribution, per_token.attribution, rtol=1e-12, atol=0)
+    torch.testing.assert_close(at_node.attribution.sum(1), at_node.scores, rtol=1e-8, atol=1e-8)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 1]])
+    masked = innspect.create_analyzer("lrp.z", model, attribute_to="embed").analyze(
+        {"tokens": tokens, "mask": mask}
+    )
+    assert masked.shape == (2, 3, 4) and bool((masked[mask == 0] == 0).all())
+    scores = model(tokens, mask).max(1).values
+    torch.testing.assert_close(masked.sum((1, 2)), scores.detach(), rtol=1e-8, atol=1e-8)
+
+
+def test_input_and_random_baselines_follow_the_inputs() -> None:
+    image, aux = _image_aux()
+    model = _seeded(ImageAndAux())
+    same = innspect.create_analyzer("input", model).analyze((image, aux))
+    assert torch.equal(same[0], image) and torch.equal(same[1], aux)
+    noise = innspect.create_analyzer("random", model, attribute_to="aux", seed=0).analyze(
+        {"image": image, "aux": aux}
+    )
+    assert noise.shape == aux.shape
+    with pytest.raises(innspect.InputError, match="attributes inputs only"):
+        innspect.create_analyzer("input", model, attribute_to="conv").analyze((image, aux))
+
+
 # -- bad input ----------------------------------------------------------------------------------
 def test_bad_structures_and_names_are_refused_clearly() -> None:
     model = _seeded(ImageAndAux())
@@ -472,3 +523,28 @@ def test_options_are_saved_and_the_graph_follows_the_call() -> None:
     # the same analyzer called by position and by keyword gives the same attributions
     by_keyword = analyzer.analyze({"aux": aux, "image": image})
     torch.testing.assert_close(by_keyword[0], analyzer.analyze((image, aux))[0])
+
+
+class LoopWithAux(nn.Module):
+    """torch.fx cannot trace the loop over a shape; torch.export captures it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 3)
+        self.b = nn.Linear(2, 3)
+
+    def forward(self, x: torch.Tensor, aux: torch.Tensor, flag: bool = True):
+        hidden = self.a(x)
+        for i in range(x.shape[1]):
+            hidden = hidden + x[:, i : i + 1] * i
+        return {"logits": hidden + self.b(aux), "doubled": aux * 2}
+
+
+def test_export_fallback_with_keyword_inputs_and_a_dict_output() -> None:
+    model = _seeded(LoopWithAux())
+    x, aux = torch.randn(3, 4, **DOUBLE), torch.randn(3, 2, **DOUBLE)
+    analyzer = innspect.create_analyzer("gradient", model, neuron_selection_mode="all")
+    ours = analyzer.analyze({"aux": aux, "x": x})
+    expected = _autograd(lambda a, b: model(a, b)["logits"], (x, aux))
+    torch.testing.assert_close(ours["x"], expected[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours["aux"], expected[1], rtol=1e-12, atol=1e-12)

@@ -161,6 +161,8 @@ class Analyzer:
                 f"target= replaces the neuron selection; drop neuron_selection_mode="
                 f"{neuron_selection_mode!r}"
             )
+        if isinstance(output, list):  # a path restored from a saved (JSON) config
+            output = tuple(output)
         if output is not None and not (callable(output) or isinstance(output, str | int | tuple)):
             raise OutputSelectionError(
                 f"output must be an index, a key, a path tuple or a callable, got {output!r}"
