@@ -230,6 +230,16 @@ def test_forward_defaults_the_caller_does_not_pass_are_not_inputs() -> None:
     torch.testing.assert_close(result["x"], expected_x, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(result["attn_mask"], expected_mask, rtol=1e-12, atol=1e-12)
 
+    class WithKwargs(TimmStyle):
+        def forward(self, x, attn_mask=None, *args, **kwargs):  # *args/**kwargs: no inputs
+            return super().forward(x, attn_mask)
+
+    other = WithKwargs().double()
+    other.load_state_dict(model.state_dict())
+    ours = innspect.create_analyzer("gradient", other, neuron_selection_mode="all").analyze(x)
+    (expected,) = _autograd(model, (x,))
+    torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
+
 
 # -- outputs ------------------------------------------------------------------------------------
 def test_dict_output_defaults_to_logits_and_output_picks_another() -> None:

@@ -58,17 +58,18 @@ class CallSpec:
         )
 
 
+_VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+
+
 def _forward_parameters(model: nn.Module) -> list[inspect.Parameter] | None:
-    """The forward's parameters (without self); None when they cannot be read or are *args."""
+    """The forward's named parameters (without self, ``*args`` and ``**kwargs``, which are
+    never inputs); None when the signature cannot be read or has only ``*args``/``**kwargs``."""
     try:
         signature = inspect.signature(model.forward)
     except (TypeError, ValueError):
         return None
-    parameters = list(signature.parameters.values())
-    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-    if any(p.kind in variadic for p in parameters):
-        return None
-    return parameters
+    parameters = [p for p in signature.parameters.values() if p.kind not in _VARIADIC]
+    return parameters or None
 
 
 def bind_call(

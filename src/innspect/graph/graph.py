@@ -125,6 +125,12 @@ class ModelGraph:
         bound = dict(self.call.bound)
         self.input_nodes: list[fx.Node] = []
         self.bound_values: dict[fx.Node, Any] = {}
+        for node in placeholders:  # fx's *args / **kwargs: empty, never inputs
+            if str(node.target).startswith("**"):
+                self.bound_values[node] = {}
+            elif str(node.target).startswith("*"):
+                self.bound_values[node] = ()
+        placeholders = [n for n in placeholders if n not in self.bound_values]
         if len(placeholders) == len(names) + len(bound) and self.call.parameters:
             # fx: one placeholder per forward parameter, bound ones included.
             order = [p for p in self.call.parameters if p in bound or p in names]
