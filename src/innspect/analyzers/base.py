@@ -23,7 +23,8 @@ from innspect.engine.forward import ForwardRecord, run_forward
 from innspect.engine.reverse import Mapping, ReverseOptions, reverse_walk
 from innspect.errors import InputError, NeuronSelectionError, OutputActivationError
 from innspect.fileio import atomic_path
-from innspect.graph.graph import ModelGraph, NodeInfo, eval_mode
+from innspect.graph.capture import GRAPH_LOCK, refuse_hooks
+from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.rules.basic import Gradient
 
 NEURON_SELECTION_MODES = ("max_activation", "index", "all")
@@ -121,13 +122,15 @@ class Analyzer:
             With mode "index": one int for the whole batch or one per sample.
         """
         x, was_numpy = self._to_tensor(X)
-        explanation = self._explain(x, neuron_selection)
+        with GRAPH_LOCK.shared():  # no capture in any thread while this one runs modules
+            explanation = self._explain(x, neuron_selection)
         return self._from_tensor(explanation.attribution, was_numpy)
 
     def explain(self, X: Any, neuron_selection: Any = None) -> Explanation:
         """Like ``analyze`` but returns an Explanation with the selected neurons and scores."""
         x, _ = self._to_tensor(X)
-        return self._explain(x, neuron_selection)
+        with GRAPH_LOCK.shared():
+            return self._explain(x, neuron_selection)
 
     def fit(self, *args: Any, **kwargs: Any) -> None:
         """Train the analyzer on data; analyzers that need no training warn and do nothing."""
@@ -312,29 +315,35 @@ class ReverseAnalyzer(Analyzer):
     # -- the pipeline ---------------------------------------------------------------------
     def graph(self, example_input: torch.Tensor | None = None) -> ModelGraph:
         """The model's captured graph (captured on first use and kept)."""
+        refuse_hooks(self.model)  # hooks added after the capture count too
         if self._graph is None:
-            graph = ModelGraph(self.model, example_input, fuse_batchnorm=self.fuse_batchnorm)
-            activation = graph.output_activation()
-            if activation is not None:
-                raise OutputActivationError(
-                    f"the model's output passes through {activation.operation} at node "
-                    f"'{activation.name}'; explanations need the pre-activation output. Use "
-                    "innspect.model_wo_softmax(model) or model_wo_output_activation(model)"
-                )
-            self._mappings = {info.node: self._mapping(info, graph) for info in graph.nodes}
-            self._autograd_nodes = frozenset(
-                node for node, m in self._mappings.items() if m.needs_autograd
-            )
-            # When every node maps by its VJP, one autograd pass is the same walk, done in C++.
-            self._plain_gradient = all(
-                type(m) is Gradient
-                for node, m in self._mappings.items()
-                if node in graph.infos
-                and graph.infos[node].depends_on_input
-                and node is not graph.input_node
-            )
-            self._graph = graph
+            with GRAPH_LOCK.exclusive():  # one capture, even when threads share the analyzer
+                if self._graph is None:
+                    self._build_graph(example_input)
         return self._graph
+
+    def _build_graph(self, example_input: torch.Tensor | None) -> None:
+        graph = ModelGraph(self.model, example_input, fuse_batchnorm=self.fuse_batchnorm)
+        activation = graph.output_activation()
+        if activation is not None:
+            raise OutputActivationError(
+                f"the model's output passes through {activation.operation} at node "
+                f"'{activation.name}'; explanations need the pre-activation output. Use "
+                "innspect.model_wo_softmax(model) or model_wo_output_activation(model)"
+            )
+        self._mappings = {info.node: self._mapping(info, graph) for info in graph.nodes}
+        self._autograd_nodes = frozenset(
+            node for node, m in self._mappings.items() if m.needs_autograd
+        )
+        # When every node maps by its VJP, one autograd pass is the same walk, done in C++.
+        self._plain_gradient = all(
+            type(m) is Gradient
+            for node, m in self._mappings.items()
+            if node in graph.infos
+            and graph.infos[node].depends_on_input
+            and node is not graph.input_node
+        )
+        self._graph = graph
 
     def _mapping(self, info: NodeInfo, graph: ModelGraph) -> Mapping:
         raise NotImplementedError
@@ -350,14 +359,14 @@ class ReverseAnalyzer(Analyzer):
         """Run the recording forward pass (capturing the graph on first use)."""
         graph = self.graph(x)
         self._check_input_shape(graph, x)
-        with eval_mode(self.model):
+        with GRAPH_LOCK.shared():
             return run_forward(graph, x, self._autograd_nodes)
 
     def model_output(self, x: torch.Tensor) -> torch.Tensor:
         """The model's output on ``x`` through the captured graph, without recording."""
         graph = self.graph(x)
         self._check_input_shape(graph, x)
-        with eval_mode(self.model), torch.no_grad():
+        with GRAPH_LOCK.shared(), torch.no_grad():
             return run_forward(graph, x, keep=False).output(graph)
 
     def _explain(self, x: torch.Tensor, neuron_selection: Any) -> Explanation:
@@ -374,7 +383,7 @@ class ReverseAnalyzer(Analyzer):
         graph = self.graph()
         self._check_input_shape(graph, x)
         leaf = x.detach().requires_grad_(True)
-        with eval_mode(self.model), torch.enable_grad():
+        with torch.enable_grad():
             output = run_forward(graph, leaf, keep=False, global_autograd=True).output(graph)
         selected = self._select(output, neuron_selection)
         start, scores = self._start_signal(output, selected)

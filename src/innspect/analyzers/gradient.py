@@ -10,7 +10,8 @@ from torch import nn
 from innspect.analyzers.base import Analyzer, Explanation, ReverseAnalyzer
 from innspect.analyzers.registry import register
 from innspect.engine.reverse import Mapping, Unsupported
-from innspect.graph.graph import ModelGraph, NodeInfo, eval_mode
+from innspect.graph.capture import eval_view
+from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.graph.kinds import Kind
 from innspect.rules.basic import (
     GRADIENT,
@@ -130,9 +131,10 @@ class GradientBaseline(Analyzer):
             # The same output-activation refusal as the engine's analyzers.
             GradientAnalyzer(self.model).graph(x)
             self._checked = True
-        with eval_mode(self.model), torch.enable_grad():
+        # The eval view of the model: its training flags are never touched (capture.eval_view).
+        with torch.enable_grad():
             leaf = x.detach().requires_grad_(True)
-            output = self.model(leaf)
+            output = eval_view(self.model)(leaf)
             flat = output.reshape(output.shape[0], -1)
             selected = self._select(flat, neuron_selection)
             if selected is None:

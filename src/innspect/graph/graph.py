@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -11,7 +9,7 @@ from torch import fx, nn
 
 from innspect.errors import NotAnalyzableModelError
 from innspect.graph import canonize
-from innspect.graph.capture import capture
+from innspect.graph.capture import GRAPH_LOCK, capture
 from innspect.graph.kinds import (
     Kind,
     classify,
@@ -44,20 +42,6 @@ class NodeInfo:
         return f"'{self.name}' ({self.operation})"
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run with every submodule in eval mode, restoring each module's own flag afterwards."""
-    # Only modules in training mode are touched: the common case (an eval model) costs nothing.
-    training = [m for m in model.modules() if m.training]
-    try:
-        for module in training:
-            module.training = False
-        yield
-    finally:
-        for module in training:
-            module.training = True
-
-
 class ModelGraph:
     """A model captured as a graph, canonicalised for the reverse pass.
 
@@ -80,13 +64,14 @@ class ModelGraph:
         fuse_batchnorm: bool = False,
     ) -> None:
         self.model = model
-        with eval_mode(model):
-            self.module = capture(model, example_input)
+        # The graph's layers are eval views of the model's (capture.eval_view): running them
+        # never reads or changes the user's training flags.
+        self.module = capture(model, example_input)
         self.module.training = False
         canonize.remove_inplace(self.module)
         self.fused: dict[str, list[str]] = {}
         if fuse_batchnorm:
-            with eval_mode(model):  # it may run one forward: BatchNorm statistics stay put
+            with GRAPH_LOCK.shared():  # it may run one forward
                 self.fused = canonize.fuse_batchnorm(self.module, example_input)
         self.module.graph.lint()
         self.module.recompile()
