@@ -133,3 +133,59 @@ def test_wrappers_are_analysed_as_the_module_they_wrap() -> None:
     for wrapped in (nn.DataParallel(inner), torch.compile(inner)):
         result = innspect.create_analyzer("lrp.epsilon", wrapped).analyze(x)
         torch.testing.assert_close(result, expected)
+
+
+class _Untraceable(nn.Module):
+    """fx cannot trace it (a branch on a traced value): captured by torch.export."""
+
+    def __init__(self, branch: bool = True) -> None:
+        super().__init__()
+        self.branch = branch
+        self.conv = nn.Conv2d(2, 3, 3)
+        self.bn = nn.BatchNorm2d(3)
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn(self.conv(x)))
+        if not self.branch or h.dim() == 4:
+            h = h.flatten(1)
+        return self.fc(h)
+
+
+def _untraceable_and_twin() -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(1)
+    model = _Untraceable().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.running_var.uniform_(0.5, 2)
+        model.bn.weight.uniform_(0.5, 2)
+    twin = _Untraceable(branch=False).eval()
+    twin.load_state_dict(model.state_dict())
+    return model, twin
+
+
+def test_the_export_fallback_takes_any_batch_size() -> None:
+    # The export used to be fixed to the first batch size ("Guard failed: ... == 2").
+    model, twin = _untraceable_and_twin()
+    analyzer = innspect.create_analyzer("gradient", model)
+    assert any(n.operation == "GuardsFn" for n in analyzer.graph(torch.randn(1, 2, 4, 4)).nodes)
+    reference = innspect.create_analyzer("gradient", twin)  # fx-traced
+    for batch in (1, 3, 2, 70):  # a first batch of 1 is the hardest (export specialises 1)
+        x = torch.randn(batch, 2, 4, 4)
+        torch.testing.assert_close(analyzer.analyze(x), reference.analyze(x))
+    # Integrated gradients runs its points in chunks of batch_size rows.
+    x = torch.randn(2, 2, 4, 4)
+    ig = innspect.create_analyzer("integrated_gradients", model, steps=5, batch_size=4)
+    twin_ig = innspect.create_analyzer("integrated_gradients", twin, steps=5, batch_size=4)
+    torch.testing.assert_close(ig.analyze(x), twin_ig.analyze(x))
+
+
+@pytest.mark.parametrize("name", ["lrp.epsilon", "lrp.sequential_preset_a"])
+def test_batchnorm_modules_are_honoured_on_the_export_path(name: str) -> None:
+    # The relevance methods refused nn.BatchNorm2d there ("needs this layer as a module").
+    model, twin = _untraceable_and_twin()
+    x = torch.randn(3, 2, 4, 4)
+    analyzer = innspect.create_analyzer(name, model)
+    result = analyzer.analyze(x)
+    torch.testing.assert_close(result, innspect.create_analyzer(name, twin).analyze(x))
+    assert analyzer.graph().by_name["conv"].fused == ["bn"]

@@ -322,9 +322,77 @@ def capture(model: nn.Module, example_input: torch.Tensor | None = None) -> fx.G
 
 
 def _export(view: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
-    """torch.export of the view, first with a dynamic batch dimension."""
-    exported = torch.export.export(view, (example_input,), strict=False)
-    return exported.module()
+    """torch.export of the view with a dynamic batch dimension, its layers as modules again.
+
+    ``Dim.AUTO`` keeps the batch dimension symbolic where the model allows it (a model that
+    fixes it gets a static graph rather than an error); a batch of one is doubled for the
+    export, since torch.export would specialise a dimension of size 1.
+    """
+    if example_input.dim() > 0 and example_input.shape[0] == 1:
+        example_input = torch.cat([example_input, example_input])
+    dynamic = ({0: torch.export.Dim.AUTO},) if example_input.dim() > 0 else None
+    exported = torch.export.export(view, (example_input,), dynamic_shapes=dynamic, strict=False)
+    module = exported.module()
+    _layers_as_modules(module, view)
+    return module
+
+
+# ATen operators torch.export writes for a torch.nn layer, and the layer's tensors they read.
+_LAYER_OPERATORS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
+    "aten.batch_norm.default": (
+        nn.modules.batchnorm._BatchNorm,
+        ("weight", "bias", "running_mean", "running_var"),
+    ),
+    "aten.conv1d.default": (nn.Conv1d, ("weight", "bias")),
+    "aten.conv2d.default": (nn.Conv2d, ("weight", "bias")),
+    "aten.conv3d.default": (nn.Conv3d, ("weight", "bias")),
+    "aten.linear.default": (nn.Linear, ("weight", "bias")),
+}
+
+
+def _layers_as_modules(gm: fx.GraphModule, view: nn.Module) -> None:
+    """Turn ATen calls that are exactly one torch.nn layer's forward back into module calls.
+
+    torch.export records ``nn.BatchNorm2d`` as ``aten.batch_norm`` on its tensors; as a module
+    node again it is folded and mapped like on the fx path (and Conv/Linear likewise). Only
+    calls whose innermost module (``nn_module_stack``) is such a layer, unsubclassed, reading
+    that layer's own parameters, are rewritten.
+    """
+    for node in list(gm.graph.nodes):
+        entry = _LAYER_OPERATORS.get(str(node.target)) if node.op == "call_function" else None
+        stack = node.meta.get("nn_module_stack")
+        if entry is None or not stack or not node.args:
+            continue
+        layer_type, tensor_names = entry
+        path = list(stack.values())[-1][0]
+        try:
+            layer = view.get_submodule(path)
+        except AttributeError:
+            continue
+        if (
+            not isinstance(layer, layer_type)
+            or not type(layer).__module__.startswith("torch.nn.")
+            or getattr(layer, "padding_mode", "zeros") != "zeros"  # padding is a node of its own
+            or layer.training
+        ):
+            continue
+        tensor_args = list(node.args[1 : 1 + len(tensor_names)])
+        tensor_args += [node.kwargs.get(n) for n in tensor_names[len(tensor_args) :]]
+        if not all(
+            (arg is None and getattr(layer, name) is None)
+            or (
+                isinstance(arg, fx.Node) and arg.op == "get_attr" and arg.target == f"{path}.{name}"
+            )
+            for arg, name in zip(tensor_args, tensor_names, strict=True)
+        ):
+            continue
+        parent_path, _, child = path.rpartition(".")
+        gm.get_submodule(parent_path)._modules[child] = layer
+        node.op, node.target, node.args, node.kwargs = "call_module", path, (node.args[0],), {}
+    for node in list(gm.graph.nodes):
+        if node.op == "get_attr" and not node.users:
+            gm.graph.erase_node(node)
+    gm.recompile()
 
 
 def _copy_graph(graph: fx.Graph) -> fx.Graph:
