@@ -18,6 +18,7 @@ from innspect.errors import (
     NonFiniteRelevanceError,
     NotAnalyzableModelError,
     OutputActivationError,
+    OutputSelectionError,
     UnsupportedNodeError,
 )
 from innspect.model_utils import model_wo_output_activation, model_wo_softmax
@@ -33,6 +34,7 @@ __all__ = [
     "NonFiniteRelevanceError",
     "NotAnalyzableModelError",
     "OutputActivationError",
+    "OutputSelectionError",
     "ReverseAnalyzer",
     "UnsupportedNodeError",
     "analyzer_class",

@@ -38,3 +38,7 @@ class NeuronSelectionError(InnspectError, ValueError):
 
 class NonFiniteRelevanceError(InnspectError, FloatingPointError):
     """The reverse pass produced NaN or infinite values (with ``reverse_check_finite``)."""
+
+
+class OutputSelectionError(InnspectError, ValueError):
+    """The output or target to explain is ambiguous or malformed (``output=``, ``target=``)."""

@@ -11,7 +11,7 @@ import functools
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -19,12 +19,26 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from innspect.analyzers.io import (
+    ModelInputs,
+    attribute_names,
+    check_target,
+    model_inputs,
+    target_gradient,
+    to_tensor,
+)
 from innspect.engine.forward import ForwardRecord, run_forward
 from innspect.engine.reverse import Mapping, ReverseOptions, reverse_walk
-from innspect.errors import InputError, NeuronSelectionError, OutputActivationError
+from innspect.errors import (
+    InputError,
+    NeuronSelectionError,
+    OutputActivationError,
+    OutputSelectionError,
+)
 from innspect.fileio import atomic_path
 from innspect.graph.capture import GRAPH_LOCK, refuse_hooks
 from innspect.graph.graph import ModelGraph, NodeInfo
+from innspect.graph.kinds import Kind, classify
 from innspect.rules.basic import Gradient
 
 NEURON_SELECTION_MODES = ("max_activation", "index", "all")
@@ -37,11 +51,13 @@ class Explanation:
     Attributes
     ----------
     attribution
-        Same shape as the input.
+        Same shape as the input (the first attributed input or node).
     selected
-        Per sample, the output neuron explained (flattened index), or None for mode "all".
+        Per sample, the output neuron explained (flattened index), or None for mode "all"
+        and for ``target=``.
     scores
-        Per sample, the model's output at the selected neuron (sum over outputs for "all").
+        Per sample, the model's output at the selected neuron (sum over outputs for "all",
+        the target's value ``t`` for ``target=``).
     relevances
         Signal at each node by node name (with ``reverse_keep_tensors=True``).
     min_max
@@ -57,6 +73,12 @@ class Explanation:
     relevances: dict[str, torch.Tensor] = field(default_factory=dict)
     min_max: dict[str, tuple[float, float]] = field(default_factory=dict)
     node_sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    attributions: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Every attribution by input or node name (``attribute_to``), postprocessed."""
+
+    def __post_init__(self) -> None:
+        if not self.attributions:
+            self.attributions = {"input": self.attribution}
 
 
 def model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
@@ -73,9 +95,26 @@ class Analyzer:
     Parameters
     ----------
     model
-        A torch model returning one tensor of shape (N, ...) (logits, not probabilities).
+        A torch model (its output: logits, not probabilities). It may take several inputs
+        (``analyze`` a tuple or a dict) and return a tuple, dict or dataclass.
     neuron_selection_mode
         "max_activation" (default), "index" or "all".
+    target
+        Instead of a neuron selection: output weights ``w`` broadcastable to the explained
+        output (explains ``t = sum(w * y)`` per sample, Zennit's ``attr_output``) or a
+        callable ``f(y) -> (N,)`` (a contrast ``y[:, a] - y[:, b]``, a region's mean...).
+        Gradient methods start the walk from ``dt/dy``, relevance methods from
+        ``y * dt/dy``. ``analyze(X, target=...)`` overrides it per call.
+    output
+        Which returned tensor to explain when the model returns several: an index, a key,
+        a path tuple, or a callable on the returned structure. Default: the only tensor,
+        else ``"logits"``.
+    attribute_to
+        Which inputs (forward parameter names) or graph nodes (``NodeInfo.name``, e.g. an
+        embedding's module path) receive attributions: a name or a list of names. Default:
+        every floating-point input; integer inputs and masks pass through.
+    attribute_sum_axis
+        Sum every attribution over this axis (e.g. -1: an embedding's feature axis).
     """
 
     name: ClassVar[str] = "analyzer"
@@ -98,7 +137,16 @@ class Analyzer:
 
         cls.__init__ = recording_init  # type: ignore[method-assign]
 
-    def __init__(self, model: nn.Module, *, neuron_selection_mode: str = "max_activation") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        neuron_selection_mode: str = "max_activation",
+        target: Any = None,
+        output: Any = None,
+        attribute_to: str | Sequence[str] | None = None,
+        attribute_sum_axis: int | None = None,
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if neuron_selection_mode not in NEURON_SELECTION_MODES:
@@ -108,29 +156,50 @@ class Analyzer:
             )
         self.model = model
         self.neuron_selection_mode = neuron_selection_mode
+        self.target = check_target(target)
+        if self.target is not None and neuron_selection_mode != "max_activation":
+            raise NeuronSelectionError(
+                f"target= replaces the neuron selection; drop neuron_selection_mode="
+                f"{neuron_selection_mode!r}"
+            )
+        if isinstance(output, list):  # a path restored from a saved (JSON) config
+            output = tuple(output)
+        if output is not None and not (callable(output) or isinstance(output, str | int | tuple)):
+            raise OutputSelectionError(
+                f"output must be an index, a key, a path tuple or a callable, got {output!r}"
+            )
+        self.output = output
+        self.attribute_to = attribute_to
+        self._attribute_names = attribute_names(attribute_to)
+        self.attribute_sum_axis = None if attribute_sum_axis is None else int(attribute_sum_axis)
         self._options = getattr(self, "_options", {})
 
     # -- public interface ---------------------------------------------------------------
-    def analyze(self, X: Any, neuron_selection: Any = None) -> Any:
+    def analyze(self, X: Any, neuron_selection: Any = None, target: Any = None) -> Any:
         """Explain ``X`` (batch first); numpy in gives numpy out, a tensor gives a tensor.
 
         Parameters
         ----------
         X
-            Input batch, numpy array or torch tensor.
+            Input batch, numpy array or torch tensor; a tuple of them for a model with
+            several positional inputs, a dict for keyword inputs. Attributions come back in
+            the same structure (None for inputs that get none), or as ``attribute_to``
+            names them.
         neuron_selection
             With mode "index": one int for the whole batch or one per sample.
+        target
+            Output weights or a callable ``f(y) -> (N,)`` (see the class), for this call.
         """
-        x, was_numpy = self._to_tensor(X)
+        inputs = self._inputs(X)
         with GRAPH_LOCK.shared():  # no capture in any thread while this one runs modules
-            explanation = self._explain(x, neuron_selection)
-        return self._from_tensor(explanation.attribution, was_numpy)
+            explanation = self._explain(inputs, neuron_selection, target)
+        return inputs.restore(explanation.attributions, self.attribute_to)
 
-    def explain(self, X: Any, neuron_selection: Any = None) -> Explanation:
+    def explain(self, X: Any, neuron_selection: Any = None, target: Any = None) -> Explanation:
         """Like ``analyze`` but returns an Explanation with the selected neurons and scores."""
-        x, _ = self._to_tensor(X)
+        inputs = self._inputs(X)
         with GRAPH_LOCK.shared():
-            return self._explain(x, neuron_selection)
+            return self._explain(inputs, neuron_selection, target)
 
     def fit(self, *args: Any, **kwargs: Any) -> None:
         """Train the analyzer on data; analyzers that need no training warn and do nothing."""
@@ -178,59 +247,53 @@ class Analyzer:
         return Analyzer.load(config["name"], {"config": config, "arrays": arrays}, model)
 
     # -- input handling -----------------------------------------------------------------
-    def _to_tensor(self, X: Any) -> tuple[torch.Tensor, bool]:
+    def _inputs(self, X: Any) -> ModelInputs:
+        """``X`` checked and bound to the model's forward (see ``analyzers.io``)."""
+        if isinstance(X, ModelInputs):
+            return X
         device, dtype = model_device_dtype(self.model)
-        if isinstance(X, torch.Tensor):
-            x, was_numpy = X, False
-            if dtype is not None and x.is_floating_point() and x.dtype != dtype:
-                raise InputError(
-                    f"input dtype {x.dtype} does not match the model's {dtype}; "
-                    f"convert it with X.to({dtype})"
-                )
-            if device is not None and x.device != device:
-                raise InputError(
-                    f"input is on {x.device} but the model is on {device}; move it with "
-                    f"X.to('{device}')"
-                )
-        else:
-            try:
-                array = np.asarray(X)
-            except Exception as error:  # noqa: BLE001
-                raise InputError(
-                    f"cannot convert input of type {type(X).__name__}: {error}"
-                ) from error
-            if array.dtype.kind not in "fiub":
-                raise InputError(f"input must be numeric, got an array of dtype {array.dtype}")
-            x = torch.as_tensor(array, device=device)
-            if x.is_floating_point() or array.dtype.kind == "b":
-                # A model without tensors of its own takes numpy's float64 as it is.
-                x = x.to(dtype or (torch.float64 if array.dtype == np.float64 else torch.float32))
-            was_numpy = True
-        if x.dim() == 0 or x.shape[0] == 0:
+        return model_inputs(self.model, X, device, dtype)
+
+    def _attributed_inputs(self, inputs: ModelInputs) -> tuple[str, ...]:
+        """Names of the inputs to attribute, for analyzers that see no graph."""
+        names = self._attribute_names or inputs.default_sources()
+        unknown = [n for n in names if n not in inputs.names]
+        if unknown:
             raise InputError(
-                f"input must be a batch (first axis = samples) with at least one sample, got "
-                f"shape {tuple(x.shape)}; for a single sample use X[None]"
+                f"{self.name} attributes inputs only, and {unknown[0]!r} is not one of them "
+                f"({', '.join(inputs.names)})"
             )
-        if x.is_floating_point():
-            finite = torch.isfinite(x)
-            if not bool(finite.all()):
-                n_nan = int(torch.isnan(x).sum())
-                n_inf = int((~finite).sum()) - n_nan
-                raise InputError(
-                    f"input contains {n_nan} NaN and {n_inf} infinite values; clean or impute "
-                    "them before analysis"
-                )
-        return x, was_numpy
+        if not names:
+            raise InputError(_no_float_input_message(inputs))
+        return names
+
+    def _to_tensor(self, X: Any) -> tuple[torch.Tensor, bool]:
+        """One input tensor, checked (wave 1's single-input conversion)."""
+        device, dtype = model_device_dtype(self.model)
+        return to_tensor(X, device, dtype)
 
     @staticmethod
     def _from_tensor(x: torch.Tensor, to_numpy: bool) -> Any:
         return x.detach().cpu().numpy() if to_numpy else x.detach()
 
-    def _explain(self, x: torch.Tensor, neuron_selection: Any) -> Explanation:
+    def _explain(
+        self, inputs: ModelInputs, neuron_selection: Any, target: Any = None
+    ) -> Explanation:
         raise NotImplementedError
 
     # -- neuron selection ---------------------------------------------------------------
-    def _check_selection_arguments(self, neuron_selection: Any) -> None:
+    def _target(self, target: Any) -> Any:
+        """The per-call target, else the analyzer's."""
+        return self.target if target is None else check_target(target)
+
+    def _check_selection_arguments(self, neuron_selection: Any, target: Any = None) -> None:
+        if target is not None:
+            if neuron_selection is not None or self.neuron_selection_mode != "max_activation":
+                raise NeuronSelectionError(
+                    "target= replaces the neuron selection; pass either target or "
+                    "neuron_selection (with neuron_selection_mode='index'), not both"
+                )
+            return
         mode = self.neuron_selection_mode
         if mode == "index" and neuron_selection is None:
             raise NeuronSelectionError(
@@ -295,8 +358,9 @@ class ReverseAnalyzer(Analyzer):
         reverse_clip_values: Sequence[float] | None = None,
         reverse_project_bottleneck_layers: bool | Sequence[float] = False,
         reverse_min_max: bool = False,
+        **io_options: Any,
     ) -> None:
-        super().__init__(model, neuron_selection_mode=neuron_selection_mode)
+        super().__init__(model, neuron_selection_mode=neuron_selection_mode, **io_options)
         project = reverse_project_bottleneck_layers
         self.reverse_options = ReverseOptions(
             keep_tensors=reverse_keep_tensors,
@@ -308,19 +372,80 @@ class ReverseAnalyzer(Analyzer):
             min_max=reverse_min_max,
         )
         self._graph: ModelGraph | None = None
+        self._graph_key: Any = None
         self._mappings: dict[fx.Node, Mapping] = {}
         self._autograd_nodes: frozenset[fx.Node] = frozenset()
         self._plain_gradient = False
 
     # -- the pipeline ---------------------------------------------------------------------
-    def graph(self, example_input: torch.Tensor | None = None) -> ModelGraph:
-        """The model's captured graph (captured on first use and kept)."""
+    def graph(self, example_input: Any = None) -> ModelGraph:
+        """The model's captured graph for inputs like ``example_input`` (captured on first
+        use and kept; captured again when a call passes other inputs or dtypes)."""
         refuse_hooks(self.model)  # hooks added after the capture count too
-        if self._graph is None:
+        inputs = None if example_input is None else self._inputs(example_input)
+        graph = self._kept_graph(inputs)
+        if graph is None:
             with GRAPH_LOCK.exclusive():  # one capture, even when threads share the analyzer
-                if self._graph is None:
-                    self._build_graph(example_input)
-        return self._graph
+                graph = self._kept_graph(inputs) or self._capture(inputs)
+        return graph
+
+    def _kept_graph(self, inputs: ModelInputs | None) -> ModelGraph | None:
+        """The graph already captured, if it serves ``inputs``."""
+        if self._graph is not None:
+            if inputs is None or inputs.key() == self._graph_key:
+                return self._graph
+            if self._graph_key is None and inputs.call == self._graph.call:
+                self._graph_key = inputs.key()  # captured without an input, same call
+                return self._graph
+        return None
+
+    def _capture(self, inputs: ModelInputs | None) -> ModelGraph:
+        names = self._attribute_names
+        if names is None and inputs is not None:
+            names = inputs.default_sources()
+        graph = ModelGraph(
+            self.model,
+            tuple(inputs.values) if inputs is not None else None,
+            fuse_batchnorm=self.fuse_batchnorm,
+            call=inputs.call if inputs is not None else None,
+            attribute_to=names,
+            output=self.output,
+        )
+        if inputs is not None:
+            self._check_sources(graph, inputs)
+        activation = graph.output_activation()
+        if activation is not None:
+            raise _activation_error(activation)
+        self._mappings = {info.node: self._mapping(info, graph) for info in graph.nodes}
+        self._autograd_nodes = frozenset(
+            node for node, m in self._mappings.items() if m.needs_autograd
+        )
+        # When every node maps by its VJP, one autograd pass is the same walk, done in C++.
+        ends = {n for n in graph.source_nodes if not graph.infos[n].signal_inputs}
+        self._plain_gradient = graph.output_fn is None and all(
+            type(m) is Gradient
+            for node, m in self._mappings.items()
+            if node in graph.infos
+            and graph.infos[node].depends_on_input
+            and node.op != "placeholder"
+            and node not in ends
+        )
+        self._graph = graph
+        self._graph_key = inputs.key() if inputs is not None else None
+        return graph
+
+    def _check_sources(self, graph: ModelGraph, inputs: ModelInputs) -> None:
+        """Clear errors for nothing to attribute and for integer inputs named by the user."""
+        if not graph.source_nodes:
+            raise InputError(_no_float_input_message(inputs, _embedding_names(graph)))
+        if self._attribute_names is None:
+            return
+        values = inputs.by_name()
+        for node in graph.source_nodes:
+            name = graph.source_names[node]
+            value = values.get(name) if node.op == "placeholder" else None
+            if isinstance(value, torch.Tensor) and not value.is_floating_point():
+                raise InputError(_integer_input_message(name, value, _embedding_names(graph)))
 
     def _build_graph(self, example_input: torch.Tensor | None) -> None:
         graph = ModelGraph(self.model, example_input, fuse_batchnorm=self.fuse_batchnorm)
@@ -355,44 +480,170 @@ class ReverseAnalyzer(Analyzer):
     def _postprocess(self, attribution: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return attribution
 
-    def forward_record(self, x: torch.Tensor) -> ForwardRecord:
+    def forward_record(self, x: Any) -> ForwardRecord:
         """Run the recording forward pass (capturing the graph on first use)."""
-        graph = self.graph(x)
-        self._check_input_shape(graph, x)
+        inputs = self._inputs(x)
+        graph = self.graph(inputs)
+        feed = graph.feed(inputs.values)
+        self._check_input_shapes(graph, feed)
         with GRAPH_LOCK.shared():
-            return run_forward(graph, x, self._autograd_nodes)
+            return run_forward(graph, feed, self._autograd_nodes)
 
-    def model_output(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's output on ``x`` through the captured graph, without recording."""
-        graph = self.graph(x)
-        self._check_input_shape(graph, x)
+    def model_output(self, x: Any) -> torch.Tensor:
+        """The explained output on ``x`` through the captured graph, without recording."""
+        inputs = self._inputs(x)
+        graph = self.graph(inputs)
+        return self._clean_pass(graph, graph.feed(inputs.values))[0]
+
+    def _clean_pass(
+        self, graph: ModelGraph, feed: dict[fx.Node, Any]
+    ) -> tuple[torch.Tensor, dict[fx.Node, Any]]:
+        """The explained output and the attributed nodes' values, from a freeing forward."""
+        self._check_input_shapes(graph, feed)
         with GRAPH_LOCK.shared(), torch.no_grad():
-            return run_forward(graph, x, keep=False).output(graph)
+            values = run_forward(graph, feed, keep=False).values
+            output = graph.output_value(values)
+        return output, {n: values[n] for n in graph.source_nodes}
 
-    def _explain(self, x: torch.Tensor, neuron_selection: Any) -> Explanation:
-        self._check_selection_arguments(neuron_selection)
-        graph = self.graph(x)
+    def _explain(
+        self, inputs: ModelInputs | torch.Tensor, neuron_selection: Any, target: Any = None
+    ) -> Explanation:
+        inputs = self._inputs(inputs)
+        target = self._target(target)
+        self._check_selection_arguments(neuron_selection, target)
+        graph = self.graph(inputs)
+        return self._explain_feed(graph, graph.feed(inputs.values), neuron_selection, target)
+
+    def _explain_feed(
+        self, graph: ModelGraph, feed: dict[fx.Node, Any], neuron_selection: Any, target: Any
+    ) -> Explanation:
+        """Explain the inputs (and fed nodes) in ``feed``; the core of ``_explain``."""
+        self._check_input_shapes(graph, feed)
         if self._plain_gradient and self.reverse_options == ReverseOptions():
-            return self._explain_by_autograd(x, neuron_selection)
-        record = self.forward_record(x)
-        output = record.output(graph)
-        selected = self._select(output, neuron_selection)
-        return self._reverse_from(x, record, output, selected)
+            return self._explain_by_autograd(graph, feed, neuron_selection, target)
+        with GRAPH_LOCK.shared():
+            record = run_forward(graph, feed, self._autograd_nodes)
+        values = record.values
+        source_values = {n: values[n] for n in graph.source_nodes}
+        output, starts_from = self._output_and_starts(graph, values)
+        selected, scores, start = self._start(output, neuron_selection, target)
+        starts = starts_from(start)
+        result = reverse_walk(
+            graph, record, starts, lambda info: self._mappings[info.node], self.reverse_options
+        )
+        attributions = self._finish(graph, result.attributions, source_values)
+        return Explanation(
+            next(iter(attributions.values())),
+            selected,
+            scores,
+            result.signals,
+            result.min_max,
+            result.node_sums,
+            attributions,
+        )
 
-    def _explain_by_autograd(self, x: torch.Tensor, neuron_selection: Any) -> Explanation:
-        graph = self.graph()
-        self._check_input_shape(graph, x)
-        leaf = x.detach().requires_grad_(True)
+    def _output_and_starts(
+        self, graph: ModelGraph, values: Any
+    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], dict[fx.Node, torch.Tensor]]]:
+        """The explained output, and how a signal on it becomes signals on returned tensors.
+
+        For a chosen tensor that is the identity; for ``output=`` a callable, the signal is
+        pulled back through the callable by its vector-Jacobian product.
+        """
+        node = graph.output_node
+        if node is not None:
+            return values[node], lambda signal: {node: signal}
+        leaves = {}
+        for leaf in graph.output_nodes:
+            value = values[leaf]
+            is_float = isinstance(value, torch.Tensor) and value.is_floating_point()
+            leaves[leaf] = value.detach().requires_grad_(True) if is_float else value
         with torch.enable_grad():
-            output = run_forward(graph, leaf, keep=False, global_autograd=True).output(graph)
-        selected = self._select(output, neuron_selection)
-        start, scores = self._start_signal(output, selected)
-        if output.requires_grad:
-            (gradient,) = torch.autograd.grad(output, leaf, start)
-        else:
-            gradient = torch.zeros_like(x)
-        attribution = self._postprocess(gradient.detach(), x)
-        return Explanation(attribution, selected, scores)
+            output = graph.output_value(leaves)
+        wanted = [n for n, v in leaves.items() if isinstance(v, torch.Tensor) and v.requires_grad]
+
+        def starts(signal: torch.Tensor) -> dict[fx.Node, torch.Tensor]:
+            if not output.requires_grad or not wanted:
+                return {}
+            grads = torch.autograd.grad(
+                output, [leaves[n] for n in wanted], signal, allow_unused=True
+            )
+            found = {n: g for n, g in zip(wanted, grads, strict=True) if g is not None}
+            for leaf, grad in found.items():
+                activation = graph.output_activation(leaf)
+                if activation is not None and bool(grad.ne(0).any()):
+                    raise _activation_error(activation)
+            return found
+
+        return output.detach(), starts
+
+    def _start(
+        self, output: torch.Tensor, neuron_selection: Any, target: Any
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """Selected neurons, scores and the start signal on the explained output.
+
+        With ``target`` ``t``: ``dt/dy`` for gradient methods and ``y * dt/dy`` (the start
+        value times ``dt/dy``) for relevance methods, which sums to ``t`` when ``t`` is
+        linear in ``y``.
+        """
+        if target is None:
+            selected = self._select(output, neuron_selection)
+            start, scores = self._start_signal(output, selected)
+            return selected, scores, start
+        grad, scores = target_gradient(output, target)
+        return None, scores, self._start_value(output.detach()) * grad
+
+    def _finish(
+        self,
+        graph: ModelGraph,
+        signals: dict[fx.Node, torch.Tensor],
+        values: dict[fx.Node, Any],
+    ) -> dict[str, torch.Tensor]:
+        """Postprocessed attribution per attributed input or node, by name."""
+        result = {}
+        for node in graph.source_nodes:
+            name = graph.source_names[node]
+            value = values[node]
+            signal = signals.get(node)
+            if signal is None:
+                if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
+                    raise InputError(_integer_input_message(name, value, _embedding_names(graph)))
+                signal = torch.zeros_like(value)
+            attribution = self._postprocess(signal.detach(), value.detach())
+            if self.attribute_sum_axis is not None:
+                attribution = attribution.sum(dim=self.attribute_sum_axis)
+            result[name] = attribution
+        return result
+
+    def _explain_by_autograd(
+        self, graph: ModelGraph, feed: dict[fx.Node, Any], neuron_selection: Any, target: Any
+    ) -> Explanation:
+        sources = set(graph.source_nodes)
+        feed = {
+            n: v.detach().requires_grad_(True)
+            if n in sources and isinstance(v, torch.Tensor) and v.is_floating_point()
+            else v
+            for n, v in feed.items()
+        }
+        with GRAPH_LOCK.shared(), torch.enable_grad():
+            values = run_forward(graph, feed, keep=False, global_autograd=True).values
+            output = graph.output_value(values)
+        source_values = {n: values[n] for n in graph.source_nodes}
+        selected, scores, start = self._start(output, neuron_selection, target)
+        wanted = [
+            n for n, v in source_values.items() if isinstance(v, torch.Tensor) and v.requires_grad
+        ]
+        signals: dict[fx.Node, torch.Tensor] = {}
+        if output.requires_grad and wanted:
+            grads = torch.autograd.grad(
+                output, [source_values[n] for n in wanted], start, allow_unused=True
+            )
+            for node, grad in zip(wanted, grads, strict=True):
+                signals[node] = torch.zeros_like(source_values[node]) if grad is None else grad
+        attributions = self._finish(graph, signals, source_values)
+        return Explanation(
+            next(iter(attributions.values())), selected, scores, attributions=attributions
+        )
 
     def _start_signal(
         self, output: torch.Tensor, selected: torch.Tensor | None
@@ -414,39 +665,89 @@ class ReverseAnalyzer(Analyzer):
         output: torch.Tensor,
         selected: torch.Tensor | None,
     ) -> Explanation:
+        """The walk from a record made by ``forward_record`` (wave 1's entry point)."""
         graph = self.graph()
         start, scores = self._start_signal(output, selected)
+        source_values = {n: record.values[n] for n in graph.source_nodes}
         result = reverse_walk(
             graph, record, start, lambda info: self._mappings[info.node], self.reverse_options
         )
-        attribution = self._postprocess(result.attribution.detach(), x)
+        attributions = self._finish(graph, result.attributions, source_values)
         return Explanation(
-            attribution, selected, scores, result.signals, result.min_max, result.node_sums
+            next(iter(attributions.values())),
+            selected,
+            scores,
+            result.signals,
+            result.min_max,
+            result.node_sums,
+            attributions,
         )
 
-    def _check_input_shape(self, graph: ModelGraph, x: torch.Tensor) -> None:
-        """Compare the input with the first layers' expectations, for a clear message."""
-        for node in graph.input_node.users:
-            info = graph.infos.get(node)
-            module = info.module if info is not None else None
-            if isinstance(module, nn.modules.conv._ConvNd):
-                dims = len(module.kernel_size)
-                if x.dim() != dims + 2:
+    def _check_input_shapes(self, graph: ModelGraph, feed: dict[fx.Node, Any]) -> None:
+        """Compare each input with its first layers' expectations, for a clear message."""
+        for input_node, x in feed.items():
+            if input_node.op != "placeholder" or not isinstance(x, torch.Tensor):
+                continue
+            for node in input_node.users:
+                info = graph.infos.get(node)
+                module = info.module if info is not None else None
+                if isinstance(module, nn.modules.conv._ConvNd):
+                    dims = len(module.kernel_size)
+                    if x.dim() != dims + 2:
+                        raise InputError(
+                            f"layer '{info.name}' ({type(module).__name__}) expects input of "
+                            f"rank {dims + 2} (N, C, ...spatial), got shape {tuple(x.shape)}"
+                        )
+                    if x.shape[1] != module.in_channels:
+                        raise InputError(
+                            f"layer '{info.name}' expects {module.in_channels} channels on "
+                            f"axis 1, got shape {tuple(x.shape)} (channels-last data needs "
+                            "X.permute(0, 3, 1, 2) or np.moveaxis(X, -1, 1))"
+                        )
+                elif isinstance(module, nn.Linear) and x.shape[-1] != module.in_features:
                     raise InputError(
-                        f"layer '{info.name}' ({type(module).__name__}) expects input of rank "
-                        f"{dims + 2} (N, C, ...spatial), got shape {tuple(x.shape)}"
+                        f"layer '{info.name}' (Linear) expects {module.in_features} features "
+                        f"on the last axis, got shape {tuple(x.shape)}"
                     )
-                if x.shape[1] != module.in_channels:
-                    raise InputError(
-                        f"layer '{info.name}' expects {module.in_channels} channels on axis 1, "
-                        f"got shape {tuple(x.shape)} (channels-last data needs "
-                        "X.permute(0, 3, 1, 2) or np.moveaxis(X, -1, 1))"
-                    )
-            elif isinstance(module, nn.Linear) and x.shape[-1] != module.in_features:
-                raise InputError(
-                    f"layer '{info.name}' (Linear) expects {module.in_features} features on the "
-                    f"last axis, got shape {tuple(x.shape)}"
-                )
+
+
+def _activation_error(activation: NodeInfo) -> OutputActivationError:
+    return OutputActivationError(
+        f"the model's output passes through {activation.operation} at node "
+        f"'{activation.name}'; explanations need the pre-activation output. Use "
+        "innspect.model_wo_softmax(model) or model_wo_output_activation(model)"
+    )
+
+
+def _embedding_names(graph: ModelGraph) -> list[str]:
+    """Names of the embedding lookups, the nodes to attribute token ids' models to."""
+    # Not info.kind: a lookup of ids that get no attribution is a constant of the graph.
+    return [i.name for i in graph.nodes if classify(i.node, i.module) is Kind.EMBEDDING]
+
+
+def _no_float_input_message(inputs: ModelInputs, embeddings: Sequence[str] = ()) -> str:
+    described = ", ".join(
+        f"{n}: {v.dtype}" if isinstance(v, torch.Tensor) else f"{n}: {type(v).__name__}"
+        for n, v in inputs.by_name().items()
+    )
+    hint = f", e.g. attribute_to={embeddings[0]!r}" if embeddings else ""
+    return (
+        f"no input is floating point ({described}), so there is nothing to attribute by "
+        f"default; name a graph node with attribute_to=... (an embedding's output{hint})"
+    )
+
+
+def _integer_input_message(name: str, value: Any, embeddings: Sequence[str]) -> str:
+    dtype = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+    hint = (
+        f"attribute to the embedding's output instead, e.g. attribute_to={embeddings[0]!r}"
+        if embeddings
+        else "convert it to floating point, or attribute to the node that embeds it"
+    )
+    return (
+        f"input {name!r} is {dtype}: integer inputs (token ids, masks) carry no gradient "
+        f"and get no attribution; {hint}"
+    )
 
 
 def _jsonable(value: Any) -> Any:

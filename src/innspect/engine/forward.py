@@ -50,7 +50,8 @@ class ForwardRecord:
     leaves: dict[fx.Node, list[torch.Tensor | None]] = field(default_factory=dict)
 
     def output(self, graph: ModelGraph) -> torch.Tensor:
-        return self.values[graph.output_node]
+        """The explained output (the chosen returned tensor, or ``output=``'s value)."""
+        return graph.output_value(self.values)
 
 
 def rematerialisable(graph: ModelGraph, autograd_nodes: set[fx.Node] | frozenset) -> set[fx.Node]:
@@ -62,10 +63,11 @@ def rematerialisable(graph: ModelGraph, autograd_nodes: set[fx.Node] | frozenset
     autograd (a node's local autograd graph holds its inputs and outputs anyway).
     """
     result = set()
+    kept = set(graph.output_nodes) | set(graph.source_nodes)
     for info in graph.nodes:
         node = info.node
         if (
-            node is graph.output_node
+            node in kept
             or node in autograd_nodes
             or len(info.signal_inputs) != 1
             or len(node.all_input_nodes) != 1
@@ -83,7 +85,7 @@ def _is_float_tensor(value: Any) -> bool:
 
 def run_forward(
     graph: ModelGraph,
-    x: torch.Tensor,
+    x: torch.Tensor | dict[fx.Node, Any],
     autograd_nodes: set[fx.Node] | frozenset = frozenset(),
     *,
     keep: bool = True,
@@ -94,7 +96,10 @@ def run_forward(
     Parameters
     ----------
     graph, x
-        The captured graph and its input.
+        The captured graph and its input: a tensor (a model with one input), or
+        ``{node: value}`` for every input placeholder (``graph.feed``); a non-placeholder
+        node given there takes that value instead of being computed (integrated gradients
+        at an embedding's output).
     autograd_nodes
         Nodes that run with autograd on local leaves (for their VJP); all others run
         without autograd bookkeeping.
@@ -103,11 +108,14 @@ def run_forward(
         its last use, like a plain forward, and keeps only the output.
     global_autograd
         Record one autograd graph through the whole pass (for a plain gradient from the
-        output to ``x``, which must then require grad); ``autograd_nodes`` is ignored.
+        output to the attributed nodes: given inputs must then require grad, computed
+        attributed nodes are made to); ``autograd_nodes`` is ignored.
 
     Errors are re-raised naming the node that failed.
     """
     module = graph.module
+    feed = graph.feed(x) if isinstance(x, torch.Tensor) else x
+    sources = set(graph.source_nodes) if global_autograd else set()
     values = RecordedValues()
     record = ForwardRecord(values)
     free_after = graph.free_after
@@ -120,8 +128,13 @@ def run_forward(
     inplace = graph.inplace_relus() if not keep else set()
     for info in graph.nodes:
         node = info.node
+        if node in feed:
+            values[node] = feed[node]
+            continue
         if node.op == "placeholder":
-            values[node] = x
+            if node not in graph.bound_values:
+                raise InputError(f"no value given for the model's input '{info.name}'")
+            values[node] = graph.bound_values[node]
             continue
         if node.op == "get_attr":
             values[node] = _fetch_attr(module, str(node.target))
@@ -141,8 +154,14 @@ def run_forward(
         except Exception as error:  # noqa: BLE001 - re-raised with the node's name
             raise InputError(
                 f"the model failed at node {info.describe()} on an input of shape "
-                f"{tuple(x.shape)}: {error}"
+                f"{_shapes(feed)}: {error}"
             ) from error
+        if node in sources:
+            value = values[node]
+            if _is_float_tensor(value) and not value.requires_grad:
+                # An attributed node that autograd would not track (frozen weights, integer
+                # ids upstream): a leaf of its own, so its gradient can be asked for.
+                values[node] = value.detach().requires_grad_(True)
         for done in free_after.get(node, ()):
             if droppable is None:
                 del values[done]
@@ -198,3 +217,11 @@ def _call(module: torch.nn.Module | None, node: fx.Node, args: Any, kwargs: Any)
     if node.op == "call_method":
         return getattr(args[0], str(node.target))(*args[1:], **kwargs)
     raise AssertionError(f"unexpected node op {node.op}")
+
+
+def _shapes(feed: dict[fx.Node, Any]) -> str:
+    """The shapes of the fed inputs, for messages: '(2, 3)' or 'a (2, 3), b (2,)'."""
+    shapes = [(n.name, tuple(v.shape)) for n, v in feed.items() if isinstance(v, torch.Tensor)]
+    if len(shapes) == 1:
+        return str(shapes[0][1])
+    return ", ".join(f"{name} {shape}" for name, shape in shapes)

@@ -12,20 +12,27 @@ Three promises live here (docs/reliability.md):
   parallel with each other but never during a capture, and nothing stays patched.
 - **Hooks never make innspect explain another function than ``model(x)``**
   (``refuse_hooks``).
+
+The graph's inputs are the forward arguments the caller passes (``CallSpec``); arguments
+with defaults that the caller leaves out (timm ViT's ``attn_mask=None, is_causal=False``)
+are bound to their defaults at capture time, as the model's own call would use them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import fx, nn
 
-from innspect.errors import NotAnalyzableModelError
+from innspect.errors import InputError, NotAnalyzableModelError
 
 
 class _GraphLock:
@@ -139,12 +146,12 @@ def eval_view(model: nn.Module) -> nn.Module:
         state["training"] = False  # set directly: a custom __setattr__ must not see it
         return clone
 
-    model = _unwrap(model)
+    model = unwrap(model)
     paths = {id(m): path for path, m in model.named_modules()}
     return view(model)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
     """The module a wrapper only forwards to (DataParallel, DistributedDataParallel,
     ``torch.compile``): the same function, which torch.fx can trace."""
     while True:
@@ -187,7 +194,7 @@ def refuse_hooks(model: nn.Module) -> None:
                 "during the analysis."
             )
     tracer = _LeafTracer()
-    for path, module in _unwrap(model).named_modules():
+    for path, module in unwrap(model).named_modules():
         kept_whole = bool(path) and tracer.is_leaf_module(module, path)
         for kind, hooks, allowed in (
             ("forward hook", module._forward_hooks, kept_whole),
@@ -282,13 +289,114 @@ class _LeafTracer(fx.Tracer):
     """
 
 
-def capture(model: nn.Module, example_input: torch.Tensor | None = None) -> fx.GraphModule:
+@dataclass(frozen=True)
+class CallSpec:
+    """How the model is called: which forward arguments are inputs, which keep defaults.
+
+    Attributes
+    ----------
+    names
+        The forward arguments the caller passes, in the order of the forward's parameters.
+    keyword
+        Whether they are passed by keyword (``analyze({...})``) or by position.
+    bound
+        ``(name, default)`` for the parameters the caller leaves out; they are not inputs.
+    parameters
+        Every parameter name of the forward, in order (for messages and placeholders).
+    """
+
+    names: tuple[str, ...]
+    keyword: bool = False
+    bound: tuple[tuple[str, Any], ...] = ()
+    parameters: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """'forward(a, b, c=None)' for messages."""
+        defaults = dict(self.bound)
+        return (
+            "forward("
+            + ", ".join(f"{p}={defaults[p]!r}" if p in defaults else p for p in self.parameters)
+            + ")"
+        )
+
+
+def _forward_parameters(model: nn.Module) -> list[inspect.Parameter] | None:
+    """The forward's parameters (without self); None when they cannot be read or are *args."""
+    try:
+        signature = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return None
+    parameters = list(signature.parameters.values())
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    if any(p.kind in variadic for p in parameters):
+        return None
+    return parameters
+
+
+def bind_call(
+    model: nn.Module, n_positional: int | None = None, keywords: Sequence[str] | None = None
+) -> CallSpec:
+    """The CallSpec of calling ``model`` with ``n_positional`` arguments or with ``keywords``.
+
+    With neither, every parameter without a default is an input. Raises InputError for an
+    unknown keyword, too many positional inputs or a missing input without default.
+    """
+    parameters = _forward_parameters(model)
+    if parameters is None:  # *args / **kwargs: the inputs are what the caller passes
+        if keywords is not None:
+            return CallSpec(tuple(keywords), keyword=True, parameters=tuple(keywords))
+        names = tuple(f"input{i}" for i in range(n_positional or 1))
+        return CallSpec(names, parameters=names)
+    all_names = tuple(p.name for p in parameters)
+    positional = [
+        p
+        for p in parameters
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    if keywords is not None:
+        unknown = [k for k in keywords if k not in all_names]
+        if unknown:
+            raise InputError(
+                f"unknown input {unknown[0]!r}: the model's forward takes "
+                f"{', '.join(all_names) or 'no arguments'}"
+            )
+        passed = set(keywords)
+    elif n_positional is not None:
+        if n_positional > len(positional):
+            raise InputError(
+                f"{n_positional} inputs given but the model's forward takes "
+                f"{len(positional)} positional arguments ({', '.join(all_names)})"
+            )
+        passed = {p.name for p in positional[:n_positional]}
+    else:
+        passed = {p.name for p in parameters if p.default is inspect.Parameter.empty}
+    bound = []
+    for p in parameters:
+        if p.name in passed:
+            continue
+        if p.default is inspect.Parameter.empty:
+            raise InputError(
+                f"input {p.name!r} is missing: the model's forward takes "
+                f"{', '.join(all_names)} and {p.name!r} has no default; pass it "
+                "(a tuple of inputs by position, or a dict by name)"
+            )
+        bound.append((p.name, p.default))
+    names = tuple(p.name for p in parameters if p.name in passed)
+    return CallSpec(names, keyword=keywords is not None, bound=tuple(bound), parameters=all_names)
+
+
+def capture(
+    model: nn.Module,
+    example_input: torch.Tensor | Sequence[Any] | None = None,
+    call: CallSpec | None = None,
+) -> fx.GraphModule:
     """Trace ``model`` into a GraphModule that shares (never copies) the model's parameters.
 
-    Tries torch.fx symbolic tracing first; if that fails and an example input is given,
-    torch.export with a dynamic batch dimension. Raises NotAnalyzableModelError naming both
-    failures otherwise. The graph's layers are eval views of the model's (``eval_view``);
-    the whole capture holds ``GRAPH_LOCK`` exclusively.
+    Tries torch.fx symbolic tracing first (arguments in ``call.bound`` fixed to their
+    defaults); if that fails and an example input is given (a tensor, or one value per
+    name of ``call.names``), torch.export with a dynamic batch dimension. Raises
+    NotAnalyzableModelError naming both failures otherwise. The graph's layers are eval
+    views of the model's (``eval_view``); the whole capture holds ``GRAPH_LOCK`` exclusively.
     """
     if isinstance(model, torch.jit.ScriptModule):
         raise NotAnalyzableModelError(
@@ -301,17 +409,23 @@ def capture(model: nn.Module, example_input: torch.Tensor | None = None) -> fx.G
         if isinstance(view, fx.GraphModule):
             # Already a graph: copy the graph so canonicalisation never edits the user's one.
             return fx.GraphModule(view, _copy_graph(view.graph), class_name=type(model).__name__)
+        concrete = dict(call.bound) if call is not None else None
         try:
             tracer = _LeafTracer()
-            graph = tracer.trace(view)
+            graph = tracer.trace(view, concrete_args=concrete or None)
             return fx.GraphModule(tracer.root, graph, class_name=type(view).__name__)
         except Exception as fx_error:  # noqa: BLE001 - any tracing failure leads to the fallback
             if example_input is None:
                 raise NotAnalyzableModelError(
                     f"torch.fx could not trace {type(view).__name__}: {fx_error}"
                 ) from fx_error
+            values = (example_input,) if isinstance(example_input, torch.Tensor) else example_input
+            if call is not None and call.keyword:
+                args, kwargs = (), dict(zip(call.names, values, strict=True))
+            else:
+                args, kwargs = tuple(values), {}
             try:
-                return _export(view, example_input)
+                return _export(view, args, kwargs)
             except Exception as export_error:  # noqa: BLE001
                 raise NotAnalyzableModelError(
                     f"{type(view).__name__} could not be captured: torch.fx failed with "
@@ -321,17 +435,38 @@ def capture(model: nn.Module, example_input: torch.Tensor | None = None) -> fx.G
                 ) from export_error
 
 
-def _export(view: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
+def _export(view: nn.Module, args: tuple, kwargs: dict[str, Any]) -> fx.GraphModule:
     """torch.export of the view with a dynamic batch dimension, its layers as modules again.
 
-    ``Dim.AUTO`` keeps the batch dimension symbolic where the model allows it (a model that
-    fixes it gets a static graph rather than an error); a batch of one is doubled for the
-    export, since torch.export would specialise a dimension of size 1.
+    ``Dim.AUTO`` keeps axis 0 of every tensor input symbolic where the model allows it (a
+    model that fixes it gets a static graph for that axis rather than an error). A batch of
+    one is doubled for the export, since torch.export specialises a dimension of size 1. If
+    the dynamic export fails, a static one is tried.
     """
-    if example_input.dim() > 0 and example_input.shape[0] == 1:
-        example_input = torch.cat([example_input, example_input])
-    dynamic = ({0: torch.export.Dim.AUTO},) if example_input.dim() > 0 else None
-    exported = torch.export.export(view, (example_input,), dynamic_shapes=dynamic, strict=False)
+
+    def doubled(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == 1:
+            return torch.cat([value, value])
+        return value
+
+    def batch_axis(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            return {0: torch.export.Dim.AUTO}
+        return None
+
+    try:
+        dynamic_args = tuple(doubled(v) for v in args)
+        dynamic_kwargs = {k: doubled(v) for k, v in kwargs.items()}
+        shapes = (
+            {k: batch_axis(v) for k, v in dynamic_kwargs.items()}
+            if kwargs
+            else tuple(batch_axis(v) for v in dynamic_args)
+        )
+        exported = torch.export.export(
+            view, dynamic_args, dynamic_kwargs or None, dynamic_shapes=shapes, strict=False
+        )
+    except Exception:  # noqa: BLE001 - a model that fixes its batch size: a static export
+        exported = torch.export.export(view, args, kwargs or None, strict=False)
     module = exported.module()
     _layers_as_modules(module, view)
     return module
