@@ -448,13 +448,15 @@ class ModelGraph:
 
     def output_activation(self, node: fx.Node | None = None) -> NodeInfo | None:
         """The final softmax / log-softmax / sigmoid of the explained output (or of the
-        returned tensor ``node``), looking back through identities."""
+        returned tensor ``node``), looking back through nodes that keep it probabilities:
+        identities, shifts, scalings and rearrangements of one tensor (``Flatten``,
+        ``100 * softmax(x)``, ``softmax(x)[:, :5]``)."""
         if node is None:
             node = self.output_node
         if node is None:  # a callable output: the analyzer checks the tensors it reads
             return None
         info = self.infos[node]
-        while info.kind is Kind.IDENTITY and info.signal_inputs:
+        while info.kind in _KEEPS_ACTIVATION and len(info.signal_inputs) == 1:
             info = self.infos[info.signal_inputs[0]]
         if info.kind is Kind.OUTPUT_ACTIVATION:
             return info
@@ -480,6 +482,7 @@ def _refine_kind(kind: Kind, node: fx.Node, n_args: int, n_dependent: int) -> Ki
     return kind
 
 
+_KEEPS_ACTIVATION = {Kind.IDENTITY, Kind.SCALE, Kind.REARRANGE}
 _SIGN_PRESERVING = {Kind.MAX_POOL, Kind.REARRANGE, Kind.IDENTITY, Kind.LINEAR_NO_PARAM}
 _PRODUCTS = {"mul", "div", "truediv"}
 _SUMS = {"add", "sub"}
