@@ -36,7 +36,8 @@ from innspect.errors import (
     OutputSelectionError,
 )
 from innspect.fileio import atomic_path
-from innspect.graph.graph import ModelGraph, NodeInfo, eval_mode
+from innspect.graph.capture import GRAPH_LOCK, refuse_hooks
+from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.graph.kinds import Kind, classify
 from innspect.rules.basic import Gradient
 
@@ -190,12 +191,15 @@ class Analyzer:
             Output weights or a callable ``f(y) -> (N,)`` (see the class), for this call.
         """
         inputs = self._inputs(X)
-        explanation = self._explain(inputs, neuron_selection, target)
+        with GRAPH_LOCK.shared():  # no capture in any thread while this one runs modules
+            explanation = self._explain(inputs, neuron_selection, target)
         return inputs.restore(explanation.attributions, self.attribute_to)
 
     def explain(self, X: Any, neuron_selection: Any = None, target: Any = None) -> Explanation:
         """Like ``analyze`` but returns an Explanation with the selected neurons and scores."""
-        return self._explain(self._inputs(X), neuron_selection, target)
+        inputs = self._inputs(X)
+        with GRAPH_LOCK.shared():
+            return self._explain(inputs, neuron_selection, target)
 
     def fit(self, *args: Any, **kwargs: Any) -> None:
         """Train the analyzer on data; analyzers that need no training warn and do nothing."""
@@ -377,13 +381,25 @@ class ReverseAnalyzer(Analyzer):
     def graph(self, example_input: Any = None) -> ModelGraph:
         """The model's captured graph for inputs like ``example_input`` (captured on first
         use and kept; captured again when a call passes other inputs or dtypes)."""
+        refuse_hooks(self.model)  # hooks added after the capture count too
         inputs = None if example_input is None else self._inputs(example_input)
+        graph = self._kept_graph(inputs)
+        if graph is None:
+            with GRAPH_LOCK.exclusive():  # one capture, even when threads share the analyzer
+                graph = self._kept_graph(inputs) or self._capture(inputs)
+        return graph
+
+    def _kept_graph(self, inputs: ModelInputs | None) -> ModelGraph | None:
+        """The graph already captured, if it serves ``inputs``."""
         if self._graph is not None:
             if inputs is None or inputs.key() == self._graph_key:
                 return self._graph
             if self._graph_key is None and inputs.call == self._graph.call:
                 self._graph_key = inputs.key()  # captured without an input, same call
                 return self._graph
+        return None
+
+    def _capture(self, inputs: ModelInputs | None) -> ModelGraph:
         names = self._attribute_names
         if names is None and inputs is not None:
             names = inputs.default_sources()
@@ -431,6 +447,29 @@ class ReverseAnalyzer(Analyzer):
             if isinstance(value, torch.Tensor) and not value.is_floating_point():
                 raise InputError(_integer_input_message(name, value, _embedding_names(graph)))
 
+    def _build_graph(self, example_input: torch.Tensor | None) -> None:
+        graph = ModelGraph(self.model, example_input, fuse_batchnorm=self.fuse_batchnorm)
+        activation = graph.output_activation()
+        if activation is not None:
+            raise OutputActivationError(
+                f"the model's output passes through {activation.operation} at node "
+                f"'{activation.name}'; explanations need the pre-activation output. Use "
+                "innspect.model_wo_softmax(model) or model_wo_output_activation(model)"
+            )
+        self._mappings = {info.node: self._mapping(info, graph) for info in graph.nodes}
+        self._autograd_nodes = frozenset(
+            node for node, m in self._mappings.items() if m.needs_autograd
+        )
+        # When every node maps by its VJP, one autograd pass is the same walk, done in C++.
+        self._plain_gradient = all(
+            type(m) is Gradient
+            for node, m in self._mappings.items()
+            if node in graph.infos
+            and graph.infos[node].depends_on_input
+            and node is not graph.input_node
+        )
+        self._graph = graph
+
     def _mapping(self, info: NodeInfo, graph: ModelGraph) -> Mapping:
         raise NotImplementedError
 
@@ -447,7 +486,7 @@ class ReverseAnalyzer(Analyzer):
         graph = self.graph(inputs)
         feed = graph.feed(inputs.values)
         self._check_input_shapes(graph, feed)
-        with eval_mode(self.model):
+        with GRAPH_LOCK.shared():
             return run_forward(graph, feed, self._autograd_nodes)
 
     def model_output(self, x: Any) -> torch.Tensor:
@@ -461,7 +500,7 @@ class ReverseAnalyzer(Analyzer):
     ) -> tuple[torch.Tensor, dict[fx.Node, Any]]:
         """The explained output and the attributed nodes' values, from a freeing forward."""
         self._check_input_shapes(graph, feed)
-        with eval_mode(self.model), torch.no_grad():
+        with GRAPH_LOCK.shared(), torch.no_grad():
             values = run_forward(graph, feed, keep=False).values
             output = graph.output_value(values)
         return output, {n: values[n] for n in graph.source_nodes}
@@ -482,7 +521,7 @@ class ReverseAnalyzer(Analyzer):
         self._check_input_shapes(graph, feed)
         if self._plain_gradient and self.reverse_options == ReverseOptions():
             return self._explain_by_autograd(graph, feed, neuron_selection, target)
-        with eval_mode(self.model):
+        with GRAPH_LOCK.shared():
             record = run_forward(graph, feed, self._autograd_nodes)
         values = record.values
         source_values = {n: values[n] for n in graph.source_nodes}
@@ -586,7 +625,7 @@ class ReverseAnalyzer(Analyzer):
             else v
             for n, v in feed.items()
         }
-        with eval_mode(self.model), torch.enable_grad():
+        with GRAPH_LOCK.shared(), torch.enable_grad():
             values = run_forward(graph, feed, keep=False, global_autograd=True).values
             output = graph.output_value(values)
         source_values = {n: values[n] for n in graph.source_nodes}

@@ -11,7 +11,8 @@ from innspect.analyzers.base import Analyzer, Explanation, ReverseAnalyzer
 from innspect.analyzers.io import ModelInputs, select_output, target_gradient
 from innspect.analyzers.registry import register
 from innspect.engine.reverse import Mapping, Unsupported
-from innspect.graph.graph import ModelGraph, NodeInfo, eval_mode
+from innspect.graph.capture import eval_view
+from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.graph.kinds import Kind
 from innspect.rules.basic import (
     GRADIENT,
@@ -139,11 +140,13 @@ class GradientBaseline(Analyzer):
         leaves = {name: given[name].detach().requires_grad_(True) for name in names}
         values = {**given, **leaves}
         args = [values[name] for name in inputs.names]
-        with eval_mode(self.model), torch.enable_grad():
+        # The eval view of the model: its training flags are never touched (capture.eval_view).
+        model = eval_view(self.model)
+        with torch.enable_grad():
             if inputs.call.keyword:
-                result = self.model(**dict(zip(inputs.names, args, strict=True)))
+                result = model(**dict(zip(inputs.names, args, strict=True)))
             else:
-                result = self.model(*args)
+                result = model(*args)
             output = select_output(result, self.output)
             selected = None
             if target is not None:

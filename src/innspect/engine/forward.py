@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from innspect.errors import InputError
+from innspect.errors import InputError, NotAnalyzableModelError
 from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.graph.kinds import is_plain_relu
 
@@ -149,6 +149,8 @@ def run_forward(
                     values[node] = torch.relu_(values[node.all_input_nodes[0]])
                 else:
                     values[node] = run_node(info, values, leaves)
+        except NotAnalyzableModelError:
+            raise  # innspect's own refusal (a hook that changes values): already names it
         except Exception as error:  # noqa: BLE001 - re-raised with the node's name
             raise InputError(
                 f"the model failed at node {info.describe()} on an input of shape "

@@ -129,6 +129,13 @@ def _fusable(
     if len(producer.users) != 1:
         return None  # the un-normalised output is used elsewhere too
     layer = gm.get_submodule(producer.target)
+    if (
+        layer._forward_hooks
+        or layer._forward_pre_hooks
+        or bn._forward_hooks
+        or bn._forward_pre_hooks
+    ):
+        return None  # a folded copy would not run the user's (observing) hooks
     if isinstance(layer, nn.Linear):
         # Only provably right when the output is (N, features): see _linear_output_ranks.
         if linear_ranks.get(producer) != 2 or not isinstance(bn, nn.BatchNorm1d):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -13,7 +12,7 @@ from torch import fx, nn
 
 from innspect.errors import InputError, NotAnalyzableModelError, OutputSelectionError
 from innspect.graph import canonize
-from innspect.graph.capture import CallSpec, bind_call, capture
+from innspect.graph.capture import GRAPH_LOCK, CallSpec, bind_call, capture, unwrap
 from innspect.graph.kinds import (
     Kind,
     classify,
@@ -44,20 +43,6 @@ class NodeInfo:
     def describe(self) -> str:
         """'name' (Operation) for messages."""
         return f"'{self.name}' ({self.operation})"
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run with every submodule in eval mode, restoring each module's own flag afterwards."""
-    # Only modules in training mode are touched: the common case (an eval model) costs nothing.
-    training = [m for m in model.modules() if m.training]
-    try:
-        for module in training:
-            module.training = False
-        yield
-    finally:
-        for module in training:
-            module.training = True
 
 
 class ModelGraph:
@@ -96,9 +81,10 @@ class ModelGraph:
         output: Any = None,
     ) -> None:
         self.model = model
-        self.call = call if call is not None else bind_call(model)
-        with eval_mode(model):
-            self.module = capture(model, example_input, self.call)
+        self.call = call if call is not None else bind_call(unwrap(model))
+        # The graph's layers are eval views of the model's (capture.eval_view): running them
+        # never reads or changes the user's training flags.
+        self.module = capture(model, example_input, self.call)
         self.module.training = False
         canonize.remove_inplace(self.module)
         self.fused: dict[str, list[str]] = {}
@@ -110,7 +96,7 @@ class ModelGraph:
                     (example_input,) if isinstance(example_input, torch.Tensor) else example_input
                 )
                 example = self.placeholder_values(given)
-            with eval_mode(model):  # it may run one forward: BatchNorm statistics stay put
+            with GRAPH_LOCK.shared():  # it may run one forward
                 self.fused = canonize.fuse_batchnorm(self.module, example)
         self.module.graph.lint()
         self.module.recompile()
@@ -468,13 +454,15 @@ class ModelGraph:
 
     def output_activation(self, node: fx.Node | None = None) -> NodeInfo | None:
         """The final softmax / log-softmax / sigmoid of the explained output (or of the
-        returned tensor ``node``), looking back through identities."""
+        returned tensor ``node``), looking back through nodes that keep it probabilities:
+        identities, shifts, scalings and rearrangements of one tensor (``Flatten``,
+        ``100 * softmax(x)``, ``softmax(x)[:, :5]``)."""
         if node is None:
             node = self.output_node
         if node is None:  # a callable output: the analyzer checks the tensors it reads
             return None
         info = self.infos[node]
-        while info.kind is Kind.IDENTITY and info.signal_inputs:
+        while info.kind in _KEEPS_ACTIVATION and len(info.signal_inputs) == 1:
             info = self.infos[info.signal_inputs[0]]
         if info.kind is Kind.OUTPUT_ACTIVATION:
             return info
@@ -500,6 +488,7 @@ def _refine_kind(kind: Kind, node: fx.Node, n_args: int, n_dependent: int) -> Ki
     return kind
 
 
+_KEEPS_ACTIVATION = {Kind.IDENTITY, Kind.SCALE, Kind.REARRANGE}
 _SIGN_PRESERVING = {Kind.MAX_POOL, Kind.REARRANGE, Kind.IDENTITY, Kind.LINEAR_NO_PARAM}
 _PRODUCTS = {"mul", "div", "truediv"}
 _SUMS = {"add", "sub"}
