@@ -394,7 +394,7 @@ class ReverseAnalyzer(Analyzer):
         if self._graph is not None:
             if inputs is None or inputs.key() == self._graph_key:
                 return self._graph
-            if self._graph_key is None and inputs.call == self._graph.call:
+            if self._graph_key is None and inputs.call.key() == self._graph.call.key():
                 self._graph_key = inputs.key()  # captured without an input, same call
                 return self._graph
         return None
