@@ -598,3 +598,19 @@ def test_export_fallback_with_a_fixed_python_argument() -> None:
     expected = _autograd(lambda a, b: model(a, b, False)["logits"], (x, aux))
     torch.testing.assert_close(ours[0], expected[0], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(ours[1], expected[1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["gradient", "lrp.z"])
+def test_an_input_and_an_inner_node_together(name: str) -> None:
+    model = _seeded(ImageAndAux())
+    image, aux = _image_aux()
+
+    def run(attribute_to):
+        return innspect.create_analyzer(name, model, attribute_to=attribute_to).analyze(
+            (image, aux)
+        )
+
+    at_image, at_conv = run(["image", "conv"])  # the walk goes on past the inner node
+    torch.testing.assert_close(at_image, run("image"), rtol=1e-12, atol=0)
+    torch.testing.assert_close(at_conv, run("conv"), rtol=1e-12, atol=0)
+    assert at_conv.shape == (3, 2, 4, 4)
