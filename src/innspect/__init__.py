@@ -12,11 +12,13 @@ from innspect.analyzers.registry import (
     list_analyzers,
 )
 from innspect.errors import (
+    ConfigFileError,
     InnspectError,
     InputError,
     NeuronSelectionError,
     NonFiniteRelevanceError,
     NotAnalyzableModelError,
+    OptionError,
     OutputActivationError,
     OutputSelectionError,
     UnsupportedNodeError,
@@ -28,11 +30,13 @@ __version__ = "0.1.0"
 __all__ = [
     "Analyzer",
     "Explanation",
+    "ConfigFileError",
     "InnspectError",
     "InputError",
     "NeuronSelectionError",
     "NonFiniteRelevanceError",
     "NotAnalyzableModelError",
+    "OptionError",
     "OutputActivationError",
     "OutputSelectionError",
     "ReverseAnalyzer",

@@ -42,3 +42,11 @@ class NonFiniteRelevanceError(InnspectError, FloatingPointError):
 
 class OutputSelectionError(InnspectError, ValueError):
     """The output or target to explain is ambiguous or malformed (``output=``, ``target=``)."""
+
+
+class OptionError(InnspectError, ValueError):
+    """An analyzer option has the wrong type or is out of range."""
+
+
+class ConfigFileError(InnspectError, ValueError):
+    """A saved analyzer file is damaged, not an innspect file, or holds invalid options."""

@@ -27,11 +27,15 @@ from innspect.analyzers.io import (
     target_gradient,
     to_tensor,
 )
+from innspect.analyzers.options import check_flag, check_range
 from innspect.engine.forward import ForwardRecord, run_forward
 from innspect.engine.reverse import Mapping, ReverseOptions, reverse_walk
 from innspect.errors import (
+    ConfigFileError,
+    InnspectError,
     InputError,
     NeuronSelectionError,
+    NonFiniteRelevanceError,
     OutputActivationError,
     OutputSelectionError,
 )
@@ -115,6 +119,8 @@ class Analyzer:
         every floating-point input; integer inputs and masks pass through.
     attribute_sum_axis
         Sum every attribution over this axis (e.g. -1: an embedding's feature axis).
+    allow_nonfinite
+        Return NaN or infinite attributions instead of raising NonFiniteRelevanceError.
     """
 
     name: ClassVar[str] = "analyzer"
@@ -146,6 +152,7 @@ class Analyzer:
         output: Any = None,
         attribute_to: str | Sequence[str] | None = None,
         attribute_sum_axis: int | None = None,
+        allow_nonfinite: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -172,6 +179,7 @@ class Analyzer:
         self.attribute_to = attribute_to
         self._attribute_names = attribute_names(attribute_to)
         self.attribute_sum_axis = None if attribute_sum_axis is None else int(attribute_sum_axis)
+        self.allow_nonfinite = check_flag("allow_nonfinite", allow_nonfinite)
         self._options = getattr(self, "_options", {})
 
     # -- public interface ---------------------------------------------------------------
@@ -190,16 +198,47 @@ class Analyzer:
         target
             Output weights or a callable ``f(y) -> (N,)`` (see the class), for this call.
         """
+        _refuse_meta(self.model, X)
         inputs = self._inputs(X)
-        with GRAPH_LOCK.shared():  # no capture in any thread while this one runs modules
-            explanation = self._explain(inputs, neuron_selection, target)
+        explanation = self._checked_explain(inputs, neuron_selection, target)
         return inputs.restore(explanation.attributions, self.attribute_to)
 
     def explain(self, X: Any, neuron_selection: Any = None, target: Any = None) -> Explanation:
         """Like ``analyze`` but returns an Explanation with the selected neurons and scores."""
-        inputs = self._inputs(X)
-        with GRAPH_LOCK.shared():
-            return self._explain(inputs, neuron_selection, target)
+        _refuse_meta(self.model, X)
+        return self._checked_explain(self._inputs(X), neuron_selection, target)
+
+    def _checked_explain(
+        self, inputs: ModelInputs, neuron_selection: Any, target: Any
+    ) -> Explanation:
+        """``_explain`` holding the graph lock shared, with clear errors around it."""
+        with GRAPH_LOCK.shared():  # no capture in any thread while this one runs modules
+            try:
+                explanation = self._explain(inputs, neuron_selection, target)
+            except InputError as error:
+                raise _with_integer_input_hint(error, inputs) from error
+        self._check_finite(explanation)
+        return explanation
+
+    def _check_finite(self, explanation: Explanation) -> None:
+        """NaN or infinite attributions are an error unless ``allow_nonfinite=True``."""
+        if self.allow_nonfinite:
+            return
+        for name, attribution in explanation.attributions.items():
+            if not attribution.is_floating_point() or bool(torch.isfinite(attribution).all()):
+                continue
+            n_nan = int(torch.isnan(attribution).sum())
+            n_inf = int((~torch.isfinite(attribution)).sum()) - n_nan
+            raise NonFiniteRelevanceError(
+                f"{self.name}: the attribution of {name!r} has {n_nan} NaN and {n_inf} infinite "
+                f"values (of {attribution.numel()}): the model's output or its gradient is not "
+                f"finite{self._nonfinite_hint()}. Pass allow_nonfinite=True to get the values "
+                "anyway, or reverse_check_finite=True to find the node where they appear."
+            )
+
+    def _nonfinite_hint(self) -> str:
+        """Where non-finite values may come from, for the error message."""
+        return " at these inputs"
 
     def fit(self, *args: Any, **kwargs: Any) -> None:
         """Train the analyzer on data; analyzers that need no training warn and do nothing."""
@@ -238,13 +277,47 @@ class Analyzer:
         payload["config"] = np.array(json.dumps({"name": name, **state["config"]}))
         _atomic_savez(path, payload)
 
-    @staticmethod
-    def load_npz(path: str | os.PathLike, model: nn.Module) -> Analyzer:
-        """Rebuild an analyzer written by ``save_npz``."""
-        with np.load(path, allow_pickle=False) as data:
-            config = json.loads(str(data["config"]))
-            arrays = {k[len("state/") :]: data[k] for k in data.files if k.startswith("state/")}
-        return Analyzer.load(config["name"], {"config": config, "arrays": arrays}, model)
+    @classmethod
+    def load_npz(cls, path: str | os.PathLike, model: nn.Module) -> Analyzer:
+        """Rebuild an analyzer written by ``save_npz`` (``path`` with or without ``.npz``).
+
+        The file is never unpickled, and its options are validated as on creation. Called
+        on a subclass (``IntegratedGradients.load_npz``), the file must hold that analyzer.
+        Any damaged, foreign or invalid file raises ConfigFileError naming it.
+        """
+        from innspect.analyzers.registry import analyzer_class
+
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        path = _existing_npz(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if "config" not in data.files:
+                    raise ValueError("it has no 'config' entry")
+                config = json.loads(str(data["config"][()]))
+                arrays = {
+                    k[len("state/") :]: np.asarray(data[k])
+                    for k in data.files
+                    if k.startswith("state/")
+                }
+            name, options = _saved_config(config)
+            saved_class = analyzer_class(name)
+        except Exception as error:  # noqa: BLE001 - zip, npy, JSON and key errors alike
+            raise ConfigFileError(
+                f"{path} is not an analyzer file written by save_npz, or it is damaged "
+                f"({type(error).__name__}: {error})"
+            ) from error
+        if not issubclass(saved_class, cls):
+            raise ConfigFileError(
+                f"{path} holds a {name!r} analyzer, not {cls.name!r}; load it with "
+                "innspect.Analyzer.load_npz"
+            )
+        try:
+            return Analyzer.load(name, {"config": {"options": options}, "arrays": arrays}, model)
+        except (TypeError, ValueError, KeyError, InnspectError) as error:
+            raise ConfigFileError(
+                f"{path}: its options are not valid for {name!r} ({error})"
+            ) from error
 
     # -- input handling -----------------------------------------------------------------
     def _inputs(self, X: Any) -> ModelInputs:
@@ -315,12 +388,7 @@ class Analyzer:
             return None
         if mode == "max_activation":
             return flat.detach().argmax(dim=1)
-        if isinstance(neuron_selection, torch.Tensor):
-            index = neuron_selection.to(flat.device)
-        else:
-            index = torch.as_tensor(np.asarray(neuron_selection), device=flat.device)
-        if index.is_floating_point() or index.dtype == torch.bool:
-            raise NeuronSelectionError(f"neuron_selection must be integers, got {index.dtype}")
+        index = _neuron_indices(neuron_selection, k).to(flat.device)
         if index.dim() == 0:
             index = index.expand(n)
         index = index.reshape(-1).long()
@@ -362,14 +430,19 @@ class ReverseAnalyzer(Analyzer):
     ) -> None:
         super().__init__(model, neuron_selection_mode=neuron_selection_mode, **io_options)
         project = reverse_project_bottleneck_layers
+        if isinstance(project, bool | int) and not isinstance(project, np.ndarray):
+            bottleneck = (
+                (-1.0, 1.0) if check_flag("reverse_project_bottleneck_layers", project) else None
+            )
+        else:
+            bottleneck = check_range("reverse_project_bottleneck_layers", project)
+        clip = reverse_clip_values
         self.reverse_options = ReverseOptions(
-            keep_tensors=reverse_keep_tensors,
-            check_finite=reverse_check_finite,
-            clip_values=tuple(reverse_clip_values) if reverse_clip_values is not None else None,
-            project_bottleneck=(-1.0, 1.0)
-            if project is True
-            else (tuple(project) if project else None),
-            min_max=reverse_min_max,
+            keep_tensors=check_flag("reverse_keep_tensors", reverse_keep_tensors),
+            check_finite=check_flag("reverse_check_finite", reverse_check_finite),
+            clip_values=None if clip is None else check_range("reverse_clip_values", clip),
+            project_bottleneck=bottleneck,
+            min_max=check_flag("reverse_min_max", reverse_min_max),
         )
         self._graph: ModelGraph | None = None
         self._graph_key: Any = None
@@ -688,6 +761,90 @@ class ReverseAnalyzer(Analyzer):
                     )
 
 
+def _refuse_meta(model: nn.Module, X: Any) -> None:
+    """Tensors on the meta device have no values to explain (torch fails in ``item()``)."""
+    device, _ = model_device_dtype(model)
+    given = X.values() if isinstance(X, dict) else X if isinstance(X, tuple | list) else [X]
+    meta = any(isinstance(v, torch.Tensor) and v.device.type == "meta" for v in given)
+    if (device is not None and device.type == "meta") or meta:
+        where = "the input is" if meta else "the model's parameters are"
+        raise InputError(
+            f"{where} on the meta device (shapes without values), so there is nothing to "
+            "explain; materialise the model (model.to_empty(device='cpu') and load_state_dict) "
+            "and pass real inputs"
+        )
+
+
+def _with_integer_input_hint(error: InputError, inputs: ModelInputs) -> InputError:
+    """A model that failed on an integer input: say what to do about the input."""
+    integers = [
+        (name, value)
+        for name, value in inputs.by_name().items()
+        if isinstance(value, torch.Tensor)
+        and not (value.is_floating_point() or value.is_complex())
+        and value.dtype != torch.bool
+    ]
+    if not integers or not str(error).startswith("the model failed"):
+        return error
+    name, value = integers[0]
+    return InputError(
+        f"{error}. Input {name!r} is {value.dtype}: innspect does not convert integer inputs "
+        "(they may be token ids); convert it to floating point (X.float(), "
+        "X.astype(np.float32)), or for token ids attribute to the embedding's output with "
+        "attribute_to='<embedding module path>'"
+    )
+
+
+def _neuron_indices(neuron_selection: Any, n_outputs: int) -> torch.Tensor:
+    """``neuron_selection`` as an int64 tensor, or a NeuronSelectionError saying why not.
+
+    Checked before any conversion: torch would raise its own TypeError on strings and None,
+    and wrap an unsigned 2**64 - 1 around to -1.
+    """
+    usage = "give an int for the whole batch or a sequence of ints, one per sample"
+    if isinstance(neuron_selection, torch.Tensor):
+        if (
+            neuron_selection.is_floating_point()
+            or neuron_selection.is_complex()
+            or (neuron_selection.dtype == torch.bool)
+        ):
+            raise NeuronSelectionError(
+                f"neuron_selection must be integers, got {neuron_selection.dtype}; {usage}"
+            )
+        values = neuron_selection.detach().cpu()
+        if values.dtype == torch.uint64:  # values above int64's range must not wrap around
+            array = values.numpy()
+        else:
+            return values.long()
+    else:
+        try:
+            array = np.asarray(neuron_selection)
+        except Exception as error:  # noqa: BLE001 - ragged nesting and the like
+            raise NeuronSelectionError(
+                f"neuron_selection {neuron_selection!r} is not a sequence of ints; {usage}"
+            ) from error
+    if array.dtype.kind == "O":  # Python ints beyond 64 bits, None, mixed types
+        for value in array.reshape(-1):
+            if isinstance(value, int | np.integer) and not isinstance(value, bool):
+                continue
+            raise NeuronSelectionError(
+                f"neuron_selection must be integers, got {value!r} in {neuron_selection!r}; {usage}"
+            )
+        array = np.array([int(v) for v in array.reshape(-1)], dtype=object).reshape(array.shape)
+    elif array.dtype.kind not in "iu":
+        raise NeuronSelectionError(
+            f"neuron_selection must be integers, got {neuron_selection!r} ({array.dtype}); {usage}"
+        )
+    flat = array.reshape(-1)
+    too_large = [int(v) for v in flat if int(v) >= n_outputs or int(v) < 0]
+    if too_large:
+        raise NeuronSelectionError(
+            f"neuron index {too_large[0]} is out of range: the model has {n_outputs} outputs "
+            f"(valid: 0 .. {n_outputs - 1})"
+        )
+    return torch.as_tensor(array.astype(np.int64))
+
+
 def _activation_error(activation: NodeInfo) -> OutputActivationError:
     return OutputActivationError(
         f"the model's output passes through {activation.operation} at node "
@@ -745,6 +902,28 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(
         f"analyzer option of type {type(value).__name__} cannot be saved; pass names or numbers"
     )
+
+
+def _existing_npz(path: str | os.PathLike) -> str:
+    """The file ``save_npz(path)`` wrote: ``path`` itself, or ``path`` + ".npz"."""
+    path = os.fspath(path)
+    if not os.path.exists(path) and not path.endswith(".npz") and os.path.exists(path + ".npz"):
+        return path + ".npz"
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no analyzer file {path!r} (nor {path + '.npz'!r})")
+    return path
+
+
+def _saved_config(config: Any) -> tuple[str, dict[str, Any]]:
+    """(name, options) of a saved configuration, or ValueError naming what is wrong."""
+    if not isinstance(config, dict):
+        raise ValueError(f"its config is a {type(config).__name__}, not an object")
+    name, options = config.get("name"), config.get("options", {})
+    if not isinstance(name, str):
+        raise ValueError(f"its config has no analyzer name (got {name!r})")
+    if not isinstance(options, dict):
+        raise ValueError(f"its options are a {type(options).__name__}, not an object")
+    return name, options
 
 
 def _atomic_savez(path: str | os.PathLike, payload: dict[str, np.ndarray]) -> None:

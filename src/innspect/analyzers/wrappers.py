@@ -17,6 +17,7 @@ from torch import nn
 from innspect.analyzers.base import Analyzer, Explanation
 from innspect.analyzers.gradient import GradientAnalyzer, check_postprocess
 from innspect.analyzers.io import ModelInputs, target_gradient, target_rows
+from innspect.analyzers.options import MAX_POINTS, check_flag, check_int, check_number
 from innspect.analyzers.registry import register
 from innspect.errors import InputError
 from innspect.progress import progress
@@ -40,6 +41,7 @@ class _GradientAverage(Analyzer):
         attribute_sum_axis: int | None = None,
         batch_size: int = 64,
         verbose: bool = False,
+        allow_nonfinite: bool = False,
         **reverse_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -49,17 +51,17 @@ class _GradientAverage(Analyzer):
             output=output,
             attribute_to=attribute_to,
             attribute_sum_axis=attribute_sum_axis,
+            allow_nonfinite=allow_nonfinite,
         )
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size = int(batch_size)
-        self.verbose = verbose
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.verbose = check_flag("verbose", verbose)
         inner_mode = "all" if neuron_selection_mode == "all" else "index"
         self._gradient = GradientAnalyzer(
             model,
             neuron_selection_mode=inner_mode,
             output=output,
             attribute_to=attribute_to,
+            allow_nonfinite=True,  # checked once, on the average
             **reverse_kwargs,
         )
 
@@ -158,10 +160,14 @@ class IntegratedGradients(_GradientAverage):
         self, model: nn.Module, *, steps: int = 64, reference_inputs: Any = 0.0, **kwargs: Any
     ) -> None:
         super().__init__(model, **kwargs)
-        if int(steps) < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        self.steps = int(steps)
+        self.steps = check_int("steps", steps, 1, MAX_POINTS)
         self.reference_inputs = reference_inputs
+
+    def _nonfinite_hint(self) -> str:
+        return (
+            " at a point of the path from reference_inputs to the input (a model that is "
+            "NaN at the baseline, e.g. 0, needs another reference_inputs)"
+        )
 
     def _reference(self, x: torch.Tensor, name: str) -> torch.Tensor:
         ref = self.reference_inputs
@@ -227,13 +233,9 @@ class SmoothGrad(_GradientAverage):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
-        if int(augment_by_n) < 1:
-            raise ValueError(f"augment_by_n must be >= 1, got {augment_by_n}")
-        if float(noise_scale) < 0:
-            raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
-        self.augment_by_n = int(augment_by_n)
-        self.noise_scale = float(noise_scale)
-        self.seed = seed
+        self.augment_by_n = check_int("augment_by_n", augment_by_n, 1, MAX_POINTS)
+        self.noise_scale = check_number("noise_scale", noise_scale, minimum=0.0)
+        self.seed = None if seed is None else check_int("seed", seed, 0, 2**63 - 1)
         self._gradient.postprocess = check_postprocess(postprocess)
 
     def _n_points(self) -> int:
