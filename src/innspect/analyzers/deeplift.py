@@ -10,6 +10,7 @@ Lee 2017, arXiv 1705.07874; Captum's ``DeepLiftShap``).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -18,11 +19,13 @@ from torch import nn
 
 from innspect.analyzers.base import Analyzer, Explanation, ReverseAnalyzer
 from innspect.analyzers.baselines import broadcast_baseline
+from innspect.analyzers.io import ModelInputs, target_gradient, target_rows
 from innspect.analyzers.registry import register
 from innspect.engine.forward import run_forward_with_reference
 from innspect.engine.reverse import Mapping, Unsupported, reverse_walk
 from innspect.errors import InputError, NotAnalyzableModelError
-from innspect.graph.graph import ModelGraph, NodeInfo, eval_mode
+from innspect.graph.capture import GRAPH_LOCK
+from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.graph.kinds import Kind
 from innspect.progress import progress
 from innspect.rules.basic import RECOMPUTED_GRADIENT, LinearGradient
@@ -126,32 +129,78 @@ class DeepLIFT(ReverseAnalyzer):
 
     # -- the analysis -------------------------------------------------------------------------
     def reference(self, x: torch.Tensor) -> torch.Tensor:
-        """The reference input for ``x`` (``reference_inputs`` broadcast to its shape)."""
+        """The reference for ``x`` (``reference_inputs`` broadcast to its shape)."""
         return broadcast_baseline(self.reference_inputs, x, "reference_inputs")
 
-    def _explain(self, x: torch.Tensor, neuron_selection: Any) -> Explanation:
-        return self.explain_from(x, self.reference(x), neuron_selection)
+    def _explain(
+        self, inputs: ModelInputs | torch.Tensor, neuron_selection: Any, target: Any = None
+    ) -> Explanation:
+        return self.explain_from(inputs, None, neuron_selection, target)
 
     def explain_from(
-        self, x: torch.Tensor, reference: torch.Tensor, neuron_selection: Any = None
+        self,
+        inputs: ModelInputs | torch.Tensor,
+        references: dict[str, torch.Tensor] | None,
+        neuron_selection: Any = None,
+        target: Any = None,
+        *,
+        checked: bool = False,
     ) -> Explanation:
-        """DeepLIFT of ``x`` against ``reference`` (the same shape, one reference per sample)."""
-        self._check_selection_arguments(neuron_selection)
-        if not x.is_floating_point():
-            raise InputError(f"{self.name} needs a floating-point input, got {x.dtype}")
-        graph = self.graph(x)
-        self._check_input_shape(graph, x)
-        with eval_mode(self.model):
-            record = run_forward_with_reference(graph, x, reference)
-        output = record.output(graph)
-        selected = self._select(output, neuron_selection)
-        start, scores = self._start_signal(output, selected)
+        """DeepLIFT of ``inputs`` against ``references`` (by attributed name, each shaped like
+        its input; default: ``reference_inputs`` for every attributed input). ``checked``:
+        the neuron selection was checked by the caller (DeepLiftShap)."""
+        inputs = self._inputs(inputs)
+        target = self._target(target)
+        if not checked:
+            self._check_selection_arguments(neuron_selection, target)
+        graph = self.graph(inputs)
+        feed = graph.feed(inputs.values)
+        self._check_input_shapes(graph, feed)
+        reference_feed = dict(feed)
+        for node in graph.source_nodes:
+            if node not in feed:
+                raise InputError(
+                    f"{self.name} attributes to the model's inputs only; "
+                    f"'{graph.source_names[node]}' is a node inside the graph"
+                )
+            value = feed[node]
+            if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
+                raise InputError(
+                    f"{self.name} needs floating-point inputs; '{graph.source_names[node]}' "
+                    f"is {getattr(value, 'dtype', type(value).__name__)}"
+                )
+            name = graph.source_names[node]
+            given = None if references is None else references.get(name)
+            reference_feed[node] = (
+                self.reference(value)
+                if given is None
+                else broadcast_baseline(given, value, "reference_inputs")
+            )
+        with GRAPH_LOCK.shared():
+            record = run_forward_with_reference(graph, feed, reference_feed)
+        output, starts_from = self._output_and_starts(graph, record.values)
+        selected, scores, start = self._start(output, neuron_selection, target)
         result = reverse_walk(
-            graph, record, start, lambda info: self._mappings[info.node], self.reverse_options
+            graph,
+            record,
+            starts_from(start),
+            lambda info: self._mappings[info.node],
+            self.reverse_options,
         )
-        attribution = result.attribution.detach() * (x - reference)
+        contributions = {
+            node: result.attributions[node] * (feed[node] - reference_feed[node])
+            for node in graph.source_nodes
+            if node in result.attributions
+        }
+        attributions = self._finish(graph, contributions, feed)
         return Explanation(
-            attribution, selected, scores, result.signals, result.min_max, result.node_sums
+            next(iter(attributions.values())),
+            selected,
+            scores,
+            result.signals,
+            result.min_max,
+            result.node_sums,
+            attributions,
         )
 
 
@@ -197,15 +246,30 @@ class DeepLiftShap(Analyzer):
         batch_size: int = 64,
         verbose: bool = False,
         neuron_selection_mode: str = "max_activation",
+        target: Any = None,
+        output: Any = None,
+        attribute_to: Any = None,
         **deeplift_options: Any,
     ) -> None:
-        super().__init__(model, neuron_selection_mode=neuron_selection_mode)
+        super().__init__(
+            model,
+            neuron_selection_mode=neuron_selection_mode,
+            target=target,
+            output=output,
+            attribute_to=attribute_to,
+        )
         if int(batch_size) < 1 or int(background_size) < 1:
             raise ValueError(
                 f"batch_size and background_size must be >= 1, got {batch_size}, {background_size}"
             )
         inner = "all" if neuron_selection_mode == "all" else "index"
-        self._deeplift = DeepLIFT(model, neuron_selection_mode=inner, **deeplift_options)
+        self._deeplift = DeepLIFT(
+            model,
+            neuron_selection_mode=inner,
+            output=output,
+            attribute_to=attribute_to,
+            **deeplift_options,
+        )
         self.background_size = int(background_size)
         self.seed = seed
         self.batch_size = int(batch_size)
@@ -237,33 +301,60 @@ class DeepLiftShap(Analyzer):
         if "references" in state:
             self.references = self._as_tensor(state["references"])
 
-    def _explain(self, x: torch.Tensor, neuron_selection: Any) -> Explanation:
-        self._check_selection_arguments(neuron_selection)
+    def _explain(
+        self, inputs: ModelInputs | torch.Tensor, neuron_selection: Any, target: Any = None
+    ) -> Explanation:
+        inputs = self._inputs(inputs)
+        target = self._target(target)
+        self._check_selection_arguments(neuron_selection, target)
         refs = self.references
         if refs is None:
             raise InputError(
                 "deep_lift_shap needs references: pass reference_inputs=(B, ...) samples or "
                 "call fit(X) on data to draw them"
             )
+        deeplift = self._deeplift
+        graph = deeplift.graph(inputs)
+        feed = graph.feed(inputs.values)
+        sources = [graph.source_names[node] for node in graph.source_nodes]
+        if len(sources) != 1 or graph.source_nodes[0] not in feed:
+            raise InputError(
+                f"deep_lift_shap explains models with one attributed input (got {sources}); "
+                "use deep_lift with reference_inputs for several"
+            )
+        x = feed[graph.source_nodes[0]]
         if refs.shape[1:] != x.shape[1:]:
             raise InputError(
                 f"reference_inputs hold samples of shape {tuple(refs.shape[1:])}, the input "
                 f"{tuple(x.shape[1:])}; each reference must be shaped like one sample"
             )
         refs = refs.to(device=x.device, dtype=x.dtype)
-        output = self._deeplift.model_output(x)
-        selected = self._select(output, neuron_selection)
-        flat = output.reshape(output.shape[0], -1)
-        rows = torch.arange(flat.shape[0], device=flat.device)
-        scores = flat.sum(dim=1) if selected is None else flat[rows, selected]
+        output, _ = deeplift._clean_pass(graph, feed)
         n, b = x.shape[0], refs.shape[0]
+        if target is None:
+            selected = self._select(output, neuron_selection)
+            flat = output.reshape(n, -1)
+            rows = torch.arange(n, device=flat.device)
+            scores = flat.sum(dim=1) if selected is None else flat[rows, selected]
+        else:
+            selected, (_, scores) = None, target_gradient(output, target)
         total = torch.zeros_like(x)
         # Row k of the expanded batch pairs sample k // B with reference k % B.
         starts = range(0, n * b, self.batch_size)
         for start in progress(starts, self.verbose, total=len(starts), desc=self.name):
             pairs = torch.arange(start, min(start + self.batch_size, n * b), device=x.device)
             samples = pairs // b
-            index = None if selected is None else selected[samples]
-            explanation = self._deeplift.explain_from(x[samples], refs[pairs % b], index)
+            values = [
+                v[samples] if isinstance(v, torch.Tensor) and v.dim() > 0 else v
+                for v in inputs.values
+            ]
+            explanation = deeplift.explain_from(
+                replace(inputs, values=values),
+                {sources[0]: refs[pairs % b]},
+                None if selected is None else selected[samples],
+                target_rows(target, samples, n, output.dim()),
+                checked=True,
+            )
             total.index_add_(0, samples, explanation.attribution)
-        return Explanation(total / b, selected, scores)
+        attribution = total / b
+        return Explanation(attribution, selected, scores, attributions={sources[0]: attribution})

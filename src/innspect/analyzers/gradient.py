@@ -8,9 +8,11 @@ import torch
 from torch import nn
 
 from innspect.analyzers.base import Analyzer, Explanation, ReverseAnalyzer
+from innspect.analyzers.io import ModelInputs, select_output, target_gradient
 from innspect.analyzers.registry import register
 from innspect.engine.reverse import Mapping, Unsupported
-from innspect.graph.graph import ModelGraph, NodeInfo, eval_mode
+from innspect.graph.capture import eval_view
+from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.graph.kinds import Kind
 from innspect.rules.basic import (
     GRADIENT,
@@ -124,22 +126,44 @@ class GradientBaseline(Analyzer):
         super().__init__(model, **kwargs)
         self._checked = False
 
-    def _explain(self, x: torch.Tensor, neuron_selection: Any) -> Explanation:
-        self._check_selection_arguments(neuron_selection)
+    def _explain(
+        self, inputs: ModelInputs, neuron_selection: Any, target: Any = None
+    ) -> Explanation:
+        target = self._target(target)
+        self._check_selection_arguments(neuron_selection, target)
+        names = self._attributed_inputs(inputs)
         if not self._checked:
             # The same output-activation refusal as the engine's analyzers.
-            GradientAnalyzer(self.model).graph(x)
+            GradientAnalyzer(self.model, output=self.output, attribute_to=list(names)).graph(inputs)
             self._checked = True
-        with eval_mode(self.model), torch.enable_grad():
-            leaf = x.detach().requires_grad_(True)
-            output = self.model(leaf)
-            flat = output.reshape(output.shape[0], -1)
-            selected = self._select(flat, neuron_selection)
-            if selected is None:
-                target = flat.sum()
-                scores = flat.detach().sum(dim=1)
+        given = inputs.by_name()
+        leaves = {name: given[name].detach().requires_grad_(True) for name in names}
+        values = {**given, **leaves}
+        args = [values[name] for name in inputs.names]
+        # The eval view of the model: its training flags are never touched (capture.eval_view).
+        model = eval_view(self.model)
+        with torch.enable_grad():
+            if inputs.call.keyword:
+                result = model(**dict(zip(inputs.names, args, strict=True)))
             else:
-                picked = flat.gather(1, selected[:, None])[:, 0]
-                target, scores = picked.sum(), picked.detach()
-            (grad,) = torch.autograd.grad(target, leaf)
-        return Explanation(grad, selected, scores)
+                result = model(*args)
+            output = select_output(result, self.output)
+            selected = None
+            if target is not None:
+                weights, scores = target_gradient(output, target)
+                objective = (output * weights).sum()
+            else:
+                flat = output.reshape(output.shape[0], -1)
+                selected = self._select(flat, neuron_selection)
+                if selected is None:
+                    objective = flat.sum()
+                    scores = flat.detach().sum(dim=1)
+                else:
+                    picked = flat.gather(1, selected[:, None])[:, 0]
+                    objective, scores = picked.sum(), picked.detach()
+            grads = torch.autograd.grad(objective, [leaves[n] for n in names], allow_unused=True)
+        attributions = {
+            name: torch.zeros_like(leaves[name]) if grad is None else grad
+            for name, grad in zip(names, grads, strict=True)
+        }
+        return Explanation(attributions[names[0]], selected, scores, attributions=attributions)

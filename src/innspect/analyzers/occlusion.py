@@ -20,9 +20,10 @@ from torch import nn
 
 from innspect.analyzers.base import Analyzer, Explanation
 from innspect.analyzers.baselines import broadcast_baseline
+from innspect.analyzers.gradient import GradientAnalyzer
+from innspect.analyzers.io import ModelInputs, target_gradient, target_rows
 from innspect.analyzers.registry import register
-from innspect.errors import InputError, NotAnalyzableModelError
-from innspect.graph.graph import eval_mode
+from innspect.errors import InputError
 from innspect.progress import progress
 
 # The default window: the whole channel axis and 1/8 of every other axis (an 8x8 grid of
@@ -73,9 +74,9 @@ class Occlusion(Analyzer):
         baseline: Any = 0.0,
         batch_size: int = 64,
         verbose: bool = False,
-        neuron_selection_mode: str = "max_activation",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(model, neuron_selection_mode=neuron_selection_mode)
+        super().__init__(model, **kwargs)
         if window_shape is not None:
             window_shape = _positive_ints(tuple(window_shape), "window_shape")
         if strides is not None:
@@ -87,7 +88,7 @@ class Occlusion(Analyzer):
         self.baseline = baseline
         self.batch_size = int(batch_size)
         self.verbose = verbose
-        self._checked = False
+        self._gradient: GradientAnalyzer | None = None
 
     # -- geometry ---------------------------------------------------------------------------
     def windows(self, shape: Sequence[int]) -> list[tuple[slice, ...]]:
@@ -146,57 +147,94 @@ class Occlusion(Analyzer):
         return tuple(strides)
 
     # -- the analysis -------------------------------------------------------------------------
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        with eval_mode(self.model), torch.no_grad():
-            return self.model(x)
+    def _engine(self) -> GradientAnalyzer:
+        """Runs the forward passes through the captured graph (several inputs, ``output=``,
+        ``attribute_to`` an inner node: the engine's own input handling)."""
+        if self._gradient is None:
+            self._gradient = GradientAnalyzer(
+                self.model, output=self.output, attribute_to=self.attribute_to
+            )
+        return self._gradient
 
-    def _check_model(self, x: torch.Tensor) -> None:
-        """The engine's refusal of a softmax output, once (skipped where capture fails:
-        occlusion itself only needs forward passes)."""
-        if self._checked:
-            return
-        from innspect.analyzers.gradient import GradientAnalyzer
+    def _scores(
+        self,
+        output: torch.Tensor,
+        selected: torch.Tensor | None,
+        target: Any,
+        rows: torch.Tensor,
+        n: int,
+    ) -> torch.Tensor:
+        """The explained score of each output row; row r belongs to sample ``rows[r]`` of n."""
+        if target is not None:
+            return target_gradient(output, target_rows(target, rows, n, output.dim()))[1]
+        flat = output.reshape(output.shape[0], -1)
+        if selected is None:
+            return flat.sum(dim=1)
+        return flat[torch.arange(flat.shape[0], device=flat.device), selected[rows]]
 
-        try:
-            GradientAnalyzer(self.model).graph(x)
-        except NotAnalyzableModelError:
-            pass
-        self._checked = True
+    def _explain(
+        self, inputs: ModelInputs | torch.Tensor, neuron_selection: Any, target: Any = None
+    ) -> Explanation:
+        inputs = self._inputs(inputs)
+        target = self._target(target)
+        self._check_selection_arguments(neuron_selection, target)
+        engine = self._engine()
+        graph = engine.graph(inputs)
+        feed = graph.feed(inputs.values)
+        output, clean = engine._clean_pass(graph, feed)
+        n = output.shape[0]
+        rows = torch.arange(n, device=output.device)
+        selected = None if target is not None else self._select(output, neuron_selection)
+        scores = self._scores(output, selected, target, rows, n)
+        attributions = {}
+        for source in graph.source_nodes:
+            name = graph.source_names[source]
+            x = clean[source]
+            if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
+                raise InputError(f"occlusion needs floating-point values; '{name}' is {x.dtype}")
+            attributions[name] = self._occlude(
+                engine, graph, feed, source, x, scores, selected, target
+            )
+        first = next(iter(attributions.values()))
+        return Explanation(first, selected, scores, attributions=attributions)
 
-    def _explain(self, x: torch.Tensor, neuron_selection: Any) -> Explanation:
-        self._check_selection_arguments(neuron_selection)
-        if not x.is_floating_point():
-            raise InputError(f"occlusion needs a floating-point input, got {x.dtype}")
+    def _occlude(
+        self,
+        engine: GradientAnalyzer,
+        graph: Any,
+        feed: dict,
+        source: Any,
+        x: torch.Tensor,
+        scores: torch.Tensor,
+        selected: torch.Tensor | None,
+        target: Any,
+    ) -> torch.Tensor:
+        """The occlusion map of one attributed input (or node) ``source`` with value ``x``."""
         windows = self.windows(x.shape[1:])
         baseline = broadcast_baseline(self.baseline, x, "baseline")
-        self._check_model(x)
-        output = self._forward(x)
-        selected = self._select(output, neuron_selection)
-        scores = self._scores(output, selected)
         n = x.shape[0]
         total = torch.zeros_like(x)
         counts = torch.zeros(x.shape[1:], dtype=x.dtype, device=x.device)
         starts = range(0, len(windows), self.batch_size)
         for start in progress(starts, self.verbose, total=len(starts), desc=self.name):
             chunk = windows[start : start + self.batch_size]
-            batch = x.repeat(len(chunk), *([1] * (x.dim() - 1)))
+            k = len(chunk)
+            batch = {
+                node: value.repeat(k, *([1] * (value.dim() - 1)))
+                if isinstance(value, torch.Tensor) and value.dim() > 0
+                else value
+                for node, value in feed.items()
+            }
+            occluded = x.repeat(k, *([1] * (x.dim() - 1)))
             for j, window in enumerate(chunk):
-                rows = slice(j * n, (j + 1) * n)
-                batch[(rows, *window)] = baseline[(slice(None), *window)]
-            occluded = self._scores(
-                self._forward(batch), None if selected is None else selected.repeat(len(chunk))
-            )
-            drops = scores.repeat(len(chunk)) - occluded
+                occluded[(slice(j * n, (j + 1) * n), *window)] = baseline[(slice(None), *window)]
+            batch[source] = occluded
+            output, _ = engine._clean_pass(graph, batch)
+            rows = torch.arange(k * n, device=output.device) % n
+            drops = scores.repeat(k) - self._scores(output, selected, target, rows, n)
             # Window by window, in order: the same sums (to the last bit) as Captum's.
             for j, window in enumerate(chunk):
                 drop = drops[j * n : (j + 1) * n].reshape([n] + [1] * (x.dim() - 1))
                 total[(slice(None), *window)] += drop
                 counts[window] += 1
-        return Explanation(total / counts, selected, scores)
-
-    @staticmethod
-    def _scores(output: torch.Tensor, selected: torch.Tensor | None) -> torch.Tensor:
-        flat = output.reshape(output.shape[0], -1)
-        if selected is None:
-            return flat.sum(dim=1)
-        return flat[torch.arange(flat.shape[0], device=flat.device), selected]
+        return total / counts

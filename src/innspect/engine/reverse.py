@@ -152,9 +152,14 @@ class ReverseOptions:
 
 @dataclass
 class ReverseResult:
-    """The signal at the input, and what the options asked to keep."""
+    """The signal at the input, and what the options asked to keep.
+
+    ``attributions`` holds the signal at every attributed node it reached
+    (``graph.source_nodes``); ``attribution`` is the one at ``graph.input_node``.
+    """
 
     attribution: torch.Tensor
+    attributions: dict[fx.Node, torch.Tensor] = field(default_factory=dict)
     signals: dict[str, torch.Tensor] = field(default_factory=dict)
     min_max: dict[str, tuple[float, float]] = field(default_factory=dict)
     node_sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
@@ -194,7 +199,7 @@ def _process_signal(
 def reverse_walk(
     graph: ModelGraph,
     record: ForwardRecord,
-    start: torch.Tensor,
+    start: torch.Tensor | dict[fx.Node, torch.Tensor],
     mapping_for: Callable[[NodeInfo], Mapping],
     options: ReverseOptions | None = None,
 ) -> ReverseResult:
@@ -207,7 +212,8 @@ def reverse_walk(
     graph, record
         The captured graph and a forward record made on it.
     start
-        The signal at the model output (same shape as the output).
+        The signal at the explained output (same shape), or ``{node: signal}`` for
+        several returned tensors.
     mapping_for
         Returns the mapping of a node.
     options
@@ -216,7 +222,10 @@ def reverse_walk(
     options = options or ReverseOptions()
     result = ReverseResult(attribution=torch.zeros_like(record.values[graph.input_node]))
     bottlenecks = graph.bottleneck_nodes() if options.project_bottleneck else set()
-    signals: dict[fx.Node, Signal] = {graph.output_node: start}
+    signals: dict[fx.Node, Signal] = (
+        dict(start) if isinstance(start, dict) else {graph.output_node: start}
+    )
+    sources = set(graph.source_nodes)
     for info in reversed(graph.nodes):
         node = info.node
         signal = signals.pop(node, None)
@@ -224,9 +233,15 @@ def reverse_walk(
             continue
         if isinstance(signal, torch.Tensor):
             signal = _process_signal(info, signal, options, result, bottlenecks)
-        if node is graph.input_node:
-            result.attribution = signal
-            continue
+        if node in sources:
+            result.attributions[node] = signal
+            if node is graph.input_node:
+                result.attribution = signal
+            # An attributed inner node (an embedding's output) ends the walk on its branch
+            # unless an attributed input lies further up.
+            if node.op == "placeholder" or not info.signal_inputs:
+                record.values.pop(node, None)
+                continue
         if _selects_from_tuple(info, record):
             record.values.pop(node, None)
             parent = info.signal_inputs[0]
