@@ -107,3 +107,29 @@ def test_occlusion_and_deep_lift_shap_with_a_target() -> None:
         for b in background
     ]
     torch.testing.assert_close(shap, torch.stack(single).mean(dim=0))
+
+
+def test_deeplift_at_an_embedding_output_sums_to_delta() -> None:
+    from tests.test_engine_io import TokensAndMask
+
+    torch.manual_seed(0)
+    model = TokensAndMask().double().eval()
+    tokens = torch.tensor([[1, 4, 7], [2, 2, 9]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 1]])
+    explanation = innspect.create_analyzer(
+        "deep_lift", model, attribute_to="embed", reference_inputs=0.1
+    ).explain({"tokens": tokens, "mask": mask})
+    embedded = model.embed(tokens).detach()
+    rows = torch.arange(2)
+
+    def head(hidden: torch.Tensor) -> torch.Tensor:  # the model after its embedding
+        return model.fc((torch.relu(hidden) * mask[..., None]).sum(1))
+
+    with torch.no_grad():
+        expected = head(embedded) - head(torch.full_like(embedded, 0.1))
+    torch.testing.assert_close(
+        explanation.attribution.sum(dim=(1, 2)),
+        expected[rows, explanation.selected],
+        rtol=0,
+        atol=1e-10,
+    )

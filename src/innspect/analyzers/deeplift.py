@@ -156,13 +156,14 @@ class DeepLIFT(ReverseAnalyzer):
         graph = self.graph(inputs)
         feed = graph.feed(inputs.values)
         self._check_input_shapes(graph, feed)
+        inner = [node for node in graph.source_nodes if node not in feed]
+        if inner:
+            # Attributed inner nodes (an embedding's output): their values on the input are
+            # fed to both passes, the reference replacing them in the second.
+            _, clean = self._clean_pass(graph, feed)
+            feed.update({node: clean[node].detach() for node in inner})
         reference_feed = dict(feed)
         for node in graph.source_nodes:
-            if node not in feed:
-                raise InputError(
-                    f"{self.name} attributes to the model's inputs only; "
-                    f"'{graph.source_names[node]}' is a node inside the graph"
-                )
             value = feed[node]
             if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
                 raise InputError(
