@@ -138,6 +138,27 @@ def test_functional_and_reused_activations_sum_to_delta(mode: str) -> None:
     torch.testing.assert_close(explanation.attribution.sum(dim=1), expected, rtol=0, atol=1e-8)
 
 
+class Chunked(nn.Module):
+    """A node returning a tuple (chunk) whose parts take different paths."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.out = nn.Linear(6, 6), nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = torch.chunk(torch.tanh(self.fc(x)), 2, dim=1)
+        return self.out(torch.relu(a) * 2 - b)
+
+
+def test_tuple_outputs_sum_to_delta() -> None:
+    torch.manual_seed(0)
+    model = Chunked().double().eval()
+    x, ref = torch.randn(3, 6, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
+    explanation = innspect.create_analyzer("deep_lift", model, reference_inputs=ref).explain(x)
+    expected = _delta(model, x, ref, explanation.selected)
+    torch.testing.assert_close(explanation.attribution.sum(dim=1), expected, rtol=0, atol=1e-10)
+
+
 def test_reveal_cancel_differs_from_rescale_and_sums_with_batchnorm() -> None:
     torch.manual_seed(1)
     model = nn.Sequential(

@@ -244,6 +244,8 @@ def reverse_walk(
                 continue
         if _selects_from_tuple(info, record):
             record.values.pop(node, None)
+            if record.reference is not None:
+                record.reference.pop(node, None)
             parent = info.signal_inputs[0]
             parent_signal = signals.setdefault(parent, {})
             index = node.args[1]
