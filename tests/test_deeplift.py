@@ -296,3 +296,27 @@ def test_bad_input_gives_clear_errors() -> None:
 
     with pytest.raises(UnsupportedNodeError, match="DeepLIFT has rules"):
         innspect.create_analyzer("deep_lift", Gated()).analyze(x)
+
+
+def test_reveal_cancel_splits_at_an_unfolded_batchnorm() -> None:
+    # BatchNorm before any convolution cannot be folded: the ReLU after it gets the
+    # positive/negative split of its per-channel scale (negative gammas swap the streams).
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.BatchNorm2d(2), nn.ReLU(), nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(27, 3)
+    )
+    model = lrp_models.randomise_batchnorm(model)
+    x = torch.randn(3, 2, 5, 5, dtype=torch.float64)
+    ref = torch.randn(3, 2, 5, 5, dtype=torch.float64)
+    explanation = innspect.create_analyzer(
+        "deep_lift",
+        model,
+        reference_inputs=ref,
+        nonlinear_mode="reveal_cancel",
+        reverse_keep_tensors=True,
+    ).explain(x)
+    assert explanation.relevances["0"].shape == (2, 3, 2, 5, 5)  # the pair at the BatchNorm
+    expected = _delta(model, x, ref, explanation.selected)
+    torch.testing.assert_close(
+        explanation.attribution.sum(dim=(1, 2, 3)), expected, rtol=0, atol=1e-10
+    )
