@@ -230,6 +230,16 @@ def test_forward_defaults_the_caller_does_not_pass_are_not_inputs() -> None:
     torch.testing.assert_close(result["x"], expected_x, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(result["attn_mask"], expected_mask, rtol=1e-12, atol=1e-12)
 
+    class WithKwargs(TimmStyle):
+        def forward(self, x, attn_mask=None, *args, **kwargs):  # *args/**kwargs: no inputs
+            return super().forward(x, attn_mask)
+
+    other = WithKwargs().double()
+    other.load_state_dict(model.state_dict())
+    ours = innspect.create_analyzer("gradient", other, neuron_selection_mode="all").analyze(x)
+    (expected,) = _autograd(model, (x,))
+    torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
+
 
 # -- outputs ------------------------------------------------------------------------------------
 def test_dict_output_defaults_to_logits_and_output_picks_another() -> None:
@@ -548,3 +558,59 @@ def test_export_fallback_with_keyword_inputs_and_a_dict_output() -> None:
     expected = _autograd(lambda a, b: model(a, b)["logits"], (x, aux))
     torch.testing.assert_close(ours["x"], expected[0], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(ours["aux"], expected[1], rtol=1e-12, atol=1e-12)
+
+
+def test_python_values_in_the_inputs_are_fixed_arguments() -> None:
+    torch.manual_seed(5)
+    model = _seeded(TinyBert())
+    ids = torch.randint(0, 20, (2, 6))
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]])
+    analyzer = innspect.create_analyzer("gradient", model, attribute_to="embeddings")
+    plain = analyzer.analyze({"input_ids": ids, "attention_mask": mask})
+    fixed = analyzer.analyze(
+        {"input_ids": ids, "token_type_ids": None, "attention_mask": mask, "return_dict": True}
+    )
+    torch.testing.assert_close(fixed, plain, rtol=0, atol=0)
+    scaled = _seeded(TimmStyle())
+    x = torch.randn(3, 4, **DOUBLE)
+    causal = innspect.create_analyzer("gradient", scaled, neuron_selection_mode="all")
+    result = causal.analyze((x, None, True))  # positional: attn_mask=None, is_causal=True
+    assert result[1] is None and result[2] is None
+    (expected,) = _autograd(lambda a: scaled(a, None, True), (x,))
+    torch.testing.assert_close(result[0], expected, rtol=1e-12, atol=1e-12)
+    (plain_x,) = _autograd(scaled, (x,))
+    assert not torch.allclose(result[0], plain_x)  # is_causal=True really was used
+    torch.testing.assert_close(causal.analyze(x), plain_x, rtol=1e-12, atol=1e-12)
+
+
+class LoopWithFlag(LoopWithAux):
+    def forward(self, x: torch.Tensor, aux: torch.Tensor, flag: bool = True):
+        result = super().forward(x, aux)
+        return {"logits": result["logits"] * (2.0 if flag else 1.0)}
+
+
+def test_export_fallback_with_a_fixed_python_argument() -> None:
+    model = _seeded(LoopWithFlag())
+    x, aux = torch.randn(3, 4, **DOUBLE), torch.randn(3, 2, **DOUBLE)
+    ours = innspect.create_analyzer("gradient", model, neuron_selection_mode="all").analyze(
+        (x, aux, False)
+    )
+    expected = _autograd(lambda a, b: model(a, b, False)["logits"], (x, aux))
+    torch.testing.assert_close(ours[0], expected[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours[1], expected[1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["gradient", "lrp.z"])
+def test_an_input_and_an_inner_node_together(name: str) -> None:
+    model = _seeded(ImageAndAux())
+    image, aux = _image_aux()
+
+    def run(attribute_to):
+        return innspect.create_analyzer(name, model, attribute_to=attribute_to).analyze(
+            (image, aux)
+        )
+
+    at_image, at_conv = run(["image", "conv"])  # the walk goes on past the inner node
+    torch.testing.assert_close(at_image, run("image"), rtol=1e-12, atol=0)
+    torch.testing.assert_close(at_conv, run("conv"), rtol=1e-12, atol=0)
+    assert at_conv.shape == (3, 2, 4, 4)

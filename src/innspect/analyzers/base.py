@@ -467,7 +467,7 @@ class ReverseAnalyzer(Analyzer):
         if self._graph is not None:
             if inputs is None or inputs.key() == self._graph_key:
                 return self._graph
-            if self._graph_key is None and inputs.call == self._graph.call:
+            if self._graph_key is None and inputs.call.key() == self._graph.call.key():
                 self._graph_key = inputs.key()  # captured without an input, same call
                 return self._graph
         return None
@@ -519,29 +519,6 @@ class ReverseAnalyzer(Analyzer):
             value = values.get(name) if node.op == "placeholder" else None
             if isinstance(value, torch.Tensor) and not value.is_floating_point():
                 raise InputError(_integer_input_message(name, value, _embedding_names(graph)))
-
-    def _build_graph(self, example_input: torch.Tensor | None) -> None:
-        graph = ModelGraph(self.model, example_input, fuse_batchnorm=self.fuse_batchnorm)
-        activation = graph.output_activation()
-        if activation is not None:
-            raise OutputActivationError(
-                f"the model's output passes through {activation.operation} at node "
-                f"'{activation.name}'; explanations need the pre-activation output. Use "
-                "innspect.model_wo_softmax(model) or model_wo_output_activation(model)"
-            )
-        self._mappings = {info.node: self._mapping(info, graph) for info in graph.nodes}
-        self._autograd_nodes = frozenset(
-            node for node, m in self._mappings.items() if m.needs_autograd
-        )
-        # When every node maps by its VJP, one autograd pass is the same walk, done in C++.
-        self._plain_gradient = all(
-            type(m) is Gradient
-            for node, m in self._mappings.items()
-            if node in graph.infos
-            and graph.infos[node].depends_on_input
-            and node is not graph.input_node
-        )
-        self._graph = graph
 
     def _mapping(self, info: NodeInfo, graph: ModelGraph) -> Mapping:
         raise NotImplementedError

@@ -37,12 +37,15 @@ class ModelInputs:
         "tensor" (one tensor or array), "tuple" (positional inputs) or "dict" (keywords).
     numpy
         Whether the inputs came as numpy arrays (attributions are returned as arrays).
+    order
+        Every name the caller gave, in its order (inputs and fixed Python values).
     """
 
     call: CallSpec
     values: list[Any]
     structure: str
     numpy: bool
+    order: tuple[str, ...] = ()
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -69,7 +72,7 @@ class ModelInputs:
 
     def key(self) -> tuple[Any, ...]:
         """What a captured graph depends on: the call and which inputs are floating."""
-        return (self.call, self.floating())
+        return (self.call.key(), self.floating())
 
     def restore(self, attributions: dict[str, torch.Tensor], attribute_to: Any) -> Any:
         """Attributions in the structure the inputs came in (or ``attribute_to`` named).
@@ -91,9 +94,10 @@ class ModelInputs:
             return tuple(convert(attributions[name]) for name in attribute_to)
         if self.structure == "tensor":
             return convert(next(iter(attributions.values())))
+        order = self.order or self.call.names
         if self.structure == "tuple":
-            return tuple(convert(attributions.get(name)) for name in self.call.names)
-        return {name: convert(attributions.get(name)) for name in self.call.names}
+            return tuple(convert(attributions.get(name)) for name in order)
+        return {name: convert(attributions.get(name)) for name in order}
 
 
 def attribute_names(attribute_to: Any) -> tuple[str, ...] | None:
@@ -117,7 +121,11 @@ def model_inputs(
     device: torch.device | None,
     dtype: torch.dtype | None,
 ) -> ModelInputs:
-    """Check and convert ``X`` (tensor/array, tuple of them, or dict of keyword inputs)."""
+    """Check and convert ``X`` (tensor/array, tuple of them, or dict of keyword inputs).
+
+    In a tuple or dict, Python values (None, bools, numbers, strings) are not inputs: they
+    are fixed arguments of the call, captured as constants (``return_dict=False``).
+    """
     if isinstance(X, dict):
         if not X:
             raise InputError("the input dict is empty; pass the model's inputs by name")
@@ -127,18 +135,28 @@ def model_inputs(
             raise InputError(f"input dict keys must be parameter names, got {bad[0]!r}")
         call = bind_call(model, keywords=keys)
         given = dict(X)
-        items = [(name, given[name]) for name in call.names]
+        order = tuple(keys)
         structure = "dict"
     elif isinstance(X, tuple):
         if not X:
             raise InputError("the input tuple is empty; pass one value per model input")
         call = bind_call(model, n_positional=len(X))
-        items = list(zip(call.names, X, strict=True))
+        given = dict(zip(call.names, X, strict=True))
+        order = call.names
         structure = "tuple"
     else:
         call = bind_call(model, n_positional=1)
-        items = [(call.names[0], X)]
+        given = {call.names[0]: X}
+        order = call.names
         structure = "tensor"
+    if structure != "tensor":
+        call = call.with_fixed({n: v for n, v in given.items() if _is_python_value(v)})
+        if not call.names:
+            raise InputError(
+                "no tensor or array among the inputs (Python values such as None or "
+                "numbers are fixed arguments, not inputs)"
+            )
+    items = [(name, given[name]) for name in call.names]
     single = structure == "tensor"
     values, numpy_flags = [], []
     for name, value in items:
@@ -149,7 +167,12 @@ def model_inputs(
     if len(batch) > 1:
         shapes = ", ".join(f"{n} {tuple(v.shape)}" for n, v in zip(call.names, values, strict=True))
         raise InputError(f"the inputs disagree on the batch size (first axis): {shapes}")
-    return ModelInputs(call, values, structure, any(numpy_flags))
+    return ModelInputs(call, values, structure, any(numpy_flags), order)
+
+
+def _is_python_value(value: Any) -> bool:
+    """None, a bool, a number or a string: a fixed argument, not an input."""
+    return value is None or isinstance(value, bool | int | float | complex | str)
 
 
 def to_tensor(

@@ -93,9 +93,10 @@ class _GradientAverage(Analyzer):
             selected, scores = None, target_gradient(output, target)[1]
         n = output.shape[0]
         n_points = self._n_points()
+        call: dict[str, Any] = {}  # per-call state of the point makers (a noise generator)
         totals = {node: torch.zeros_like(clean[node]) for node in sources}
         makers = {
-            node: self._point_maker(clean[node], graph.source_names[node]) for node in sources
+            node: self._point_maker(clean[node], graph.source_names[node], call) for node in sources
         }
         # Row r of the expanded batch is point r // N of sample r % N.
         n_rows = n_points * n
@@ -127,7 +128,7 @@ class _GradientAverage(Analyzer):
         raise NotImplementedError
 
     def _point_maker(
-        self, x: torch.Tensor, name: str
+        self, x: torch.Tensor, name: str, call: dict[str, Any]
     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         raise NotImplementedError
 
@@ -186,7 +187,7 @@ class IntegratedGradients(_GradientAverage):
         return self.steps
 
     def _point_maker(
-        self, x: torch.Tensor, name: str
+        self, x: torch.Tensor, name: str, call: dict[str, Any]
     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         ref = self._reference(x, name)
         delta = x - ref
@@ -241,13 +242,17 @@ class SmoothGrad(_GradientAverage):
         return self.augment_by_n
 
     def _point_maker(
-        self, x: torch.Tensor, name: str
+        self, x: torch.Tensor, name: str, call: dict[str, Any]
     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        generator = torch.Generator(device=x.device)
-        if self.seed is not None:
-            generator.manual_seed(self.seed)
-        else:
-            generator.seed()
+        # One generator per call, shared by the attributed inputs: different noise for
+        # each, reproducible with a seed (``call`` is per call: analyzers may be shared).
+        generator = call.get("generator")
+        if generator is None:
+            generator = call["generator"] = torch.Generator(device=x.device)
+            if self.seed is not None:
+                generator.manual_seed(self.seed)
+            else:
+                generator.seed()
 
         def make(samples: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
             base = x[samples]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import inspect
 import sys
 import threading
@@ -300,15 +301,39 @@ class CallSpec:
     keyword
         Whether they are passed by keyword (``analyze({...})``) or by position.
     bound
-        ``(name, default)`` for the parameters the caller leaves out; they are not inputs.
+        ``(name, value)`` for the parameters that are not inputs: those the caller leaves
+        out (their defaults) and those it fixes to a Python value (``fixed``).
     parameters
         Every parameter name of the forward, in order (for messages and placeholders).
+    fixed
+        Names of the parameters the caller passes as Python values (None, numbers,
+        strings: ``{"return_dict": False}``); captured as constants, never inputs.
     """
 
     names: tuple[str, ...]
     keyword: bool = False
     bound: tuple[tuple[str, Any], ...] = ()
     parameters: tuple[str, ...] = ()
+    fixed: tuple[str, ...] = ()
+
+    def with_fixed(self, values: dict[str, Any]) -> CallSpec:
+        """This call with ``values`` (given by the caller) as constants instead of inputs."""
+        if not values:
+            return self
+        bound = {**dict(self.bound), **values}
+        return dataclasses.replace(
+            self,
+            names=tuple(n for n in self.names if n not in values),
+            bound=tuple((p, bound[p]) for p in self.parameters if p in bound),
+            fixed=tuple(p for p in self.parameters if p in values or p in self.fixed),
+        )
+
+    def key(self) -> tuple[Any, ...]:
+        """What a capture depends on, comparable without comparing tensors by value."""
+        bound = tuple(
+            (n, ("tensor", id(v)) if isinstance(v, torch.Tensor) else v) for n, v in self.bound
+        )
+        return (self.names, self.keyword, bound)
 
     def describe(self) -> str:
         """'forward(a, b, c=None)' for messages."""
@@ -320,17 +345,18 @@ class CallSpec:
         )
 
 
+_VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+
+
 def _forward_parameters(model: nn.Module) -> list[inspect.Parameter] | None:
-    """The forward's parameters (without self); None when they cannot be read or are *args."""
+    """The forward's named parameters (without self, ``*args`` and ``**kwargs``, which are
+    never inputs); None when the signature cannot be read or has only ``*args``/``**kwargs``."""
     try:
         signature = inspect.signature(model.forward)
     except (TypeError, ValueError):
         return None
-    parameters = list(signature.parameters.values())
-    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-    if any(p.kind in variadic for p in parameters):
-        return None
-    return parameters
+    parameters = [p for p in signature.parameters.values() if p.kind not in _VARIADIC]
+    return parameters or None
 
 
 def bind_call(
@@ -420,8 +446,14 @@ def capture(
                     f"torch.fx could not trace {type(view).__name__}: {fx_error}"
                 ) from fx_error
             values = (example_input,) if isinstance(example_input, torch.Tensor) else example_input
-            if call is not None and call.keyword:
-                args, kwargs = (), dict(zip(call.names, values, strict=True))
+            if call is not None and (call.keyword or call.fixed):
+                # By keyword, with what the caller fixed (the defaults need no passing).
+                bound = dict(call.bound)
+                args = ()
+                kwargs = {
+                    **dict(zip(call.names, values, strict=True)),
+                    **{name: bound[name] for name in call.fixed},
+                }
             else:
                 args, kwargs = tuple(values), {}
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,7 +113,34 @@ class ModelGraph:
         bound = dict(self.call.bound)
         self.input_nodes: list[fx.Node] = []
         self.bound_values: dict[fx.Node, Any] = {}
-        if len(placeholders) == len(names) + len(bound) and self.call.parameters:
+        for node in placeholders:  # fx's *args / **kwargs: empty, never inputs
+            if str(node.target).startswith("**"):
+                self.bound_values[node] = {}
+            elif str(node.target).startswith("*"):
+                self.bound_values[node] = ()
+        placeholders = [n for n in placeholders if n not in self.bound_values]
+        by_target = {str(n.target): n for n in placeholders}
+        if names and all(name in by_target for name in names):
+            # Placeholders named after the parameters (fx, torch.export): the inputs by name;
+            # the others are bound (fx names a fixed one ``name_1``).
+            self.input_nodes = [by_target[name] for name in names]
+            for node in placeholders:
+                if node in self.input_nodes:
+                    continue
+                target = str(node.target)
+                stripped = re.sub(r"_\d+$", "", target)
+                if target in bound:
+                    self.bound_values[node] = bound[target]
+                elif stripped in bound:
+                    self.bound_values[node] = bound[stripped]
+                elif node.args:
+                    self.bound_values[node] = node.args[0]
+                else:
+                    raise InputError(
+                        f"the model's graph has an input {target!r} that was not given "
+                        f"(given: {', '.join(names)})"
+                    )
+        elif len(placeholders) == len(names) + len(bound) and self.call.parameters:
             # fx: one placeholder per forward parameter, bound ones included.
             order = [p for p in self.call.parameters if p in bound or p in names]
             for node, name in zip(placeholders, order, strict=True):
