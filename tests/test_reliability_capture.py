@@ -189,3 +189,18 @@ def test_batchnorm_modules_are_honoured_on_the_export_path(name: str) -> None:
     result = analyzer.analyze(x)
     torch.testing.assert_close(result, innspect.create_analyzer(name, twin).analyze(x))
     assert analyzer.graph().by_name["conv"].fused == ["bn"]
+
+
+def test_a_torchscript_submodule_in_training_mode_is_refused_not_run_in_training_mode() -> None:
+    torch.manual_seed(0)
+    scripted = torch.jit.script(nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5)))
+    model = nn.Sequential(scripted, nn.ReLU(), nn.Linear(5, 3))
+    x = torch.randn(3, 4)
+    model.train()
+    with pytest.raises(NotAnalyzableModelError, match=r"TorchScript submodule '0'.*\.eval\(\)"):
+        innspect.create_analyzer("gradient", model).analyze(x)
+    model.eval()
+    leaf = x.clone().requires_grad_(True)
+    out = model(leaf)
+    out.gather(1, out.argmax(1, keepdim=True)).sum().backward()
+    torch.testing.assert_close(innspect.create_analyzer("gradient", model).analyze(x), leaf.grad)

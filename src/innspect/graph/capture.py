@@ -130,6 +130,15 @@ def eval_view(model: nn.Module) -> nn.Module:
     def view(module: nn.Module) -> nn.Module:
         if id(module) in memo:
             return memo[id(module)]
+        if isinstance(module, torch.jit.ScriptModule):
+            # Compiled code reads its flags from C++: a view cannot change them.
+            if any(m.training for m in module.modules()):
+                raise NotAnalyzableModelError(
+                    f"the TorchScript submodule '{paths.get(id(module), '?')}' is in training "
+                    "mode, which innspect cannot switch off without changing it; call .eval() "
+                    "on it before analysis"
+                )
+            return module
         # Not copy.copy: GraphModule's __copy__/__reduce__ rebuild and re-own its graph.
         clone = object.__new__(type(module))
         memo[id(module)] = clone
