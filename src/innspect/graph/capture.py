@@ -510,7 +510,34 @@ def _export(view: nn.Module, args: tuple, kwargs: dict[str, Any]) -> fx.GraphMod
         exported = torch.export.export(view, args, kwargs or None, strict=False)
     module = exported.module()
     _layers_as_modules(module, view)
+    guards = getattr(module, "_guards_fn", None)
+    if isinstance(guards, nn.Module):
+        module._guards_fn = _ExportGuards(guards)
+        module.recompile()
     return module
+
+
+class _ExportGuards(nn.Module):
+    """torch.export's input checks, failing as a capture limit rather than as bad input.
+
+    A model whose forward fixes a dimension (``int(x.shape[0])``...) is exported with that
+    size; another size then fails torch's guard with an AssertionError that would read as
+    the input's fault.
+    """
+
+    def __init__(self, guards: nn.Module) -> None:
+        super().__init__()
+        self.guards = guards
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.guards(*args, **kwargs)
+        except AssertionError as error:
+            raise NotAnalyzableModelError(
+                f"torch.fx could not trace the model, and torch.export fixed a shape of the "
+                f"first input it saw ({error}); analyze inputs of that shape (e.g. in batches of "
+                "that size), or make the forward traceable by torch.fx"
+            ) from error
 
 
 # ATen operators torch.export writes for a torch.nn layer, and the layer's tensors they read.
