@@ -222,3 +222,13 @@ def test_an_export_fixed_to_one_batch_size_says_so_instead_of_blaming_the_input(
     analyzer.analyze(torch.randn(2, 4))
     with pytest.raises(NotAnalyzableModelError, match="torch.export fixed a shape"):
         analyzer.analyze(torch.randn(3, 4))
+
+
+def test_hooks_are_refused_on_the_export_fallback() -> None:
+    # torch.export would run them once, on fake tensors, at capture.
+    model, _ = _untraceable_and_twin()
+    seen: list = []
+    model.fc.register_forward_hook(lambda module, args, out: seen.append(out))
+    with pytest.raises(NotAnalyzableModelError, match="hook on module 'fc' once, at capture"):
+        innspect.create_analyzer("gradient", model).analyze(torch.randn(2, 2, 4, 4))
+    assert seen == []

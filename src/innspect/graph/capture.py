@@ -223,6 +223,14 @@ def refuse_hooks(model: nn.Module) -> None:
                 )
 
 
+def _hooked_module(model: nn.Module) -> str | None:
+    """The path of the first module with a forward hook or pre-hook, if any."""
+    for path, module in unwrap(model).named_modules():
+        if module._forward_hooks or module._forward_pre_hooks:
+            return path
+    return None
+
+
 def _hook_name(hook: object) -> str:
     return getattr(hook, "__qualname__", type(hook).__name__)
 
@@ -465,6 +473,14 @@ def capture(
                 }
             else:
                 args, kwargs = tuple(values), {}
+            hooked = _hooked_module(model)
+            if hooked is not None:
+                raise NotAnalyzableModelError(
+                    f"torch.fx could not trace {type(view).__name__} ({fx_error}), and the "
+                    f"torch.export fallback would run the hook on module '{hooked}' once, at "
+                    "capture, instead of with every analysis; remove the hook (handle.remove()) "
+                    "before analysis"
+                ) from fx_error
             try:
                 return _export(view, args, kwargs)
             except Exception as export_error:  # noqa: BLE001
