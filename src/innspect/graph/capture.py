@@ -130,6 +130,15 @@ def eval_view(model: nn.Module) -> nn.Module:
     def view(module: nn.Module) -> nn.Module:
         if id(module) in memo:
             return memo[id(module)]
+        if isinstance(module, torch.jit.ScriptModule):
+            # Compiled code reads its flags from C++: a view cannot change them.
+            if any(m.training for m in module.modules()):
+                raise NotAnalyzableModelError(
+                    f"the TorchScript submodule '{paths.get(id(module), '?')}' is in training "
+                    "mode, which innspect cannot switch off without changing it; call .eval() "
+                    "on it before analysis"
+                )
+            return module
         # Not copy.copy: GraphModule's __copy__/__reduce__ rebuild and re-own its graph.
         clone = object.__new__(type(module))
         memo[id(module)] = clone
@@ -212,6 +221,14 @@ def refuse_hooks(model: nn.Module) -> None:
                     "layers, are run). Remove the hook (handle.remove()) before analysis, or move "
                     "what it computes into the module's forward."
                 )
+
+
+def _hooked_module(model: nn.Module) -> str | None:
+    """The path of the first module with a forward hook or pre-hook, if any."""
+    for path, module in unwrap(model).named_modules():
+        if module._forward_hooks or module._forward_pre_hooks:
+            return path
+    return None
 
 
 def _hook_name(hook: object) -> str:
@@ -456,6 +473,14 @@ def capture(
                 }
             else:
                 args, kwargs = tuple(values), {}
+            hooked = _hooked_module(model)
+            if hooked is not None:
+                raise NotAnalyzableModelError(
+                    f"torch.fx could not trace {type(view).__name__} ({fx_error}), and the "
+                    f"torch.export fallback would run the hook on module '{hooked}' once, at "
+                    "capture, instead of with every analysis; remove the hook (handle.remove()) "
+                    "before analysis"
+                ) from fx_error
             try:
                 return _export(view, args, kwargs)
             except Exception as export_error:  # noqa: BLE001
@@ -501,7 +526,34 @@ def _export(view: nn.Module, args: tuple, kwargs: dict[str, Any]) -> fx.GraphMod
         exported = torch.export.export(view, args, kwargs or None, strict=False)
     module = exported.module()
     _layers_as_modules(module, view)
+    guards = getattr(module, "_guards_fn", None)
+    if isinstance(guards, nn.Module):
+        module._guards_fn = _ExportGuards(guards)
+        module.recompile()
     return module
+
+
+class _ExportGuards(nn.Module):
+    """torch.export's input checks, failing as a capture limit rather than as bad input.
+
+    A model whose forward fixes a dimension (``int(x.shape[0])``...) is exported with that
+    size; another size then fails torch's guard with an AssertionError that would read as
+    the input's fault.
+    """
+
+    def __init__(self, guards: nn.Module) -> None:
+        super().__init__()
+        self.guards = guards
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.guards(*args, **kwargs)
+        except AssertionError as error:
+            raise NotAnalyzableModelError(
+                f"torch.fx could not trace the model, and torch.export fixed a shape of the "
+                f"first input it saw ({error}); analyze inputs of that shape (e.g. in batches of "
+                "that size), or make the forward traceable by torch.fx"
+            ) from error
 
 
 # ATen operators torch.export writes for a torch.nn layer, and the layer's tensors they read.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -491,6 +492,25 @@ class ModelGraph:
         if info.kind is Kind.ACTIVATION and info.operation.lower() in {"sigmoid", "logsigmoid"}:
             return info
         return None
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Legacy: every submodule in eval mode for the block, each flag restored afterwards.
+
+    It writes the user's ``training`` flags, so it is not thread-safe (docs/reliability.md);
+    innspect itself no longer uses it. A captured graph needs nothing (its layers are eval
+    views); to call the model itself, call ``capture.eval_view(model)``. Kept so that code
+    written against it keeps working until it moves to ``eval_view``.
+    """
+    training = [m for m in model.modules() if m.training]
+    try:
+        for module in training:
+            module.training = False
+        yield
+    finally:
+        for module in training:
+            module.training = True
 
 
 def _node_args(node: fx.Node) -> list[fx.Node]:
