@@ -652,3 +652,12 @@ def test_model_output_like_results_by_key_attribute_and_index() -> None:
     (expected,) = _autograd(lambda a: model(a).logits, (x,))  # default: "logits"
     default = innspect.create_analyzer("gradient", model, neuron_selection_mode="all")
     torch.testing.assert_close(default.analyze(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_conservation_report_counts_every_input() -> None:
+    from innspect.tools.conservation import conservation_report
+
+    model = _seeded(ImageAndAux())
+    image, aux = _image_aux()
+    report = conservation_report(innspect.create_analyzer("lrp.z", model), (image, aux))
+    torch.testing.assert_close(report.input_total, report.output_total, rtol=1e-8, atol=1e-10)
