@@ -531,6 +531,15 @@ def test_options_are_saved_and_the_graph_follows_the_call() -> None:
         restored.analyze((image, aux)), analyzer.analyze((image, aux)), strict=True
     ):
         torch.testing.assert_close(got, want)
+    weighted = innspect.create_analyzer(
+        "gradient", model, target=torch.tensor([1.0, -1.0, 0.0], **DOUBLE), output=()
+    )
+    name, state = weighted.save()  # weights and the output path as JSON lists
+    restored = innspect.Analyzer.load(name, state, model)
+    for got, want in zip(
+        restored.analyze((image, aux)), weighted.analyze((image, aux)), strict=True
+    ):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
     # the same analyzer called by position and by keyword gives the same attributions
     by_keyword = analyzer.analyze({"aux": aux, "image": image})
     torch.testing.assert_close(by_keyword[0], analyzer.analyze((image, aux))[0])
