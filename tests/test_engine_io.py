@@ -670,3 +670,22 @@ def test_conservation_report_counts_every_input() -> None:
     image, aux = _image_aux()
     report = conservation_report(innspect.create_analyzer("lrp.z", model), (image, aux))
     torch.testing.assert_close(report.input_total, report.output_total, rtol=1e-8, atol=1e-10)
+
+
+def test_attribute_to_a_node_returning_a_tuple_names_its_readers() -> None:
+    class Splits(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            first, second = torch.split(x, 2, dim=1)
+            return self.fc(torch.cat([second, first], dim=1))
+
+    model = _seeded(Splits())
+    x = torch.randn(2, 4, **DOUBLE)
+    with pytest.raises(innspect.InputError, match="output is a tuple.*'getitem"):
+        innspect.create_analyzer("gradient", model, attribute_to="split").analyze(x)
+    # the node taking a tensor out of it works
+    result = innspect.create_analyzer("gradient", model, attribute_to="getitem").analyze(x)
+    assert result.shape == (2, 2)
