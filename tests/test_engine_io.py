@@ -590,6 +590,8 @@ def test_python_values_in_the_inputs_are_fixed_arguments() -> None:
     torch.testing.assert_close(result[0], expected, rtol=1e-12, atol=1e-12)
     (plain_x,) = _autograd(scaled, (x,))
     assert not torch.allclose(result[0], plain_x)  # is_causal=True really was used
+    baseline = innspect.create_analyzer("gradient.baseline", scaled, neuron_selection_mode="all")
+    torch.testing.assert_close(baseline.analyze((x, None, True))[0], expected)
     torch.testing.assert_close(causal.analyze(x), plain_x, rtol=1e-12, atol=1e-12)
 
 
