@@ -8,6 +8,7 @@ one-input model computing the same function, which every analyzer must explain i
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -614,3 +615,40 @@ def test_an_input_and_an_inner_node_together(name: str) -> None:
     torch.testing.assert_close(at_image, run("image"), rtol=1e-12, atol=0)
     torch.testing.assert_close(at_conv, run("conv"), rtol=1e-12, atol=0)
     assert at_conv.shape == (3, 2, 4, 4)
+
+
+@dataclasses.dataclass
+class DictLikeOutput(OrderedDict):
+    """Like Hugging Face's ModelOutput: a dataclass that is also an ordered dict."""
+
+    logits: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            if getattr(self, item.name) is not None:
+                self[item.name] = getattr(self, item.name)
+
+
+class ReturnsDictLike(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> DictLikeOutput:
+        hidden = torch.relu(x)
+        return DictLikeOutput(logits=self.fc(hidden), hidden=hidden)
+
+
+def test_model_output_like_results_by_key_attribute_and_index() -> None:
+    model = _seeded(ReturnsDictLike())
+    x = torch.randn(3, 4, **DOUBLE)
+    (expected,) = _autograd(lambda a: model(a).logits[:, :2], (x,))
+    for output in (lambda r: r.logits[:, :2], lambda r: r["logits"][:, :2], lambda r: r[0][:, :2]):
+        analyzer = innspect.create_analyzer(
+            "gradient", model, output=output, neuron_selection_mode="all"
+        )
+        torch.testing.assert_close(analyzer.analyze(x), expected, rtol=1e-12, atol=1e-12)
+    (expected,) = _autograd(lambda a: model(a).logits, (x,))  # default: "logits"
+    default = innspect.create_analyzer("gradient", model, neuron_selection_mode="all")
+    torch.testing.assert_close(default.analyze(x), expected, rtol=1e-12, atol=1e-12)

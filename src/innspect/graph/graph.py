@@ -616,10 +616,27 @@ def _rebuild(structure: Any, values: Any) -> Any:
             return structure.target(**kwargs)
         return values[structure]
     if isinstance(structure, dict):
-        return type(structure)((k, _rebuild(v, values)) for k, v in structure.items())
+        return _Returned((k, _rebuild(v, values)) for k, v in structure.items())
     if isinstance(structure, tuple | list):
         items = [_rebuild(v, values) for v in structure]
         if hasattr(structure, "_fields"):
             return type(structure)(*items)
         return type(structure)(items)
     return structure
+
+
+class _Returned(dict):
+    """A returned dict as an ``output=`` callable sees it. fx records a returned dict
+    subclass (Hugging Face's ``ModelOutput``) as a plain dict, so this one also answers
+    ``result.logits`` and ``result[0]`` as ModelOutput does."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, int) and key not in self:
+            return list(self.values())[key]
+        return super().__getitem__(key)
