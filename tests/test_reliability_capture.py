@@ -241,14 +241,15 @@ class _ListedStages(nn.Module):
         super().__init__()
         self.a, self.act, self.b = nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3)
         self.stages = [self.a, self.act, self.b]
+        self.head = (self.b,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for stage in self.stages:
+        for stage in self.stages[:-1]:
             x = stage(x)
-        return x
+        return self.head[0](x)
 
 
-def test_layers_kept_in_plain_lists_are_viewed_too() -> None:
+def test_layers_kept_in_plain_lists_and_tuples_are_viewed_too() -> None:
     model, x = _ListedStages().train(), torch.randn(2, 4)
     result = innspect.create_analyzer("lrp.epsilon", model).analyze(x)
     assert innspect.create_analyzer("lrp.epsilon", model).graph().by_name["a"].kind.name == "LINEAR"
