@@ -7,7 +7,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # Tests run in two processes; each keeps one thread so they do not fight over the two cores.
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench clean browser
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,14 @@ $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/activate
 demo: $(VENV)/.installed-demo
 	$(VENV)/bin/innspect demo --out innspect-demo
 
-test: $(VENV)/.installed-test lint
+# The report and demo pages are checked in a real headless browser: Debian's chromium,
+# installed once (as root, as on CI's machine); skipped when a browser is already there.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "make test needs chromium: run as root or install it (apt-get install chromium)" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test: $(VENV)/.installed-test browser lint
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) tests
 
 lint: $(VENV)/.installed-test

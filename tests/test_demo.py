@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
 import re
 import subprocess
@@ -13,10 +14,21 @@ import pytest
 from PIL import Image
 
 import innspect
-from innspect.demo.plots import PERTURBATION_SIZE, grid_size
+from innspect.demo.plots import grid_size, perturbation_size
+from innspect.demo.run import n_panels
+from innspect.viz.families import FAMILIES, family_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-OUTPUTS = ("analysis_grid.png", "perturbation.png", "results.csv", "results.json", "index.html")
+OUTPUTS = (
+    "analysis_grid.png",
+    "perturbation.png",
+    "results.csv",
+    "results.json",
+    "index.html",
+    "digits_cnn.pt",
+    "digits",
+    "digits_labels.txt",
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +54,19 @@ def test_pngs_decode_with_expected_sizes(demo_dir: Path) -> None:
     results = json.loads((demo_dir / "results.json").read_text())
     with Image.open(demo_dir / "analysis_grid.png") as grid:
         grid.load()
-        assert grid.size == grid_size(results["n_grid_images"], len(results["methods"]))
+        groups = [(f["title"], f["methods"]) for f in results["families"]]
+        assert grid.size == grid_size(results["n_grid_images"], groups)
         assert grid.size == (
             results["files"]["analysis_grid"]["width"],
             results["files"]["analysis_grid"]["height"],
         )
     with Image.open(demo_dir / "perturbation.png") as plot:
         plot.load()
-        assert plot.size == PERTURBATION_SIZE
+        assert plot.size == perturbation_size(n_panels(groups))
+        assert plot.size == (
+            results["files"]["perturbation"]["width"],
+            results["files"]["perturbation"]["height"],
+        )
 
 
 def test_csv_has_one_row_per_method(demo_dir: Path) -> None:
@@ -68,6 +85,7 @@ def test_csv_has_one_row_per_method(demo_dir: Path) -> None:
         is_relevance = row["method"].startswith(("lrp", "deep_taylor"))
         assert (row["conservation_error"] != "") == is_relevance
         assert row["relevance_method"] == str(is_relevance).lower()
+        assert row["family"] == family_of(row["method"]).key
 
 
 def test_methods_beat_random_and_conservation_is_measured(demo_dir: Path) -> None:
@@ -90,3 +108,60 @@ def test_html_references_only_existing_files(demo_dir: Path) -> None:
     for reference in references:
         assert "://" not in reference and not reference.startswith("/")
         assert (demo_dir / reference).is_file(), reference
+
+
+def test_methods_are_grouped_by_family_each_described_once(demo_dir: Path) -> None:
+    results = json.loads((demo_dir / "results.json").read_text())
+    grouped = [name for family in results["families"] for name in family["methods"]]
+    assert sorted(grouped) == sorted(m["method"] for m in results["methods"])
+    order = [f.key for f in FAMILIES]
+    keys = [family["key"] for family in results["families"]]
+    assert keys == sorted(keys, key=order.index)  # families in the fixed reading order
+    assert {"gradient", "lrp_rule", "lrp_composite", "deep_taylor"} <= set(keys)
+    descriptions = [m["explanation"] for m in results["methods"]]
+    assert len(set(descriptions)) == len(descriptions)
+    page = (demo_dir / "index.html").read_text()
+    for text in descriptions:
+        assert page.count(html.escape(text)) == 1, text
+
+
+def test_nearly_empty_maps_get_a_note_backed_by_numbers(demo_dir: Path) -> None:
+    from innspect.demo.run import NEARLY_EMPTY_SHARE
+
+    methods = json.loads((demo_dir / "results.json").read_text())["methods"]
+    for method in methods:
+        assert (method["note"] is not None) == (method["visible_share"] < NEARLY_EMPTY_SHARE)
+        if method["note"] and method["conservation_error"] is not None:
+            assert f"{method['visible_share']:.1%}" in method["note"]
+            if method["conservation_error"] > 1:
+                assert f"{method['relevance_sum_over_score']:.1f} times the score" in method["note"]
+    # The alpha2-beta1 rule does not conserve relevance on this model and looks empty.
+    alpha = next(m for m in methods if m["method"] == "lrp.alpha_2_beta_1")
+    assert alpha["conservation_error"] > 1 and alpha["note"]
+    assert html.escape(alpha["note"]) in (demo_dir / "index.html").read_text()
+
+
+def test_demo_page_opens_in_a_headless_browser_with_every_image(demo_dir: Path) -> None:
+    from tests.browser import images_in_page
+
+    images = images_in_page(demo_dir / "index.html")
+    assert {"analysis_grid.png", "perturbation.png"} <= {source for source, _ in images}
+    assert all(loaded for _, loaded in images), images
+
+
+def test_the_saved_model_is_explained_by_innspect_analyze(demo_dir: Path, tmp_path) -> None:
+    """The README's command: the demo's TorchScript model on its digits, with class names."""
+    results = json.loads((demo_dir / "results.json").read_text())
+    from innspect.cli import main
+
+    out = tmp_path / "analysis"
+    argv = ["analyze", "--model", str(demo_dir / "digits_cnn.pt"), "--input"]
+    argv += [str(demo_dir / "digits"), "--labels", str(demo_dir / "digits_labels.txt")]
+    assert main([*argv, "--method", "gradient", "lrp.epsilon", "--out", str(out), "--report"]) == 0
+    summary = json.loads((out / "results.json").read_text())
+    predicted = {Path(item["path"]).name: item for item in summary["inputs"]}
+    for digit in results["grid"]:
+        item = predicted[Path(digit["file"]).name]
+        assert item["prediction"] == digit["predicted"]
+        assert item["prediction_name"] == f"digit {digit['predicted']}"
+        assert (out / item["methods"]["lrp.epsilon"]["files"]["overlay"]).is_file()

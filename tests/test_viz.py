@@ -143,3 +143,64 @@ def test_plot_grid_rejects_bad_labels_and_cells() -> None:
         plot_grid([[np.zeros((4, 4))]], row_labels=["a", "b"])
     with pytest.raises(ValueError, match="grid cell"):
         plot_grid([[np.zeros((5, 5, 7))]])
+
+
+def test_families_group_by_table_prefix_and_declared_attribute() -> None:
+    from innspect.viz.families import family_of, grouped, title_of
+
+    assert family_of("lrp.epsilon").key == "lrp_rule"
+    assert family_of("lrp.epsilon_plus_flat").key == "lrp_composite"  # exact name beats prefix
+    assert family_of("lrp.sequential_preset_b_flat_until_idx").key == "lrp_composite"
+    assert family_of("pattern.attribution").key == "pattern"
+    assert family_of("something_new").key == "other"
+    assert family_of("something_new", declared="deep_taylor").key == "deep_taylor"
+    groups = grouped(["lrp.z", "gradient", "zzz", "input", "deep_taylor"])
+    assert [(f.key, names) for f, names in groups] == [
+        ("gradient", ["input", "gradient"]),
+        ("lrp_rule", ["lrp.z"]),
+        ("deep_taylor", ["deep_taylor"]),
+        ("other", ["zzz"]),
+    ]
+    assert title_of("lrp.epsilon", in_family=True) == "ε"
+    assert title_of("lrp.epsilon") == "LRP ε"
+    assert title_of("brand.new") == "brand.new"
+
+
+def test_plot_grid_column_groups_pack_into_blocks(tmp_path) -> None:
+    layout = GridLayout(cell=10, label_width=20, header=10, dpi=100)
+    groups = [("A", [1, 2, 3]), ("B", [4, 5]), ("C", [6, 7, 8, 9, 10, 11, 12])]
+    arranged = layout.arrange(13, max_columns=6, fixed_columns=1, column_groups=groups)
+    assert arranged == [
+        [(None, [0]), ("A", [1, 2, 3]), ("B", [4, 5])],
+        [(None, [0]), ("C", [6, 7, 8, 9])],
+        [(None, [0]), ("C (continued)", [10, 11, 12])],
+    ]
+    cells = [[np.zeros((4, 4))] * 13 for _ in range(2)]
+    plot_grid(
+        cells,
+        None,
+        None,
+        file_name=tmp_path / "g.png",
+        layout=layout,
+        max_columns=6,
+        fixed_columns=1,
+        column_groups=groups,
+    )
+    from PIL import Image
+
+    with Image.open(tmp_path / "g.png") as image:
+        # Widest block: the fixed column and 5 more; 3 blocks of (band + header + 2 rows).
+        assert image.size == layout.size(2, 13, 6, 1, groups) == (20 + 6 * 10, 3 * (22 + 10 + 20))
+
+
+def test_overlay_shows_the_picture_where_neutral_and_the_colour_where_strong() -> None:
+    from innspect.viz.overlay import overlay_rgb
+
+    picture = np.full((2, 3, 3), 0.5)
+    values = np.array([[0.0, 1.0, -1.0], [np.nan, 0.0, 0.0]])
+    rgb = overlay_rgb(picture, values)
+    grey = 0.35 + 0.65 * 0.5
+    np.testing.assert_allclose(rgb[0, 0], grey)  # neutral: the (faded) picture
+    np.testing.assert_allclose(rgb[1, 0], grey)  # not explained (outside the crop)
+    assert rgb[0, 1, 0] > 0.45 and rgb[0, 1, 2] < 0.05  # strongest positive: dark red
+    assert rgb[0, 2, 2] > 0.25 and rgb[0, 2, 0] < 0.05  # strongest negative: dark blue

@@ -1,56 +1,35 @@
-"""LRP and Deep Taylor against iNNvestigate's single-layer reference files."""
+"""LRP and Deep Taylor against iNNvestigate's single-layer reference files.
+
+The comparison is `innspect references check`'s (``innspect.references``): one row per
+file, layer model and array, at iNNvestigate's tolerances.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 import pytest
 
-import innspect
-from tests.conformance.innvestigate_layers import ATOL, RTOL, load_cases
+from innspect.references.check import check_case, innspect_implementation
+from innspect.references.files import read_reference_file
+from innspect.references.names import INNVESTIGATE_METHODS
 from tests.conftest import require_references
 
-# iNNvestigate class name (file name) -> (innspect analyzer name, options)
-CASES: dict[str, tuple[str, dict[str, Any]]] = {
-    "LRPZ": ("lrp.z", {}),
-    "LRPZIgnoreBias": ("lrp.z_IB", {}),
-    "LRPEpsilon": ("lrp.epsilon", {}),
-    "LRPEpsilonIgnoreBias": ("lrp.epsilon_IB", {}),
-    "LRPWSquare": ("lrp.w_square", {}),
-    "LRPFlat": ("lrp.flat", {}),
-    "LRPAlpha2Beta1": ("lrp.alpha_2_beta_1", {}),
-    "LRPAlpha2Beta1IgnoreBias": ("lrp.alpha_2_beta_1_IB", {}),
-    "LRPAlpha1Beta0": ("lrp.alpha_1_beta_0", {}),
-    "LRPAlpha1Beta0IgnoreBias": ("lrp.alpha_1_beta_0_IB", {}),
-    "LRPZPlus": ("lrp.z_plus", {}),
-    "LRPZPlusFast": ("lrp.z_plus_fast", {}),
-    "LRPSequentialPresetA": ("lrp.sequential_preset_a", {}),
-    "LRPSequentialPresetB": ("lrp.sequential_preset_b", {}),
-    "LRPSequentialPresetAFlat": ("lrp.sequential_preset_a_flat", {}),
-    "LRPSequentialPresetBFlat": ("lrp.sequential_preset_b_flat", {}),
-    "LRPZ_boxed_input_layer_rule": ("lrp.z", {"input_layer_rule": (-10, 10)}),
-    "LRPZ_Flat_input_layer_rule": ("lrp.z", {"input_layer_rule": "Flat"}),
-    "DeepTaylor": ("deep_taylor", {}),
-    "BoundedDeepTaylor": ("deep_taylor.bounded", {"low": -128, "high": 128}),
-}
+CASES = sorted(k for k in INNVESTIGATE_METHODS if k.startswith("LRP") or "DeepTaylor" in k)
 
 
-def test_every_lrp_and_deep_taylor_reference_file_is_covered() -> None:
+def test_every_reference_file_is_covered() -> None:
     folder = require_references("innvestigate-2.1.2-layer")
+    assert {p.stem for p in folder.glob("*.hdf5")} == set(INNVESTIGATE_METHODS)
     files = {
         p.stem for p in folder.glob("*.hdf5") if p.stem.startswith("LRP") or "DeepTaylor" in p.stem
     }
     assert files == set(CASES)
 
 
-@pytest.mark.parametrize("file_stem", sorted(CASES))
+@pytest.mark.parametrize("file_stem", CASES)
 def test_matches_innvestigate_reference(file_stem: str) -> None:
     folder = require_references("innvestigate-2.1.2-layer")
-    name, options = CASES[file_stem]
-    for case in load_cases(folder / f"{file_stem}.hdf5"):
-        analyzer = innspect.create_analyzer(name, case.model, **options)
-        result = analyzer.analyze(case.input)
-        np.testing.assert_allclose(
-            result, case.attribution, rtol=RTOL, atol=ATOL, err_msg=f"{file_stem} {case.layer_name}"
-        )
+    cases = read_reference_file(folder / f"{file_stem}.hdf5")
+    assert len(cases) == 6
+    for case in cases:
+        for row in check_case(case, innspect_implementation):
+            assert row.passed, f"{file_stem} {row.model} {row.node}: max abs err {row.max_abs:.3g}"

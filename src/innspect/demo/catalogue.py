@@ -8,7 +8,6 @@ model, or needs an argument the demo cannot choose, is skipped with the reason r
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,49 +15,83 @@ import torch
 from torch import nn
 
 from innspect.analyzers.base import Analyzer
+from innspect.analyzers.parameters import analyzer_parameters
 from innspect.analyzers.registry import analyzer_class, describe_analyzers, list_analyzers
 from innspect.errors import InnspectError
+from innspect.viz.families import family_of
 
-# Explanations for the page, by name or by name prefix (the longest match wins); the class
-# docstring's first line is used for anything not listed, so new analyzers still get one.
+# One description per analyzer, shown once on the page under its family's introduction
+# (``FAMILY_INTRODUCTIONS``), so neither repeats the other. An analyzer not listed (e.g. one a
+# later release adds) is described by its class docstring's first line.
 EXPLANATIONS = {
     "input": "The input itself: a reminder of what the digit looks like, not an explanation.",
     "random": "Gaussian noise: the baseline every method should beat in the perturbation test.",
-    "gradient": "How much a small change of each pixel changes the class score (sensitivity, "
-    "not contribution): often noisy and spread over the background.",
-    "gradient.baseline": "The gradient computed with plain autograd, a cross-check of the "
-    "engine: it must look exactly like 'gradient'.",
-    "input_t_gradient": "Input times gradient: sensitivity weighted by the pixel's value, so "
-    "only inked pixels can receive relevance.",
-    "deconvnet": "Deconvnet: the backward signal is rectified at every ReLU; shows patterns the "
-    "network responds to, largely independent of the class.",
-    "guided_backprop": "Guided backprop: rectified signal that also respects the forward ReLU "
-    "masks; sharp, but known to be weakly class-specific.",
-    "integrated_gradients": "Integrated gradients: the gradient averaged along the path from a "
-    "black image to the input, times the input; sums to the score difference.",
-    "smoothgrad": "SmoothGrad: the gradient averaged over noisy copies of the input, which "
-    "removes much of the gradient's noise.",
-    "lrp": "Layer-wise relevance propagation: the class score is redistributed layer by layer "
-    "to the pixels, so relevances sum (approximately) to the score.",
-    "lrp.z": "LRP-0 (z-rule): relevance shared in proportion to each input's contribution.",
-    "lrp.epsilon": "LRP-epsilon: the z-rule with a stabiliser that absorbs weak or "
-    "contradictory contributions, giving cleaner maps.",
-    "lrp.alpha": "LRP-alpha-beta: positive and negative contributions weighted separately "
-    "(alpha - beta = 1).",
-    "lrp.z_plus": "LRP-z+: only positive contributions count (Deep Taylor's rule for ReLU layers).",
-    "lrp.w_square": "LRP-w^2: relevance shared by squared weights, independent of the input.",
-    "lrp.flat": "LRP-flat: relevance spread uniformly over each neuron's receptive field.",
-    "lrp.sequential_preset": "An LRP preset: epsilon on dense layers, alpha-beta on "
-    "convolutions (iNNvestigate's recommended rule sets).",
-    "lrp.epsilon_plus": "Zennit's composite: epsilon on dense layers, z+ on convolutions.",
-    "lrp.epsilon_gamma_box": "Zennit's composite: epsilon on dense layers, gamma on "
-    "convolutions, the box rule (z^B) on the input.",
-    "lrp.epsilon_alpha2_beta1": "Zennit's composite: epsilon on dense layers, alpha2-beta1 on "
-    "convolutions.",
-    "deep_taylor": "Deep Taylor decomposition: z+ on ReLU layers, the first-order Taylor "
-    "expansion at a root point; positive relevance only.",
+    "gradient": "How much a small change of each pixel changes the class score: sensitivity, "
+    "not contribution, so often noisy and spread over the background.",
+    "gradient.baseline": "The same gradient computed with plain autograd, a cross-check of "
+    "the engine: it must look exactly like 'gradient'.",
+    "input_t_gradient": "Gradient times the pixel's value: only inked pixels can receive "
+    "relevance.",
+    "integrated_gradients": "The gradient averaged along the straight path from a black image "
+    "to the input, times the input; sums to the change of the score along the path.",
+    "smoothgrad": "The gradient averaged over noisy copies of the input, which removes much of "
+    "the gradient's noise.",
+    "deconvnet": "The backward signal is rectified at every ReLU, ignoring the forward pass's "
+    "masks: shows patterns the network responds to, largely independent of the class.",
+    "guided_backprop": "Like Deconvnet, but the signal also passes only where the forward ReLU "
+    "was active: sharp, yet known to be weakly class-specific.",
+    "lrp": "LRP without a rule given, which is the z-rule (iNNvestigate raises instead).",
+    "lrp.z": "The z-rule (LRP-0): each input gets relevance in proportion to its "
+    "contribution x_i w_ij to the neuron's value, bias included.",
+    "lrp.z_IB": "The z-rule with the bias left out of the denominator.",
+    "lrp.epsilon": "The z-rule with a small stabiliser in the denominator (epsilon=1e-7) that "
+    "absorbs weak or contradictory contributions.",
+    "lrp.epsilon_IB": "Epsilon with the bias left out of the denominator.",
+    "lrp.w_square": "Relevance shared in proportion to squared weights, whatever the input: a "
+    "map of where the network looks in general.",
+    "lrp.flat": "Relevance spread uniformly over each neuron's receptive field.",
+    "lrp.alpha_beta": "Positive contributions counted alpha times, negative ones beta times "
+    "(here alpha=2, beta=1, as lrp.alpha_2_beta_1).",
+    "lrp.alpha_2_beta_1": "Alpha-beta with alpha=2, beta=1, bias included.",
+    "lrp.alpha_2_beta_1_IB": "Alpha-beta with alpha=2, beta=1, bias ignored.",
+    "lrp.alpha_1_beta_0": "Alpha-beta with alpha=1, beta=0: only positive contributions, bias "
+    "included.",
+    "lrp.alpha_1_beta_0_IB": "Alpha-beta with alpha=1, beta=0, bias ignored.",
+    "lrp.z_plus": "z+: only positive contributions count, bias ignored (Deep Taylor's rule "
+    "for ReLU layers).",
+    "lrp.z_plus_fast": "z+ for non-negative inputs: positive weights times the raw input.",
+    "lrp.sequential_preset_a": "Preset A: epsilon on dense layers, alpha1-beta0 on convolutions.",
+    "lrp.sequential_preset_b": "Preset B: epsilon on dense layers, alpha2-beta1 on convolutions.",
+    "lrp.sequential_preset_a_flat": "Preset A with the flat rule on the input layer.",
+    "lrp.sequential_preset_b_flat": "Preset B with the flat rule on the input layer.",
+    "lrp.sequential_preset_b_flat_until_idx": "Preset B with the flat rule on the first two "
+    "layers (until_layer_idx=1).",
+    "lrp.epsilon_plus": "Zennit's EpsilonPlus: z+ on convolutions, epsilon on dense layers.",
+    "lrp.epsilon_plus_flat": "EpsilonPlus with the flat rule on the first layer.",
+    "lrp.epsilon_gamma_box": "Zennit's EpsilonGammaBox: the box rule (z^B, bounded to the "
+    "pixel range [0, 1]) on the input, gamma on the other convolutions, epsilon on dense "
+    "layers.",
+    "lrp.epsilon_alpha2_beta1": "Zennit's EpsilonAlpha2Beta1: alpha2-beta1 on convolutions, "
+    "epsilon on dense layers.",
+    "lrp.epsilon_alpha2_beta1_flat": "EpsilonAlpha2Beta1 with the flat rule on the first layer.",
+    "deep_taylor": "z+ on every layer, starting from the positive part of the score: a "
+    "first-order Taylor expansion at a root point; positive relevance only.",
     "deep_taylor.bounded": "Deep Taylor with the input layer bounded to the pixel range "
     "[0, 1] (z^B rule).",
+}
+
+# What each family has in common, said once per family on the page.
+FAMILY_INTRODUCTIONS = {
+    "gradient": "Methods built on the gradient of the class score with respect to the input "
+    "(and two references: the input itself and noise).",
+    "lrp_rule": "Layer-wise relevance propagation (Bach et al. 2015) redistributes the class "
+    "score layer by layer down to the pixels; with a conserving rule the pixels' relevances "
+    "sum to the score. Here one rule is used on every layer.",
+    "lrp_composite": "LRP with different rules for different layers, as recommended by "
+    "Kohlbrenner et al. 2020 and Montavon et al. 2019 (iNNvestigate's presets and Zennit's "
+    "composites).",
+    "deep_taylor": "Deep Taylor decomposition (Montavon et al. 2017) explains each ReLU "
+    "neuron by a Taylor expansion at a nearby root point.",
 }
 
 
@@ -71,6 +104,7 @@ class MethodPlan:
     analyzer: Analyzer
     relevance: bool
     explanation: str
+    family: str  # key of innspect.viz.families.FAMILIES
 
 
 @dataclass
@@ -108,8 +142,8 @@ def tuning_arguments(fast: bool) -> dict[str, Any]:
 
 def demo_options(name: str, cls: type, fast: bool, value_range: tuple[float, float]) -> dict:
     """The options the demo gives analyzer ``name`` (class ``cls``)."""
-    own, _, _ = _parameters(cls, inherited=False)
-    accepted, _, _ = _parameters(cls)
+    own, _, _ = analyzer_parameters(cls, inherited=False)
+    accepted, _, _ = analyzer_parameters(cls)
     options = {k: v for k, v in tuning_arguments(fast).items() if k in accepted}
     options.update({k: v for k, v in zip(BOUND_PARAMETERS, value_range, strict=True) if k in own})
     options.update(NAMED_ARGUMENTS.get(name, {}))
@@ -122,41 +156,8 @@ def is_relevance_method(name: str) -> bool:
 
 
 def explanation_for(name: str, docstring_line: str) -> str:
-    """The page's explanation of ``name``: the longest matching entry, else the docstring."""
-    if name in EXPLANATIONS:
-        return EXPLANATIONS[name]
-    prefixes = [key for key in EXPLANATIONS if name.startswith(key)]
-    generic = EXPLANATIONS[max(prefixes, key=len)] if prefixes else ""
-    if docstring_line and generic:
-        return f"{docstring_line.rstrip('.')}. {generic}"
-    return docstring_line or generic or name
-
-
-def _parameters(cls: type, inherited: bool = True) -> tuple[set[str], set[str], bool]:
-    """(accepted names, required names, takes **kwargs) of the class's __init__.
-
-    With ``inherited``, options that ``**kwargs`` forwards to base classes count as accepted.
-    """
-    signature = inspect.signature(cls.__init__)
-    accepted: set[str] = set()
-    required: set[str] = set()
-    var_keyword = False
-    for index, (name, parameter) in enumerate(signature.parameters.items()):
-        if index < 2:  # self, model
-            continue
-        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
-            var_keyword = True
-        elif parameter.kind is not inspect.Parameter.VAR_POSITIONAL:
-            accepted.add(name)
-            if parameter.default is inspect.Parameter.empty:
-                required.add(name)
-    if var_keyword and inherited:
-        # Options forwarded to base classes are accepted too.
-        for base in cls.__mro__[1:]:
-            if "__init__" in base.__dict__ and issubclass(base, Analyzer):
-                base_accepted, _, _ = _parameters(base)
-                accepted |= base_accepted
-    return accepted, required, var_keyword
+    """The page's description of ``name``: its own entry, else its docstring's first line."""
+    return EXPLANATIONS.get(name) or docstring_line or name
 
 
 def build_catalogue(
@@ -173,7 +174,7 @@ def build_catalogue(
     for name in list_analyzers():
         cls = analyzer_class(name)
         options = demo_options(name, cls, fast, value_range)
-        _, required, _ = _parameters(cls, inherited=False)
+        _, required, _ = analyzer_parameters(cls, inherited=False)
         missing = sorted(required - set(options))
         if missing:
             catalogue.skipped.append(
@@ -195,5 +196,8 @@ def build_catalogue(
             continue
         relevance = is_relevance_method(name)
         explanation = explanation_for(name, docs.get(name, ""))
-        catalogue.methods.append(MethodPlan(name, options, analyzer, relevance, explanation))
+        family = family_of(name, getattr(cls, "family", None)).key
+        catalogue.methods.append(
+            MethodPlan(name, options, analyzer, relevance, explanation, family)
+        )
     return catalogue

@@ -11,7 +11,14 @@ from typing import Any
 
 from innspect.fileio import write_text
 
-CSV_COLUMNS = ("method", "time_per_image_ms", "aopc", "conservation_error", "relevance_method")
+CSV_COLUMNS = (
+    "method",
+    "time_per_image_ms",
+    "aopc",
+    "conservation_error",
+    "relevance_method",
+    "family",
+)
 
 
 def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
@@ -27,6 +34,7 @@ def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
                 f"{row['aopc']:.6f}",
                 "" if row["conservation_error"] is None else f"{row['conservation_error']:.3e}",
                 str(row["relevance_method"]).lower(),
+                row["family"],
             ]
         )
     write_text(path, buffer.getvalue())
@@ -42,12 +50,14 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2e
        max-width: 1100px; padding: 0 1em; color: #222; line-height: 1.45; }
 h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
 .lead { color: #555; margin-top: 0; }
-figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.92em; }
 table { border-collapse: collapse; width: 100%; font-size: 0.9em; }
 th, td { border-bottom: 1px solid #e4e4e4; padding: 0.35em 0.6em; text-align: left;
          vertical-align: top; }
-th { background: #f6f6f6; position: sticky; top: 0; }
+th { background: #f6f6f6; }
+h3 { margin-top: 1.4em; }
+pre { background: #f6f6f6; padding: 0.6em 1em; overflow-x: auto; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td code, li code { white-space: nowrap; }
 tr.baseline td { background: #f3f3f3; }
@@ -70,26 +80,45 @@ def _options(options: dict[str, Any]) -> str:
     )
 
 
+def _family_section(
+    family: dict[str, Any], rows: dict[str, dict[str, Any]], baseline: str | None
+) -> str:
+    from innspect.demo.catalogue import FAMILY_INTRODUCTIONS
+
+    e = html.escape
+    members = sorted(family["methods"], key=lambda name: -rows[name]["aopc"])
+    body = []
+    for name in members:
+        row = rows[name]
+        row_class = ' class="baseline"' if name == baseline else ""
+        note = f'<p class="note">{e(row["note"])}</p>' if row.get("note") else ""
+        body.append(
+            f"<tr{row_class}><td><b>{e(row['title'])}</b><br><code>{e(name)}</code></td>"
+            f"<td>{e(row['explanation'])}<br><small>{_options(row['options'])}</small>{note}</td>"
+            f'<td class="num">{_number(row["aopc"], 3)}</td>'
+            f'<td class="num">{_number(row["time_per_image_ms"], 2)}</td>'
+            f'<td class="num">{_number(row["conservation_error"], 1, scientific=True)}</td></tr>'
+        )
+    intro = FAMILY_INTRODUCTIONS.get(family["key"], "")
+    return (
+        f"<h3>{e(family['title'])}</h3>"
+        + (f"<p>{e(intro)}</p>" if intro else "")
+        + "<table><thead><tr><th>method</th><th>what it does</th><th>AOPC</th>"
+        "<th>ms / image</th><th>conservation error</th></tr></thead><tbody>"
+        + "".join(body)
+        + "</tbody></table>"
+    )
+
+
 def render_html(results: dict[str, Any]) -> str:
     """The report page; images are referenced by relative file names in the same folder."""
     model = results["model"]
     perturbation = results["perturbation"]
     files = results["files"]
-    methods = sorted(results["methods"], key=lambda row: -row["aopc"])
-    baseline = next((m for m in methods if m["method"] == perturbation["baseline"]), None)
+    rows = {row["method"]: row for row in results["methods"]}
+    baseline = perturbation["baseline"] if perturbation["baseline"] in rows else None
     e = html.escape
-
-    rows_html = []
-    for row in methods:
-        is_baseline = baseline is not None and row is baseline
-        row_class = ' class="baseline"' if is_baseline else ""
-        rows_html.append(
-            f"<tr{row_class}><td><code>{e(row['method'])}</code></td>"
-            f"<td>{e(row['explanation'])}<br><small>{_options(row['options'])}</small></td>"
-            f'<td class="num">{_number(row["aopc"], 3)}</td>'
-            f'<td class="num">{_number(row["time_per_image_ms"], 2)}</td>'
-            f'<td class="num">{_number(row["conservation_error"], 1, scientific=True)}</td></tr>'
-        )
+    sections = "".join(_family_section(f, rows, baseline) for f in results["families"])
     not_run = [("skipped", item) for item in results["skipped"]] + [
         ("failed", item) for item in results["failed"]
     ]
@@ -108,7 +137,8 @@ def render_html(results: dict[str, Any]) -> str:
         if results["fast"]
         else ""
     )
-    n_methods = len(methods)
+    n_methods = len(rows)
+    grid, plot = files["analysis_grid"], files["perturbation"]
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -120,51 +150,50 @@ def render_html(results: dict[str, Any]) -> str:
 <body>
 <h1>innspect demo</h1>
 <p class="lead">A small CNN trained on scikit-learn's handwritten digits, explained by
-{n_methods} analyzers of innspect {e(results["innspect_version"])}.</p>
+{n_methods} analyzers of innspect {e(results["innspect_version"])}, grouped by family.</p>
 {fast_note}
 <h2>The model</h2>
 <p>Digits of 8&nbsp;&times;&nbsp;8 pixels upsampled to {model["input_shape"][1]}&nbsp;&times;&nbsp;{model["input_shape"][2]},
 values in [0, 1]. Three convolution / ReLU / max-pooling stages and two dense layers, trained for
 {model["epochs"]} epochs ({model["training_seconds"]:.1f}&nbsp;s):
-<strong>test accuracy {model["test_accuracy"]:.1%}</strong>.</p>
+<strong>test accuracy {model["test_accuracy"]:.1%}</strong>. The trained model is saved as
+<a href="{e(files["model"]["file"])}">{e(files["model"]["file"])}</a> (TorchScript) with the digits
+below in <code>{e(files["digits"]["file"])}/</code>, so you can explain it yourself:</p>
+<pre>innspect analyze --model {e(files["model"]["file"])} --input {e(files["digits"]["file"])} \
+    --labels {e(files["labels"]["file"])} --method gradient lrp.epsilon_plus_flat --report</pre>
 
 <h2>What each method sees</h2>
 <figure>
-<img src="{e(files["analysis_grid"]["file"])}" alt="analysis grid: one row per test digit, one column per method"
- width="{files["analysis_grid"]["width"]}">
+<img src="{e(grid["file"])}" alt="analysis grid: one row per test digit, one column per method, grouped by family"
+ width="{grid["width"]}" height="{grid["height"]}">
 <figcaption>One test digit per class (rows, with the model's prediction and the true label) and
-one column per method, explaining the predicted class. Red: evidence for the class; blue:
-evidence against it; white: neutral. Each heatmap is scaled to its own largest absolute value, so
-compare shapes, not intensities, across columns.</figcaption>
+one column per method, explaining the predicted class, grouped by family. Red: evidence for the
+class; blue: evidence against it; white: neutral. Each heatmap is scaled to its own largest
+absolute value, so compare shapes, not intensities, across columns.</figcaption>
 </figure>
 
 <h2>Which method finds what matters: perturbation analysis</h2>
 <figure>
-<img src="{e(files["perturbation"]["file"])}" alt="perturbation curves, one per method">
+<img src="{e(plot["file"])}" alt="perturbation curves, one panel per family"
+ width="{plot["width"]}" height="{plot["height"]}">
 <figcaption>For {perturbation["n_images"]} test digits, the regions of
 {perturbation["region_shape"][0]}&nbsp;&times;&nbsp;{perturbation["region_shape"][1]} pixels are set to
 zero ({e(perturbation["function"])}), most relevant first according to each method,
 {perturbation["regions_per_step"]} region(s) per step for {perturbation["steps"]} steps, and the
 model's {e(perturbation["score"])} is measured. A method that finds what the model relies on makes
 the score fall fast. AOPC, the area over this curve (mean drop of the score over the steps), sums
-it up: larger is better, and a useful method beats the dashed <code>random</code>
-baseline.</figcaption>
+it up: larger is better, and a useful method beats the dashed <code>random</code> baseline, drawn
+in every panel.</figcaption>
 </figure>
 
-<h2>Results</h2>
-<p>Sorted by AOPC; the shaded row is the random baseline. Time: analysis time per image on
-this machine's CPU (batch of {perturbation["n_images"]}). Conservation error, for relevance
-methods (LRP, Deep Taylor): mean over the grid's digits of |sum of relevances &minus; score| /
-|score|; 0 means the explained score is exactly redistributed over the pixels. The same numbers
-are in <a href="{e(files["csv"]["file"])}">{e(files["csv"]["file"])}</a> and
+<h2>Results by family</h2>
+<p>Within each family sorted by AOPC; the shaded row is the random baseline. Time: analysis time
+per image on this machine's CPU (batch of {perturbation["n_images"]}). Conservation error, for
+relevance methods (LRP, Deep Taylor): mean over the grid's digits of |sum of relevances &minus;
+score| / |score|; 0 means the explained score is exactly redistributed over the pixels. The same
+numbers are in <a href="{e(files["csv"]["file"])}">{e(files["csv"]["file"])}</a> and
 <a href="results.json">results.json</a> (with the curves and every option).</p>
-<table>
-<thead><tr><th>method</th><th>what it does</th><th>AOPC</th><th>ms / image</th>
-<th>conservation error</th></tr></thead>
-<tbody>
-{"".join(rows_html)}
-</tbody>
-</table>
+{sections}
 {not_run_section}
 <p class="muted">Generated by <code>innspect demo</code> in {results.get("seconds", 0):.0f}&nbsp;s
 (torch {e(results["torch_version"])}, Python {e(results["python_version"])}).</p>

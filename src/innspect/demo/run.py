@@ -22,13 +22,27 @@ from innspect.demo import report
 from innspect.demo.catalogue import Catalogue, build_catalogue
 from innspect.demo.data import IMAGE_SIZE, load_digits_dataset, one_per_class
 from innspect.demo.model import N_CLASSES, digits_cnn, train
-from innspect.demo.plots import grid_size, write_analysis_grid, write_perturbation_plot
+from innspect.demo.plots import (
+    grid_size,
+    perturbation_size,
+    write_analysis_grid,
+    write_perturbation_plot,
+)
+from innspect.fileio import atomic_path, write_text
 from innspect.progress import progress
 from innspect.tools import Perturbation, PerturbationAnalysis
+from innspect.viz.families import FAMILIES, grouped, title_of
 
 VALUE_RANGE = (0.0, 1.0)
 REGION = (4, 4)
 BASELINE = "random"
+MODEL_FILE = "digits_cnn.pt"  # the trained model as TorchScript, for `innspect analyze`
+DIGITS_FOLDER = "digits"  # the grid's test digits as PNG files, for `innspect analyze`
+LABELS_FILE = "digits_labels.txt"
+# A map "looks empty" when fewer than this share of its pixels reach a tenth of its largest
+# absolute value: per-image scaling then shows a few dots on white.
+VISIBLE_FRACTION = 0.1
+NEARLY_EMPTY_SHARE = 0.08
 
 
 @dataclass(frozen=True)
@@ -137,12 +151,14 @@ def _run(out: Path, fast: bool, verbose: bool, debug: bool) -> dict[str, Any]:
         explanation = plan.analyzer.explain(grid_images)
         attribution = explanation.attribution.detach().cpu().numpy()
         attributions[plan.name] = attribution
-        conservation = None
+        conservation = ratio = None
         if plan.relevance:
             scores = explanation.scores.detach().cpu().double().numpy()
             totals = attribution.reshape(len(attribution), -1).sum(axis=1)
             errors = np.abs(totals - scores) / np.maximum(np.abs(scores), 1e-12)
             conservation = float(errors.mean())
+            ratio = float(np.median(totals / np.where(scores == 0, 1e-12, scores)))
+        share = visible_share(attribution)
         perturbation = Perturbation("zeros", region_shape=REGION, value_range=VALUE_RANGE)
         result = PerturbationAnalysis(
             plan.analyzer,
@@ -157,12 +173,17 @@ def _run(out: Path, fast: bool, verbose: bool, debug: bool) -> dict[str, Any]:
         rows.append(
             {
                 "method": plan.name,
+                "title": title_of(plan.name, in_family=True),
+                "family": plan.family,
                 "explanation": plan.explanation,
                 "options": plan.options,
                 "relevance_method": plan.relevance,
                 "time_per_image_ms": 1000 * result.analysis_seconds / len(perturbation_images),
                 "aopc": result.aopc,
                 "conservation_error": conservation,
+                "relevance_sum_over_score": ratio,
+                "visible_share": share,
+                "note": empty_map_note(plan.name, share, conservation, ratio),
                 "curve": {
                     "regions_perturbed": result.n_regions.tolist(),
                     "mean_score": result.scores.tolist(),
@@ -171,16 +192,34 @@ def _run(out: Path, fast: bool, verbose: bool, debug: bool) -> dict[str, Any]:
         )
 
     grid_file, perturbation_file = "analysis_grid.png", "perturbation.png"
-    write_analysis_grid(out / grid_file, grid_images, attributions, row_labels)
+    groups = family_groups([plan.name for plan in catalogue.methods], catalogue)
+    titles = {plan.name: title_of(plan.name, in_family=True) for plan in catalogue.methods}
+    write_analysis_grid(out / grid_file, grid_images, attributions, row_labels, groups, titles)
     write_perturbation_plot(
         out / perturbation_file,
         curves,
         BASELINE,
+        groups,
+        titles,
         x_label=f"regions set to zero ({REGION[0]} x {REGION[1]} pixels each)",
-        y_label=f"logit of the predicted class (mean of {len(perturbation_images)} test digits)",
+        y_label="mean logit of the predicted class",
     )
+    save_for_analyze(out, model, grid_images, data.y_test[grid_index])
     results = _results(
         settings, fast, training, catalogue, rows, grid_file, perturbation_file, len(grid_index)
+    )
+    results["grid"] = [
+        {"file": f"{DIGITS_FOLDER}/digit_{int(t)}.png", "true": int(t), "predicted": int(p)}
+        for p, t in zip(predictions, data.y_test[grid_index], strict=True)
+    ]
+    results["families"] = [
+        {"title": title, "methods": names, "key": _family_key(title)} for title, names in groups
+    ]
+    results["files"]["analysis_grid"].update(
+        dict(zip(("width", "height"), grid_size(len(grid_index), groups), strict=True))
+    )
+    results["files"]["perturbation"].update(
+        dict(zip(("width", "height"), perturbation_size(n_panels(groups)), strict=True))
     )
     results["seconds"] = time.perf_counter() - started
     report.write_csv(out / "results.csv", rows)
@@ -194,6 +233,81 @@ def _run(out: Path, fast: bool, verbose: bool, debug: bool) -> dict[str, Any]:
     return results
 
 
+def visible_share(attribution: np.ndarray) -> float:
+    """Mean over images of the share of pixels whose |relevance| (channels summed) reaches
+    ``VISIBLE_FRACTION`` of the image's largest: what per-image colour scaling leaves visible."""
+    maps = np.abs(attribution.reshape(attribution.shape[0], attribution.shape[1], -1).sum(1))
+    peak = maps.max(axis=1, keepdims=True)
+    visible = (maps >= VISIBLE_FRACTION * np.where(peak == 0, np.inf, peak)).mean(axis=1)
+    return float(visible.mean())
+
+
+def empty_map_note(
+    name: str, share: float, conservation: float | None, ratio: float | None
+) -> str | None:
+    """A sentence for the page when a method's maps look nearly empty, with the numbers."""
+    if share >= NEARLY_EMPTY_SHARE:
+        return None
+    seen = (
+        f"Looks nearly empty: on average only {share:.1%} of the pixels reach a tenth of the "
+        "image's largest value, and the colours are scaled to that value."
+    )
+    if conservation is not None and ratio is not None and conservation > 1:
+        return (
+            f"{seen} The relevances sum to {ratio:.1f} times the score (conservation error "
+            f"{conservation:.1f}): this rule does not conserve relevance on this model (with "
+            "alpha-beta, positive contributions are counted alpha times and negative ones beta "
+            "times at every layer, and the bias absorbs or adds relevance), so large positive "
+            "and negative values build up and a few extreme pixels set the colour scale."
+        )
+    if conservation is not None:
+        return (
+            f"{seen} The relevances still sum to about the score (conservation error "
+            f"{conservation:.1e}), so the map is not empty: a few pixels carry very large "
+            "positive and negative values that nearly cancel (some neuron divides by a "
+            "denominator close to zero), and they set the colour scale."
+        )
+    return seen
+
+
+def family_groups(names: list[str], catalogue: Catalogue) -> list[tuple[str, list[str]]]:
+    """(family title, method names) in the families' order."""
+    declared = {plan.name: plan.family for plan in catalogue.methods}
+    return [(family.title, members) for family, members in grouped(names, declared)]
+
+
+def n_panels(groups: list[tuple[str, list[str]]]) -> int:
+    """Panels of the perturbation figure: families with a method other than the baseline."""
+    return sum(1 for _, names in groups if any(name != BASELINE for name in names))
+
+
+def _family_key(title: str) -> str:
+    return next(family.key for family in FAMILIES if family.title == title)
+
+
+def save_for_analyze(
+    out: Path, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
+) -> None:
+    """Save the model as TorchScript, the grid's digits as PNGs and the class names, so that
+    ``innspect analyze --model digits_cnn.pt --input digits --labels digits_labels.txt`` runs."""
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+        scripted = torch.jit.script(model.eval())
+        with atomic_path(out / MODEL_FILE) as tmp:
+            scripted.save(str(tmp))
+    folder = out / DIGITS_FOLDER
+    folder.mkdir(exist_ok=True)
+    for image, label in zip(images, labels, strict=True):
+        pixels = (image[0].numpy() * 255).round().astype(np.uint8)
+        with atomic_path(folder / f"digit_{int(label)}.png") as tmp:
+            Image.fromarray(pixels, mode="L").save(tmp, format="PNG")
+    write_text(out / LABELS_FILE, "".join(f"digit {k}\n" for k in range(N_CLASSES)))
+
+
 def _results(
     settings: DemoSettings,
     fast: bool,
@@ -204,7 +318,6 @@ def _results(
     perturbation_file: str,
     n_grid_images: int,
 ) -> dict[str, Any]:
-    grid_width, grid_height = grid_size(n_grid_images, len(rows))
     return {
         "innspect_version": innspect.__version__,
         "torch_version": torch.__version__,
@@ -227,9 +340,12 @@ def _results(
             "baseline": BASELINE,
         },
         "files": {
-            "analysis_grid": {"file": grid_file, "width": grid_width, "height": grid_height},
+            "analysis_grid": {"file": grid_file},
             "perturbation": {"file": perturbation_file},
             "csv": {"file": "results.csv"},
+            "model": {"file": MODEL_FILE},
+            "digits": {"file": DIGITS_FOLDER},
+            "labels": {"file": LABELS_FILE},
         },
         "n_grid_images": n_grid_images,
         "methods": rows,

@@ -56,15 +56,61 @@ class GridLayout:
         per_block = -(-len(rest) // n_blocks)
         return [fixed + rest[s : s + per_block] for s in range(0, len(rest), per_block)]
 
+    def arrange(
+        self,
+        n_columns: int,
+        max_columns: int | None = None,
+        fixed_columns: int = 0,
+        column_groups: Sequence[tuple[str, Sequence[int]]] | None = None,
+    ) -> list[list[tuple[str | None, list[int]]]]:
+        """The stacked blocks, each a list of (group title, column indices) segments.
+
+        Without ``column_groups`` this is :meth:`blocks` with untitled segments. With them,
+        groups are packed in order into blocks of at most ``max_columns`` columns (the first
+        ``fixed_columns`` start every block, untitled); a group that fits in no block is split
+        into near-equal parts, its title repeated with "(continued)".
+        """
+        if column_groups is None:
+            return [[(None, b)] for b in self.blocks(n_columns, max_columns, fixed_columns)]
+        fixed = list(range(min(fixed_columns, n_columns)))
+        room = max(1, (max_columns or n_columns) - len(fixed))
+        blocks: list[list[tuple[str | None, list[int]]]] = []
+        used = room  # forces a new block for the first group
+        for title, columns in column_groups:
+            columns = list(columns)
+            if len(columns) > room:
+                n_parts = -(-len(columns) // room)
+                per_part = -(-len(columns) // n_parts)
+                parts = [columns[s : s + per_part] for s in range(0, len(columns), per_part)]
+            else:
+                parts = [columns]
+            for index, part in enumerate(parts):
+                label = title if index == 0 else f"{title} (continued)"
+                if used + len(part) > room:
+                    blocks.append([(None, fixed)] if fixed else [])
+                    used = 0
+                blocks[-1].append((label, part))
+                used += len(part)
+        return blocks
+
     def size(
-        self, n_rows: int, n_columns: int, max_columns: int | None = None, fixed_columns: int = 0
+        self,
+        n_rows: int,
+        n_columns: int,
+        max_columns: int | None = None,
+        fixed_columns: int = 0,
+        column_groups: Sequence[tuple[str, Sequence[int]]] | None = None,
     ) -> tuple[int, int]:
         """(width, height) in pixels of a grid with these many rows and columns."""
-        blocks = self.blocks(n_columns, max_columns, fixed_columns)
-        widest = max((len(b) for b in blocks), default=0)
+        blocks = self.arrange(n_columns, max_columns, fixed_columns, column_groups)
+        widest = max((sum(len(c) for _, c in b) for b in blocks), default=0)
         width = self.label_width + widest * self.cell
-        height = len(blocks) * (self.header + n_rows * self.cell)
+        band = GROUP_BAND if column_groups is not None else 0
+        height = len(blocks) * (band + self.header + n_rows * self.cell)
         return width, height
+
+
+GROUP_BAND = 22  # pixels above the column labels for group titles
 
 
 def _as_rgb(cell: Any) -> np.ndarray:
@@ -120,6 +166,7 @@ def plot_grid(
     layout: GridLayout | None = None,
     max_columns: int | None = None,
     fixed_columns: int = 0,
+    column_groups: Sequence[tuple[str, Sequence[int]]] | None = None,
 ) -> Figure:
     """Draw images in a grid with row and column labels.
 
@@ -144,6 +191,9 @@ def plot_grid(
         Wrap the columns into stacked blocks of at most this many (row labels repeated).
     fixed_columns
         Repeat the first columns (e.g. the input image) at the start of every block.
+    column_groups
+        (title, column indices) in order, e.g. methods by family: groups are packed into
+        blocks and each gets its title above its columns.
 
     Returns
     -------
@@ -159,7 +209,7 @@ def plot_grid(
     if col_labels is not None and len(col_labels) != n_columns:
         raise ValueError(f"{len(col_labels)} column labels for {n_columns} columns")
 
-    width, height = layout.size(n_rows, n_columns, max_columns, fixed_columns)
+    width, height = layout.size(n_rows, n_columns, max_columns, fixed_columns, column_groups)
     figure = Figure(figsize=(width / layout.dpi, height / layout.dpi), dpi=layout.dpi)
     # All cells go into one pixel canvas drawn 1:1 (one figimage instead of an Axes per
     # cell, which is what keeps a 10 x 40 grid fast).
@@ -167,11 +217,14 @@ def plot_grid(
     pad = 3  # pixels between cells
     box = layout.cell - 2 * pad
     label_chars = max(6, layout.cell // 6)
+    band = GROUP_BAND if column_groups is not None else 0
 
     top = 0
-    for block in layout.blocks(n_columns, max_columns, fixed_columns):
+    for segments in layout.arrange(n_columns, max_columns, fixed_columns, column_groups):
+        block = [j for _, columns in segments for j in columns]
+        header = top + band + layout.header
         for i in range(n_rows):
-            y = top + layout.header + i * layout.cell
+            y = header + i * layout.cell
             if row_labels is not None:
                 figure.text(
                     (layout.label_width - 8) / width,
@@ -196,13 +249,31 @@ def plot_grid(
                 x = layout.label_width + (k + 0.5) * layout.cell
                 figure.text(
                     x / width,
-                    1 - (top + layout.header - 4) / height,
+                    1 - (header - 4) / height,
                     _wrap_label(str(col_labels[j]), label_chars),
                     ha="center",
                     va="bottom",
                     fontsize=7,
                 )
-        top += layout.header + n_rows * layout.cell
+        start = 0
+        for title, columns in segments:
+            if title is not None and columns:
+                left = layout.label_width + start * layout.cell + pad
+                right = layout.label_width + (start + len(columns)) * layout.cell - pad
+                y_line = top + band - 4
+                # A rule under the title shows which columns the group spans.
+                canvas[y_line : y_line + 2, left:right] = 0.35
+                figure.text(
+                    (left + right) / 2 / width,
+                    1 - (y_line - 3) / height,
+                    title,
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                    fontweight="bold",
+                )
+            start += len(columns)
+        top += band + layout.header + n_rows * layout.cell
     figure.figimage(canvas, xo=0, yo=0, origin="upper", zorder=0)
 
     if file_name is not None:

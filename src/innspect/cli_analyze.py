@@ -1,0 +1,494 @@
+"""``innspect analyze``: explain a model's output on images or arrays with one or more methods.
+
+Per input and method it writes the raw attribution (``.npy``), its heatmap over the model input
+(``.png``) and, for images, an overlay on the picture as the user gave it (the map carried back
+through the resize and crop) with a colour bar and the explained class; then one comparison
+figure (rows inputs, columns methods), ``results.json`` and, with ``--report``, a self-contained
+``index.html``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import json
+import logging
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HELP = "explain a model's output on images or arrays"
+DESCRIPTION = """\
+Explain a model's output on images or arrays with one or more methods.
+
+Writes to --out, per input and method: <input>_<method>.npy (raw attribution),
+<input>_<method>.png (heatmap over the model input) and, for images,
+<input>_<method>_overlay.png (the map on the picture as given, with a colour bar and the
+explained class); and comparison.png (rows inputs, columns methods), results.json and,
+with --report, index.html.
+
+examples:
+  innspect analyze --model torchvision:resnet18 --weights resnet18.pth --input photos/ \\
+      --method gradient lrp.epsilon_plus_flat --report
+  innspect analyze --model mynet:build --input digit.png --method lrp.epsilon --option epsilon=0.1
+"""
+OUT_DEFAULT = "innspect-analysis"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``innspect analyze``."""
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="SPEC",
+        help="a TorchScript file, torchvision:NAME or package.module:factory (importable "
+        "from the current folder)",
+    )
+    parser.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        metavar="PATH",
+        help="PNG/JPEG images, .npy arrays (one sample each) or folders of them",
+    )
+    parser.add_argument(
+        "--method",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="one or more analyzers (see `innspect methods`)",
+    )
+    parser.add_argument(
+        "--methods", metavar="FILE", help="a file with more analyzer names, one per line"
+    )
+    parser.add_argument(
+        "--neuron", type=int, metavar="N", help="output neuron to explain (default: the largest)"
+    )
+    parser.add_argument("--out", default=OUT_DEFAULT, help="output folder (default: %(default)s)")
+    parser.add_argument("--weights", metavar="FILE", help="state dict for the model")
+    parser.add_argument(
+        "--labels",
+        metavar="FILE",
+        help="class names, one per line in output order (or a JSON list); torchvision "
+        "models with --weights have them already",
+    )
+    parser.add_argument(
+        "--preprocess",
+        choices=("imagenet", "none"),
+        default=None,
+        help="image preprocessing: imagenet (resize, crop 224, normalise) or none (scale to "
+        "[0, 1]); default: imagenet for torchvision: models, none otherwise",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed for random initial weights and random methods (default: %(default)s, so "
+        "runs repeat)",
+    )
+    parser.add_argument(
+        "--strip-softmax",
+        action="store_true",
+        help="explain the model without its final softmax / log-softmax",
+    )
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="analyzer option, e.g. --option epsilon=0.1 (repeatable; with several methods "
+        "it goes to those that take it)",
+    )
+    parser.add_argument(
+        "--report", action="store_true", help="also write index.html, a self-contained page"
+    )
+
+
+# -- methods and options -----------------------------------------------------------------------
+def resolve_methods(names: Sequence[str], methods_file: str | None) -> list[str]:
+    """The analyzer names asked for, checked against the registry (with "did you mean")."""
+    from innspect.analyzers.registry import list_analyzers
+    from innspect.cli_loading import CLIError
+
+    wanted = list(names)
+    if methods_file is not None:
+        file = Path(methods_file)
+        if not file.is_file():
+            raise CLIError(f"methods file not found: {file}")
+        for line in file.read_text(encoding="utf-8").splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                wanted.extend(line.split())
+    if not wanted:
+        raise CLIError("no method given: use --method NAME... or --methods FILE")
+    known = list_analyzers()
+    by_lower = {name.lower(): name for name in known}
+    result: list[str] = []
+    for name in wanted:
+        if name not in known:
+            close = [by_lower[name.lower()]] if name.lower() in by_lower else []
+            close = close or difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+            raise CLIError(f"unknown method '{name}'; {hint}`innspect methods` lists them all")
+        if name not in result:
+            result.append(name)
+    return result
+
+
+def parse_options(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings as a dict; values are Python literals or plain words."""
+    from innspect.cli_loading import CLIError
+
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise CLIError(f"--option needs KEY=VALUE, got '{item}'")
+        try:
+            options[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            options[key] = text  # a plain word, e.g. --option postprocess=abs
+    return options
+
+
+def options_per_method(
+    methods: list[str], options: dict[str, Any], seed: int, neuron: int | None
+) -> dict[str, dict[str, Any]]:
+    """Each method's options: every ``--option`` it takes, the seed where it has one.
+
+    An option no chosen method takes is an error listing the options they do take.
+    """
+    from innspect.analyzers.parameters import analyzer_parameters
+    from innspect.analyzers.registry import analyzer_class
+    from innspect.cli_loading import CLIError
+
+    accepted = {m: analyzer_parameters(analyzer_class(m))[0] for m in methods}
+    for key in options:
+        if not any(key in accepted[m] for m in methods):
+            valid = sorted(set().union(*accepted.values()) - {"neuron_selection_mode"})
+            which = methods[0] if len(methods) == 1 else ", ".join(methods)
+            listed = ", ".join(v for v in valid if not v.startswith("reverse_"))
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise CLIError(
+                f"'{key}' is not an option of {which}; {hint}valid options: {listed or 'none'} "
+                "(and the reverse_* options; see `innspect methods`)"
+            )
+    result = {}
+    for method in methods:
+        own = {k: v for k, v in options.items() if k in accepted[method]}
+        if "seed" in accepted[method]:
+            own.setdefault("seed", seed)
+        if neuron is not None:
+            own["neuron_selection_mode"] = "index"
+        result[method] = own
+    return result
+
+
+# -- the run -----------------------------------------------------------------------------------
+@dataclass
+class InputResult:
+    """What the run found for one input."""
+
+    name: str  # unique file stem
+    path: str
+    prediction: int
+    prediction_name: str | None
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Explain every input with every chosen method and write the files."""
+    if args.debug:
+        return _run(args)
+    # Torch's own warnings and log lines are noise for a command-line user (--debug keeps them).
+    logging.getLogger("torch").setLevel(logging.CRITICAL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from innspect.analyzers.registry import create_analyzer
+    from innspect.cli_loading import (
+        CLIError,
+        check_channels,
+        default_preprocess,
+        input_files,
+        load_input,
+        load_model,
+        read_labels,
+    )
+    from innspect.cli_report import thumbnail, write_comparison, write_report
+    from innspect.errors import OutputActivationError
+    from innspect.progress import progress
+    from innspect.viz.overlay import overlay_rgb
+
+    methods = resolve_methods(args.method, args.methods)
+    preprocess = args.preprocess or default_preprocess(args.model)
+    files, from_folder = input_files(args.input)
+    samples = [load_input(file, preprocess) for file in files]
+    loaded = load_model(
+        args.model,
+        args.weights,
+        example=samples[0].tensor[None],
+        seed=args.seed,
+        strip_softmax=args.strip_softmax,
+    )
+    model = loaded.module
+    for sample in samples:
+        check_channels(model, sample)
+    labels = read_labels(args.labels) if args.labels else loaded.class_names
+    per_method = options_per_method(methods, parse_options(args.option), args.seed, args.neuron)
+    analyzers = {}
+    for method in methods:
+        try:
+            analyzers[method] = create_analyzer(method, model, **per_method[method])
+        except (TypeError, ValueError) as error:
+            raise CLIError(f"cannot create {method} with {per_method[method]}: {error}") from error
+
+    out = _output_folder(Path(args.out))
+    if loaded.random_weights:
+        source = f"random weights, seed {args.seed}"
+    else:
+        source = f"weights {args.weights}" if args.weights else "weights in the file"
+    print(
+        f"model {args.model} ({source}); preprocessing: {preprocess}; "
+        f"{len(samples)} input(s) x {len(methods)} method(s) -> {out}",
+        flush=True,
+    )
+    if loaded.random_weights:
+        print(
+            f"innspect: warning: no --weights given; {args.model} has random weights "
+            f"(seed {args.seed}), so its classes mean nothing",
+            file=sys.stderr,
+        )
+    show_progress = from_folder or sys.stderr.isatty()
+    names: set[str] = set()
+    results: list[InputResult] = []
+    first_column: list[np.ndarray | None] = []
+    cells: dict[tuple[int, str], np.ndarray] = {}
+    jobs = [(i, m) for i in range(len(samples)) for m in methods]
+    for index, method in progress(jobs, show_progress, total=len(jobs), desc="analyzing"):
+        sample = samples[index]
+        if len(results) <= index:
+            x = sample.tensor[None]
+            try:
+                with torch.no_grad():
+                    output = model(x)
+            except Exception as error:  # noqa: BLE001 - an input the model cannot take
+                message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                raise CLIError(
+                    f"the model fails on {sample.path} (shape {tuple(x.shape)}): "
+                    f"{type(error).__name__}: {message}; check --preprocess and the input's size"
+                ) from error
+            if isinstance(output, tuple | list) and output:
+                output = output[0]
+            if not isinstance(output, torch.Tensor):
+                raise CLIError(
+                    f"{args.model} returns {type(output).__name__}, not a tensor of scores "
+                    "(e.g. a detection model's boxes): innspect explains outputs that are "
+                    "tensors; wrap the model so it returns the scores to explain"
+                )
+            flat = output.reshape(1, -1)
+            if labels is not None and len(labels) != flat.shape[1]:
+                if args.labels:
+                    raise CLIError(
+                        f"labels {args.labels} has {len(labels)} names but the model has "
+                        f"{flat.shape[1]} outputs"
+                    )
+                labels = None
+            top = int(flat.argmax(dim=1)[0])
+            results.append(
+                InputResult(
+                    _unique(sample.path.stem, names),
+                    str(sample.path),
+                    top,
+                    labels[top] if labels else None,
+                )
+            )
+            first_column.append(None if sample.picture is None else thumbnail(sample.picture))
+        result = results[index]
+        started = time.perf_counter()
+        try:
+            explanation = analyzers[method].explain(
+                sample.tensor[None], neuron_selection=args.neuron
+            )
+        except OutputActivationError as error:
+            raise CLIError(f"{error} (from the command line: add --strip-softmax)") from error
+        seconds = time.perf_counter() - started
+        attribution = explanation.attribution.detach().cpu().numpy()[0]
+        neuron = None if explanation.selected is None else int(explanation.selected[0])
+        score = float(explanation.scores[0])
+        overlay = _write_method_files(
+            out, result.name, method, attribution, sample, neuron, score, labels
+        )
+        if overlay is not None:
+            cells[(index, method)] = thumbnail(overlay_rgb(sample.picture, overlay))
+        else:
+            cells[(index, method)] = heatmap_rgb(attribution) / 255.0
+        result.methods[method] = {
+            "neuron": neuron,
+            "class_name": labels[neuron] if labels and neuron is not None else None,
+            "score": score,
+            "seconds": seconds,
+            "files": {
+                "npy": f"{result.name}_{method}.npy",
+                "heatmap": f"{result.name}_{method}.png",
+                "overlay": f"{result.name}_{method}_overlay.png" if overlay is not None else None,
+            },
+        }
+        what = "all outputs" if neuron is None else f"neuron {neuron}"
+        if neuron is not None and labels:
+            what += f" ({labels[neuron]})"
+        print(
+            f"{sample.path}: {method}: {what}, score {score:.6g} -> "
+            f"{out / result.name}_{method}.npy, .png",
+            flush=True,
+        )
+    summary = {
+        "model": args.model,
+        "weights": args.weights,
+        "random_weights": loaded.random_weights,
+        "seed": args.seed,
+        "preprocess": preprocess,
+        "strip_softmax": args.strip_softmax,
+        "methods": {m: _jsonable(per_method[m]) for m in methods},
+        "inputs": [vars(r) for r in results],
+        "comparison": "comparison.png",
+    }
+    try:
+        row_labels = [_row_label(r, args.neuron is None) for r in results]
+        write_comparison(out / "comparison.png", row_labels, first_column, methods, cells)
+        from innspect.fileio import write_text
+
+        write_text(out / "results.json", json.dumps(summary, indent=2) + "\n")
+        if args.report:
+            write_report(out / "index.html", out, summary, methods)
+    except OSError as error:
+        raise CLIError(f"cannot write to {out}: {error.strerror or error}") from error
+    print(f"comparison figure: {out / 'comparison.png'}", flush=True)
+    if args.report:
+        print(f"report: {out / 'index.html'}", flush=True)
+    return 0
+
+
+def _write_method_files(
+    out: Path,
+    name: str,
+    method: str,
+    attribution: np.ndarray,
+    sample: Any,
+    neuron: int | None,
+    score: float,
+    labels: list[str] | None,
+) -> np.ndarray | None:
+    """Write the .npy, heatmap and overlay files; return the overlay's map (original pixels)."""
+    from innspect.cli_loading import CLIError
+    from innspect.fileio import atomic_path
+    from innspect.viz.families import title_of
+    from innspect.viz.overlay import spatial_map, write_overlay
+
+    stem = f"{name}_{method}"
+    values = None
+    try:
+        with atomic_path(out / f"{stem}.npy") as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, attribution)
+        write_heatmap_png(out / f"{stem}.png", attribution)
+        plane = spatial_map(attribution)
+        if plane is not None and sample.geometry is not None and sample.picture is not None:
+            crop = sample.geometry.crop
+            if plane.shape == (crop[3], crop[2]):
+                values = sample.geometry.to_original(plane)
+                write_overlay(
+                    out / f"{stem}_overlay.png",
+                    sample.picture,
+                    values,
+                    f"{title_of(method)} ({method}): {_class_text(neuron, score, labels)}",
+                )
+    except OSError as error:
+        raise CLIError(f"cannot write to {out}: {error.strerror or error}") from error
+    return values
+
+
+def _row_label(result: InputResult, predicted: bool) -> str:
+    """The comparison figure's row label: the input and, by default, the predicted class."""
+    if not predicted:
+        return result.name
+    if result.prediction_name:
+        return f"{result.name}\npredicted:\n{result.prediction_name}\n({result.prediction})"
+    return f"{result.name}\npredicted:\nclass {result.prediction}"
+
+
+def _class_text(neuron: int | None, score: float, labels: list[str] | None) -> str:
+    if neuron is None:
+        return f"all outputs, sum {score:.4g}"
+    name = f"'{labels[neuron]}' " if labels else ""
+    return f"class {name}({neuron}), score {score:.4g}"
+
+
+def _output_folder(out: Path) -> Path:
+    from innspect.cli_loading import CLIError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as error:
+        raise CLIError(f"--out {out} exists and is not a folder") from error
+    except OSError as error:
+        raise CLIError(f"cannot create --out folder {out}: {error.strerror or error}") from error
+    if not out.is_dir():
+        raise CLIError(f"--out {out} exists and is not a folder")
+    import os
+
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise CLIError(f"--out folder {out} is not writable; choose another with --out")
+    return out
+
+
+def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: v if isinstance(v, int | float | str | bool | None) else repr(v)
+        for k, v in options.items()
+    }
+
+
+def _unique(stem: str, used: set[str]) -> str:
+    candidate, index = stem, 2
+    while candidate in used:
+        candidate, index = f"{stem}-{index}", index + 1
+    used.add(candidate)
+    return candidate
+
+
+def heatmap_rgb(attribution: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 heatmap of one sample's attribution (channels first, or 1-D, or 2-D)."""
+    from innspect.viz import heatmap
+
+    if attribution.ndim == 1:
+        attribution = attribution[None, None]  # a feature vector: one row of pixels
+    elif attribution.ndim == 2:
+        attribution = attribution[None]
+    elif attribution.ndim > 3:
+        attribution = attribution.reshape(attribution.shape[0], attribution.shape[1], -1)
+    colours = heatmap(attribution[None], reduce_axis=1)[0]  # (3, H, W)
+    return (np.moveaxis(colours, 0, -1) * 255).round().astype(np.uint8)
+
+
+def write_heatmap_png(path: Path, attribution: np.ndarray) -> None:
+    """Write ``heatmap_rgb(attribution)`` as a PNG (atomically)."""
+    from PIL import Image
+
+    from innspect.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(heatmap_rgb(attribution)).save(tmp, format="PNG")
