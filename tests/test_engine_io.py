@@ -531,6 +531,15 @@ def test_options_are_saved_and_the_graph_follows_the_call() -> None:
         restored.analyze((image, aux)), analyzer.analyze((image, aux)), strict=True
     ):
         torch.testing.assert_close(got, want)
+    weighted = innspect.create_analyzer(
+        "gradient", model, target=torch.tensor([1.0, -1.0, 0.0], **DOUBLE), output=()
+    )
+    name, state = weighted.save()  # weights and the output path as JSON lists
+    restored = innspect.Analyzer.load(name, state, model)
+    for got, want in zip(
+        restored.analyze((image, aux)), weighted.analyze((image, aux)), strict=True
+    ):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
     # the same analyzer called by position and by keyword gives the same attributions
     by_keyword = analyzer.analyze({"aux": aux, "image": image})
     torch.testing.assert_close(by_keyword[0], analyzer.analyze((image, aux))[0])
@@ -581,6 +590,8 @@ def test_python_values_in_the_inputs_are_fixed_arguments() -> None:
     torch.testing.assert_close(result[0], expected, rtol=1e-12, atol=1e-12)
     (plain_x,) = _autograd(scaled, (x,))
     assert not torch.allclose(result[0], plain_x)  # is_causal=True really was used
+    baseline = innspect.create_analyzer("gradient.baseline", scaled, neuron_selection_mode="all")
+    torch.testing.assert_close(baseline.analyze((x, None, True))[0], expected)
     torch.testing.assert_close(causal.analyze(x), plain_x, rtol=1e-12, atol=1e-12)
 
 
@@ -652,3 +663,31 @@ def test_model_output_like_results_by_key_attribute_and_index() -> None:
     (expected,) = _autograd(lambda a: model(a).logits, (x,))  # default: "logits"
     default = innspect.create_analyzer("gradient", model, neuron_selection_mode="all")
     torch.testing.assert_close(default.analyze(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_conservation_report_counts_every_input() -> None:
+    from innspect.tools.conservation import conservation_report
+
+    model = _seeded(ImageAndAux())
+    image, aux = _image_aux()
+    report = conservation_report(innspect.create_analyzer("lrp.z", model), (image, aux))
+    torch.testing.assert_close(report.input_total, report.output_total, rtol=1e-8, atol=1e-10)
+
+
+def test_attribute_to_a_node_returning_a_tuple_names_its_readers() -> None:
+    class Splits(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            first, second = torch.split(x, 2, dim=1)
+            return self.fc(torch.cat([second, first], dim=1))
+
+    model = _seeded(Splits())
+    x = torch.randn(2, 4, **DOUBLE)
+    with pytest.raises(innspect.InputError, match="output is a tuple.*'getitem"):
+        innspect.create_analyzer("gradient", model, attribute_to="split").analyze(x)
+    # the node taking a tensor out of it works
+    result = innspect.create_analyzer("gradient", model, attribute_to="getitem").analyze(x)
+    assert result.shape == (2, 2)
