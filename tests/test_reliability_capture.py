@@ -232,3 +232,30 @@ def test_hooks_are_refused_on_the_export_fallback() -> None:
     with pytest.raises(NotAnalyzableModelError, match="hook on module 'fc' once, at capture"):
         innspect.create_analyzer("gradient", model).analyze(torch.randn(2, 2, 4, 4))
     assert seen == []
+
+
+class _ListedStages(nn.Module):
+    """Calls its registered layers through a plain Python list."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.act, self.b = nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3)
+        self.stages = [self.a, self.act, self.b]
+        self.head = (self.b,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages[:-1]:
+            x = stage(x)
+        return self.head[0](x)
+
+
+def test_layers_kept_in_plain_lists_and_tuples_are_viewed_too() -> None:
+    model, x = _ListedStages().train(), torch.randn(2, 4)
+    result = innspect.create_analyzer("lrp.epsilon", model).analyze(x)
+    assert innspect.create_analyzer("lrp.epsilon", model).graph().by_name["a"].kind.name == "LINEAR"
+    assert model.stages[0] is model.a and all(m.training for m in model.modules())
+    leaf = x.clone().requires_grad_(True)
+    out = model(leaf)
+    out.gather(1, out.argmax(1, keepdim=True)).sum().backward()
+    torch.testing.assert_close(innspect.create_analyzer("gradient", model).analyze(x), leaf.grad)
+    assert result.shape == x.shape

@@ -147,6 +147,9 @@ def eval_view(model: nn.Module) -> nn.Module:
         for key, value in module.__dict__.items():
             if key not in _MODULE_INTERNALS and isinstance(value, dict | list | set):
                 state[key] = copy.copy(value)
+                containers.append(state[key])
+            elif type(value) is tuple and any(isinstance(v, nn.Module) for v in value):
+                tuples.append((state, key))
         children = type(module._modules)()
         for name, child in module._modules.items():
             children[name] = None if child is None else view(child)
@@ -158,7 +161,21 @@ def eval_view(model: nn.Module) -> nn.Module:
 
     model = unwrap(model)
     paths = {id(m): path for path, m in model.named_modules()}
-    return view(model)
+    containers: list[dict | list | set] = []
+    tuples: list[tuple[dict, str]] = []
+    root = view(model)
+    # Modules also kept in plain lists or dicts (``self.stages = [self.a, self.b]``) must be
+    # the views too: fx finds a called module by identity in the traced tree.
+    for container in containers:
+        if isinstance(container, dict):
+            for key, value in container.items():
+                if id(value) in memo:
+                    container[key] = memo[id(value)]
+        elif isinstance(container, list):
+            container[:] = [memo.get(id(value), value) for value in container]
+    for state, key in tuples:
+        state[key] = tuple(memo.get(id(value), value) for value in state[key])
+    return root
 
 
 def unwrap(model: nn.Module) -> nn.Module:
