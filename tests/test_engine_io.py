@@ -8,6 +8,7 @@ one-input model computing the same function, which every analyzer must explain i
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -530,6 +531,15 @@ def test_options_are_saved_and_the_graph_follows_the_call() -> None:
         restored.analyze((image, aux)), analyzer.analyze((image, aux)), strict=True
     ):
         torch.testing.assert_close(got, want)
+    weighted = innspect.create_analyzer(
+        "gradient", model, target=torch.tensor([1.0, -1.0, 0.0], **DOUBLE), output=()
+    )
+    name, state = weighted.save()  # weights and the output path as JSON lists
+    restored = innspect.Analyzer.load(name, state, model)
+    for got, want in zip(
+        restored.analyze((image, aux)), weighted.analyze((image, aux)), strict=True
+    ):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
     # the same analyzer called by position and by keyword gives the same attributions
     by_keyword = analyzer.analyze({"aux": aux, "image": image})
     torch.testing.assert_close(by_keyword[0], analyzer.analyze((image, aux))[0])
@@ -580,6 +590,8 @@ def test_python_values_in_the_inputs_are_fixed_arguments() -> None:
     torch.testing.assert_close(result[0], expected, rtol=1e-12, atol=1e-12)
     (plain_x,) = _autograd(scaled, (x,))
     assert not torch.allclose(result[0], plain_x)  # is_causal=True really was used
+    baseline = innspect.create_analyzer("gradient.baseline", scaled, neuron_selection_mode="all")
+    torch.testing.assert_close(baseline.analyze((x, None, True))[0], expected)
     torch.testing.assert_close(causal.analyze(x), plain_x, rtol=1e-12, atol=1e-12)
 
 
@@ -614,3 +626,68 @@ def test_an_input_and_an_inner_node_together(name: str) -> None:
     torch.testing.assert_close(at_image, run("image"), rtol=1e-12, atol=0)
     torch.testing.assert_close(at_conv, run("conv"), rtol=1e-12, atol=0)
     assert at_conv.shape == (3, 2, 4, 4)
+
+
+@dataclasses.dataclass
+class DictLikeOutput(OrderedDict):
+    """Like Hugging Face's ModelOutput: a dataclass that is also an ordered dict."""
+
+    logits: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            if getattr(self, item.name) is not None:
+                self[item.name] = getattr(self, item.name)
+
+
+class ReturnsDictLike(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> DictLikeOutput:
+        hidden = torch.relu(x)
+        return DictLikeOutput(logits=self.fc(hidden), hidden=hidden)
+
+
+def test_model_output_like_results_by_key_attribute_and_index() -> None:
+    model = _seeded(ReturnsDictLike())
+    x = torch.randn(3, 4, **DOUBLE)
+    (expected,) = _autograd(lambda a: model(a).logits[:, :2], (x,))
+    for output in (lambda r: r.logits[:, :2], lambda r: r["logits"][:, :2], lambda r: r[0][:, :2]):
+        analyzer = innspect.create_analyzer(
+            "gradient", model, output=output, neuron_selection_mode="all"
+        )
+        torch.testing.assert_close(analyzer.analyze(x), expected, rtol=1e-12, atol=1e-12)
+    (expected,) = _autograd(lambda a: model(a).logits, (x,))  # default: "logits"
+    default = innspect.create_analyzer("gradient", model, neuron_selection_mode="all")
+    torch.testing.assert_close(default.analyze(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_conservation_report_counts_every_input() -> None:
+    from innspect.tools.conservation import conservation_report
+
+    model = _seeded(ImageAndAux())
+    image, aux = _image_aux()
+    report = conservation_report(innspect.create_analyzer("lrp.z", model), (image, aux))
+    torch.testing.assert_close(report.input_total, report.output_total, rtol=1e-8, atol=1e-10)
+
+
+def test_attribute_to_a_node_returning_a_tuple_names_its_readers() -> None:
+    class Splits(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            first, second = torch.split(x, 2, dim=1)
+            return self.fc(torch.cat([second, first], dim=1))
+
+    model = _seeded(Splits())
+    x = torch.randn(2, 4, **DOUBLE)
+    with pytest.raises(innspect.InputError, match="output is a tuple.*'getitem"):
+        innspect.create_analyzer("gradient", model, attribute_to="split").analyze(x)
+    # the node taking a tensor out of it works
+    result = innspect.create_analyzer("gradient", model, attribute_to="getitem").analyze(x)
+    assert result.shape == (2, 2)

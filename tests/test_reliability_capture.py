@@ -168,7 +168,7 @@ def test_the_export_fallback_takes_any_batch_size() -> None:
     # The export used to be fixed to the first batch size ("Guard failed: ... == 2").
     model, twin = _untraceable_and_twin()
     analyzer = innspect.create_analyzer("gradient", model)
-    assert any(n.operation == "GuardsFn" for n in analyzer.graph(torch.randn(1, 2, 4, 4)).nodes)
+    assert any(n.name == "_guards_fn" for n in analyzer.graph(torch.randn(1, 2, 4, 4)).nodes)
     reference = innspect.create_analyzer("gradient", twin)  # fx-traced
     for batch in (1, 3, 2, 70):  # a first batch of 1 is the hardest (export specialises 1)
         x = torch.randn(batch, 2, 4, 4)
@@ -189,3 +189,73 @@ def test_batchnorm_modules_are_honoured_on_the_export_path(name: str) -> None:
     result = analyzer.analyze(x)
     torch.testing.assert_close(result, innspect.create_analyzer(name, twin).analyze(x))
     assert analyzer.graph().by_name["conv"].fused == ["bn"]
+
+
+def test_a_torchscript_submodule_in_training_mode_is_refused_not_run_in_training_mode() -> None:
+    torch.manual_seed(0)
+    scripted = torch.jit.script(nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5)))
+    model = nn.Sequential(scripted, nn.ReLU(), nn.Linear(5, 3))
+    x = torch.randn(3, 4)
+    model.train()
+    with pytest.raises(NotAnalyzableModelError, match=r"TorchScript submodule '0'.*\.eval\(\)"):
+        innspect.create_analyzer("gradient", model).analyze(x)
+    model.eval()
+    leaf = x.clone().requires_grad_(True)
+    out = model(leaf)
+    out.gather(1, out.argmax(1, keepdim=True)).sum().backward()
+    torch.testing.assert_close(innspect.create_analyzer("gradient", model).analyze(x), leaf.grad)
+
+
+class _FixedBatch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:  # fx cannot branch on a traced value
+            x = x.reshape(int(x.shape[0]), 4)  # int(): export fixes the batch size
+        return self.fc(x)
+
+
+def test_an_export_fixed_to_one_batch_size_says_so_instead_of_blaming_the_input() -> None:
+    analyzer = innspect.create_analyzer("gradient", _FixedBatch())
+    analyzer.analyze(torch.randn(2, 4))
+    with pytest.raises(NotAnalyzableModelError, match="torch.export fixed a shape"):
+        analyzer.analyze(torch.randn(3, 4))
+
+
+def test_hooks_are_refused_on_the_export_fallback() -> None:
+    # torch.export would run them once, on fake tensors, at capture.
+    model, _ = _untraceable_and_twin()
+    seen: list = []
+    model.fc.register_forward_hook(lambda module, args, out: seen.append(out))
+    with pytest.raises(NotAnalyzableModelError, match="hook on module 'fc' once, at capture"):
+        innspect.create_analyzer("gradient", model).analyze(torch.randn(2, 2, 4, 4))
+    assert seen == []
+
+
+class _ListedStages(nn.Module):
+    """Calls its registered layers through a plain Python list."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.act, self.b = nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3)
+        self.stages = [self.a, self.act, self.b]
+        self.head = (self.b,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages[:-1]:
+            x = stage(x)
+        return self.head[0](x)
+
+
+def test_layers_kept_in_plain_lists_and_tuples_are_viewed_too() -> None:
+    model, x = _ListedStages().train(), torch.randn(2, 4)
+    result = innspect.create_analyzer("lrp.epsilon", model).analyze(x)
+    assert innspect.create_analyzer("lrp.epsilon", model).graph().by_name["a"].kind.name == "LINEAR"
+    assert model.stages[0] is model.a and all(m.training for m in model.modules())
+    leaf = x.clone().requires_grad_(True)
+    out = model(leaf)
+    out.gather(1, out.argmax(1, keepdim=True)).sum().backward()
+    torch.testing.assert_close(innspect.create_analyzer("gradient", model).analyze(x), leaf.grad)
+    assert result.shape == x.shape

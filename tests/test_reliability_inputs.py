@@ -226,3 +226,40 @@ def test_a_file_holding_another_analyzer_is_refused_by_a_specific_class(tmp_path
     with pytest.raises(ConfigFileError, match="holds a 'gradient' analyzer, not 'smoothgrad'"):
         analyzer_class("smoothgrad").load_npz(path, _mlp())
     assert type(analyzer_class("gradient").load_npz(path, _mlp())).name == "gradient"
+
+
+class _Payload:
+    """Unpickling it would create a file: the proof that a pickle ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_payloads_in_untrusted_files_never_run(tmp_path) -> None:
+    import pickle
+
+    from innspect.cli_loading import CLIError, load_input, load_weights
+
+    marker = tmp_path / "payload-ran"
+    payload = _Payload(str(marker))
+    npz = tmp_path / "cfg.npz"
+    np.savez(npz, config=np.array([payload], dtype=object))
+    with pytest.raises(ConfigFileError):
+        innspect.Analyzer.load_npz(npz, _mlp())
+    npy = tmp_path / "x.npy"
+    np.save(npy, np.array([payload], dtype=object), allow_pickle=True)
+    with pytest.raises(CLIError):
+        load_input(npy, "none")
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(pickle.dumps({"0.weight": payload}))
+    with pytest.raises(CLIError):
+        load_weights(_mlp(), str(weights))
+    torch.save({"model": payload}, tmp_path / "w2.pt")
+    with pytest.raises(CLIError):
+        load_weights(_mlp(), str(tmp_path / "w2.pt"))
+    assert not marker.exists()
+    pickle.loads(pickle.dumps(payload)).close()  # the control: unpickling does run it
+    assert marker.exists()

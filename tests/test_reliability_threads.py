@@ -119,12 +119,13 @@ def test_shared_analyzer_on_a_training_model_in_threads_never_touches_its_flags(
     model, norm = _training_model()
     stats = (norm.running_mean.clone(), norm.running_var.clone())
     x = torch.randn(5, 4)
-    for name in ("gradient", "lrp.epsilon"):
-        analyzer = innspect.create_analyzer(name, model)
+    options = {"integrated_gradients": {"steps": 4, "batch_size": 7}}
+    for name in ("gradient", "lrp.epsilon", "integrated_gradients", "gradient.baseline"):
+        analyzer = innspect.create_analyzer(name, model, **options.get(name, {}))
         expected = analyzer.analyze(x)
         # The eval-mode function, computed by hand on a copy.
         reference = _training_free_copy(model)
-        if name == "gradient":
+        if name.startswith("gradient"):
             torch.testing.assert_close(expected, _autograd_gradient(reference, x))
         results: list[torch.Tensor] = []
         start = time.monotonic()

@@ -654,6 +654,13 @@ class ReverseAnalyzer(Analyzer):
         for node in graph.source_nodes:
             name = graph.source_names[node]
             value = values[node]
+            if not isinstance(value, torch.Tensor):
+                users = ", ".join(repr(graph.infos[u].name) for u in node.users if u in graph.infos)
+                raise InputError(
+                    f"attribute_to={name!r} names a node whose output is a "
+                    f"{type(value).__name__}, not a tensor; name the node that takes the "
+                    f"tensor from it instead ({users})"
+                )
             signal = signals.get(node)
             if signal is None:
                 if not (isinstance(value, torch.Tensor) and value.is_floating_point()):

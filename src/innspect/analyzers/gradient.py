@@ -138,15 +138,17 @@ class GradientBaseline(Analyzer):
             self._checked = True
         given = inputs.by_name()
         leaves = {name: given[name].detach().requires_grad_(True) for name in names}
-        values = {**given, **leaves}
-        args = [values[name] for name in inputs.names]
+        # The caller's Python values (return_dict=False...) are passed as given.
+        bound = dict(inputs.call.bound)
+        values = {**{n: bound[n] for n in inputs.call.fixed}, **given, **leaves}
+        order = inputs.order or inputs.names
         # The eval view of the model: its training flags are never touched (capture.eval_view).
         model = eval_view(self.model)
         with torch.enable_grad():
             if inputs.call.keyword:
-                result = model(**dict(zip(inputs.names, args, strict=True)))
+                result = model(**{name: values[name] for name in order})
             else:
-                result = model(*args)
+                result = model(*[values[name] for name in order])
             output = select_output(result, self.output)
             selected = None
             if target is not None:

@@ -21,6 +21,7 @@ from innspect.errors import InputError, OutputSelectionError
 from innspect.graph.capture import CallSpec, bind_call
 
 Target = torch.Tensor | np.ndarray | Callable[[torch.Tensor], torch.Tensor]
+"""What ``target=`` takes: output weights or a callable ``f(y) -> (N,)``."""
 
 
 @dataclass
@@ -232,7 +233,7 @@ def to_tensor(
     return x, was_numpy
 
 
-def check_target(target: Any) -> Any:
+def check_target(target: Any) -> Target | None:
     """Validate ``target=`` at creation: None, output weights (array-like) or a callable."""
     if target is None or callable(target) or isinstance(target, torch.Tensor | np.ndarray):
         return target
@@ -244,7 +245,7 @@ def check_target(target: Any) -> Any:
     )
 
 
-def target_gradient(output: torch.Tensor, target: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def target_gradient(output: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
     """``dt/dy`` and ``t`` per sample for a target ``t`` of the explained output ``y``.
 
     Output weights ``w`` (broadcastable to ``y``, Zennit's ``attr_output``) mean
@@ -288,7 +289,9 @@ def target_gradient(output: torch.Tensor, target: Any) -> tuple[torch.Tensor, to
     return weights.clone(), (weights * y).reshape(n, -1).sum(dim=1)
 
 
-def target_rows(target: Any, rows: torch.Tensor, n_samples: int, output_dim: int) -> Any:
+def target_rows(
+    target: Target | None, rows: torch.Tensor, n_samples: int, output_dim: int
+) -> Target | None:
     """The target for a batch whose row r is a point of sample ``rows[r]`` (integrated
     gradients, SmoothGrad): per-sample weights are picked by row, callables pass as is."""
     if target is None or callable(target):

@@ -130,6 +130,15 @@ def eval_view(model: nn.Module) -> nn.Module:
     def view(module: nn.Module) -> nn.Module:
         if id(module) in memo:
             return memo[id(module)]
+        if isinstance(module, torch.jit.ScriptModule):
+            # Compiled code reads its flags from C++: a view cannot change them.
+            if any(m.training for m in module.modules()):
+                raise NotAnalyzableModelError(
+                    f"the TorchScript submodule '{paths.get(id(module), '?')}' is in training "
+                    "mode, which innspect cannot switch off without changing it; call .eval() "
+                    "on it before analysis"
+                )
+            return module
         # Not copy.copy: GraphModule's __copy__/__reduce__ rebuild and re-own its graph.
         clone = object.__new__(type(module))
         memo[id(module)] = clone
@@ -138,6 +147,9 @@ def eval_view(model: nn.Module) -> nn.Module:
         for key, value in module.__dict__.items():
             if key not in _MODULE_INTERNALS and isinstance(value, dict | list | set):
                 state[key] = copy.copy(value)
+                containers.append(state[key])
+            elif type(value) is tuple and any(isinstance(v, nn.Module) for v in value):
+                tuples.append((state, key))
         children = type(module._modules)()
         for name, child in module._modules.items():
             children[name] = None if child is None else view(child)
@@ -149,7 +161,21 @@ def eval_view(model: nn.Module) -> nn.Module:
 
     model = unwrap(model)
     paths = {id(m): path for path, m in model.named_modules()}
-    return view(model)
+    containers: list[dict | list | set] = []
+    tuples: list[tuple[dict, str]] = []
+    root = view(model)
+    # Modules also kept in plain lists or dicts (``self.stages = [self.a, self.b]``) must be
+    # the views too: fx finds a called module by identity in the traced tree.
+    for container in containers:
+        if isinstance(container, dict):
+            for key, value in container.items():
+                if id(value) in memo:
+                    container[key] = memo[id(value)]
+        elif isinstance(container, list):
+            container[:] = [memo.get(id(value), value) for value in container]
+    for state, key in tuples:
+        state[key] = tuple(memo.get(id(value), value) for value in state[key])
+    return root
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -212,6 +238,14 @@ def refuse_hooks(model: nn.Module) -> None:
                     "layers, are run). Remove the hook (handle.remove()) before analysis, or move "
                     "what it computes into the module's forward."
                 )
+
+
+def _hooked_module(model: nn.Module) -> str | None:
+    """The path of the first module with a forward hook or pre-hook, if any."""
+    for path, module in unwrap(model).named_modules():
+        if module._forward_hooks or module._forward_pre_hooks:
+            return path
+    return None
 
 
 def _hook_name(hook: object) -> str:
@@ -456,6 +490,14 @@ def capture(
                 }
             else:
                 args, kwargs = tuple(values), {}
+            hooked = _hooked_module(model)
+            if hooked is not None:
+                raise NotAnalyzableModelError(
+                    f"torch.fx could not trace {type(view).__name__} ({fx_error}), and the "
+                    f"torch.export fallback would run the hook on module '{hooked}' once, at "
+                    "capture, instead of with every analysis; remove the hook (handle.remove()) "
+                    "before analysis"
+                ) from fx_error
             try:
                 return _export(view, args, kwargs)
             except Exception as export_error:  # noqa: BLE001
@@ -501,7 +543,34 @@ def _export(view: nn.Module, args: tuple, kwargs: dict[str, Any]) -> fx.GraphMod
         exported = torch.export.export(view, args, kwargs or None, strict=False)
     module = exported.module()
     _layers_as_modules(module, view)
+    guards = getattr(module, "_guards_fn", None)
+    if isinstance(guards, nn.Module):
+        module._guards_fn = _ExportGuards(guards)
+        module.recompile()
     return module
+
+
+class _ExportGuards(nn.Module):
+    """torch.export's input checks, failing as a capture limit rather than as bad input.
+
+    A model whose forward fixes a dimension (``int(x.shape[0])``...) is exported with that
+    size; another size then fails torch's guard with an AssertionError that would read as
+    the input's fault.
+    """
+
+    def __init__(self, guards: nn.Module) -> None:
+        super().__init__()
+        self.guards = guards
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.guards(*args, **kwargs)
+        except AssertionError as error:
+            raise NotAnalyzableModelError(
+                f"torch.fx could not trace the model, and torch.export fixed a shape of the "
+                f"first input it saw ({error}); analyze inputs of that shape (e.g. in batches of "
+                "that size), or make the forward traceable by torch.fx"
+            ) from error
 
 
 # ATen operators torch.export writes for a torch.nn layer, and the layer's tensors they read.

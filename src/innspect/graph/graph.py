@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -493,6 +494,25 @@ class ModelGraph:
         return None
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Legacy: every submodule in eval mode for the block, each flag restored afterwards.
+
+    It writes the user's ``training`` flags, so it is not thread-safe (docs/reliability.md);
+    innspect itself no longer uses it. A captured graph needs nothing (its layers are eval
+    views); to call the model itself, call ``capture.eval_view(model)``. Kept so that code
+    written against it keeps working until it moves to ``eval_view``.
+    """
+    training = [m for m in model.modules() if m.training]
+    try:
+        for module in training:
+            module.training = False
+        yield
+    finally:
+        for module in training:
+            module.training = True
+
+
 def _node_args(node: fx.Node) -> list[fx.Node]:
     found: list[fx.Node] = []
     fx.node.map_arg((node.args, node.kwargs), found.append)
@@ -596,10 +616,27 @@ def _rebuild(structure: Any, values: Any) -> Any:
             return structure.target(**kwargs)
         return values[structure]
     if isinstance(structure, dict):
-        return type(structure)((k, _rebuild(v, values)) for k, v in structure.items())
+        return _Returned((k, _rebuild(v, values)) for k, v in structure.items())
     if isinstance(structure, tuple | list):
         items = [_rebuild(v, values) for v in structure]
         if hasattr(structure, "_fields"):
             return type(structure)(*items)
         return type(structure)(items)
     return structure
+
+
+class _Returned(dict):
+    """A returned dict as an ``output=`` callable sees it. fx records a returned dict
+    subclass (Hugging Face's ``ModelOutput``) as a plain dict, so this one also answers
+    ``result.logits`` and ``result[0]`` as ModelOutput does."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, int) and key not in self:
+            return list(self.values())[key]
+        return super().__getitem__(key)
