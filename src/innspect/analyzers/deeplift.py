@@ -359,3 +359,7 @@ class DeepLiftShap(Analyzer):
             total.index_add_(0, samples, explanation.attribution)
         attribution = total / b
         return Explanation(attribution, selected, scores, attributions={sources[0]: attribution})
+
+
+# The registry reads this list (plan-style catalogue); @register serves the current one.
+ANALYZERS = [DeepLIFT, DeepLIFTWrapper, DeepLiftShap]

@@ -238,3 +238,6 @@ class Occlusion(Analyzer):
                 total[(slice(None), *window)] += drop
                 counts[window] += 1
         return total / counts
+
+
+ANALYZERS = [Occlusion]
