@@ -115,6 +115,9 @@ GRAPH_LOCK = _GraphLock()
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
 
 
+_IMMUTABLE = (fx.immutable_collections.immutable_list, fx.immutable_collections.immutable_dict)
+
+
 def eval_view(model: nn.Module) -> nn.Module:
     """A mirror of ``model``'s module tree in eval mode, sharing parameters, buffers and hooks.
 
@@ -145,7 +148,13 @@ def eval_view(model: nn.Module) -> nn.Module:
         state = clone.__dict__
         state.update(module.__dict__)
         for key, value in module.__dict__.items():
-            if key not in _MODULE_INTERNALS and isinstance(value, dict | list | set):
+            if (
+                key not in _MODULE_INTERNALS
+                and isinstance(value, dict | list | set)
+                # fx's immutable lists/dicts (a GraphModule's, a TorchScript conversion's)
+                # cannot be written to, neither by tracing nor by the re-pointing below.
+                and not isinstance(value, _IMMUTABLE)
+            ):
                 state[key] = copy.copy(value)
                 containers.append(state[key])
             elif type(value) is tuple and any(isinstance(v, nn.Module) for v in value):
