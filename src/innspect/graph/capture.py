@@ -20,6 +20,7 @@ are bound to their defaults at capture time, as the model's own call would use t
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import dataclasses
@@ -115,7 +116,8 @@ GRAPH_LOCK = _GraphLock()
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
 
 
-_IMMUTABLE = (fx.immutable_collections.immutable_list, fx.immutable_collections.immutable_dict)
+# Containers a view copies (not subclasses such as fx's immutable_list, which stay shared).
+_MUTABLE_CONTAINERS = (dict, list, set, collections.OrderedDict, collections.defaultdict)
 
 
 def eval_view(model: nn.Module) -> nn.Module:
@@ -148,13 +150,7 @@ def eval_view(model: nn.Module) -> nn.Module:
         state = clone.__dict__
         state.update(module.__dict__)
         for key, value in module.__dict__.items():
-            if (
-                key not in _MODULE_INTERNALS
-                and isinstance(value, dict | list | set)
-                # fx's immutable lists/dicts (a GraphModule's, a TorchScript conversion's)
-                # cannot be written to, neither by tracing nor by the re-pointing below.
-                and not isinstance(value, _IMMUTABLE)
-            ):
+            if key not in _MODULE_INTERNALS and type(value) in _MUTABLE_CONTAINERS:
                 state[key] = copy.copy(value)
                 containers.append(state[key])
             elif type(value) is tuple and any(isinstance(v, nn.Module) for v in value):
