@@ -16,7 +16,7 @@ $(VENV)/bin/activate:
 # Re-install when the project's dependencies change. --no-compile: byte-compiling all of
 # torch at install time takes about a minute; Python compiles what it imports instead.
 $(VENV)/.installed-demo: pyproject.toml | $(VENV)/bin/activate
-	$(PY) -m pip install --no-compile $(TORCH_PINS) -e '.[demo,vision]'
+	$(PY) -m pip install --no-compile $(TORCH_PINS) -e '.[demo,vision,introspect]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/activate

@@ -496,12 +496,47 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--only",
-        choices=("deeplift",),
+        choices=("patterns", "introspect", "deeplift"),
         help="run one group only, written to RESULTS-<group>.md unless --out is given",
+    )
+    parser.add_argument("--pattern-batch", type=int, default=16, help="batch of --only patterns")
+    parser.add_argument(
+        "--pattern-stream",
+        type=int,
+        nargs="+",
+        default=[10, 100],
+        help="stream lengths (batches) whose peak memory --only patterns compares",
+    )
+    parser.add_argument(
+        "--introspect-batch", type=int, default=16, help="batch of --only introspect"
+    )
+    parser.add_argument(
+        "--introspect-channels", type=int, default=2048, help="layout size of --only introspect"
     )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     sections = ["# Benchmark results\n", "Made by `make bench` (benchmarks/run.py).\n", machine()]
+    if args.only == "patterns":
+        import sys
+
+        import bench_patterns
+
+        out = args.out if "--out" in (argv or sys.argv) else HERE / "RESULTS-patterns.md"
+        sections[1] = "Made by `python benchmarks/run.py --only patterns`.\n"
+        sections.append(
+            bench_patterns.section(
+                sys.modules[__name__],
+                args.models,
+                args.pattern_batch,
+                args.size,
+                args.repeats,
+                args.pattern_stream,
+            )
+        )
+        sections.append(render_duration(time.perf_counter() - started, args.started_at))
+        write_text(out, "\n".join(sections))
+        print(f"wrote {out}")
+        return
     if args.only == "deeplift":
         import sys
 
@@ -512,6 +547,29 @@ def main(argv: list[str] | None = None) -> None:
         sections.append(
             bench_deeplift.section(
                 sys.modules[__name__], args.models, args.batch, args.size, args.repeats
+            )
+        )
+        sections.append(render_duration(time.perf_counter() - started, args.started_at))
+        write_text(out, "\n".join(sections))
+        print(f"wrote {out}")
+        return
+    if args.only == "introspect":
+        import sys
+
+        import bench_introspect
+
+        given = argv or sys.argv
+        out = args.out if "--out" in given else HERE / "RESULTS-introspect.md"
+        models = args.models if "--models" in given else ["resnet50"]
+        sections[1] = "Made by `python benchmarks/run.py --only introspect`.\n"
+        sections.append(
+            bench_introspect.section(
+                sys.modules[__name__],
+                models,
+                args.introspect_batch,
+                args.size,
+                args.repeats,
+                args.introspect_channels,
             )
         )
         sections.append(render_duration(time.perf_counter() - started, args.started_at))

@@ -496,7 +496,7 @@ def _helpful_cases(tmp: Path, weights_path: Path, files: list[Path]) -> dict:
         ),
         "unknown option": (
             [*good, "--input", npy, "--method", "lrp.epsilon", "--option", "epsiln=0.1"],
-            "did you mean 'epsilon'? valid options: bn_layer_rule, epsilon,",
+            "did you mean 'epsilon'? valid options: bias, bn_layer_fuse_mode, bn_layer_rule,",
         ),
         "greyscale into a colour model": (
             ["--model", "tests.cli_models:rgb_cnn", "--input", png, "--method", "gradient"],

@@ -28,6 +28,7 @@ OUTPUTS = (
     "digits_cnn.pt",
     "digits",
     "digits_labels.txt",
+    "introspection",
 )
 
 
@@ -110,6 +111,21 @@ def test_html_references_only_existing_files(demo_dir: Path) -> None:
         assert (demo_dir / reference).is_file(), reference
 
 
+def test_introspection_maps_every_chosen_layer(demo_dir: Path) -> None:
+    """The demo's introspection: NAPs of ten digit classes, a contrastive topomap row per
+    layer (one panel per class) on the page, quality metrics in results.json."""
+    summary = json.loads((demo_dir / "results.json").read_text())["introspection"]
+    assert summary["groups"] == [str(d) for d in range(10)]
+    page = (demo_dir / "index.html").read_text()
+    for layer in summary["layers"]:
+        assert layer["contrastive_topomaps"] in page
+        assert sorted(layer["group_order"], key=int) == summary["groups"]
+        assert layer["quality"]["resize_auc"] > 0
+        with Image.open(demo_dir / layer["contrastive_topomaps"]) as row:
+            assert row.width > 5 * row.height  # ten panels side by side
+    assert (demo_dir / summary["index"]).is_file()
+
+
 def test_methods_are_grouped_by_family_each_described_once(demo_dir: Path) -> None:
     results = json.loads((demo_dir / "results.json").read_text())
     grouped = [name for family in results["families"] for name in family["methods"]]
@@ -145,7 +161,10 @@ def test_demo_page_opens_in_a_headless_browser_with_every_image(demo_dir: Path) 
     from tests.browser import images_in_page
 
     images = images_in_page(demo_dir / "index.html")
-    assert {"analysis_grid.png", "perturbation.png"} <= {source for source, _ in images}
+    introspection = json.loads((demo_dir / "results.json").read_text())["introspection"]
+    maps = {layer["contrastive_topomaps"] for layer in introspection["layers"]}
+    expected = {"analysis_grid.png", "perturbation.png"} | maps
+    assert expected <= {source for source, _ in images}
     assert all(loaded for _, loaded in images), images
 
 

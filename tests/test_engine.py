@@ -10,6 +10,7 @@ from torch import nn
 
 import innspect
 from innspect.engine.forward import run_forward
+from innspect.engine.strategy import EngineStrategy
 from innspect.graph.graph import ModelGraph
 from innspect.graph.kinds import Kind
 from tests.models import FunctionalNet, assert_model_unchanged, mlp, model_state
@@ -220,7 +221,7 @@ def test_unsupported_node_names_node_and_operation_and_model_is_unchanged() -> N
     handle = model.fc.register_forward_hook(lambda *args: None)
     before = model_state(model)
     with pytest.raises(innspect.UnsupportedNodeError, match=r"'sigmoid' \(sigmoid\).*deconvnet"):
-        innspect.create_analyzer("deconvnet", model).analyze(torch.randn(2, 4))
+        innspect.create_analyzer("deconvnet", model, strict=True).analyze(torch.randn(2, 4))
     assert_model_unchanged(model, before)
     handle.remove()
 
@@ -400,9 +401,7 @@ class SumsNet(ResidualNet):
 
 
 @pytest.mark.parametrize("name", ["lrp.epsilon", "lrp.z", "deep_taylor", "lrp.epsilon_plus"])
-def test_sum_rule_without_autograd_equals_the_autograd_z_rule(name: str, monkeypatch) -> None:
-    import innspect.rules.lrp_nodes as lrp_nodes
-
+def test_sum_rule_without_autograd_equals_the_autograd_z_rule(name: str) -> None:
     torch.manual_seed(0)
     model = SumsNet().double().eval()
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
@@ -413,8 +412,8 @@ def test_sum_rule_without_autograd_equals_the_autograd_z_rule(name: str, monkeyp
     # composites take d + d (one distinct input) as a plain gradient.
     assert used.count("ZRuleSum") == (3 if name == "lrp.epsilon_plus" else 4)
     result = fast.analyze(x)
-    monkeypatch.setattr(lrp_nodes, "is_plain_sum", lambda info: False)
     slow = innspect.create_analyzer(name, model)
+    slow.engine_strategy = EngineStrategy(sum_without_autograd=False)
     slow.graph(x)
     assert "ZRuleSum" not in {type(m).__name__ for m in slow._mappings.values()}
     torch.testing.assert_close(result, slow.analyze(x), rtol=1e-12, atol=1e-14)
@@ -443,13 +442,9 @@ def test_record_drops_relu_outputs_it_can_rebuild_and_results_do_not_change(monk
 
 
 @pytest.mark.parametrize("name", ["guided_backprop", "deconvnet"])
-def test_relu_variants_transpose_linear_layers_like_autograd_through_batchnorm(
-    name: str, monkeypatch
-) -> None:
+def test_relu_variants_transpose_linear_layers_like_autograd_through_batchnorm(name: str) -> None:
     # Guided backprop and Deconvnet fold BatchNorm into the convolutions and map linear
     # layers by their transposed operation; both must equal autograd's VJP on the model.
-    import innspect.analyzers.gradient as gradient
-
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1),
@@ -475,9 +470,9 @@ def test_relu_variants_transpose_linear_layers_like_autograd_through_batchnorm(
     assert "LinearGradient" in {type(m).__name__ for m in fast._mappings.values()}
     assert fast.graph().fused  # the BatchNorms were folded
     result = fast.analyze(x)
-    monkeypatch.setattr(gradient, "LINEAR_GRADIENT", gradient.GRADIENT)
-    monkeypatch.setattr(gradient._ReLUVariant, "fuse_batchnorm", False)
     slow = innspect.create_analyzer(name, model)
+    slow.engine_strategy = EngineStrategy(transpose_linear=False)
+    slow.fuse_batchnorm = False
     slow.graph(x)
     assert "LinearGradient" not in {type(m).__name__ for m in slow._mappings.values()}
     torch.testing.assert_close(result, slow.analyze(x), rtol=1e-10, atol=1e-12)
@@ -511,9 +506,7 @@ class PoolingNet(nn.Module):
         "guided_backprop",
     ],
 )
-def test_max_pooling_recomputed_in_the_walk_equals_its_recorded_vjp(name: str, monkeypatch) -> None:
-    import innspect.rules.basic as basic
-
+def test_max_pooling_recomputed_in_the_walk_equals_its_recorded_vjp(name: str) -> None:
     torch.manual_seed(0)
     model = PoolingNet().double().eval()
     model.conv.bias.data.fill_(-0.5)  # many ReLU zeros: windows with tied maxima
@@ -530,8 +523,8 @@ def test_max_pooling_recomputed_in_the_walk_equals_its_recorded_vjp(name: str, m
 
     assert pool_inputs <= dropped(fast)
     result = fast.analyze(x)
-    monkeypatch.setattr(basic, "RECOMPUTED_GRADIENT", basic.GRADIENT)
     slow = innspect.create_analyzer(name, model)
+    slow.engine_strategy = EngineStrategy(recompute_max_pool=False)
     slow.graph(x)
     assert "RecomputedGradient" not in {type(m).__name__ for m in slow._mappings.values()}
     assert not pool_inputs & dropped(slow)

@@ -691,3 +691,25 @@ def test_attribute_to_a_node_returning_a_tuple_names_its_readers() -> None:
     # the node taking a tensor out of it works
     result = innspect.create_analyzer("gradient", model, attribute_to="getitem").analyze(x)
     assert result.shape == (2, 2)
+
+
+def test_integrated_gradients_callable_target_may_hold_per_sample_data() -> None:
+    model = _seeded(ImageAndAux())
+    image, aux = _image_aux()
+    reference = torch.randn(3, 3, **DOUBLE)  # one reference output per sample
+
+    def similarity(y: torch.Tensor) -> torch.Tensor:
+        return F.cosine_similarity(y, reference, dim=1)
+
+    steps = 3
+    # batch_size 4 < 3 samples x 3 points: chunks cut through the samples of a point
+    ig = innspect.create_analyzer("integrated_gradients", model, steps=steps, batch_size=4)
+    ours = ig.analyze((image, aux), target=similarity)
+    mean = [torch.zeros_like(image), torch.zeros_like(aux)]
+    for k in range(steps):
+        grads = _autograd(
+            lambda a, b: similarity(model(a, b)), (image * k / steps, aux * k / steps)
+        )
+        mean = [m + g / steps for m, g in zip(mean, grads, strict=True)]
+    torch.testing.assert_close(ours[0], mean[0] * image, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ours[1], mean[1] * aux, rtol=1e-10, atol=1e-12)

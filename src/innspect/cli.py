@@ -25,7 +25,9 @@ SUBCOMMANDS: dict[str, str] = {
     "demo": "innspect.cli_demo",
     "analyze": "innspect.cli_analyze",
     "methods": "innspect.cli_methods",
+    "patterns": "innspect.cli_patterns",
     "references": "innspect.cli_references",
+    "introspect": "innspect.cli_introspect",
 }
 
 

@@ -109,6 +109,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--report", action="store_true", help="also write index.html, a self-contained page"
     )
+    parser.add_argument(
+        "--patterns",
+        metavar="FILE",
+        help="patterns for pattern.net / pattern.attribution (`innspect patterns compute`)",
+    )
 
 
 # -- methods and options -----------------------------------------------------------------------
@@ -158,6 +163,10 @@ def parse_options(items: Sequence[str]) -> dict[str, Any]:
     return options
 
 
+# Options every analyzer takes (iNNvestigate's): not worth listing in an error message.
+_EVERY_ANALYZER = {"neuron_selection_mode", "disable_model_checks", "allow_lambda_layers"}
+
+
 def options_per_method(
     methods: list[str], options: dict[str, Any], seed: int, neuron: int | None
 ) -> dict[str, dict[str, Any]]:
@@ -175,7 +184,7 @@ def options_per_method(
         if not any(key in accepted[m] for m in methods):
             # Listed: the methods' own options, not those every analyzer takes (neuron
             # selection, target, output, attribute_to...) nor the reverse_* ones.
-            shared = analyzer_parameters(Analyzer)[0]
+            shared = analyzer_parameters(Analyzer)[0] | _EVERY_ANALYZER
             valid = sorted(set().union(*accepted.values()))
             which = methods[0] if len(methods) == 1 else ", ".join(methods)
             listed = ", ".join(v for v in valid if v not in shared and not v.startswith("reverse_"))
@@ -253,7 +262,10 @@ def _run(args: argparse.Namespace) -> int:
     for sample in samples:
         check_channels(model, sample)
     labels = read_labels(args.labels) if args.labels else loaded.class_names
-    per_method = options_per_method(methods, parse_options(args.option), args.seed, args.neuron)
+    options = parse_options(args.option)
+    if args.patterns is not None:
+        options["patterns"] = args.patterns
+    per_method = options_per_method(methods, options, args.seed, args.neuron)
     analyzers = {}
     for method in methods:
         try:

@@ -74,3 +74,18 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_npz(path: str | os.PathLike, arrays: dict) -> Path:
+    """Write ``arrays`` (name -> numpy array) to an uncompressed .npz file atomically.
+
+    A ``.npz`` suffix is added when missing (as ``numpy.savez`` does); returns the path.
+    """
+    target = Path(path)
+    if target.suffix != ".npz":
+        target = target.with_name(target.name + ".npz")
+    import numpy as np  # numpy is a core dependency; imported here to keep this module light
+
+    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+    return target

@@ -28,8 +28,10 @@ from innspect.analyzers.io import (
     to_tensor,
 )
 from innspect.analyzers.options import check_flag, check_range
+from innspect.analyzers.plan import Plan, build_plan
 from innspect.engine.forward import ForwardRecord, run_forward
 from innspect.engine.reverse import Mapping, ReverseOptions, reverse_walk
+from innspect.engine.strategy import DEFAULT_STRATEGY, EngineStrategy, computes_gradient, realize
 from innspect.errors import (
     ConfigFileError,
     InnspectError,
@@ -43,7 +45,6 @@ from innspect.fileio import atomic_path
 from innspect.graph.capture import GRAPH_LOCK, refuse_hooks
 from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.graph.kinds import Kind, classify
-from innspect.rules.basic import Gradient
 
 NEURON_SELECTION_MODES = ("max_activation", "index", "all")
 
@@ -79,6 +80,7 @@ class Explanation:
     node_sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     attributions: dict[str, torch.Tensor] = field(default_factory=dict)
     """Every attribution by input or node name (``attribute_to``), postprocessed."""
+    plan: Plan | None = None  # the rule of each node (methods run by the reverse walk)
 
     def __post_init__(self) -> None:
         if not self.attributions:
@@ -153,7 +155,15 @@ class Analyzer:
         attribute_to: str | Sequence[str] | None = None,
         attribute_sum_axis: int | None = None,
         allow_nonfinite: bool = False,
+        disable_model_checks: bool = False,
+        allow_lambda_layers: bool = False,
     ) -> None:
+        # iNNvestigate's options (docs/innvestigate.md): disable_model_checks skips the
+        # refusal of an output softmax; allow_lambda_layers has nothing to allow (innspect
+        # traces through Python code, there are no opaque Lambda layers).
+        _check_flag("disable_model_checks", disable_model_checks)
+        _check_flag("allow_lambda_layers", allow_lambda_layers)
+        self.disable_model_checks = disable_model_checks
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if neuron_selection_mode not in NEURON_SELECTION_MODES:
@@ -415,6 +425,8 @@ class ReverseAnalyzer(Analyzer):
 
     fuse_batchnorm: ClassVar[bool] = False
     relevance_start: ClassVar[bool] = False  # start from the output value (LRP), not from 1
+    # How the engine computes each mapping (memory/speed; never changes the numbers).
+    engine_strategy: EngineStrategy = DEFAULT_STRATEGY
 
     def __init__(
         self,
@@ -423,12 +435,20 @@ class ReverseAnalyzer(Analyzer):
         neuron_selection_mode: str = "max_activation",
         reverse_keep_tensors: bool = False,
         reverse_check_finite: bool = False,
-        reverse_clip_values: Sequence[float] | None = None,
+        reverse_clip_values: Sequence[float] | bool | None = None,
         reverse_project_bottleneck_layers: bool | Sequence[float] = False,
         reverse_min_max: bool = False,
-        **io_options: Any,
+        reverse_check_min_max_values: bool = False,
+        reverse_verbose: bool = False,
+        reverse_reapply_on_copied_layers: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(model, neuron_selection_mode=neuron_selection_mode, **io_options)
+        super().__init__(model, neuron_selection_mode=neuron_selection_mode, **kwargs)
+        _check_flag("reverse_check_min_max_values", reverse_check_min_max_values)
+        _check_flag("reverse_verbose", reverse_verbose)
+        # Rules never re-apply the user's layers: they always run on replaced weights.
+        _check_flag("reverse_reapply_on_copied_layers", reverse_reapply_on_copied_layers)
+        self.reverse_verbose = reverse_verbose
         project = reverse_project_bottleneck_layers
         if isinstance(project, bool | int) and not isinstance(project, np.ndarray):
             bottleneck = (
@@ -437,16 +457,24 @@ class ReverseAnalyzer(Analyzer):
         else:
             bottleneck = check_range("reverse_project_bottleneck_layers", project)
         clip = reverse_clip_values
+        if clip is False:  # iNNvestigate's default for "no clipping"
+            clip = None
         self.reverse_options = ReverseOptions(
             keep_tensors=check_flag("reverse_keep_tensors", reverse_keep_tensors),
             check_finite=check_flag("reverse_check_finite", reverse_check_finite),
             clip_values=None if clip is None else check_range("reverse_clip_values", clip),
             project_bottleneck=bottleneck,
-            min_max=check_flag("reverse_min_max", reverse_min_max),
+            # iNNvestigate prints them; innspect records them in Explanation.min_max too.
+            min_max=check_flag("reverse_min_max", reverse_min_max)
+            or reverse_check_min_max_values
+            or reverse_verbose,
         )
+        self._print_min_max = reverse_check_min_max_values or reverse_verbose
         self._graph: ModelGraph | None = None
         self._graph_key: Any = None
         self._mappings: dict[fx.Node, Mapping] = {}
+        self._rules: dict[fx.Node, Mapping] = {}
+        self._built_plan: Any = None
         self._autograd_nodes: frozenset[fx.Node] = frozenset()
         self._plain_gradient = False
 
@@ -487,16 +515,23 @@ class ReverseAnalyzer(Analyzer):
         if inputs is not None:
             self._check_sources(graph, inputs)
         activation = graph.output_activation()
-        if activation is not None:
+        if activation is not None and not self.disable_model_checks:
             raise _activation_error(activation)
-        self._mappings = {info.node: self._mapping(info, graph) for info in graph.nodes}
+        # The method says what each node computes; the engine how (see engine/strategy.py).
+        self._rules = {info.node: self._mapping(info, graph) for info in graph.nodes}
+        self._mappings = {
+            info.node: realize(self._rules[info.node], info, self.engine_strategy)
+            for info in graph.nodes
+        }
+        self._built_plan = None
         self._autograd_nodes = frozenset(
             node for node, m in self._mappings.items() if m.needs_autograd
         )
-        # When every node maps by its VJP, one autograd pass is the same walk, done in C++.
+        # When every node maps by its VJP, one autograd pass is the same walk, done in C++
+        # (not for a callable output=: the walk checks the tensors its signal reaches).
         ends = {n for n in graph.source_nodes if not graph.infos[n].signal_inputs}
         self._plain_gradient = graph.output_fn is None and all(
-            type(m) is Gradient
+            computes_gradient(m)
             for node, m in self._mappings.items()
             if node in graph.infos
             and graph.infos[node].depends_on_input
@@ -522,6 +557,19 @@ class ReverseAnalyzer(Analyzer):
 
     def _mapping(self, info: NodeInfo, graph: ModelGraph) -> Mapping:
         raise NotImplementedError
+
+    def plan(self, example_input: torch.Tensor | None = None) -> Plan:
+        """The rule each node gets (``print`` it); captures the graph on first use."""
+        graph = self.graph(example_input)
+        if self._built_plan is None:
+            self._built_plan = build_plan(self.name, graph, self._rules)
+        return self._built_plan
+
+    def explain(self, *args: Any, **kwargs: Any) -> Explanation:
+        """Like ``analyze`` but returns an Explanation, with the plan used (``.plan``)."""
+        explanation = super().explain(*args, **kwargs)
+        explanation.plan = self.plan()
+        return explanation
 
     def _start_value(self, output: torch.Tensor) -> torch.Tensor:
         """Signal value at the selected output neurons: 1 for gradients, y for relevance."""
@@ -582,6 +630,8 @@ class ReverseAnalyzer(Analyzer):
             graph, record, starts, lambda info: self._mappings[info.node], self.reverse_options
         )
         attributions = self._finish(graph, result.attributions, source_values)
+        if self._print_min_max:
+            _print_walk(self, result.min_max)
         return Explanation(
             next(iter(attributions.values())),
             selected,
@@ -621,7 +671,11 @@ class ReverseAnalyzer(Analyzer):
             found = {n: g for n, g in zip(wanted, grads, strict=True) if g is not None}
             for leaf, grad in found.items():
                 activation = graph.output_activation(leaf)
-                if activation is not None and bool(grad.ne(0).any()):
+                if (
+                    activation is not None
+                    and not self.disable_model_checks
+                    and bool(grad.ne(0).any())
+                ):
                     raise _activation_error(activation)
             return found
 
@@ -730,6 +784,8 @@ class ReverseAnalyzer(Analyzer):
             graph, record, start, lambda info: self._mappings[info.node], self.reverse_options
         )
         attributions = self._finish(graph, result.attributions, source_values)
+        if self._print_min_max:
+            _print_walk(self, result.min_max)
         return Explanation(
             next(iter(attributions.values())),
             selected,
@@ -889,6 +945,20 @@ def _integer_input_message(name: str, value: Any, embeddings: Sequence[str]) -> 
         f"input {name!r} is {dtype}: integer inputs (token ids, masks) carry no gradient "
         f"and get no attribution; {hint}"
     )
+
+
+def _check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def _print_walk(analyzer: ReverseAnalyzer, min_max: dict[str, tuple[float, float]]) -> None:
+    """iNNvestigate's reverse_verbose / reverse_check_min_max_values: print each node's
+    rule (verbose) and the minimum and maximum of its signal."""
+    rules = analyzer.plan().rules if analyzer.reverse_verbose else {}
+    for name, (low, high) in min_max.items():
+        rule = f"  {rules[name]!r}" if name in rules else ""
+        print(f"{analyzer.name}: node {name!r}{rule}: min {low:.6g}, max {high:.6g}")
 
 
 def _jsonable(value: Any) -> Any:

@@ -52,24 +52,29 @@ from typing import Any
 
 from torch import nn
 
-from innspect.analyzers.lrp import LRP, is_conv, is_dense
-from innspect.analyzers.registry import register
-from innspect.engine.reverse import Mapping
-from innspect.graph.graph import NodeInfo
-from innspect.graph.kinds import AVG_POOL_MODULES, Kind
+from innspect.analyzers.lrp import LRP
+from innspect.analyzers.plan import (
+    Composite,
+    Predicate,
+    Site,
+    family,
+    first_layer,
+    functional,
+    kind,
+    lrp_default,
+    module_type,
+)
+from innspect.analyzers.presets import Preset
+from innspect.graph.kinds import Kind, modules_of
 from innspect.rules.basic import GRADIENT
 from innspect.rules.lrp import AlphaBeta, Bounded, Epsilon, Flat, Gamma, LinearRule
-from innspect.rules.lrp_nodes import (
-    PASS_THROUGH,
-    ZRuleNoParam,
-    is_signal_sum,
-    lrp_node_mapping,
-    z_rule_no_param,
-)
+from innspect.rules.lrp_nodes import PASS_THROUGH, ZRuleNoParam, is_signal_sum
 
 ZENNIT_STABILIZER = 1e-6
 
-# zennit.types.Activation: the modules Zennit's composites pass relevance through.
+# zennit.types.Activation: the modules Zennit's composites pass relevance through. Kept as
+# Zennit's own list (not innspect's activation family, which differs: Mish, Threshold...),
+# since these composites reproduce Zennit.
 ZENNIT_ACTIVATIONS = (
     nn.ELU,
     nn.Hardshrink,
@@ -94,126 +99,118 @@ ZENNIT_ACTIVATIONS = (
     nn.Tanhshrink,
     nn.Threshold,
 )
+_LINEAR = kind(Kind.LINEAR)
+_NO_PARAM = kind(Kind.LINEAR_NO_PARAM)
 
 
-def first_module_name(model: nn.Module, types: tuple[type, ...]) -> str | None:
-    """Name of the first module of ``types`` in registration order (Zennit's "first layer")."""
-    return next((name for name, m in model.named_modules() if isinstance(m, types)), None)
+def zennit_composite(
+    name: str,
+    conv_rule: LinearRule,
+    epsilon: float = 1e-6,
+    stabilizer: float = ZENNIT_STABILIZER,
+    first_rule: LinearRule | None = None,
+    first_types: tuple[type, ...] = (),
+) -> Composite:
+    """A Zennit-style composite: ``conv_rule`` on convolutions, Epsilon on dense layers,
+    ``first_rule`` on the first module of ``first_types``, Zennit's rules elsewhere."""
+    first = [] if first_rule is None else [(_LINEAR & first_layer(*first_types), first_rule)]
+    norm = ZRuleNoParam(stabilizer)
+
+    def default(site: Site) -> Any:
+        return lrp_default(site, name, stabilizer)
+
+    return Composite(
+        [
+            (_LINEAR & functional(), GRADIENT),  # F.linear / F.conv2d: Zennit hooks modules only
+            *first,
+            (_LINEAR & family("conv"), conv_rule),
+            (_LINEAR & family("dense"), Epsilon(epsilon=epsilon)),
+            # Zennit's Pass on a BatchNorm its canonizer did not merge.
+            (kind(Kind.BATCHNORM), PASS_THROUGH),
+            (kind(Kind.ACTIVATION) & module_type(*ZENNIT_ACTIVATIONS), PASS_THROUGH),
+            (kind(Kind.ACTIVATION), GRADIENT),  # functional activations: not hooked
+            (_NO_PARAM & _signal_sum(), norm),  # ResNetCanonizer's Sum module, Norm rule
+            (_NO_PARAM & module_type(*modules_of("average")), norm),
+            (_NO_PARAM | kind(Kind.SCALE), GRADIENT),
+        ],
+        default=default,
+        name=name,
+    )
 
 
-class ZennitComposite(LRP):
-    """Base of the Zennit-style composites: Zennit's node mappings and stabilisers.
-
-    Parameters
-    ----------
-    epsilon
-        Epsilon of the rule on dense layers (Zennit's default 1e-6).
-    stabilizer
-        Stabiliser of every other rule (Zennit's default 1e-6).
-    """
-
-    first_layer_types: tuple[type, ...] = ()
-
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        epsilon: float = 1e-6,
-        stabilizer: float = ZENNIT_STABILIZER,
-        **kwargs: Any,
-    ) -> None:
-        for key in ("rule", "input_layer_rule", "until_layer_idx", "until_layer_rule"):
-            if key in kwargs:
-                raise TypeError(f"{self.name} fixes its rules; it does not take {key}=")
-        self.stabilizer = stabilizer
-        self._norm = ZRuleNoParam(stabilizer)
-        conditions: list[tuple[Any, LinearRule]] = []
-        first_rule = self._first_rule(stabilizer)
-        if first_rule is not None:
-            first = first_module_name(model, self.first_layer_types)
-            if first is not None:
-                conditions.append((lambda info: info.name.split(":")[0] == first, first_rule))
-        conditions += [
-            (is_conv, self._conv_rule(stabilizer)),
-            (is_dense, Epsilon(epsilon=epsilon)),
-        ]
-        super().__init__(model, rule=conditions, **kwargs)
-
-    def _first_rule(self, stabilizer: float) -> LinearRule | None:
-        return None
-
-    def _conv_rule(self, stabilizer: float) -> LinearRule:
-        raise NotImplementedError
-
-    def _linear_mapping(self, info: NodeInfo, index: int, input_layers: set) -> Mapping:
-        if info.module is None:
-            return GRADIENT  # F.linear / F.conv2d: Zennit hooks modules only
-        return super()._linear_mapping(info, index, input_layers)
-
-    def _batchnorm_mapping(self, info: NodeInfo) -> Mapping:
-        return PASS_THROUGH  # Zennit's Pass on a BatchNorm its canonizer did not merge
-
-    def _node_mapping(self, info: NodeInfo) -> Mapping:
-        kind = info.kind
-        if kind is Kind.ACTIVATION:
-            return PASS_THROUGH if isinstance(info.module, ZENNIT_ACTIVATIONS) else GRADIENT
-        if kind is Kind.LINEAR_NO_PARAM:
-            if is_signal_sum(info):
-                return z_rule_no_param(info, self.stabilizer)
-            if isinstance(info.module, AVG_POOL_MODULES):
-                return self._norm
-            return GRADIENT
-        if kind is Kind.SCALE:
-            return GRADIENT
-        return lrp_node_mapping(info, self.name, self.stabilizer)
+def _signal_sum() -> Predicate:
+    return Predicate(lambda s: is_signal_sum(s.info), "signal_sum")
 
 
-@register
-class EpsilonPlus(ZennitComposite):
-    """Zennit's EpsilonPlus: ZPlus (with b+) on convolutions, Epsilon on dense layers."""
-
-    name = "lrp.epsilon_plus"
-
-    def _conv_rule(self, stabilizer: float) -> LinearRule:
-        return AlphaBeta(alpha=1, beta=0, stabilizer=stabilizer, split_bias=True)
+_CONV_TYPES = (nn.modules.conv._ConvNd,)
+_FLAT_TYPES = (nn.Linear, nn.modules.conv._ConvNd)
 
 
-class _FlatFirstLayer:
-    """Zennit's *Flat composites: the Flat rule on the first Linear or convolution module."""
+def _composite(name: str, alpha: float, beta: float, flat: bool) -> Any:
+    def derive(epsilon: float = 1e-6, stabilizer: float = ZENNIT_STABILIZER) -> dict[str, Any]:
+        conv = AlphaBeta(alpha=alpha, beta=beta, stabilizer=stabilizer, split_bias=True)
+        first = Flat(stabilizer=stabilizer) if flat else None
+        composite = zennit_composite(name, conv, epsilon, stabilizer, first, _FLAT_TYPES)
+        return {"composite": composite}
 
-    first_layer_types = (nn.Linear, nn.modules.conv._ConvNd)
-
-    def _first_rule(self, stabilizer: float) -> LinearRule | None:
-        return Flat(stabilizer=stabilizer)
-
-
-@register
-class EpsilonPlusFlat(_FlatFirstLayer, EpsilonPlus):
-    """Zennit's EpsilonPlusFlat: EpsilonPlus with Flat on the first linear layer."""
-
-    name = "lrp.epsilon_plus_flat"
+    return derive
 
 
-@register
-class EpsilonAlpha2Beta1(ZennitComposite):
-    """Zennit's EpsilonAlpha2Beta1: AlphaBeta(2, 1) on convolutions, Epsilon on dense."""
+def _gamma_box(
+    low: Any = None,
+    high: Any = None,
+    gamma: float = 0.25,
+    epsilon: float = 1e-6,
+    stabilizer: float = ZENNIT_STABILIZER,
+) -> dict[str, Any]:
+    if low is None or high is None:
+        raise ValueError(
+            "lrp.epsilon_gamma_box needs low and high, the input's value range (scalars "
+            "or tensors broadcastable to the input), e.g. low=-3.0, high=3.0"
+        )
+    conv = Gamma(gamma=gamma, stabilizer=stabilizer, generalized=True)
+    first = Bounded(low=low, high=high, stabilizer=stabilizer)
+    composite = zennit_composite(
+        "lrp.epsilon_gamma_box", conv, epsilon, stabilizer, first, _CONV_TYPES
+    )
+    return {"composite": composite}
 
-    name = "lrp.epsilon_alpha2_beta1"
 
-    def _conv_rule(self, stabilizer: float) -> LinearRule:
-        return AlphaBeta(alpha=2, beta=1, stabilizer=stabilizer, split_bias=True)
+_HINT = "use create_analyzer('lrp', model, composite=...) for other rules"
 
-
-@register
-class EpsilonAlpha2Beta1Flat(_FlatFirstLayer, EpsilonAlpha2Beta1):
-    """Zennit's EpsilonAlpha2Beta1Flat: EpsilonAlpha2Beta1 with Flat on the first layer."""
-
-    name = "lrp.epsilon_alpha2_beta1_flat"
-
-
-@register
-class EpsilonGammaBox(ZennitComposite):
-    """Zennit's EpsilonGammaBox: ZBox on the first convolution, Gamma on the others.
+PRESETS: list[Preset] = [
+    Preset(
+        "lrp.epsilon_plus",
+        LRP,
+        "Zennit's EpsilonPlus: ZPlus (with b+) on convolutions, Epsilon on dense layers.",
+        _composite("lrp.epsilon_plus", 1, 0, False),
+        hint=_HINT,
+    ),
+    Preset(
+        "lrp.epsilon_plus_flat",
+        LRP,
+        "Zennit's EpsilonPlusFlat: EpsilonPlus with Flat on the first linear layer.",
+        _composite("lrp.epsilon_plus_flat", 1, 0, True),
+        hint=_HINT,
+    ),
+    Preset(
+        "lrp.epsilon_alpha2_beta1",
+        LRP,
+        "Zennit's EpsilonAlpha2Beta1: AlphaBeta(2, 1) on convolutions, Epsilon on dense.",
+        _composite("lrp.epsilon_alpha2_beta1", 2, 1, False),
+        hint=_HINT,
+    ),
+    Preset(
+        "lrp.epsilon_alpha2_beta1_flat",
+        LRP,
+        "Zennit's EpsilonAlpha2Beta1Flat: EpsilonAlpha2Beta1 with Flat on the first layer.",
+        _composite("lrp.epsilon_alpha2_beta1_flat", 2, 1, True),
+        hint=_HINT,
+    ),
+    Preset(
+        "lrp.epsilon_gamma_box",
+        LRP,
+        """Zennit's EpsilonGammaBox: ZBox on the first convolution, Gamma on the others.
 
     Parameters
     ----------
@@ -222,40 +219,10 @@ class EpsilonGammaBox(ZennitComposite):
         the input.
     gamma
         Gamma of the convolution rule (Zennit's default 0.25).
-    """
-
-    name = "lrp.epsilon_gamma_box"
-    first_layer_types = (nn.modules.conv._ConvNd,)
-
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        low: Any = None,
-        high: Any = None,
-        gamma: float = 0.25,
-        **kwargs: Any,
-    ) -> None:
-        if low is None or high is None:
-            raise ValueError(
-                "lrp.epsilon_gamma_box needs low and high, the input's value range (scalars "
-                "or tensors broadcastable to the input), e.g. low=-3.0, high=3.0"
-            )
-        self._low, self._high, self._gamma = low, high, gamma
-        super().__init__(model, **kwargs)
-
-    def _first_rule(self, stabilizer: float) -> LinearRule | None:
-        return Bounded(low=self._low, high=self._high, stabilizer=stabilizer)
-
-    def _conv_rule(self, stabilizer: float) -> LinearRule:
-        return Gamma(gamma=self._gamma, stabilizer=stabilizer, generalized=True)
-
-
-__all__ = [
-    "EpsilonAlpha2Beta1",
-    "EpsilonAlpha2Beta1Flat",
-    "EpsilonGammaBox",
-    "EpsilonPlus",
-    "EpsilonPlusFlat",
-    "ZennitComposite",
+    """,
+        _gamma_box,
+        hint=_HINT,
+    ),
 ]
+
+ANALYZERS: list[Any] = list(PRESETS)

@@ -20,7 +20,6 @@ from torch import nn
 from innspect.analyzers.base import Analyzer, Explanation, ReverseAnalyzer
 from innspect.analyzers.baselines import broadcast_baseline
 from innspect.analyzers.io import ModelInputs, target_gradient, target_rows
-from innspect.analyzers.registry import register
 from innspect.engine.forward import run_forward_with_reference
 from innspect.engine.reverse import Mapping, Unsupported, reverse_walk
 from innspect.errors import InputError, NotAnalyzableModelError
@@ -49,7 +48,6 @@ _LINEAR_KINDS = (
 )
 
 
-@register
 class DeepLIFT(ReverseAnalyzer):
     """DeepLIFT (Shrikumar et al. 2017): contributions of differences from a reference input.
 
@@ -205,14 +203,12 @@ class DeepLIFT(ReverseAnalyzer):
         )
 
 
-@register
 class DeepLIFTWrapper(DeepLIFT):
     """DeepLIFT under iNNvestigate 1.0.9's name for the original DeepLIFT (same parameters)."""
 
     name = "deep_lift.wrapper"
 
 
-@register
 class DeepLiftShap(Analyzer):
     """DeepLiftShap: DeepLIFT averaged over a set of references (Captum's DeepLiftShap).
 
@@ -361,5 +357,5 @@ class DeepLiftShap(Analyzer):
         return Explanation(attribution, selected, scores, attributions={sources[0]: attribution})
 
 
-# The registry reads this list (plan-style catalogue); @register serves the current one.
+# The registry imports this module and registers these on first lookup.
 ANALYZERS = [DeepLIFT, DeepLIFTWrapper, DeepLiftShap]

@@ -8,21 +8,20 @@ import torch
 from torch import nn
 
 from innspect.analyzers.base import Analyzer, Explanation, ReverseAnalyzer
+from innspect.analyzers.composed import ComposedAnalyzer
 from innspect.analyzers.io import ModelInputs, select_output, target_gradient
-from innspect.analyzers.registry import register
+from innspect.analyzers.plan import Composite, Site, always, family, kind
 from innspect.engine.reverse import Mapping, Unsupported
 from innspect.graph.capture import eval_view
 from innspect.graph.graph import ModelGraph, NodeInfo
-from innspect.graph.kinds import Kind
+from innspect.graph.kinds import Kind, rectifier_bound
 from innspect.rules.basic import (
     GRADIENT,
     DeconvnetReLU,
     GuidedReLU,
-    LinearGradient,
-    gradient_mapping,
+    RectifiedGradient,
 )
 
-LINEAR_GRADIENT = LinearGradient()
 _POSTPROCESS = (None, "abs", "square")
 
 
@@ -33,7 +32,15 @@ def check_postprocess(postprocess: str | None) -> str | None:
     return postprocess
 
 
-@register
+def apply_postprocess(attribution: torch.Tensor, postprocess: str | None) -> torch.Tensor:
+    """iNNvestigate's gradient postprocess: None, "abs" or "square"."""
+    if postprocess == "abs":
+        return attribution.abs()
+    if postprocess == "square":
+        return attribution.square()
+    return attribution
+
+
 class GradientAnalyzer(ReverseAnalyzer):
     """Gradient of the selected output with respect to the input.
 
@@ -53,14 +60,9 @@ class GradientAnalyzer(ReverseAnalyzer):
         return GRADIENT
 
     def _postprocess(self, attribution: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if self.postprocess == "abs":
-            return attribution.abs()
-        if self.postprocess == "square":
-            return attribution.square()
-        return attribution
+        return apply_postprocess(attribution, self.postprocess)
 
 
-@register
 class InputTimesGradient(GradientAnalyzer):
     """Input times the gradient (element-wise)."""
 
@@ -73,57 +75,93 @@ class InputTimesGradient(GradientAnalyzer):
         return super()._postprocess(attribution, x) * x
 
 
-class _ReLUVariant(ReverseAnalyzer):
-    """Gradient everywhere except at ReLUs; other activations are refused.
+_RELU_ONLY = (
+    "this method is defined for ReLU activations only (strict=True); replace the activation by "
+    "nn.ReLU, use strict=False for innspect's generalisation, or use 'gradient'"
+)
+
+
+def rectifier_composite(name: str, guided: bool, strict: bool) -> Composite:
+    """Guided backprop / Deconvnet as data: a rectifier mapping at every ReLU (and, unless
+    ``strict``, at every clamp to [0, t] and, generalised, every element-wise activation),
+    the gradient everywhere else."""
+
+    def at_rectifier(site: Site) -> Mapping:
+        if not guided:
+            return DeconvnetReLU()
+        return GuidedReLU(rectifier_bound(site.info.node, site.info.module))
+
+    activation = kind(Kind.ACTIVATION)
+    if strict:
+        entries = [
+            (activation & family("relu"), at_rectifier),
+            (activation, Unsupported(name, _RELU_ONLY)),
+        ]
+    else:
+        entries = [
+            (activation & family("relu", "rectifier"), at_rectifier),
+            (activation, RectifiedGradient()),
+        ]
+    return Composite([*entries, (always(), GRADIENT)], name=name)
+
+
+class _RectifierVariant(ComposedAnalyzer):
+    """Gradient everywhere except at rectifiers (ReLU, ReLU6, clamps to [0, t]).
 
     Like iNNvestigate (whose reference data shows it), the walk starts from the selected
     output's value, not from 1: results are the gradient-style signal scaled by y.
+
+    Parameters
+    ----------
+    strict
+        True: only ReLU networks, other activations refused (iNNvestigate's behaviour).
+        False (default): ReLU6 and ``hardtanh(0, t)`` / ``clamp(0, t)`` are rectifiers with
+        forward mask ``0 < x < t``; any other element-wise activation ``f`` gets the
+        rectified signal times its local derivative, ``relu(R) * f'(x)`` (innspect's
+        generalisation, the same for both methods).
     """
 
-    relu_mapping: Mapping
+    guided = False
     relevance_start = True
     # Eval-mode BatchNorm folded into its convolution: the same gradient, one recorded
     # tensor per layer fewer.
     fuse_batchnorm = True
 
-    def _mapping(self, info: NodeInfo, graph: ModelGraph) -> Mapping:
-        if info.is_relu:
-            return self.relu_mapping
-        if info.kind is Kind.ACTIVATION:
-            return Unsupported(
-                self.name,
-                "this method is defined for ReLU activations only; replace the activation by "
-                "nn.ReLU or use 'gradient'",
-            )
-        if info.module is not None and info.kind in (Kind.LINEAR, Kind.BATCHNORM):
-            return LINEAR_GRADIENT
-        return gradient_mapping(info.kind)
+    def __init__(self, model: nn.Module, *, strict: bool = False, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        if not isinstance(strict, bool):
+            raise TypeError(f"strict must be True or False, got {strict!r}")
+        self.strict = strict
+        self.composite = rectifier_composite(self.name, self.guided, strict)
 
 
-@register
-class Deconvnet(_ReLUVariant):
+class Deconvnet(_RectifierVariant):
     """Deconvnet (Zeiler & Fergus 2014): at each ReLU the backward signal is rectified."""
 
     name = "deconvnet"
-    relu_mapping = DeconvnetReLU()
 
 
-@register
-class GuidedBackprop(_ReLUVariant):
+class GuidedBackprop(_RectifierVariant):
     """Guided backprop (Springenberg et al. 2015): rectified signal times the ReLU mask."""
 
     name = "guided_backprop"
-    relu_mapping = GuidedReLU()
+    guided = True
 
 
-@register
 class GradientBaseline(Analyzer):
-    """The gradient computed with plain autograd on the model: a cross-check of the engine."""
+    """The gradient computed with plain autograd on the model: a cross-check of the engine.
+
+    Parameters
+    ----------
+    postprocess
+        None, "abs" or "square", applied to the gradient (iNNvestigate's BaselineGradient).
+    """
 
     name = "gradient.baseline"
 
-    def __init__(self, model: nn.Module, **kwargs: Any) -> None:
+    def __init__(self, model: nn.Module, *, postprocess: str | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
+        self.postprocess = check_postprocess(postprocess)
         self._checked = False
 
     def _explain(
@@ -134,7 +172,12 @@ class GradientBaseline(Analyzer):
         names = self._attributed_inputs(inputs)
         if not self._checked:
             # The same output-activation refusal as the engine's analyzers.
-            GradientAnalyzer(self.model, output=self.output, attribute_to=list(names)).graph(inputs)
+            GradientAnalyzer(
+                self.model,
+                output=self.output,
+                attribute_to=list(names),
+                disable_model_checks=self.disable_model_checks,
+            ).graph(inputs)
             self._checked = True
         given = inputs.by_name()
         leaves = {name: given[name].detach().requires_grad_(True) for name in names}
@@ -165,7 +208,12 @@ class GradientBaseline(Analyzer):
                     objective, scores = picked.sum(), picked.detach()
             grads = torch.autograd.grad(objective, [leaves[n] for n in names], allow_unused=True)
         attributions = {
-            name: torch.zeros_like(leaves[name]) if grad is None else grad
+            name: apply_postprocess(
+                torch.zeros_like(leaves[name]) if grad is None else grad, self.postprocess
+            )
             for name, grad in zip(names, grads, strict=True)
         }
         return Explanation(attributions[names[0]], selected, scores, attributions=attributions)
+
+
+ANALYZERS = [GradientAnalyzer, InputTimesGradient, Deconvnet, GuidedBackprop, GradientBaseline]

@@ -293,13 +293,36 @@ def target_rows(
     target: Target | None, rows: torch.Tensor, n_samples: int, output_dim: int
 ) -> Target | None:
     """The target for a batch whose row r is a point of sample ``rows[r]`` (integrated
-    gradients, SmoothGrad): per-sample weights are picked by row, callables pass as is."""
-    if target is None or callable(target):
-        return target
+    gradients, SmoothGrad): per-sample weights are picked by row; a callable sees, for each
+    run of rows that are distinct samples, a batch of ``n_samples`` rows in sample order
+    (those rows in place, zeros elsewhere), so it may hold per-sample data."""
+    if target is None:
+        return None
+    if callable(target):
+        return _per_sample_callable(target, rows, n_samples)
     weights = torch.as_tensor(np.asarray(target) if isinstance(target, np.ndarray) else target)
     if weights.dim() == output_dim and weights.shape[0] == n_samples and n_samples > 1:
         return weights.to(rows.device)[rows]
     return weights
+
+
+def _per_sample_callable(
+    target: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor, n_samples: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    # Rows come point by point, samples in order: a new run starts where the sample index
+    # does not grow, and within a run every sample appears at most once.
+    order = rows.tolist()
+    starts = [0] + [i for i in range(1, len(order)) if order[i] <= order[i - 1]] + [len(order)]
+
+    def per_run(y: torch.Tensor) -> torch.Tensor:
+        values = []
+        for begin, end in zip(starts[:-1], starts[1:], strict=True):
+            samples = rows[begin:end]
+            full = y.new_zeros((n_samples, *y.shape[1:])).index_put((samples,), y[begin:end])
+            values.append(target(full)[samples])
+        return torch.cat(values)
+
+    return per_run
 
 
 def select_output(result: Any, output: Any) -> torch.Tensor:

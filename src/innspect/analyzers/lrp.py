@@ -1,10 +1,13 @@
-"""Layer-wise relevance propagation: the ``LRP`` analyzer, its named variants and presets.
+"""Layer-wise relevance propagation (Bach et al. 2015): the ``LRP`` analyzer and its presets.
 
-Which rule each linear layer gets (SPEC "LRP: which rule where"), in order of priority:
+Which rule each linear layer gets (SPEC "LRP: which rule where") is a composite
+(``innspect.analyzers.plan``) built from the options, in order of priority:
 ``input_layer_rule`` for the layers that see the model input, ``until_layer_rule`` for
 linear layers 0..``until_layer_idx`` (counted in execution order, weightless layers not
 counted, as in iNNvestigate), then ``rule``. BatchNorm following a convolution (or a
-Linear on 2-D data) is folded into it; any other BatchNorm gets ``bn_layer_rule``.
+Linear on 2-D data) is folded into it; any other BatchNorm gets ``bn_layer_rule``. The
+iNNvestigate-named variants (``lrp.z``, ``lrp.epsilon``, the sequential presets...) are
+rows of ``PRESETS``: ``LRP`` with options fixed or derived.
 """
 
 from __future__ import annotations
@@ -12,25 +15,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-import torch
-import torch.nn.functional as F
-from torch import fx, nn
+from torch import nn
 
-from innspect.analyzers.base import ReverseAnalyzer
-from innspect.analyzers.registry import register
-from innspect.engine.reverse import Mapping, Unsupported
-from innspect.graph.graph import ModelGraph, NodeInfo
-from innspect.graph.kinds import Kind, op_name
-from innspect.rules.lrp import (
-    AlphaBeta,
-    Bounded,
-    Epsilon,
-    Flat,
-    LinearRule,
-    WSquare,
-    as_rule,
+from innspect.analyzers.composed import ComposedAnalyzer
+from innspect.analyzers.plan import (
+    Composite,
+    Site,
+    family,
+    input_layer,
+    kind,
+    layer_index,
+    lrp_default,
+    until_layer,
+    where,
 )
-from innspect.rules.lrp_nodes import lrp_node_mapping
+from innspect.analyzers.presets import Preset
+from innspect.graph.graph import ModelGraph, NodeInfo
+from innspect.graph.kinds import Kind
+from innspect.graph.kinds import family as node_family
+from innspect.rules.lrp import AlphaBeta, Bounded, Epsilon, Flat, LinearRule, Z, as_rule
 
 Condition = Callable[[NodeInfo], bool]
 
@@ -39,30 +42,19 @@ RULE_CODES = {
     "zbab": ("Bounded", "Alpha2Beta1"),
     "wwab": ("WSquare", "Alpha2Beta1"),
 }
-
-
-_CONV_FUNCTIONS = {
-    F.conv1d,
-    F.conv2d,
-    F.conv3d,
-    F.conv_transpose1d,
-    F.conv_transpose2d,
-    F.conv_transpose3d,
-}
+_LINEAR = kind(Kind.LINEAR)
+# iNNvestigate's bn_layer_fuse_mode: a BatchNorm given a rule is one linear layer (x * s + t).
+BN_FUSE_MODES = ("one_linear",)
 
 
 def is_dense(info: NodeInfo) -> bool:
     """A fully connected layer (nn.Linear or F.linear)."""
-    if info.module is not None:
-        return isinstance(info.module, nn.Linear)
-    return info.node.op == "call_function" and op_name(info.node) == "linear"
+    return node_family(info.node, info.module) == "dense"
 
 
 def is_conv(info: NodeInfo) -> bool:
     """A convolution or transposed convolution, module or functional (BatchNorm folded in)."""
-    if info.module is not None:
-        return isinstance(info.module, nn.modules.conv._ConvNd)
-    return info.node.op == "call_function" and op_name(info.node).startswith("conv")
+    return node_family(info.node, info.module) == "conv"
 
 
 def _is_condition_list(rule: Any) -> bool:
@@ -90,8 +82,10 @@ def input_rule_from_spec(spec: Any) -> LinearRule | None:
         ) from error
 
 
-@register
-class LRP(ReverseAnalyzer):
+_UNSET: Any = object()
+
+
+class LRP(ComposedAnalyzer):
     """Layer-wise relevance propagation with a configurable rule per layer.
 
     Parameters
@@ -99,7 +93,8 @@ class LRP(ReverseAnalyzer):
     rule
         A rule name ("Z", "Epsilon", "Alpha2Beta1"...), a rule object, a list with one rule
         per linear layer in execution order, a list of ``(condition, rule)`` pairs (a
-        condition is a callable on ``NodeInfo``; the first match wins), or one of the codes
+        condition is a callable on ``NodeInfo`` or a predicate of
+        ``innspect.analyzers.plan``; the first match wins), or one of the codes
         "zbab" / "wwab". innspect defaults to "Z" (iNNvestigate requires a rule).
     input_layer_rule
         Rule for the linear layers that see the model input: "Flat", "WSquare", a rule,
@@ -109,6 +104,11 @@ class LRP(ReverseAnalyzer):
     bn_layer_rule
         Rule for BatchNorm layers that cannot be folded into the layer before (default
         ``Epsilon()``).
+    bn_layer_fuse_mode
+        iNNvestigate's "one_linear" (a BatchNorm given a rule is one linear layer); its
+        "two_linear" is refused.
+    composite
+        A whole ``Composite`` instead of the options above (every node's rule as data).
     **kwargs
         Neuron selection and reverse-pass options of ``ReverseAnalyzer``.
     """
@@ -123,28 +123,68 @@ class LRP(ReverseAnalyzer):
         self,
         model: nn.Module,
         *,
-        rule: Any = "Z",
+        rule: Any = _UNSET,
         input_layer_rule: Any = None,
         until_layer_idx: int | None = None,
         until_layer_rule: Any = None,
         bn_layer_rule: Any = None,
+        bn_layer_fuse_mode: str = "one_linear",
+        composite: Composite | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
-        self._single_rule: LinearRule | None = None
-        self._rule_list: list[LinearRule] | None = None
-        self._conditions: list[tuple[Condition, LinearRule]] | None = None
+        if bn_layer_fuse_mode not in BN_FUSE_MODES:
+            raise ValueError(
+                f"bn_layer_fuse_mode={bn_layer_fuse_mode!r} is not supported: innspect treats "
+                "a BatchNorm that gets bn_layer_rule as one linear layer ('one_linear'); "
+                "iNNvestigate's 'two_linear' split is not implemented"
+            )
+        self._rule_count: int | None = None
+        if composite is not None:
+            given = {
+                "rule": rule is not _UNSET,
+                "input_layer_rule": input_layer_rule is not None,
+                "until_layer_idx": until_layer_idx is not None,
+                "until_layer_rule": until_layer_rule is not None,
+                "bn_layer_rule": bn_layer_rule is not None,
+            }
+            clash = [key for key, present in given.items() if present]
+            if clash:
+                raise TypeError(
+                    f"{self.name} fixes its rules; it does not take {', '.join(clash)}= "
+                    "(its composite says every node's rule)"
+                )
+            if not isinstance(composite, Composite):
+                raise TypeError(
+                    f"composite must be an innspect.analyzers.plan.Composite, got "
+                    f"{type(composite).__name__}"
+                )
+            self.composite = composite
+            return
         self.input_layer_rule = input_rule_from_spec(input_layer_rule)
-        self._parse_rule(rule)
+        rule = "Z" if rule is _UNSET else rule
+        entries = self._rule_entries(rule)
         self.until_layer_idx, self.until_layer_rule = self._parse_until(
             until_layer_idx, until_layer_rule
         )
         self.bn_layer_rule = Epsilon() if bn_layer_rule is None else as_rule(bn_layer_rule)
-        self._assigned: dict[fx.Node, Mapping] | None = None
-        self._assigned_graph: ModelGraph | None = None
+        first: list[tuple[Any, Any]] = []
+        if self.input_layer_rule is not None:
+            first.append((_LINEAR & input_layer(), self.input_layer_rule))
+        if self.until_layer_idx is not None:
+            first.append((_LINEAR & until_layer(self.until_layer_idx), self.until_layer_rule))
+        self.composite = Composite(
+            [*first, *entries, (kind(Kind.BATCHNORM), self.bn_layer_rule)],
+            default=self._default,
+            name=self.name,
+        )
+
+    def _default(self, site: Site) -> Any:
+        return lrp_default(site, self.name, self.node_stabilizer)
 
     # -- option parsing -------------------------------------------------------------------
-    def _parse_rule(self, rule: Any) -> None:
+    def _rule_entries(self, rule: Any) -> list[tuple[Any, Any]]:
+        """The composite entries for linear layers that ``rule`` describes."""
         if rule is None:
             raise ValueError("LRP needs rule=..., e.g. 'Z', 'Epsilon' or a list of rules")
         if isinstance(rule, str) and rule.lower() in RULE_CODES:
@@ -159,15 +199,15 @@ class LRP(ReverseAnalyzer):
                     )
                 first_rule = self.input_layer_rule
             self.input_layer_rule = first_rule
-            self._single_rule = as_rule(rest)
-        elif _is_condition_list(rule):
-            self._conditions = [(cond, as_rule(r)) for cond, r in rule]
-        elif isinstance(rule, list | tuple):
+            return [(_LINEAR, as_rule(rest))]
+        if _is_condition_list(rule):
+            return [(_LINEAR & where(cond), as_rule(r)) for cond, r in rule]
+        if isinstance(rule, list | tuple):
             if not rule:
                 raise ValueError("rule is an empty list; give one rule per linear layer")
-            self._rule_list = [as_rule(r) for r in rule]
-        else:
-            self._single_rule = as_rule(rule)
+            self._rule_count = len(rule)
+            return [(_LINEAR & layer_index(i), as_rule(r)) for i, r in enumerate(rule)]
+        return [(_LINEAR, as_rule(rule))]
 
     @staticmethod
     def _parse_until(idx: Any, rule: Any) -> tuple[int | None, LinearRule | None]:
@@ -182,238 +222,156 @@ class LRP(ReverseAnalyzer):
             raise ValueError(f"until_layer_idx must be an int >= 0, got {idx!r}")
         return idx, as_rule(rule)
 
-    # -- rule assignment ------------------------------------------------------------------
-    def _linear_mapping(self, info: NodeInfo, index: int, input_layers: set[fx.Node]) -> Mapping:
-        if self.input_layer_rule is not None and info.node in input_layers:
-            return self.input_layer_rule
-        if self.until_layer_idx is not None and index <= self.until_layer_idx:
-            return self.until_layer_rule
-        if self._single_rule is not None:
-            return self._single_rule
-        if self._rule_list is not None:
-            return self._rule_list[index]
-        for condition, rule in self._conditions or []:
-            if condition(info):
-                return rule
-        return Unsupported(
-            self.name,
-            "no (condition, rule) pair matched this layer; end the list with a catch-all "
-            "such as (lambda info: True, 'Epsilon')",
-        )
-
-    def _assign(self, graph: ModelGraph) -> dict[fx.Node, Mapping]:
+    def _check_plan(self, graph: ModelGraph) -> None:
         linear = graph.linear_nodes()
-        if self._rule_list is not None and len(self._rule_list) != len(linear):
+        if self._rule_count is not None and self._rule_count != len(linear):
             raise ValueError(
-                f"rule has {len(self._rule_list)} entries but the model has {len(linear)} "
+                f"rule has {self._rule_count} entries but the model has {len(linear)} "
                 f"linear layers ({', '.join(i.name for i in linear)}); give one rule per layer"
             )
-        input_layers = graph.input_layer_nodes()
-        return {
-            info.node: self._linear_mapping(info, index, input_layers)
-            for index, info in enumerate(linear)
-        }
-
-    def _mapping(self, info: NodeInfo, graph: ModelGraph) -> Mapping:
-        if self._assigned is None or self._assigned_graph is not graph:
-            self._assigned = self._assign(graph)
-            self._assigned_graph = graph
-        if info.kind is Kind.LINEAR:
-            return self._assigned[info.node]
-        if info.kind is Kind.BATCHNORM:
-            return self._batchnorm_mapping(info)
-        return self._node_mapping(info)
-
-    def _batchnorm_mapping(self, info: NodeInfo) -> Mapping:
-        return self.bn_layer_rule
-
-    def _node_mapping(self, info: NodeInfo) -> Mapping:
-        return lrp_node_mapping(info, self.name, self.node_stabilizer)
-
-    def rule_of(self, layer_name: str, example_input: torch.Tensor | None = None) -> Mapping:
-        """The mapping a node (by name) gets, e.g. to check which rule a layer receives."""
-        graph = self.graph(example_input)
-        if layer_name not in graph.by_name:
-            raise KeyError(f"no node named {layer_name!r}; nodes: {', '.join(graph.by_name)}")
-        return self._mappings[graph.by_name[layer_name].node]
 
 
-# -- named variants (iNNvestigate's names) ----------------------------------------------------
-@register
-class LRPZ(LRP):
-    """LRP-Z: the basic rule, bias included."""
-
-    name = "lrp.z"
-
-    def __init__(self, model: nn.Module, **kwargs: Any) -> None:
-        super().__init__(model, rule="Z", **kwargs)
+# -- iNNvestigate's named variants and presets, as data ------------------------------------
+def _preset_conditions(epsilon: float, alpha: float, beta: float) -> list[tuple[Any, Any]]:
+    # iNNvestigate's presets: Epsilon on dense layers, AlphaBeta (bias kept) on convolutions.
+    return [
+        (family("dense"), Epsilon(epsilon=epsilon, bias=True)),
+        (family("conv"), AlphaBeta(alpha=alpha, beta=beta, bias=True)),
+    ]
 
 
-@register
-class LRPZIgnoreBias(LRP):
-    """LRP-Z with the bias left out of the denominator."""
+def _sequential(alpha: float, beta: float, flat_input: bool) -> Callable[..., dict[str, Any]]:
+    def derive(epsilon: float = 0.1) -> dict[str, Any]:
+        options: dict[str, Any] = {"rule": _preset_conditions(epsilon, alpha, beta)}
+        if flat_input:
+            options["input_layer_rule"] = "Flat"
+        return options
 
-    name = "lrp.z_IB"
-
-    def __init__(self, model: nn.Module, **kwargs: Any) -> None:
-        super().__init__(model, rule="ZIgnoreBias", **kwargs)
-
-
-@register
-class LRPEpsilon(LRP):
-    """LRP-epsilon: denominator z + epsilon * sign(z)."""
-
-    name = "lrp.epsilon"
-    bias = True
-
-    def __init__(self, model: nn.Module, *, epsilon: float = 1e-7, **kwargs: Any) -> None:
-        super().__init__(model, rule=Epsilon(epsilon=epsilon, bias=self.bias), **kwargs)
+    return derive
 
 
-@register
-class LRPEpsilonIgnoreBias(LRPEpsilon):
-    """LRP-epsilon with the bias left out of the denominator."""
-
-    name = "lrp.epsilon_IB"
-    bias = False
-
-
-@register
-class LRPWSquare(LRP):
-    """LRP with the w^2 rule on every linear layer."""
-
-    name = "lrp.w_square"
-
-    def __init__(self, model: nn.Module, **kwargs: Any) -> None:
-        super().__init__(model, rule=WSquare(), **kwargs)
+def _until_idx(epsilon: float = 0.1, until_layer_idx: int | None = None) -> dict[str, Any]:
+    options = _sequential(2, 1, True)(epsilon)
+    if until_layer_idx is not None:
+        options.update(until_layer_idx=until_layer_idx, until_layer_rule=Flat())
+    return options
 
 
-@register
-class LRPFlat(LRP):
-    """LRP with the flat rule on every linear layer."""
-
-    name = "lrp.flat"
-
-    def __init__(self, model: nn.Module, **kwargs: Any) -> None:
-        super().__init__(model, rule=Flat(), **kwargs)
-
-
-@register
-class LRPAlphaBeta(LRP):
-    """LRP-alpha-beta; give alpha or beta (alpha - beta = 1)."""
-
-    name = "lrp.alpha_beta"
-
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        alpha: float | None = None,
-        beta: float | None = None,
-        bias: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(model, rule=AlphaBeta(alpha=alpha, beta=beta, bias=bias), **kwargs)
+def _alpha_beta_variant(name: str, alpha: float, beta: float, bias: bool) -> Preset:
+    kept = "included" if bias else "ignored"
+    other = name[: -len("_IB")] if not bias else f"{name}_IB"
+    return Preset(
+        name,
+        LRP,
+        f"LRP-alpha-beta with alpha={alpha}, beta={beta}, bias {kept}.",
+        lambda: {"rule": AlphaBeta(alpha=alpha, beta=beta, bias=bias)},
+        fixed={"alpha": alpha, "beta": beta, "bias": bias},
+        hint=f"use {other} or lrp.alpha_beta(alpha=..., beta=..., bias=...)",
+    )
 
 
-def _alpha_beta_variant(name: str, alpha: float, beta: float, bias: bool, doc: str) -> type:
-    def __init__(self: LRP, model: nn.Module, **kwargs: Any) -> None:
-        LRP.__init__(self, model, rule=AlphaBeta(alpha=alpha, beta=beta, bias=bias), **kwargs)
+PRESETS: list[Preset] = [
+    Preset(
+        "lrp.z",
+        LRP,
+        "LRP-Z: the basic rule, bias included (bias=False: lrp.z_IB).",
+        lambda bias=True: {"rule": Z(bias=bias)},
+    ),
+    Preset(
+        "lrp.z_IB",
+        LRP,
+        "LRP-Z with the bias left out of the denominator.",
+        lambda: {"rule": "ZIgnoreBias"},
+        fixed={"bias": False},
+        hint="use lrp.z for the bias included",
+    ),
+    Preset(
+        "lrp.epsilon",
+        LRP,
+        "LRP-epsilon: denominator z + epsilon * sign(z).",
+        lambda epsilon=1e-7, bias=True: {"rule": Epsilon(epsilon=epsilon, bias=bias)},
+    ),
+    Preset(
+        "lrp.epsilon_IB",
+        LRP,
+        "LRP-epsilon with the bias left out of the denominator.",
+        lambda epsilon=1e-7: {"rule": Epsilon(epsilon=epsilon, bias=False)},
+        fixed={"bias": False},
+        hint="use lrp.epsilon for the bias included",
+    ),
+    Preset(
+        "lrp.w_square",
+        LRP,
+        "LRP with the w^2 rule on every linear layer.",
+        lambda: {"rule": "WSquare"},
+    ),
+    Preset(
+        "lrp.flat", LRP, "LRP with the flat rule on every linear layer.", lambda: {"rule": Flat()}
+    ),
+    Preset(
+        "lrp.alpha_beta",
+        LRP,
+        "LRP-alpha-beta; give alpha or beta (alpha - beta = 1).",
+        lambda alpha=None, beta=None, bias=True: {
+            "rule": AlphaBeta(alpha=alpha, beta=beta, bias=bias)
+        },
+    ),
+    _alpha_beta_variant("lrp.alpha_2_beta_1", 2, 1, True),
+    _alpha_beta_variant("lrp.alpha_2_beta_1_IB", 2, 1, False),
+    _alpha_beta_variant("lrp.alpha_1_beta_0", 1, 0, True),
+    _alpha_beta_variant("lrp.alpha_1_beta_0_IB", 1, 0, False),
+    Preset(
+        "lrp.z_plus",
+        LRP,
+        "LRP-z+ (iNNvestigate: AlphaBeta(1, 0) ignoring the bias).",
+        lambda: {"rule": "ZPlus"},
+        fixed={"bias": False},
+        hint="z+ ignores the bias; use lrp.alpha_1_beta_0 to keep it",
+    ),
+    Preset(
+        "lrp.z_plus_fast",
+        LRP,
+        "LRP-z+ for non-negative inputs: positive weights only, raw input, no bias.",
+        lambda: {"rule": "ZPlusFast"},
+        fixed={"bias": False},
+        hint="z+ ignores the bias; use lrp.alpha_1_beta_0 to keep it",
+    ),
+    Preset(
+        "lrp.sequential_preset_a",
+        LRP,
+        "Preset A: dense layers Epsilon(0.1), convolutions Alpha1Beta0 (bias included).",
+        _sequential(1, 0, False),
+    ),
+    Preset(
+        "lrp.sequential_preset_b",
+        LRP,
+        "Preset B: dense layers Epsilon(0.1), convolutions Alpha2Beta1 (bias included).",
+        _sequential(2, 1, False),
+    ),
+    Preset(
+        "lrp.sequential_preset_a_flat",
+        LRP,
+        "Preset A with the flat rule on the input layer.",
+        _sequential(1, 0, True),
+        fixed={"input_layer_rule": "Flat"},
+        hint="the _flat presets put Flat on the input layer; use the preset without _flat",
+    ),
+    Preset(
+        "lrp.sequential_preset_b_flat",
+        LRP,
+        "Preset B with the flat rule on the input layer.",
+        _sequential(2, 1, True),
+        fixed={"input_layer_rule": "Flat"},
+        hint="the _flat presets put Flat on the input layer; use the preset without _flat",
+    ),
+    Preset(
+        "lrp.sequential_preset_b_flat_until_idx",
+        LRP,
+        "Preset B, with the flat rule on linear layers 0..until_layer_idx (and the input layer).",
+        _until_idx,
+        fixed={"input_layer_rule": "Flat"},
+        hint="the _flat presets put Flat on the input layer; use the preset without _flat",
+    ),
+]
 
-    cls = type(name.replace(".", "_"), (LRP,), {"name": name, "__init__": __init__, "__doc__": doc})
-    return register(cls)
-
-
-LRPAlpha2Beta1 = _alpha_beta_variant(
-    "lrp.alpha_2_beta_1", 2, 1, True, "LRP-alpha-beta with alpha=2, beta=1, bias included."
-)
-LRPAlpha2Beta1IgnoreBias = _alpha_beta_variant(
-    "lrp.alpha_2_beta_1_IB", 2, 1, False, "LRP-alpha-beta with alpha=2, beta=1, bias ignored."
-)
-LRPAlpha1Beta0 = _alpha_beta_variant(
-    "lrp.alpha_1_beta_0", 1, 0, True, "LRP-alpha-beta with alpha=1, beta=0, bias included."
-)
-LRPAlpha1Beta0IgnoreBias = _alpha_beta_variant(
-    "lrp.alpha_1_beta_0_IB", 1, 0, False, "LRP-alpha-beta with alpha=1, beta=0, bias ignored."
-)
-
-
-@register
-class LRPZPlus(LRP):
-    """LRP-z+ (iNNvestigate: AlphaBeta(1, 0) ignoring the bias)."""
-
-    name = "lrp.z_plus"
-
-    def __init__(self, model: nn.Module, **kwargs: Any) -> None:
-        super().__init__(model, rule="ZPlus", **kwargs)
-
-
-@register
-class LRPZPlusFast(LRP):
-    """LRP-z+ for non-negative inputs: positive weights only, raw input, no bias."""
-
-    name = "lrp.z_plus_fast"
-
-    def __init__(self, model: nn.Module, **kwargs: Any) -> None:
-        super().__init__(model, rule="ZPlusFast", **kwargs)
-
-
-def _preset_rules(epsilon: float, conv_rule: LinearRule) -> list[tuple[Condition, LinearRule]]:
-    return [(is_dense, Epsilon(epsilon=epsilon, bias=True)), (is_conv, conv_rule)]
-
-
-@register
-class LRPSequentialPresetA(LRP):
-    """Preset A: dense layers Epsilon(0.1), convolutions Alpha1Beta0 (bias included)."""
-
-    name = "lrp.sequential_preset_a"
-    conv_rule: ClassVar[tuple[float, float]] = (1, 0)
-    input_rule: ClassVar[str | None] = None
-
-    def __init__(self, model: nn.Module, *, epsilon: float = 0.1, **kwargs: Any) -> None:
-        alpha, beta = self.conv_rule
-        if self.input_rule is not None:
-            kwargs.setdefault("input_layer_rule", self.input_rule)
-        super().__init__(
-            model,
-            rule=_preset_rules(epsilon, AlphaBeta(alpha=alpha, beta=beta, bias=True)),
-            **kwargs,
-        )
-
-
-@register
-class LRPSequentialPresetB(LRPSequentialPresetA):
-    """Preset B: dense layers Epsilon(0.1), convolutions Alpha2Beta1 (bias included)."""
-
-    name = "lrp.sequential_preset_b"
-    conv_rule = (2, 1)
-
-
-@register
-class LRPSequentialPresetAFlat(LRPSequentialPresetA):
-    """Preset A with the flat rule on the input layer."""
-
-    name = "lrp.sequential_preset_a_flat"
-    input_rule = "Flat"
-
-
-@register
-class LRPSequentialPresetBFlat(LRPSequentialPresetB):
-    """Preset B with the flat rule on the input layer."""
-
-    name = "lrp.sequential_preset_b_flat"
-    input_rule = "Flat"
-
-
-@register
-class LRPSequentialPresetBFlatUntilIdx(LRPSequentialPresetBFlat):
-    """Preset B, with the flat rule on linear layers 0..until_layer_idx (and the input layer)."""
-
-    name = "lrp.sequential_preset_b_flat_until_idx"
-
-    def __init__(
-        self, model: nn.Module, *, until_layer_idx: int | None = None, **kwargs: Any
-    ) -> None:
-        if until_layer_idx is not None:
-            kwargs["until_layer_rule"] = Flat()
-        super().__init__(model, until_layer_idx=until_layer_idx, **kwargs)
+ANALYZERS: list[Any] = [LRP, *PRESETS]

@@ -22,7 +22,6 @@ from innspect.analyzers.base import Analyzer, Explanation
 from innspect.analyzers.baselines import broadcast_baseline
 from innspect.analyzers.gradient import GradientAnalyzer
 from innspect.analyzers.io import ModelInputs, target_gradient, target_rows
-from innspect.analyzers.registry import register
 from innspect.errors import InputError
 from innspect.progress import progress
 
@@ -40,7 +39,6 @@ def _positive_ints(value: Any, what: str) -> tuple[int, ...] | int:
     return int(value) if isinstance(value, int | np.integer) else tuple(int(i) for i in items)
 
 
-@register
 class Occlusion(Analyzer):
     """Occlusion (Zeiler & Fergus 2014): mean output drop over the windows covering each element.
 

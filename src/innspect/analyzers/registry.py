@@ -1,22 +1,48 @@
-"""The registry of analyzer names (iNNvestigate's names) and ``create_analyzer``."""
+"""The registry of analyzer names (iNNvestigate's names) and ``create_analyzer``.
+
+Names come from two kinds of entries: analyzer classes (a method of its own) and
+``Preset`` rows (``presets.py``: a class with some options fixed or derived, e.g.
+``lrp.epsilon`` is ``lrp`` with ``rule=Epsilon(epsilon, bias)``). The method modules list
+both in their ``ANALYZERS``; this module imports them when a name is first looked up, and
+they do not import this module, so there is no import cycle.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from innspect.analyzers.base import Analyzer
+from innspect.analyzers.presets import Preset, preset_class
+
+if TYPE_CHECKING:
+    from innspect.analyzers.base import Analyzer
+
+# The modules whose ``ANALYZERS`` lists make up the catalogue.
+METHOD_MODULES = (
+    "innspect.analyzers.misc",
+    "innspect.analyzers.gradient",
+    "innspect.analyzers.wrappers",
+    "innspect.analyzers.lrp",
+    "innspect.analyzers.composites",
+    "innspect.analyzers.deeptaylor",
+    "innspect.analyzers.pattern",
+    "innspect.analyzers.deeplift",
+    "innspect.analyzers.occlusion",
+)
 
 _ANALYZERS: dict[str, type[Analyzer]] = {}
+_loaded = False
 
 
-def register(cls: type[Analyzer]) -> type[Analyzer]:
-    """Class decorator: make ``cls`` available under ``cls.name``."""
+def register(entry: Any) -> Any:
+    """Make an analyzer class (by its ``name``) or a ``Preset`` available; returns it."""
+    cls = preset_class(entry) if isinstance(entry, Preset) else entry
     if cls.name in _ANALYZERS and _ANALYZERS[cls.name] is not cls:
         raise ValueError(f"analyzer name {cls.name!r} registered twice")
     _ANALYZERS[cls.name] = cls
-    return cls
+    return entry
 
 
 def create_analyzer(name: str, model: nn.Module, **kwargs: Any) -> Analyzer:
@@ -27,14 +53,7 @@ def create_analyzer(name: str, model: nn.Module, **kwargs: Any) -> Analyzer:
     KeyError
         If ``name`` is unknown; the message lists the known names.
     """
-    _load_all()
-    try:
-        cls = _ANALYZERS[name]
-    except KeyError:
-        raise KeyError(
-            f"no analyzer named {name!r}; known analyzers: {', '.join(sorted(_ANALYZERS))}"
-        ) from None
-    return cls(model, **kwargs)
+    return analyzer_class(name)(model, **kwargs)
 
 
 def list_analyzers() -> list[str]:
@@ -63,5 +82,11 @@ def describe_analyzers() -> dict[str, str]:
 
 
 def _load_all() -> None:
-    # Importing the method modules registers their classes.
-    from innspect.analyzers import methods  # noqa: F401
+    global _loaded
+    if _loaded:
+        return
+    for module_name in METHOD_MODULES:
+        module = importlib.import_module(module_name)
+        for entry in getattr(module, "ANALYZERS", ()):
+            register(entry)
+    _loaded = True

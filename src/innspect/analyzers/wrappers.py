@@ -18,7 +18,6 @@ from innspect.analyzers.base import Analyzer, Explanation
 from innspect.analyzers.gradient import GradientAnalyzer, check_postprocess
 from innspect.analyzers.io import ModelInputs, target_gradient, target_rows
 from innspect.analyzers.options import MAX_POINTS, check_flag, check_int, check_number
-from innspect.analyzers.registry import register
 from innspect.errors import InputError
 from innspect.progress import progress
 
@@ -44,6 +43,11 @@ class _GradientAverage(Analyzer):
         allow_nonfinite: bool = False,
         **reverse_kwargs: Any,
     ) -> None:
+        if "subanalyzer" in reverse_kwargs:
+            raise TypeError(
+                f"{self.name} builds its gradient analyzer itself; iNNvestigate's subanalyzer= "
+                "(used by its own save/load) is not taken"
+            )
         super().__init__(
             model,
             neuron_selection_mode=neuron_selection_mode,
@@ -136,7 +140,6 @@ class _GradientAverage(Analyzer):
         return mean_gradient
 
 
-@register
 class IntegratedGradients(_GradientAverage):
     """Integrated gradients (Sundararajan et al. 2017), left Riemann sum.
 
@@ -148,6 +151,8 @@ class IntegratedGradients(_GradientAverage):
         The baseline: a number, or an array broadcastable to the input; for several
         attributed inputs or nodes, a dict from their names to such baselines (0 for
         names it leaves out).
+    postprocess
+        None, "abs" or "square", applied to each gradient on the path (iNNvestigate).
     batch_size
         Points pushed through the model at once.
     verbose
@@ -157,11 +162,24 @@ class IntegratedGradients(_GradientAverage):
     name = "integrated_gradients"
 
     def __init__(
-        self, model: nn.Module, *, steps: int = 64, reference_inputs: Any = 0.0, **kwargs: Any
+        self,
+        model: nn.Module,
+        *,
+        steps: int = 64,
+        reference_inputs: Any = 0.0,
+        postprocess: str | None = None,
+        **kwargs: Any,
     ) -> None:
+        if "augment_by_n" in kwargs:
+            raise TypeError(
+                "integrated_gradients takes steps= for the number of points on the path "
+                "(iNNvestigate passes steps to its PathIntegrator as augment_by_n)"
+            )
         super().__init__(model, **kwargs)
         self.steps = check_int("steps", steps, 1, MAX_POINTS)
         self.reference_inputs = reference_inputs
+        # iNNvestigate applies it to each gradient on the path, before the average.
+        self._gradient.postprocess = check_postprocess(postprocess)
 
     def _nonfinite_hint(self) -> str:
         return (
@@ -203,7 +221,6 @@ class IntegratedGradients(_GradientAverage):
         return mean_gradient * (x - self._reference(x, name))
 
 
-@register
 class SmoothGrad(_GradientAverage):
     """SmoothGrad (Smilkov et al. 2017): the mean gradient over noisy copies of the input.
 
@@ -260,3 +277,6 @@ class SmoothGrad(_GradientAverage):
             return base + self.noise_scale * noise
 
         return make
+
+
+ANALYZERS = [IntegratedGradients, SmoothGrad]

@@ -21,6 +21,7 @@ import innspect
 from innspect.demo import report
 from innspect.demo.catalogue import Catalogue, build_catalogue
 from innspect.demo.data import IMAGE_SIZE, load_digits_dataset, one_per_class
+from innspect.demo.introspection import run_introspection_demo
 from innspect.demo.model import N_CLASSES, digits_cnn, train
 from innspect.demo.plots import (
     grid_size,
@@ -221,6 +222,7 @@ def _run(out: Path, fast: bool, verbose: bool, debug: bool) -> dict[str, Any]:
     results["files"]["perturbation"].update(
         dict(zip(("width", "height"), perturbation_size(n_panels(groups)), strict=True))
     )
+    results["introspection"] = run_introspection_demo(model, data, out, fast, verbose)
     results["seconds"] = time.perf_counter() - started
     report.write_csv(out / "results.csv", rows)
     report.write_json(out / "results.json", results)

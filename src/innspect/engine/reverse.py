@@ -55,6 +55,18 @@ class NodeContext:
             raise AssertionError(f"node {self.info.describe()}: the record has no reference pass")
         return self.record.reference
 
+    # What rules need beyond inputs, output and signal: the layer's parameters as a
+    # LinearOp, and whether its input is non-negative by construction (a narrow context).
+    @property
+    def linear_op(self) -> Any:
+        """The node's weights as a ``LinearOp`` (linear and batch norm nodes)."""
+        return self.graph.linear_op(self.info)
+
+    @property
+    def input_nonnegative(self) -> bool:
+        """Whether the node's first input is >= 0 by construction (a ReLU output...)."""
+        return self.graph.is_nonnegative(self.info.signal_inputs[0])
+
     def vjp(self, signal: Signal | None = None) -> list[torch.Tensor | None]:
         """Vector-Jacobian product of the node with ``signal`` (default: the arriving one)."""
         leaves = self.record.leaves.get(self.info.node)

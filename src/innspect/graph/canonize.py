@@ -13,10 +13,12 @@ from collections import OrderedDict
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from innspect.errors import InputError
-from innspect.graph.linear_ops import batchnorm_scale_shift
+from innspect.graph.kinds import aten_name
+from innspect.graph.linear_ops import batchnorm_scale_shift, functional_batchnorm_scale_shift
 
 _ORIGINAL_TARGETS = "_innspect_original_targets"
 _INPLACE_OPERATORS = {
@@ -204,17 +206,27 @@ def _linear_output_ranks(
     return ranks
 
 
-def _fused_layer(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
-    """A copy of a convolution or Linear with ``bn`` folded into its weight and bias."""
-    scale, shift = batchnorm_scale_shift(bn)
-    transposed = getattr(layer, "transposed", False)
+def _folded(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    transposed: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``bn(layer(x))`` with ``bn(z) = z * scale + shift`` per channel."""
     axis = 1 if transposed else 0  # the output-channel axis of the weight
-    shape = [1] * layer.weight.dim()
+    shape = [1] * weight.dim()
     shape[axis] = -1
     with torch.no_grad():
-        weight = layer.weight.detach() * scale.reshape(shape)
-        bias = layer.bias.detach() if layer.bias is not None else torch.zeros_like(shift)
-        bias = bias * scale + shift
+        new_weight = weight.detach() * scale.reshape(shape)
+        new_bias = bias.detach() if bias is not None else torch.zeros_like(shift)
+        return new_weight, new_bias * scale + shift
+
+
+def _fused_layer(layer: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> nn.Module:
+    """A copy of a convolution or Linear with a batch norm ``(scale, shift)`` folded in."""
+    transposed = getattr(layer, "transposed", False)
+    weight, bias = _folded(layer.weight, layer.bias, scale, shift, transposed)
     fused = copy.copy(layer)
     if isinstance(layer, nn.Linear):
         fused.__class__ = _FusedLinear
@@ -243,20 +255,135 @@ def fuse_batchnorm(
     with ``s = gamma / sqrt(var + eps)`` (iNNvestigate squares the variance and drops gamma
     from the bias; innspect does not).
     """
+    functional_batchnorm(gm)
     linear_ranks = _linear_output_ranks(gm, _linear_before_batchnorm(gm), example_input)
     fused: dict[str, list[str]] = {}
     for bn_node in list(gm.graph.nodes):
+        if bn_node.op == "call_function" and bn_node.target is F.batch_norm:
+            _fold_functional(gm, bn_node, fused)
+            continue
         producer = _fusable(gm, bn_node, linear_ranks)
         if producer is None:
             continue
         layer = gm.get_submodule(producer.target)
         bn = gm.get_submodule(bn_node.target)
         names = [original_target(gm, producer.target), original_target(gm, bn_node.target)]
-        _install(gm, producer, _fused_layer(layer, bn))
+        _install(gm, producer, _fused_layer(layer, *batchnorm_scale_shift(bn)))
         fused[str(producer.target)] = names[1:]
         bn_node.replace_all_uses_with(producer)
         gm.graph.erase_node(bn_node)
     return fused
+
+
+def functional_batchnorm(gm: fx.GraphModule) -> None:
+    """Rewrite torch.export's eval-mode batch norm ATen ops as ``F.batch_norm`` calls.
+
+    ``_native_batch_norm_legit_no_training`` returns (output, mean, invstd) read through
+    ``getitem``; as one ``F.batch_norm`` node it is foldable and mappable like the
+    functional batch norm of an fx-traced model (timm's ``BatchNormAct2d``).
+    """
+    for node in list(gm.graph.nodes):
+        name = aten_name(node.target) if node.op == "call_function" else None
+        if name == "_native_batch_norm_legit_no_training":
+            x, weight, bias, mean, var, momentum, eps = node.args[:7]
+            getters = list(node.users)
+            if not all(u.op == "call_function" and u.target is operator.getitem for u in getters):
+                continue
+            if any(u.users for u in getters if u.args[1] != 0):
+                continue  # the statistics are read: leave the node as it is
+            replaced = [u for u in getters if u.args[1] == 0]
+        elif name == "batch_norm":
+            x, weight, bias, mean, var, training, momentum, eps = node.args[:8]
+            if training:
+                continue
+            replaced = [node]
+        else:
+            continue
+        with gm.graph.inserting_before(node):
+            new = gm.graph.call_function(
+                F.batch_norm, (x, mean, var, weight, bias, False, momentum, eps)
+            )
+        for old in replaced:
+            old.replace_all_uses_with(new)
+        # The getitem readers (now unused) go first, then the batch norm node itself.
+        dead = [node] if node in replaced else [*list(node.users), node]
+        for old in dead:
+            gm.graph.erase_node(old)
+
+
+def _attribute(gm: fx.GraphModule, arg: object) -> object:
+    """The tensor a get_attr node reads (plain values as they are); None if computed."""
+    if not isinstance(arg, fx.Node):
+        return arg
+    if arg.op != "get_attr":
+        raise LookupError(arg.name)
+    value: object = gm
+    for part in str(arg.target).split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _fold_functional(gm: fx.GraphModule, bn_node: fx.Node, fused: dict[str, list[str]]) -> None:
+    """Fold an ``F.batch_norm`` whose statistics are buffers into the convolution before it."""
+    producer = bn_node.args[0] if bn_node.args else None
+    if not isinstance(producer, fx.Node) or len(producer.users) != 1:
+        return
+    try:
+        values = [None] + [_attribute(gm, a) for a in bn_node.args[1:]]
+        kw_values = {k: _attribute(gm, v) for k, v in bn_node.kwargs.items()}
+        scale, shift = functional_batchnorm_scale_shift(tuple(values), kw_values)
+    except (LookupError, ValueError):
+        return  # statistics computed in forward, or batch statistics: not a fixed map
+    if producer.op == "call_module":
+        layer = gm.get_submodule(producer.target)
+        if not isinstance(layer, nn.modules.conv._ConvNd) or layer.out_channels != scale.numel():
+            return
+        if layer.transposed and layer.groups != 1:
+            return
+        _install(gm, producer, _fused_layer(layer, scale, shift))
+        fused[str(producer.target)] = [bn_node.name]
+    elif not _fold_into_functional_conv(gm, producer, scale, shift):
+        return
+    bn_node.replace_all_uses_with(producer)
+    gm.graph.erase_node(bn_node)
+
+
+def _fold_into_functional_conv(
+    gm: fx.GraphModule, conv: fx.Node, scale: torch.Tensor, shift: torch.Tensor
+) -> bool:
+    """Give a functional convolution with buffer weights folded copies of them."""
+    name = (
+        (aten_name(conv.target) or getattr(conv.target, "__name__", ""))
+        if conv.op == ("call_function")
+        else ""
+    )
+    if name not in ("conv1d", "conv2d", "conv3d"):
+        return False
+    args = list(conv.args)
+    kwargs = dict(conv.kwargs)
+    if len(args) < 2:
+        return False
+    bias_arg = args[2] if len(args) > 2 else kwargs.get("bias")
+    try:
+        weight, bias = _attribute(gm, args[1]), _attribute(gm, bias_arg)
+    except LookupError:
+        return False
+    if not isinstance(weight, torch.Tensor) or weight.shape[0] != scale.numel():
+        return False
+    new_weight, new_bias = _folded(weight, bias, scale, shift, transposed=False)
+    nodes = []
+    for part, tensor in (("weight", new_weight), ("bias", new_bias)):
+        target = f"_innspect_folded_{conv.name}_{part}"
+        gm.register_buffer(target, tensor)
+        with gm.graph.inserting_before(conv):
+            nodes.append(gm.graph.get_attr(target))
+    args[1] = nodes[0]
+    if len(args) > 2:
+        args[2] = nodes[1]
+    else:
+        kwargs["bias"] = nodes[1]
+    conv.args, conv.kwargs = tuple(args), kwargs
+    return True
 
 
 def strip_output_activation(gm: fx.GraphModule, output_node: fx.Node) -> fx.GraphModule:

@@ -20,6 +20,7 @@ are bound to their defaults at capture time, as the model's own call would use t
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import dataclasses
@@ -115,6 +116,10 @@ GRAPH_LOCK = _GraphLock()
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
 
 
+# Containers a view copies (not subclasses such as fx's immutable_list, which stay shared).
+_MUTABLE_CONTAINERS = (dict, list, set, collections.OrderedDict, collections.defaultdict)
+
+
 def eval_view(model: nn.Module) -> nn.Module:
     """A mirror of ``model``'s module tree in eval mode, sharing parameters, buffers and hooks.
 
@@ -145,7 +150,7 @@ def eval_view(model: nn.Module) -> nn.Module:
         state = clone.__dict__
         state.update(module.__dict__)
         for key, value in module.__dict__.items():
-            if key not in _MODULE_INTERNALS and isinstance(value, dict | list | set):
+            if key not in _MODULE_INTERNALS and type(value) in _MUTABLE_CONTAINERS:
                 state[key] = copy.copy(value)
                 containers.append(state[key])
             elif type(value) is tuple and any(isinstance(v, nn.Module) for v in value):

@@ -18,8 +18,11 @@ from innspect.graph.capture import GRAPH_LOCK, CallSpec, bind_call, capture, unw
 from innspect.graph.kinds import (
     Kind,
     classify,
+    is_nonnegative_op,
     is_plain_relu,
+    is_product,
     is_relu,
+    is_sum,
     op_name,
     operation_name,
 )
@@ -359,7 +362,9 @@ class ModelGraph:
 
     def _functional_linear_op(self, info: NodeInfo) -> LinearOp:
         node = info.node
-        if node.op != "call_function" or "batch_norm" in op_name(node):
+        if node.op != "call_function" or (
+            "batch_norm" in op_name(node) and node.target is not torch.nn.functional.batch_norm
+        ):
             raise NotAnalyzableModelError(
                 f"node {info.describe()}: innspect's rules need this layer as a module "
                 "(nn.Linear, nn.Conv2d, nn.BatchNorm2d...)"
@@ -423,7 +428,7 @@ class ModelGraph:
             info = self.infos.get(node)
             if info is None:
                 result = False
-            elif info.is_relu:
+            elif is_nonnegative_op(node, info.module):
                 result = True
             elif info.kind in _SIGN_PRESERVING and info.signal_inputs:
                 result = op_name(node) not in ("sub", "neg") and all(
@@ -460,10 +465,7 @@ class ModelGraph:
                     and source.node not in kept
                     and (
                         source.kind in (Kind.LINEAR, Kind.BATCHNORM)
-                        or (
-                            source.kind is Kind.LINEAR_NO_PARAM
-                            and op_name(source.node) in ("add", "sub")
-                        )
+                        or (source.kind is Kind.LINEAR_NO_PARAM and is_sum(source.node))
                     )
                 ):
                     self._inplace_relus.add(info.node)
@@ -521,10 +523,9 @@ def _node_args(node: fx.Node) -> list[fx.Node]:
 
 def _refine_kind(kind: Kind, node: fx.Node, n_args: int, n_dependent: int) -> Kind:
     """Products and sums where only one factor/term depends on the input are scales/shifts."""
-    name = op_name(node).rstrip("_") if node.op in ("call_function", "call_method") else ""
-    if kind is Kind.OTHER and name in _PRODUCTS and n_dependent == 1:
+    if kind is Kind.OTHER and is_product(node) and n_dependent == 1:
         return Kind.SCALE
-    if kind is Kind.LINEAR_NO_PARAM and name in _SUMS and n_dependent == 1 and n_args > 1:
+    if kind is Kind.LINEAR_NO_PARAM and is_sum(node) and n_dependent == 1 and n_args > 1:
         # x + c with c a constant tensor: a shift, through which relevance passes unchanged.
         return Kind.IDENTITY
     return kind
@@ -532,8 +533,6 @@ def _refine_kind(kind: Kind, node: fx.Node, n_args: int, n_dependent: int) -> Ki
 
 _KEEPS_ACTIVATION = {Kind.IDENTITY, Kind.SCALE, Kind.REARRANGE}
 _SIGN_PRESERVING = {Kind.MAX_POOL, Kind.REARRANGE, Kind.IDENTITY, Kind.LINEAR_NO_PARAM}
-_PRODUCTS = {"mul", "div", "truediv"}
-_SUMS = {"add", "sub"}
 
 
 def bottlenecks_in_order(

@@ -34,6 +34,12 @@ class LinearOp:
         supplies the input's shape.
     description
         Human-readable layer type, for messages.
+    weight_gradient
+        ``weight_gradient(x, signal)``: the gradient of ``<signal, op(x, W)>`` with respect to
+        ``W`` (the weight's shape), i.e. the sum over samples and positions of
+        ``input patch x output signal``, computed without unfolding patches (one
+        ``convolution_backward`` for convolutions, a matmul for Linear). Statistics over
+        receptive fields (PatternComputer) use it. None: derive it by autograd.
     """
 
     weight: torch.Tensor
@@ -42,6 +48,7 @@ class LinearOp:
     transpose: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     description: str
     extras: dict = field(default_factory=dict)
+    weight_gradient: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def __call__(
         self,
@@ -99,6 +106,11 @@ def _autograd_transpose(forward):
     return transpose
 
 
+def _dense_weight_gradient(x: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
+    """``sum over samples (and leading axes) of signal^T x``, the shape of a Linear weight."""
+    return signal.reshape(-1, signal.shape[-1]).T.matmul(x.reshape(-1, x.shape[-1]))
+
+
 def linear_op_from_module(module: nn.Module) -> LinearOp:
     """Build the LinearOp of a Linear, ConvNd, ConvTransposeNd or eval-mode BatchNorm module."""
     if isinstance(module, nn.Linear):
@@ -109,6 +121,7 @@ def linear_op_from_module(module: nn.Module) -> LinearOp:
             transpose=lambda s, w, x: s.matmul(w),
             description="Linear",
             extras={"output_axis": -1},
+            weight_gradient=_dense_weight_gradient,
         )
     if isinstance(module, nn.modules.conv._ConvNd):
         return _conv_op(module)
@@ -187,6 +200,7 @@ def convolution_op(
         def forward(x, w, b):
             return conv(x, w, b, stride, padding, dilation, groups)
 
+    weight_gradient = None
     if isinstance(padding, str):
         transpose = _autograd_transpose(forward)  # 'same' may pad unevenly
     else:
@@ -208,13 +222,30 @@ def convolution_op(
                 [True, False, False],
             )[0]
 
+        def weight_gradient(x, s):
+            # The weight gradient of the convolution: sums of patch(x) * s over positions.
+            return torch.ops.aten.convolution_backward(
+                s,
+                x,
+                weight.detach().to(x.dtype),  # read for its shape only
+                None,
+                list(stride),
+                list(padding),
+                list(dilation),
+                transposed,
+                out_pad,
+                groups,
+                [False, True, False],
+            )[1]
+
     return LinearOp(
         weight,
         bias,
         forward=forward,
         transpose=transpose,
         description=description,
-        extras={"channel_axis": 1},
+        extras={"channel_axis": 1, "groups": groups, "transposed": transposed},
+        weight_gradient=weight_gradient,
     )
 
 
@@ -223,11 +254,15 @@ _FUNCTIONAL_CONV_T_ARGS = ("stride", "padding", "output_padding", "groups", "dil
 
 
 def linear_op_from_function(function, args: tuple, kwargs: dict) -> LinearOp:
-    """LinearOp of a functional call ``F.linear`` / ``F.convNd`` / ``F.conv_transposeNd``.
+    """LinearOp of a functional call ``F.linear`` / ``F.convNd`` / ``F.conv_transposeNd`` /
+    ``F.batch_norm`` (eval mode).
 
     ``args`` and ``kwargs`` are the call's arguments with values (the input first).
     """
     name = getattr(function, "__name__", str(function))
+    if function is F.batch_norm:
+        scale, shift = functional_batchnorm_scale_shift(args, kwargs)
+        return batchnorm_op(scale, shift, "batch_norm")
     positional = list(args[1:])
     weight = positional.pop(0) if positional else kwargs["weight"]
     bias = positional.pop(0) if positional else kwargs.get("bias")
@@ -239,6 +274,7 @@ def linear_op_from_function(function, args: tuple, kwargs: dict) -> LinearOp:
             transpose=lambda s, w, x: s.matmul(w),
             description=name,
             extras={"output_axis": -1},
+            weight_gradient=_dense_weight_gradient,
         )
     transposed = name.startswith("conv_transpose")
     names = _FUNCTIONAL_CONV_T_ARGS if transposed else _FUNCTIONAL_CONV_ARGS
@@ -256,16 +292,59 @@ def batchnorm_scale_shift(
             f"{type(module).__name__} has no running statistics (track_running_stats=False); "
             "it normalises with batch statistics, which is not a fixed affine map"
         )
-    inv_std = torch.rsqrt(module.running_var + module.eps)
-    gamma = module.weight if module.weight is not None else torch.ones_like(inv_std)
-    beta = module.bias if module.bias is not None else torch.zeros_like(inv_std)
+    return affine_scale_shift(
+        module.running_mean, module.running_var, module.weight, module.bias, module.eps
+    )
+
+
+def affine_scale_shift(
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode batch norm as ``x * scale + shift`` (Ioffe & Szegedy 2015)."""
+    inv_std = torch.rsqrt(running_var + eps)
+    gamma = weight if weight is not None else torch.ones_like(inv_std)
+    beta = bias if bias is not None else torch.zeros_like(inv_std)
     scale = gamma * inv_std
-    shift = beta - module.running_mean * scale
+    shift = beta - running_mean * scale
     return scale.detach(), shift.detach()
 
 
-def _batchnorm_op(module: nn.modules.batchnorm._BatchNorm) -> LinearOp:
-    scale, shift = batchnorm_scale_shift(module)
+def functional_batchnorm_scale_shift(
+    args: tuple, kwargs: dict
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``scale, shift`` of an ``F.batch_norm(input, running_mean, running_var, weight, bias,
+    training, momentum, eps)`` call (values, the input first), in eval mode."""
+    names = (
+        "input",
+        "running_mean",
+        "running_var",
+        "weight",
+        "bias",
+        "training",
+        "momentum",
+        "eps",
+    )
+    values = {**dict(zip(names, args, strict=False)), **kwargs}
+    if values.get("training", False) or values.get("running_mean") is None:
+        raise ValueError(
+            "a batch_norm that normalises with batch statistics (training=True or no running "
+            "statistics) is not a fixed affine map"
+        )
+    return affine_scale_shift(
+        values["running_mean"],
+        values["running_var"],
+        values.get("weight"),
+        values.get("bias"),
+        float(values.get("eps", 1e-5)),
+    )
+
+
+def batchnorm_op(scale: torch.Tensor, shift: torch.Tensor, description: str) -> LinearOp:
+    """LinearOp of a per-channel affine map ``x * scale + shift`` on axis 1."""
 
     def per_channel(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return v.reshape([1, -1] + [1] * (x.dim() - 2))
@@ -279,6 +358,11 @@ def _batchnorm_op(module: nn.modules.batchnorm._BatchNorm) -> LinearOp:
         shift,
         forward=forward,
         transpose=lambda s, w, x: s * per_channel(w, x),
-        description=type(module).__name__,
+        description=description,
         extras={"channel_axis": 1},
     )
+
+
+def _batchnorm_op(module: nn.modules.batchnorm._BatchNorm) -> LinearOp:
+    scale, shift = batchnorm_scale_shift(module)
+    return batchnorm_op(scale, shift, type(module).__name__)

@@ -66,6 +66,10 @@ def innspect_implementation(
         if "reverse_keep_tensors" not in str(error):
             raise
         analyzer = create_analyzer(method, model, **options)  # wrappers keep no relevances
+    if analyzer.is_trainable and "patterns" not in options:
+        # pattern.net / pattern.attribution: patterns learned on the reference input itself,
+        # so generating and checking a file learn the same ones.
+        analyzer.fit(x)
     explanation = analyzer.explain(x)
     relevances = {
         name: value.detach().cpu().numpy() for name, value in explanation.relevances.items()

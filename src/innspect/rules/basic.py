@@ -1,22 +1,29 @@
-"""Mappings shared by many methods: the gradient, pass-through, and the ReLU variants."""
+"""Mappings shared by many methods: the gradient, pass-through, and the rectifier variants."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
 from innspect.engine.reverse import Mapping, NodeContext
-from innspect.graph.kinds import Kind
 
 
 class Gradient(Mapping):
-    """The node's vector-Jacobian product (the chain rule)."""
+    """The node's vector-Jacobian product (the chain rule).
+
+    What a plan says; the engine may compute it as :class:`RecomputedGradient` or
+    :class:`LinearGradient` instead (``innspect.engine.strategy``).
+    """
 
     needs_autograd = True
 
     def __call__(self, ctx: NodeContext) -> Sequence[torch.Tensor | None]:
         return ctx.vjp()
+
+    def __repr__(self) -> str:
+        return "Gradient()"
 
 
 class RecomputedGradient(Mapping):
@@ -30,15 +37,8 @@ class RecomputedGradient(Mapping):
     def __call__(self, ctx: NodeContext) -> Sequence[torch.Tensor | None]:
         return ctx.recomputed_vjp()
 
-
-GRADIENT = Gradient()
-RECOMPUTED_GRADIENT = RecomputedGradient()
-
-
-def gradient_mapping(kind: Kind) -> Mapping:
-    """The gradient mapping of a node: max pooling is run again in the walk (no local
-    autograd graph in the record), every other kind maps by its recorded VJP."""
-    return RECOMPUTED_GRADIENT if kind is Kind.MAX_POOL else GRADIENT
+    def __repr__(self) -> str:
+        return "Gradient(recomputed)"
 
 
 class LinearGradient(Mapping):
@@ -49,10 +49,13 @@ class LinearGradient(Mapping):
     """
 
     def __call__(self, ctx: NodeContext) -> Sequence[torch.Tensor | None]:
-        op = ctx.graph.linear_op(ctx.info)
+        op = ctx.linear_op
         inputs = ctx.inputs
         signal = op.transpose(ctx.signal, op.weight.detach(), inputs[0].detach())
         return [signal] + [None] * (len(inputs) - 1)
+
+    def __repr__(self) -> str:
+        return "Gradient(transposed)"
 
 
 class PassThrough(Mapping):
@@ -66,18 +69,55 @@ class PassThrough(Mapping):
             signal = signal.sum_to_size(inputs[0].shape)
         return [signal] + [None] * (len(inputs) - 1)
 
+    def __repr__(self) -> str:
+        return "PassThrough()"
+
 
 class DeconvnetReLU(Mapping):
-    """Deconvnet at a ReLU: rectify the backward signal, ignore the forward mask."""
+    """Deconvnet (Zeiler & Fergus 2014) at a rectifier: rectify the backward signal, ignore
+    the forward mask (ReLU, and the clamps ReLU6 / ``hardtanh(0, t)`` alike)."""
 
     def __call__(self, ctx: NodeContext) -> Sequence[torch.Tensor | None]:
-        return [torch.relu(ctx.signal)]
+        return [torch.relu(ctx.signal)] + [None] * (len(ctx.inputs) - 1)
+
+    def __repr__(self) -> str:
+        return "DeconvnetReLU()"
 
 
 class GuidedReLU(Mapping):
-    """Guided backprop at a ReLU: rectified signal times the forward mask (x > 0)."""
+    """Guided backprop (Springenberg et al. 2015) at a rectifier: rectified signal times the
+    forward mask ``0 < x < bound`` (``bound=inf`` for a ReLU, 6 for ReLU6)."""
+
+    def __init__(self, bound: float = math.inf) -> None:
+        self.bound = float(bound)
 
     def __call__(self, ctx: NodeContext) -> Sequence[torch.Tensor | None]:
-        (x,) = ctx.inputs
+        x = ctx.inputs[0]
         # In place on the rectified copy: one full-size temporary instead of three.
-        return [torch.relu(ctx.signal).masked_fill_(~(x > 0), 0)]
+        result = torch.relu(ctx.signal).masked_fill_(~(x > 0), 0)
+        if math.isfinite(self.bound):
+            result.masked_fill_(~(x < self.bound), 0)
+        return [result] + [None] * (len(ctx.inputs) - 1)
+
+    def __repr__(self) -> str:
+        return "GuidedReLU()" if math.isinf(self.bound) else f"GuidedReLU(bound={self.bound:g})"
+
+
+class RectifiedGradient(Mapping):
+    """innspect's generalisation of guided backprop / Deconvnet to any element-wise
+    activation ``f`` (SiLU, GELU, LeakyReLU, Tanh...): the rectified signal times the local
+    derivative, ``relu(R) * f'(x)``. iNNvestigate refuses these activations
+    (``strict=True`` keeps that refusal)."""
+
+    needs_autograd = True
+
+    def __call__(self, ctx: NodeContext) -> Sequence[torch.Tensor | None]:
+        return ctx.vjp(torch.relu(ctx.signal))
+
+    def __repr__(self) -> str:
+        return "RectifiedGradient()"
+
+
+GRADIENT = Gradient()
+RECOMPUTED_GRADIENT = RecomputedGradient()
+LINEAR_GRADIENT = LinearGradient()

@@ -111,7 +111,7 @@ class LinearRule(Mapping):
     sample_bytes: ClassVar[int] = 32 * 2**20
 
     def __call__(self, ctx: NodeContext) -> Sequence[torch.Tensor | None]:
-        op = ctx.graph.linear_op(ctx.info)
+        op = ctx.linear_op
         inputs = ctx.inputs
         x = inputs[0].detach()
         z = ctx.output.detach()
@@ -364,7 +364,7 @@ class AlphaBeta(LinearRule):
         return b, None
 
     def _hints(self, ctx: NodeContext) -> dict[str, Any]:
-        return {"nonnegative": ctx.graph.is_nonnegative(ctx.info.signal_inputs[0]) or None}
+        return {"nonnegative": ctx.input_nonnegative or None}
 
     def relevance(self, op, x, z, relevance, nonnegative: bool | None = None):
         # Written for memory and passes: every full-size temporary is computed in place,

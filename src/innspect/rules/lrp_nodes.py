@@ -12,8 +12,8 @@ from torch import fx
 
 from innspect.engine.reverse import Mapping, NodeContext, Unsupported
 from innspect.graph.graph import NodeInfo
-from innspect.graph.kinds import AVG_POOL_MODULES, Kind, op_name
-from innspect.rules.basic import PassThrough, gradient_mapping
+from innspect.graph.kinds import Kind, family, is_difference, is_sum
+from innspect.rules.basic import GRADIENT, PassThrough
 from innspect.rules.lrp import check_stabilizer, stabilize
 
 
@@ -36,6 +36,9 @@ class ZRuleNoParam(Mapping):
             None if g is None else x.detach() * g for x, g in zip(ctx.inputs, grads, strict=True)
         ]
 
+    def __repr__(self) -> str:
+        return "ZRule()" if self.stabilizer is None else f"ZRule(stabilizer={self.stabilizer:g})"
+
 
 class ZRuleSum(Mapping):
     """The z-rule on ``a + b`` or ``a - b`` (residual connections) without autograd.
@@ -51,9 +54,9 @@ class ZRuleSum(Mapping):
     def __call__(self, ctx: NodeContext) -> Sequence[torch.Tensor | None]:
         node = ctx.info.node
         s = ctx.signal / stabilize(ctx.output.detach(), self.stabilizer)
-        negate_second = op_name(node).rstrip("_") == "sub"
+        negate_second = is_difference(node)
         parts: dict = dict.fromkeys(ctx.info.signal_inputs)
-        values = ctx.record.values
+        values = dict(zip(ctx.info.signal_inputs, ctx.inputs, strict=True))
         for position, arg in enumerate(node.args[:2]):
             if not isinstance(arg, fx.Node) or arg not in parts:
                 continue
@@ -66,14 +69,17 @@ class ZRuleSum(Mapping):
             parts[arg] = part if parts[arg] is None else parts[arg] + part
         return [parts[n] for n in ctx.info.signal_inputs]
 
+    def __repr__(self) -> str:
+        label = "" if self.stabilizer is None else f"stabilizer={self.stabilizer:g}, "
+        return f"ZRule({label}without autograd)"
+
 
 def is_plain_sum(info: NodeInfo) -> bool:
     """``a + b`` or ``a - b`` of two arguments with no scaling (``alpha``) of the second."""
     node = info.node
     alpha = node.kwargs.get("alpha", 1)
     return (
-        node.op in ("call_function", "call_method")
-        and op_name(node).rstrip("_") in ("add", "sub")
+        is_sum(node)
         and len(node.args) == 2
         and set(node.kwargs) <= {"alpha"}
         and not isinstance(alpha, fx.Node)
@@ -81,10 +87,9 @@ def is_plain_sum(info: NodeInfo) -> bool:
     )
 
 
-def z_rule_no_param(info: NodeInfo, stabilizer: float | None = None) -> Mapping:
-    """The z-rule on a parameter-free linear node: without autograd for plain sums."""
-    if is_plain_sum(info):
-        return ZRuleSum(stabilizer)
+def z_rule_no_param(stabilizer: float | None = None) -> Mapping:
+    """The z-rule on a parameter-free linear node (the engine runs plain sums without
+    autograd, see ``innspect.engine.strategy``)."""
     return ZRuleNoParam(stabilizer) if stabilizer is not None else Z_NO_PARAM
 
 
@@ -94,30 +99,18 @@ class EmbeddingSum(Mapping):
     def __call__(self, ctx: NodeContext) -> Sequence[torch.Tensor | None]:
         return [ctx.signal.sum(dim=-1)] + [None] * (len(ctx.inputs) - 1)
 
+    def __repr__(self) -> str:
+        return "EmbeddingSum()"
+
 
 def is_signal_sum(info: NodeInfo) -> bool:
     """An addition/subtraction of two input-dependent tensors (e.g. a residual connection)."""
-    return len(info.signal_inputs) >= 2 and op_name(info.node).rstrip("_") in ("add", "sub")
-
-
-_AVERAGES = {
-    "avg_pool1d",
-    "avg_pool2d",
-    "avg_pool3d",
-    "adaptive_avg_pool1d",
-    "adaptive_avg_pool2d",
-    "adaptive_avg_pool3d",
-    "_adaptive_avg_pool2d",
-    "_adaptive_avg_pool3d",
-    "mean",
-}
+    return len(info.signal_inputs) >= 2 and is_sum(info.node)
 
 
 def is_average(info: NodeInfo) -> bool:
     """Average pooling (module, functional or ATen) or a mean over axes."""
-    if info.module is not None:
-        return isinstance(info.module, AVG_POOL_MODULES)
-    return info.node.op in ("call_function", "call_method") and op_name(info.node) in _AVERAGES
+    return family(info.node, info.module) == "average"
 
 
 PASS_THROUGH = PassThrough()
@@ -139,9 +132,9 @@ def lrp_node_mapping(info: NodeInfo, method: str, stabilizer: float | None = Non
     if kind in (Kind.ACTIVATION, Kind.SCALE):
         return PASS_THROUGH
     if kind in (Kind.MAX_POOL, Kind.REARRANGE, Kind.IDENTITY):
-        return gradient_mapping(kind)
+        return GRADIENT
     if kind is Kind.LINEAR_NO_PARAM:
-        return z_rule_no_param(info, stabilizer)
+        return z_rule_no_param(stabilizer)
     if kind is Kind.EMBEDDING:
         return EMBEDDING_SUM
     if kind is Kind.OUTPUT_ACTIVATION:

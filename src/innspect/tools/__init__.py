@@ -1,5 +1,6 @@
-"""Tools around analyzers: perturbation analysis."""
+"""Tools around analyzers: perturbation analysis, PatternComputer."""
 
+from innspect.tools.patterns import PatternComputer
 from innspect.tools.perturbation import Perturbation, PerturbationAnalysis, PerturbationResult
 
-__all__ = ["Perturbation", "PerturbationAnalysis", "PerturbationResult"]
+__all__ = ["PatternComputer", "Perturbation", "PerturbationAnalysis", "PerturbationResult"]
