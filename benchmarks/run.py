@@ -496,7 +496,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--only",
-        choices=("patterns", "introspect", "modern"),
+        choices=("patterns", "introspect", "deeplift", "modern"),
         help="run one group only, written to RESULTS-<group>.md unless --out is given",
     )
     parser.add_argument("--pattern-batch", type=int, default=16, help="batch of --only patterns")
@@ -531,6 +531,22 @@ def main(argv: list[str] | None = None) -> None:
                 args.size,
                 args.repeats,
                 args.pattern_stream,
+            )
+        )
+        sections.append(render_duration(time.perf_counter() - started, args.started_at))
+        write_text(out, "\n".join(sections))
+        print(f"wrote {out}")
+        return
+    if args.only == "deeplift":
+        import sys
+
+        import bench_deeplift
+
+        out = args.out if "--out" in (argv or sys.argv) else HERE / "RESULTS-deeplift.md"
+        sections[1] = "Made by `python benchmarks/run.py --only deeplift`.\n"
+        sections.append(
+            bench_deeplift.section(
+                sys.modules[__name__], args.models, args.batch, args.size, args.repeats
             )
         )
         sections.append(render_duration(time.perf_counter() - started, args.started_at))
