@@ -17,6 +17,7 @@ from innspect.graph import canonize
 from innspect.graph.capture import GRAPH_LOCK, CallSpec, bind_call, capture, unwrap
 from innspect.graph.kinds import (
     Kind,
+    aten_name,
     classify,
     is_nonnegative_op,
     is_plain_relu,
@@ -563,7 +564,12 @@ def bottlenecks_in_order(
 def _is_shape_query(node: fx.Node) -> bool:
     if node.op == "call_function" and node.target is getattr:
         return node.args[1] in ("shape", "dtype", "device", "ndim")
+    if node.op == "call_function" and aten_name(node.target) in _ATEN_SHAPE_QUERIES:
+        return True  # torch.export with a dynamic batch dimension: aten.sym_size.int
     return node.op == "call_method" and node.target in ("size", "dim", "numel")
+
+
+_ATEN_SHAPE_QUERIES = {"sym_size", "sym_numel", "sym_stride", "sym_storage_offset"}
 
 
 def _last_uses(nodes: list[NodeInfo], kept: set[fx.Node]) -> dict[fx.Node, list[fx.Node]]:
