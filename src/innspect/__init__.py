@@ -11,6 +11,7 @@ from innspect.analyzers.registry import (
     describe_analyzers,
     list_analyzers,
 )
+from innspect.dataset import explain_dataset
 from innspect.errors import (
     InnspectError,
     InputError,
@@ -38,6 +39,7 @@ __all__ = [
     "analyzer_class",
     "create_analyzer",
     "describe_analyzers",
+    "explain_dataset",
     "list_analyzers",
     "model_wo_output_activation",
     "model_wo_softmax",

@@ -1,0 +1,124 @@
+"""explain_dataset on Ray: the same bytes as the local backend, a killed worker loses nothing.
+
+One local Ray instance with 2 CPUs for the whole module (starting one costs seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from innspect.dataset import INDEX_NAME, explain_dataset, read_shards
+from innspect.demo.model import digits_cnn
+from innspect.distributed import ray_backend
+
+ray = pytest.importorskip("ray") if os.environ.get("CI", "").lower() != "true" else None
+if ray is None:
+    import ray  # in CI the test extra installs ray: its absence must fail, not skip
+
+SPEC = "innspect.demo.model:digits_cnn"
+METHODS = ["gradient", "lrp.epsilon", "integrated_gradients"]
+N, SHARD, BATCH = 200, 48, 16  # shards of 48 and a last one of 8
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}},
+    )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> str:
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("model") / "digits.pt"
+    torch.save(digits_cnn().state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def data() -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(N, 1, 32, 32)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def local(weights, data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local")
+    return _run(weights, data, out, backend="local")
+
+
+def _run(weights, data, out, **kwargs):
+    explain_dataset(
+        SPEC,
+        data,
+        METHODS,
+        out,
+        weights=weights,
+        shard_size=SHARD,
+        batch_size=BATCH,
+        verbose=False,
+        steps=8,
+        **kwargs,
+    )
+    return json.loads((out / INDEX_NAME).read_text())
+
+
+def test_two_ray_workers_write_the_same_bytes_as_the_local_backend(
+    cluster, weights, data, local, tmp_path
+):
+    index = _run(weights, data, tmp_path, backend="ray", num_workers=2)
+    assert [s["stop"] - s["start"] for s in index["shards"]] == [48, 48, 48, 48, 8]
+    assert index["shards"] == local["shards"]  # same checksums: same bytes, shard by shard
+    result = read_shards(tmp_path)
+    for method in METHODS:
+        assert result[f"{method}/attribution"].shape == (N, 1, 32, 32)
+        assert np.isfinite(result[f"{method}/attribution"]).all()
+
+
+def test_a_killed_worker_loses_no_sample(cluster, weights, data, local, tmp_path, monkeypatch):
+    killed = []
+
+    def kill_first(actors):
+        if not killed:
+            ray.kill(actors[0], no_restart=True)
+            killed.append(actors[0])
+
+    monkeypatch.setattr(ray_backend, "_AFTER_SHARD", kill_first)
+    index = _run(weights, data, tmp_path, backend="ray", num_workers=2)
+    assert killed
+    assert index["shards"] == local["shards"]
+
+
+def test_a_run_interrupted_on_ray_resumes_to_the_same_output(
+    cluster, weights, data, local, tmp_path, monkeypatch
+):
+    def stop_after_two(actors, done=[]):  # noqa: B006 - a counter across calls
+        done.append(1)
+        if len(done) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ray_backend, "_AFTER_SHARD", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        _run(weights, data, tmp_path, backend="ray", num_workers=2)
+    partial = json.loads((tmp_path / INDEX_NAME).read_text())
+    assert sum(s["sha256"] is not None for s in partial["shards"]) == 2
+    monkeypatch.setattr(ray_backend, "_AFTER_SHARD", None)
+    assert _run(weights, data, tmp_path, backend="ray", num_workers=2)["shards"] == local["shards"]
+
+
+def test_without_ray_the_error_names_the_extra(monkeypatch):
+    from innspect.distributed import require_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ImportError, match=r"innspect\[ray\]"):
+        require_ray()
