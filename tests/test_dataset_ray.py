@@ -93,7 +93,7 @@ def test_a_killed_worker_loses_no_sample(cluster, weights, data, local, tmp_path
             ray.kill(actors[0], no_restart=True)
             killed.append(actors[0])
 
-    monkeypatch.setattr(ray_backend, "_AFTER_SHARD", kill_first)
+    monkeypatch.setattr(ray_backend, "_AFTER_TASK", kill_first)
     index = _run(weights, data, tmp_path, backend="ray", num_workers=2)
     assert killed
     assert index["shards"] == local["shards"]
@@ -107,12 +107,12 @@ def test_a_run_interrupted_on_ray_resumes_to_the_same_output(
         if len(done) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(ray_backend, "_AFTER_SHARD", stop_after_two)
+    monkeypatch.setattr(ray_backend, "_AFTER_TASK", stop_after_two)
     with pytest.raises(KeyboardInterrupt):
         _run(weights, data, tmp_path, backend="ray", num_workers=2)
     partial = json.loads((tmp_path / INDEX_NAME).read_text())
     assert sum(s["sha256"] is not None for s in partial["shards"]) == 2
-    monkeypatch.setattr(ray_backend, "_AFTER_SHARD", None)
+    monkeypatch.setattr(ray_backend, "_AFTER_TASK", None)
     assert _run(weights, data, tmp_path, backend="ray", num_workers=2)["shards"] == local["shards"]
 
 

@@ -301,6 +301,7 @@ class ShardRunner:
         self.fingerprint = model_fingerprint(model)
         self.batch_size = batch_size
         self.neuron = neuron
+        self.options = options
         self.analyzers = {m: create_analyzer(m, model, **options.get(m, {})) for m in methods}
 
     def compute(self, start: int, stop: int) -> dict[str, np.ndarray]:
@@ -538,10 +539,7 @@ def explain_dataset(
     if backend == "local":
         _run_local(runner, index, todo, verbose)
     else:
-        from innspect.distributed.ray_backend import run_shards
-
-        settings = (model, source, methods, per_method, batch_size, neuron, runner.fingerprint)
-        run_shards(settings, index, todo, num_workers, address, verbose)
+        _run_ray(model, runner, index, todo, num_workers, address, verbose)
     return out
 
 
@@ -562,6 +560,55 @@ def _run_local(runner: ShardRunner, index: ShardIndex, todo: list[int], verbose:
         index.finish(i, write_shard(index.out / shard["file"], arrays, **_range(shard)))
         if bar is not None:
             bar.update(shard["stop"] - shard["start"])
+    if bar is not None:
+        bar.close()
+
+
+class ShardJob:
+    """A Ray task's work: the shard of samples [start, stop) (the ShardRunner, with its
+    analyzers and captured graphs, stays in the worker's cache)."""
+
+    def __init__(
+        self,
+        source: DataSource,
+        methods: list[str],
+        options: dict,
+        batch_size: int,
+        neuron: int | None,
+    ) -> None:
+        self.settings = (source, methods, options, batch_size, neuron)
+
+    def __call__(self, model: nn.Module, cache: dict, start: int, stop: int) -> dict:
+        if "runner" not in cache:
+            cache["runner"] = ShardRunner(model, *self.settings)
+        return cache["runner"].compute(start, stop)
+
+
+def _run_ray(
+    spec: ModelSpec,
+    runner: ShardRunner,
+    index: ShardIndex,
+    todo: list[int],
+    num_workers: int | None,
+    address: str | None,
+    verbose: bool,
+) -> None:
+    from innspect.distributed.ray_backend import run_jobs
+
+    bar = _bar(index, todo, verbose)
+    job = ShardJob(
+        runner.source, list(runner.analyzers), runner.options, runner.batch_size, runner.neuron
+    )
+
+    def on_result(k: int, arrays: dict[str, np.ndarray]) -> None:
+        shard = index.shards[todo[k]]
+        index.finish(todo[k], write_shard(index.out / shard["file"], arrays, **_range(shard)))
+        if bar is not None:
+            bar.update(shard["stop"] - shard["start"])
+
+    example = runner.source.read(0, 1)[0]
+    ranges = [(index.shards[i]["start"], index.shards[i]["stop"]) for i in todo]
+    run_jobs(spec, example, runner.fingerprint, job, ranges, on_result, num_workers, address)
     if bar is not None:
         bar.close()
 

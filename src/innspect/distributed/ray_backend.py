@@ -1,23 +1,27 @@
-"""Ray backend of ``explain_dataset``: ShardRunner actors and a driver that hands them shards.
+"""Ray backend: actors that keep a model, and a driver that hands them ranges of samples.
 
 Each actor builds the model once from its spec and weights file (never a pickled module),
-keeps its analyzers (and so the captured graphs) across shards, and sets its own thread
-count. Only the driver writes files: an actor returns a shard's arrays (through Ray's object
-store) and the driver writes the shard and updates the index, so a worker that dies loses at
-most the shard it was computing, which goes back to the queue and to a fresh actor.
+checks it against the driver's fingerprint, sets its own thread count and keeps what a job
+caches (analyzers, captured graphs) across tasks. A task is a *job* (a small picklable
+object: the data source and what to compute) applied to a range of samples; its result
+comes back through Ray's object store and only the driver writes files. A worker that dies
+loses at most the range it was computing, which goes back to the queue and to a fresh actor.
 """
 
 from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import numpy as np
 
 from innspect.distributed import require_ray
 from innspect.errors import InputError
 
-# Test hook: called as _AFTER_SHARD(actors) after each shard the driver has written.
-_AFTER_SHARD = None
+# Test hook: called as _AFTER_TASK(actors) after each result the driver has handled.
+_AFTER_TASK = None
 
 
 def connect(address: str | None, num_workers: int | None) -> tuple[Any, bool]:
@@ -38,90 +42,88 @@ def connect(address: str | None, num_workers: int | None) -> tuple[Any, bool]:
     return ray, True
 
 
-def _actor_class(ray: Any) -> Any:
-    from innspect.dataset import ShardRunner
+class Worker:
+    """The actor: one model, built from its spec, and a cache jobs keep their state in."""
 
-    class Worker:
-        def __init__(self, settings: tuple, num_threads: int) -> None:
-            model, source, methods, options, batch_size, neuron, fingerprint = settings
-            self.runner = ShardRunner(
-                model, source, methods, options, batch_size, neuron, num_threads
+    def __init__(self, spec: Any, example: np.ndarray, fingerprint: str, threads: int) -> None:
+        import torch
+
+        from innspect.dataset import model_fingerprint
+
+        torch.set_num_threads(threads)
+        self.model = spec.load(torch.as_tensor(example))
+        if model_fingerprint(self.model) != fingerprint:
+            raise InputError(
+                "the model a worker built differs from the driver's (another weights file, "
+                "or random weights without a seed): give weights= a state dict file"
             )
-            if self.runner.fingerprint != fingerprint:
-                raise InputError(
-                    "the model a worker built differs from the driver's (another weights "
-                    "file, or random weights without a seed): give weights= a state dict file"
-                )
+        self.cache: dict[str, Any] = {}
 
-        def compute(self, start: int, stop: int) -> dict:
-            return self.runner.compute(start, stop)
-
-    return ray.remote(Worker)
+    def run(self, job: Callable[..., Any], start: int, stop: int) -> Any:
+        return job(self.model, self.cache, start, stop)
 
 
-def run_shards(
-    settings: tuple,
-    index: Any,
-    todo: list[int],
-    num_workers: int | None,
-    address: str | None,
-    verbose: bool,
+def run_jobs(
+    spec: Any,
+    example: np.ndarray,
+    fingerprint: str,
+    job: Callable[..., Any],
+    ranges: Sequence[tuple[int, int]],
+    on_result: Callable[[int, Any], None],
+    num_workers: int | None = None,
+    address: str | None = None,
     threads_per_worker: int = 1,
 ) -> None:
-    """Compute the shards ``todo`` on Ray actors and write them through ``index``."""
-    from innspect.dataset import _bar, _range, write_shard
-
-    if not todo:
+    """Apply ``job`` to every ``(start, stop)`` range on Ray actors; ``on_result(i, result)``
+    runs in this process as each range ``i`` finishes (in completion order)."""
+    if not ranges:
         return
     ray, started = connect(address, num_workers)
     try:
         workers = num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        workers = min(workers, len(todo))
-        Worker = _actor_class(ray).options(num_cpus=threads_per_worker)
-        shared = ray.put(settings)  # sent once to the object store, not once per actor
-        actors = [Worker.remote(shared, threads_per_worker) for _ in range(workers)]
-        queue = deque(todo)
-        running: dict[Any, tuple[int, int]] = {}  # task -> (actor slot, shard)
-        bar = _bar(index, todo, verbose)
+        workers = min(workers, len(ranges))
+        actor = ray.remote(Worker).options(num_cpus=threads_per_worker)
+        shared = ray.put(job)  # sent once to the object store, not once per task
+
+        def new_actor() -> Any:
+            return actor.remote(spec, example, fingerprint, threads_per_worker)
+
+        actors = [new_actor() for _ in range(workers)]
+        queue = deque(range(len(ranges)))
+        running: dict[Any, tuple[int, int]] = {}  # task -> (actor slot, range)
         restarts = 0
 
         def submit(slot: int) -> None:
-            shard = queue.popleft()
-            task = actors[slot].compute.remote(**_range(index.shards[shard]))
-            running[task] = (slot, shard)
+            i = queue.popleft()
+            running[actors[slot].run.remote(shared, *ranges[i])] = (slot, i)
 
         for slot in range(workers):
             if queue:
                 submit(slot)
         while running:
             [task], _ = ray.wait(list(running), num_returns=1)
-            slot, shard = running.pop(task)
+            slot, i = running.pop(task)
             try:
-                arrays = ray.get(task)
+                result = ray.get(task)
             except ray.exceptions.RayActorError:
-                # The worker died: its shard goes back to the queue and a fresh actor
-                # takes its slot (bounded, so a model that kills every worker fails).
+                # The worker died: its range goes back to the queue and a fresh actor
+                # takes the slot (bounded, so a model that kills every worker fails).
                 restarts += 1
                 if restarts > 3 * workers:
                     raise
-                queue.appendleft(shard)
-                actors[slot] = Worker.remote(shared, threads_per_worker)
+                queue.appendleft(i)
+                actors[slot] = new_actor()
                 submit(slot)
                 continue
             except ray.exceptions.RayTaskError as error:
                 raise error.as_instanceof_cause() from None
-            info = index.shards[shard]
-            index.finish(shard, write_shard(index.out / info["file"], arrays, **_range(info)))
-            if bar is not None:
-                bar.update(info["stop"] - info["start"])
-            if _AFTER_SHARD is not None:
-                _AFTER_SHARD(actors)
+            on_result(i, result)
+            if _AFTER_TASK is not None:
+                _AFTER_TASK(actors)
             if queue:
                 submit(slot)
-        if bar is not None:
-            bar.close()
-        for actor in actors:
-            ray.kill(actor)
+        for each in actors:
+            ray.kill(each)
     finally:
         if started:
             ray.shutdown()
