@@ -16,6 +16,7 @@ import torch
 from innspect.dataset import INDEX_NAME, explain_dataset, read_shards
 from innspect.demo.model import digits_cnn
 from innspect.distributed import ray_backend
+from innspect.errors import InputError
 
 ray = pytest.importorskip("ray") if os.environ.get("CI", "").lower() != "true" else None
 if ray is None:
@@ -122,3 +123,50 @@ def test_without_ray_the_error_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ImportError, match=r"innspect\[ray\]"):
         require_ray()
+
+
+@pytest.fixture(scope="module")
+def model(weights) -> torch.nn.Module:
+    module = digits_cnn()
+    module.load_state_dict(torch.load(weights, weights_only=True))
+    return module.eval()
+
+
+def test_patterns_from_ray_equal_the_local_ones(cluster, weights, model, data):
+    from innspect.dataset import ModelSpec
+    from innspect.tools.patterns import PatternComputer
+
+    x = data[:100]
+    local = PatternComputer(model, "relu").compute(x, batch_size=16)
+    spec = ModelSpec(SPEC, weights)
+    remote = PatternComputer(model, "relu").compute(
+        x, batch_size=16, backend="ray", model_spec=spec, num_workers=2
+    )
+    assert set(remote) == set(local) and len(local) == 5
+    for name in local:
+        np.testing.assert_allclose(remote[name], local[name], rtol=1e-12, atol=1e-12)
+    with pytest.raises(InputError, match="weights differ"):
+        PatternComputer(digits_cnn(), "relu").compute(x, backend="ray", model_spec=spec)
+
+
+def test_naps_from_ray_equal_the_local_ones(cluster, weights, model, data):
+    from innspect.dataset import ModelSpec
+    from innspect.introspect.collect import collect
+
+    x = data[:100]
+    groups = np.array(["odd", "even", "zero"])[np.arange(100) % 3]
+    local = collect(model, x, groups=groups, batch_size=16)
+    spec = ModelSpec(SPEC, weights)
+    remote = collect(
+        model, (x, groups), batch_size=16, backend="ray", model_spec=spec, num_workers=2
+    )
+    assert remote.groups == local.groups == ["even", "odd", "zero"]
+    assert np.array_equal(remote.group_sizes, local.group_sizes)
+    assert set(remote.layers) == set(local.layers) and local.gradients
+    for layer in local.layers:
+        np.testing.assert_allclose(
+            remote.layers[layer], local.layers[layer], rtol=1e-12, atol=1e-12
+        )
+        np.testing.assert_allclose(
+            remote.gradients[layer], local.gradients[layer], rtol=1e-12, atol=1e-12
+        )

@@ -56,7 +56,8 @@ def reduce_on_ray(
         bar = tqdm(total=n, desc="statistics", unit="sample")
 
     def on_result(i: int, arrays: dict[str, np.ndarray]) -> None:
-        parts[i] = Statistics.from_arrays(arrays)
+        # Arrays from Ray's object store are read-only views: copy before merging into them.
+        parts[i] = Statistics.from_arrays({k: np.array(v) for k, v in arrays.items()})
         if bar is not None:
             bar.update(ranges[i][1] - ranges[i][0])
 
@@ -112,3 +113,88 @@ class NapJob:
             **self.options,
         )
         return statistics.to_arrays()
+
+
+def _spec_and_fingerprint(model: Any, model_spec: Any, example: np.ndarray) -> tuple[Any, str]:
+    """The ModelSpec workers build from, checked to give ``model``'s weights."""
+    import torch
+
+    from innspect.dataset import ModelSpec, model_fingerprint
+    from innspect.errors import InputError
+
+    if isinstance(model_spec, str):
+        model_spec = ModelSpec(model_spec)
+    if not isinstance(model_spec, ModelSpec):
+        raise InputError(
+            "backend='ray' builds the model on each worker: give model_spec=ModelSpec("
+            "'package.module:factory' | 'torchvision:NAME' | TorchScript file, weights='state.pt')"
+        )
+    fingerprint = model_fingerprint(model)
+    if model_fingerprint(model_spec.load(torch.as_tensor(example))) != fingerprint:
+        raise InputError(
+            f"model_spec {model_spec.spec} (weights {model_spec.weights}) does not build this "
+            "model: its weights differ; save model.state_dict() and give that file as weights"
+        )
+    return model_spec, fingerprint
+
+
+def patterns_on_ray(
+    computer: Any,
+    data: Any,
+    model_spec: Any,
+    batch_size: int,
+    num_workers: int | None,
+    address: str | None,
+    verbose: bool,
+) -> Any:
+    """A PatternComputer holding the statistics of ``data`` reduced on Ray."""
+    from innspect.dataset import as_source
+    from innspect.tools.patterns import PatternComputer
+
+    source = as_source(data)
+    example = source.read(0, 1)[0]
+    spec, fingerprint = _spec_and_fingerprint(computer.model, model_spec, example)
+    job = PatternJob(source, computer.pattern_type, computer.compute_dtype, batch_size)
+    statistics = reduce_on_ray(
+        spec, example, fingerprint, job, len(source), batch_size, num_workers, address, verbose
+    )
+    result = PatternComputer(computer.model, computer.pattern_type, computer.compute_dtype)
+    result.statistics = statistics
+    return result
+
+
+def naps_on_ray(
+    model: Any,
+    data: Any,
+    groups: Any,
+    layers: Any,
+    reducers: dict,
+    registry: Any,
+    options: dict,
+    model_spec: Any,
+    num_workers: int | None,
+    address: str | None,
+    verbose: bool,
+) -> Statistics:
+    """NAP statistics of arrays with group labels, reduced on Ray. The driver maps the
+    labels to integer ids in order of appearance (as the local pass does) before any worker
+    starts, so every worker keys its sums the same way."""
+    from innspect.dataset import ArraySource
+    from innspect.errors import InputError
+
+    if isinstance(data, tuple) and len(data) == 2 and groups is None:
+        data, groups = data
+    if groups is None or isinstance(data, str | bytes) or not hasattr(data, "shape"):
+        raise InputError(
+            "introspect.collect with backend='ray' takes arrays with groups=... or an "
+            "(X, groups) tuple (a corpus folder or a stream runs on the local backend)"
+        )
+    ids = registry.ids(groups).numpy()
+    source = ArraySource(data, ids)
+    example = source.read(0, 1)[0]
+    spec, fingerprint = _spec_and_fingerprint(model, model_spec, example)
+    job = NapJob(source, layers, reducers, options)
+    batch_size = options["batch_size"]
+    return reduce_on_ray(
+        spec, example, fingerprint, job, len(source), batch_size, num_workers, address, verbose
+    )

@@ -206,6 +206,10 @@ def collect(
     channel_axis: int = 1,
     keep_samples: int = 0,
     verbose: bool = False,
+    backend: str = "local",
+    model_spec: Any = None,
+    num_workers: int | None = None,
+    address: str | None = None,
 ) -> Naps:
     """Neuron activation profiles of ``model``'s ``layers`` over ``data``, in one pass.
 
@@ -235,6 +239,11 @@ def collect(
         ``Naps.samples`` / ``Naps.sample_groups`` (for :func:`instance_projection`).
     verbose
         Show a progress bar.
+    backend, model_spec, num_workers, address
+        ``backend="ray"``: ``num_workers`` Ray actors build the model from ``model_spec``
+        (``innspect.dataset.ModelSpec`` or a spec string, giving ``model``'s weights),
+        reduce ranges of the arrays and the driver merges them in a tree
+        (``innspect.distributed``); data as arrays with ``groups`` or ``(X, groups)``.
 
     Returns
     -------
@@ -248,7 +257,26 @@ def collect(
         reducers["gradients"] = NapReducer(channel_axis=channel_axis, of="grad")
     if keep_samples > 0:
         reducers["samples"] = SampleReducer(keep_samples)
-    if isinstance(data, str | os.PathLike):
+    if backend == "ray":
+        from innspect.distributed.stats import naps_on_ray
+
+        options = {"target": target, "gradients": gradients, "batch_size": batch_size}
+        statistics = naps_on_ray(
+            model,
+            data,
+            groups,
+            layers,
+            reducers,
+            registry,
+            options,
+            model_spec,
+            num_workers,
+            address,
+            verbose,
+        )
+    elif backend != "local":
+        raise InputError(f"backend must be 'local' or 'ray', got {backend!r}")
+    elif isinstance(data, str | os.PathLike):
         statistics = _collect_corpus(
             model, Path(data), layers, reducers, registry, gradients, target, batch_size, verbose
         )
