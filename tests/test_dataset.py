@@ -164,3 +164,39 @@ def test_bad_arguments_are_refused_clearly(model, data, tmp_path):
         _run(model, data, tmp_path, epsilonn=0.5)
     with pytest.raises(InputError, match="not found"):
         _run(model, tmp_path / "missing.npy", tmp_path)
+
+
+def test_cli_backend_local_writes_the_same_shards_as_the_api(model, data, tmp_path):
+    from innspect.cli import main
+
+    weights = tmp_path / "w.pt"
+    torch.save(model.state_dict(), weights)
+    np.save(tmp_path / "x.npy", data)
+    spec = "innspect.demo.model:digits_cnn"
+    explain_dataset(
+        spec, data, METHODS, tmp_path / "api", weights=str(weights), shard_size=SHARD,
+        batch_size=BATCH, verbose=False,
+    )  # fmt: skip
+    argv = ["analyze", "--model", spec, "--weights", str(weights), "--input"]
+    argv += [str(tmp_path / "x.npy"), "--method", *METHODS, "--backend", "local"]
+    argv += ["--shard-size", str(SHARD), "--batch-size", str(BATCH), "--out", str(tmp_path / "c")]
+    assert main(argv) == 0
+    assert _index(tmp_path / "c")["shards"] == _index(tmp_path / "api")["shards"]
+
+
+def test_cli_ray_flags_without_ray_name_the_extra(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from innspect.cli import main
+
+    base = ["analyze", "--model", "innspect.demo.model:digits_cnn", "--input", str(tmp_path)]
+    base += ["--method", "gradient", "--out", str(tmp_path / "o")]
+    assert main([*base, "--workers", "2"]) == 2
+    assert "--backend ray" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)
+    assert main([*base, "--backend", "ray"]) == 2
+    assert "innspect[ray]" in capsys.readouterr().err
+    patterns = ["patterns", "compute", "--model", "innspect.demo.model:digits_cnn"]
+    patterns += ["--data", str(tmp_path), "--out", str(tmp_path / "p.npz"), "--backend", "ray"]
+    assert main(patterns) == 2
+    assert "innspect[ray]" in capsys.readouterr().err

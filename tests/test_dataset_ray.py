@@ -170,3 +170,14 @@ def test_naps_from_ray_equal_the_local_ones(cluster, weights, model, data):
         np.testing.assert_allclose(
             remote.gradients[layer], local.gradients[layer], rtol=1e-12, atol=1e-12
         )
+
+
+def test_cli_analyze_on_ray_writes_the_local_shards(cluster, weights, data, local, tmp_path):
+    from innspect.cli import main
+
+    np.save(tmp_path / "x.npy", data)
+    argv = ["analyze", "--model", SPEC, "--weights", weights, "--input", str(tmp_path / "x.npy")]
+    argv += ["--method", *METHODS, "--option", "steps=8", "--backend", "ray", "--workers", "2"]
+    argv += ["--shard-size", str(SHARD), "--batch-size", str(BATCH), "--out", str(tmp_path / "o")]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "o" / INDEX_NAME).read_text())["shards"] == local["shards"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -509,8 +510,9 @@ def explain_dataset(
     methods = [methods] if isinstance(methods, str) else list(methods)
     if not methods:
         raise InputError("no method given: name at least one analyzer")
+    seed = options.pop("seed", 0)
     if isinstance(model, str):
-        model = ModelSpec(model, weights)
+        model = ModelSpec(model, weights, seed)
     elif weights is not None:
         raise InputError("weights= goes with a model spec string, not with a module")
     if backend == "ray" and not isinstance(model, ModelSpec):
@@ -524,7 +526,7 @@ def explain_dataset(
     if len(source) == 0:
         raise InputError("the data set is empty")
     try:
-        per_method = options_per_method(methods, options, options.pop("seed", 0), neuron)
+        per_method = options_per_method(methods, options, seed, neuron)
     except CLIError as error:
         raise InputError(str(error)) from error
     runner = ShardRunner(model, source, methods, per_method, batch_size, neuron)
@@ -577,6 +579,7 @@ class ShardJob:
         neuron: int | None,
     ) -> None:
         self.settings = (source, methods, options, batch_size, neuron)
+        self.token = uuid.uuid4().hex  # the worker's cache is this job's only
 
     def __call__(self, model: nn.Module, cache: dict, start: int, stop: int) -> dict:
         if "runner" not in cache:

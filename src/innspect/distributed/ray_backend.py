@@ -58,9 +58,19 @@ class Worker:
                 "or random weights without a seed): give weights= a state dict file"
             )
         self.cache: dict[str, Any] = {}
+        self.token: str | None = None
 
     def run(self, job: Callable[..., Any], start: int, stop: int) -> Any:
+        # An actor serves several runs in a session: what a job cached is for that job only.
+        token = getattr(job, "token", None)
+        if token != self.token:
+            self.cache, self.token = {}, token
         return job(self.model, self.cache, start, stop)
+
+
+# Actors kept alive between runs on a Ray instance this process did not start (building a
+# worker's model costs seconds): by cluster connection, model spec, fingerprint and threads.
+_POOLS: dict[tuple, list[Any]] = {}
 
 
 def run_jobs(
@@ -88,7 +98,11 @@ def run_jobs(
         def new_actor() -> Any:
             return actor.remote(spec, example, fingerprint, threads_per_worker)
 
-        actors = [new_actor() for _ in range(workers)]
+        key = (ray.get_runtime_context().get_job_id(), spec, fingerprint, threads_per_worker)
+        pool = [] if started else _POOLS.setdefault(key, [])
+        while len(pool) < workers:
+            pool.append(new_actor())
+        actors = pool[:workers]
         queue = deque(range(len(ranges)))
         running: dict[Any, tuple[int, int]] = {}  # task -> (actor slot, range)
         restarts = 0
@@ -112,7 +126,7 @@ def run_jobs(
                 if restarts > 3 * workers:
                     raise
                 queue.appendleft(i)
-                actors[slot] = new_actor()
+                actors[slot] = pool[slot] = new_actor()
                 submit(slot)
                 continue
             except ray.exceptions.RayTaskError as error:
@@ -122,8 +136,6 @@ def run_jobs(
                 _AFTER_TASK(actors)
             if queue:
                 submit(slot)
-        for each in actors:
-            ray.kill(each)
     finally:
         if started:
             ray.shutdown()

@@ -4,6 +4,7 @@ log2(N) rounds of the same ``Statistics.merge`` the local backend's resumable ru
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,6 +73,7 @@ class PatternJob:
     graph stay in the worker's cache)."""
 
     def __init__(self, source: Any, pattern_type: str, compute_dtype: Any, batch_size: int):
+        self.token = uuid.uuid4().hex  # the worker's cache is this job's only
         self.source, self.pattern_type = source, pattern_type
         self.compute_dtype, self.batch_size = compute_dtype, batch_size
 
@@ -92,6 +94,7 @@ class NapJob:
     """NAP reducers of a range of samples, labelled with the driver's integer group ids."""
 
     def __init__(self, source: Any, layers: Any, reducers: dict, options: dict) -> None:
+        self.token = uuid.uuid4().hex
         self.source, self.layers, self.reducers, self.options = source, layers, reducers, options
 
     def __call__(self, model: Any, cache: dict, start: int, stop: int) -> dict[str, np.ndarray]:
