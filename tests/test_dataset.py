@@ -200,3 +200,7 @@ def test_cli_ray_flags_without_ray_name_the_extra(tmp_path, monkeypatch, capsys)
     patterns += ["--data", str(tmp_path), "--out", str(tmp_path / "p.npz"), "--backend", "ray"]
     assert main(patterns) == 2
     assert "innspect[ray]" in capsys.readouterr().err
+    introspect = ["introspect", "--model", "innspect.demo.model:digits_cnn", "--data"]
+    introspect += [str(tmp_path), "--backend", "ray"]
+    assert main(introspect) == 2
+    assert "innspect[ray]" in capsys.readouterr().err

@@ -181,3 +181,27 @@ def test_cli_analyze_on_ray_writes_the_local_shards(cluster, weights, data, loca
     argv += ["--shard-size", str(SHARD), "--batch-size", str(BATCH), "--out", str(tmp_path / "o")]
     assert main(argv) == 0
     assert json.loads((tmp_path / "o" / INDEX_NAME).read_text())["shards"] == local["shards"]
+
+
+def test_naps_of_a_corpus_from_ray_equal_the_local_ones(cluster, weights, model, tmp_path):
+    from innspect.dataset import ModelSpec
+    from innspect.introspect.collect import collect
+
+    rng = np.random.default_rng(2)
+    rows = []
+    for k, group in enumerate(["b", "a", "c", "a", "b", "c", "a"]):
+        np.save(tmp_path / f"{k}.npy", rng.normal(size=(3 + k, 1, 32, 32)).astype("f4"))
+        rows.append(f"{k}.npy,{group},{k % 10}")  # each row names the output to explain
+    (tmp_path / "corpus.csv").write_text("\n".join(rows) + "\n")
+    local = collect(model, tmp_path, batch_size=16)
+    spec = ModelSpec(SPEC, weights)
+    remote = collect(model, tmp_path, batch_size=16, backend="ray", model_spec=spec, num_workers=2)
+    assert remote.groups == local.groups == ["a", "b", "c"]
+    assert np.array_equal(remote.group_sizes, local.group_sizes)
+    for layer in local.layers:
+        np.testing.assert_allclose(
+            remote.layers[layer], local.layers[layer], rtol=1e-12, atol=1e-12
+        )
+        np.testing.assert_allclose(
+            remote.gradients[layer], local.gradients[layer], rtol=1e-12, atol=1e-12
+        )

@@ -4,6 +4,7 @@ log2(N) rounds of the same ``Statistics.merge`` the local backend's resumable ru
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -185,12 +186,17 @@ def naps_on_ray(
     from innspect.dataset import ArraySource
     from innspect.errors import InputError
 
+    if isinstance(data, str | os.PathLike):
+        return _corpus_on_ray(
+            model, data, layers, reducers, registry, options, model_spec, num_workers, address,
+            verbose,
+        )  # fmt: skip
     if isinstance(data, tuple) and len(data) == 2 and groups is None:
         data, groups = data
     if groups is None or isinstance(data, str | bytes) or not hasattr(data, "shape"):
         raise InputError(
-            "introspect.collect with backend='ray' takes arrays with groups=... or an "
-            "(X, groups) tuple (a corpus folder or a stream runs on the local backend)"
+            "introspect.collect with backend='ray' takes arrays with groups=..., an "
+            "(X, groups) tuple or a corpus folder (a stream runs on the local backend)"
         )
     ids = registry.ids(groups).numpy()
     source = ArraySource(data, ids)
@@ -200,4 +206,64 @@ def naps_on_ray(
     batch_size = options["batch_size"]
     return reduce_on_ray(
         spec, example, fingerprint, job, len(source), batch_size, num_workers, address, verbose
+    )
+
+
+class CorpusJob:
+    """NAP reducers of a range of corpus rows (one ``.npy`` batch file and group each, and
+    optionally the output index whose gradient is taken), as the local corpus pass does."""
+
+    def __init__(self, rows: list, layers: Any, reducers: dict, options: dict) -> None:
+        self.token = uuid.uuid4().hex
+        self.rows, self.layers, self.reducers, self.options = rows, layers, reducers, options
+
+    def __call__(self, model: Any, cache: dict, start: int, stop: int) -> dict[str, np.ndarray]:
+        import torch
+
+        from innspect.engine.collect import collect
+        from innspect.graph.graph import ModelGraph
+        from innspect.introspect.collect import _layers, _target_indices
+
+        statistics = None
+        for file, group, output_index in self.rows[start:stop]:
+            x = np.load(file, allow_pickle=False)
+            if "graph" not in cache:
+                cache["graph"] = ModelGraph(model, torch.as_tensor(x[:1]))
+            graph = cache["graph"]
+            options = dict(self.options)
+            if output_index is not None and options.get("target") is None:
+                options["target"] = _target_indices([output_index] * len(x))
+            ids = np.full(len(x), group, dtype=np.int64)
+            statistics = collect(
+                graph, (x, ids), nodes=_layers(graph, self.layers), reducers=self.reducers,
+                statistics=statistics, **options,
+            )  # fmt: skip
+        assert statistics is not None
+        return statistics.to_arrays()
+
+
+def _corpus_on_ray(
+    model: Any,
+    folder: Any,
+    layers: Any,
+    reducers: dict,
+    registry: Any,
+    options: dict,
+    model_spec: Any,
+    num_workers: int | None,
+    address: str | None,
+    verbose: bool,
+) -> Statistics:
+    """An iNNtrospect corpus folder reduced on Ray, a range of rows per task; group ids are
+    assigned in row order, as the local pass assigns them."""
+    from innspect.introspect.corpus import read_corpus_csv
+
+    rows = read_corpus_csv(folder)
+    ids = registry.ids([row.group for row in rows]).tolist()
+    table = [(str(r.file), g, r.output_index) for r, g in zip(rows, ids, strict=True)]
+    example = np.asarray(np.load(table[0][0], allow_pickle=False)[:1], dtype=np.float32)
+    spec, fingerprint = _spec_and_fingerprint(model, model_spec, example)
+    job = CorpusJob(table, layers, reducers, options)
+    return reduce_on_ray(
+        spec, example, fingerprint, job, len(table), 1, num_workers, address, verbose
     )
