@@ -204,3 +204,19 @@ def test_cli_ray_flags_without_ray_name_the_extra(tmp_path, monkeypatch, capsys)
     introspect += [str(tmp_path), "--backend", "ray"]
     assert main(introspect) == 2
     assert "innspect[ray]" in capsys.readouterr().err
+
+
+def test_layer_wise_relevances_are_kept_on_request(model, data, tmp_path):
+    _run(model, data[:20], tmp_path, methods=["lrp.epsilon"], relevances=["9", "3"])
+    result = read_shards(tmp_path)
+    analyzer = create_analyzer("lrp.epsilon", model, reverse_keep_tensors=True)
+    for first, stop in [(0, 8), (8, 16), (16, 20)]:  # batches restart with each shard
+        explanation = analyzer.explain(torch.as_tensor(data[first:stop]))
+        for node in ("9", "3"):
+            got = result[f"lrp.epsilon/relevances/{node}"][first:stop]
+            assert np.array_equal(got, explanation.relevances[node].detach().numpy())
+    assert _index(tmp_path)["header"]["relevances"] == ["9", "3"]
+    with pytest.raises(InputError, match="no layer-wise relevance at node 'nope'"):
+        _run(model, data[:4], tmp_path / "b", methods=["lrp.epsilon"], relevances=["nope"])
+    with pytest.raises(InputError, match="integrated_gradients has no layer-wise"):
+        _run(model, data[:4], tmp_path / "c", methods=["integrated_gradients"], relevances=["9"])

@@ -18,6 +18,13 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--shard-size", type=int, default=256, metavar="N", help="samples per shard (256)"
     )
+    group.add_argument(
+        "--relevances",
+        nargs="+",
+        default=[],
+        metavar="NODE",
+        help="also write the layer-wise relevance at these nodes (`innspect methods --plan`)",
+    )
 
 
 def run_dataset(args: argparse.Namespace) -> int:
@@ -48,6 +55,7 @@ def run_dataset(args: argparse.Namespace) -> int:
         preprocess=args.preprocess,
         address=args.address,
         verbose=True,
+        relevances=args.relevances,
         **options,
     )
     print(f"innspect: {len(methods)} method(s), shards and {INDEX_NAME} in {out}")

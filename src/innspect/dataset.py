@@ -290,6 +290,7 @@ class ShardRunner:
         batch_size: int,
         neuron: int | None,
         num_threads: int | None = None,
+        relevances: Sequence[str] = (),
     ) -> None:
         from innspect.analyzers.registry import create_analyzer
 
@@ -303,6 +304,7 @@ class ShardRunner:
         self.batch_size = batch_size
         self.neuron = neuron
         self.options = options
+        self.relevances = list(relevances)
         self.analyzers = {m: create_analyzer(m, model, **options.get(m, {})) for m in methods}
 
     def compute(self, start: int, stop: int) -> dict[str, np.ndarray]:
@@ -326,6 +328,16 @@ class ShardRunner:
                 parts.setdefault(f"{method}/scores", []).append(
                     explanation.scores.detach().cpu().numpy().astype(np.float64)
                 )
+                for node in self.relevances:
+                    if node not in explanation.relevances:
+                        raise InputError(
+                            f"{method} has no layer-wise relevance at node '{node}'; nodes: "
+                            f"{', '.join(explanation.relevances)}"
+                        )
+                    value = explanation.relevances[node].detach().cpu().numpy()
+                    parts.setdefault(f"{method}/relevances/{node}", []).append(
+                        value.astype(np.float32)
+                    )
         return {name: np.concatenate(values) for name, values in parts.items()}
 
 
@@ -477,6 +489,7 @@ def explain_dataset(
     preprocess: str | None = None,
     address: str | None = None,
     verbose: bool = True,
+    relevances: Sequence[str] = (),
     **options: Any,
 ) -> Path:
     """Explain every sample of ``data`` with every method, writing shards to ``out``.
@@ -497,6 +510,9 @@ def explain_dataset(
         cluster at ``address``, or a local one; needs ``innspect[ray]``).
     neuron
         The output neuron to explain for every sample (default: each sample's largest).
+    relevances
+        Node names (``innspect.engine.collect.node_names``) whose layer-wise relevance (the
+        signal there) each method also writes, as ``METHOD/relevances/NODE``.
 
     Returns the output folder; :func:`read_shards` reads it back.
     """
@@ -529,10 +545,20 @@ def explain_dataset(
         per_method = options_per_method(methods, options, seed, neuron)
     except CLIError as error:
         raise InputError(str(error)) from error
-    runner = ShardRunner(model, source, methods, per_method, batch_size, neuron)
+    relevances = [relevances] if isinstance(relevances, str) else list(relevances)
+    if relevances:
+        from innspect.analyzers.parameters import analyzer_parameters
+        from innspect.analyzers.registry import analyzer_class
+
+        for method in methods:
+            if "reverse_keep_tensors" not in analyzer_parameters(analyzer_class(method))[0]:
+                raise InputError(f"{method} has no layer-wise relevances: leave relevances=")
+            per_method[method]["reverse_keep_tensors"] = True
+    runner = ShardRunner(model, source, methods, per_method, batch_size, neuron, None, relevances)
     header = _header(
         runner.fingerprint, source, methods, per_method, batch_size, shard_size, neuron
     )
+    header["relevances"] = relevances
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     index = ShardIndex(out, header, source.describe())
@@ -577,8 +603,9 @@ class ShardJob:
         options: dict,
         batch_size: int,
         neuron: int | None,
+        relevances: list[str],
     ) -> None:
-        self.settings = (source, methods, options, batch_size, neuron)
+        self.settings = (source, methods, options, batch_size, neuron, None, relevances)
         self.token = uuid.uuid4().hex  # the worker's cache is this job's only
 
     def __call__(self, model: nn.Module, cache: dict, start: int, stop: int) -> dict:
@@ -600,7 +627,12 @@ def _run_ray(
 
     bar = _bar(index, todo, verbose)
     job = ShardJob(
-        runner.source, list(runner.analyzers), runner.options, runner.batch_size, runner.neuron
+        runner.source,
+        list(runner.analyzers),
+        runner.options,
+        runner.batch_size,
+        runner.neuron,
+        runner.relevances,
     )
 
     def on_result(k: int, arrays: dict[str, np.ndarray]) -> None:
