@@ -205,3 +205,28 @@ def test_naps_of_a_corpus_from_ray_equal_the_local_ones(cluster, weights, model,
         np.testing.assert_allclose(
             remote.gradients[layer], local.gradients[layer], rtol=1e-12, atol=1e-12
         )
+
+
+def broken_on_workers() -> torch.nn.Module:
+    """A factory that works in the driver and fails in every Ray actor."""
+    if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+        raise RuntimeError("this worker has no such device")
+    return digits_cnn()
+
+
+def test_a_worker_that_cannot_build_the_model_fails_the_run_clearly(
+    cluster, weights, data, tmp_path
+):
+    with pytest.raises(InputError, match="could not build the model.*no such device"):
+        explain_dataset(
+            "tests.test_dataset_ray:broken_on_workers", data[:8], "gradient", tmp_path,
+            weights=weights, backend="ray", num_workers=1, verbose=False,
+        )  # fmt: skip
+
+
+def test_more_workers_than_the_cluster_has_cpus_are_refused(cluster, weights, data, tmp_path):
+    with pytest.raises(InputError, match="3 workers need 3 CPUs; the Ray cluster has 2"):
+        explain_dataset(
+            SPEC, data[:8], "gradient", tmp_path, weights=weights, backend="ray", num_workers=3,
+            verbose=False,
+        )  # fmt: skip

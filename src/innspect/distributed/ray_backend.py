@@ -60,6 +60,9 @@ class Worker:
         self.cache: dict[str, Any] = {}
         self.token: str | None = None
 
+    def ready(self) -> bool:
+        return True
+
     def run(self, job: Callable[..., Any], start: int, stop: int) -> Any:
         # An actor serves several runs in a session: what a job cached is for that job only.
         token = getattr(job, "token", None)
@@ -90,8 +93,14 @@ def run_jobs(
         return
     ray, started = connect(address, num_workers)
     try:
-        workers = num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        workers = min(workers, len(ranges))
+        cpus = int(ray.cluster_resources().get("CPU", 1)) // threads_per_worker
+        if num_workers is not None and num_workers > cpus:
+            # Actors beyond the cluster's CPUs would wait for resources forever.
+            raise InputError(
+                f"{num_workers} workers need {num_workers * threads_per_worker} CPUs; the Ray "
+                f"cluster has {cpus * threads_per_worker}: ask for fewer or add nodes"
+            )
+        workers = min(num_workers or max(1, cpus), len(ranges))
         actor = ray.remote(Worker).options(num_cpus=threads_per_worker)
         shared = ray.put(job)  # sent once to the object store, not once per task
 
@@ -99,10 +108,28 @@ def run_jobs(
             return actor.remote(spec, example, fingerprint, threads_per_worker)
 
         key = (ray.get_runtime_context().get_job_id(), spec, fingerprint, threads_per_worker)
+        for other in [k for k in _POOLS if k != key]:
+            # One pool at a time: idle actors of another model would hold the CPUs.
+            for each in _POOLS.pop(other):
+                ray.kill(each)
         pool = [] if started else _POOLS.setdefault(key, [])
         while len(pool) < workers:
             pool.append(new_actor())
         actors = pool[:workers]
+        for slot in range(workers):
+            # A worker that cannot build the model fails the run at once, with its reason;
+            # a pooled one that died since the last run is replaced.
+            try:
+                ray.get(actors[slot].ready.remote())
+            except ray.exceptions.RayActorError:
+                actors[slot] = pool[slot] = new_actor()
+                try:
+                    ray.get(actors[slot].ready.remote())
+                except ray.exceptions.RayActorError as error:
+                    del pool[slot:]
+                    raise InputError(
+                        f"a Ray worker could not build the model {spec}: {_reason(error)}"
+                    ) from None
         queue = deque(range(len(ranges)))
         running: dict[Any, tuple[int, int]] = {}  # task -> (actor slot, range)
         restarts = 0
@@ -139,3 +166,10 @@ def run_jobs(
     finally:
         if started:
             ray.shutdown()
+
+
+def _reason(error: Exception) -> str:
+    """The last line of the worker's traceback (the exception that killed its creation)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    found = [line for line in lines if "Error:" in line or "Exception:" in line]
+    return (found or lines or ["unknown"])[-1]
