@@ -496,7 +496,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--only",
-        choices=("patterns", "introspect", "scale"),
+        choices=("patterns", "introspect", "deeplift", "scale"),
         help="run one group only, written to RESULTS-<group>.md unless --out is given",
     )
     parser.add_argument("--pattern-batch", type=int, default=16, help="batch of --only patterns")
@@ -549,6 +549,22 @@ def main(argv: list[str] | None = None) -> None:
         sections[1] = "Made by `python benchmarks/run.py --only scale`.\n"
         sections.append(
             bench_scale.section(args.scale_samples, size, args.scale_shard, args.batch * 4)
+        )
+        sections.append(render_duration(time.perf_counter() - started, args.started_at))
+        write_text(out, "\n".join(sections))
+        print(f"wrote {out}")
+        return
+    if args.only == "deeplift":
+        import sys
+
+        import bench_deeplift
+
+        out = args.out if "--out" in (argv or sys.argv) else HERE / "RESULTS-deeplift.md"
+        sections[1] = "Made by `python benchmarks/run.py --only deeplift`.\n"
+        sections.append(
+            bench_deeplift.section(
+                sys.modules[__name__], args.models, args.batch, args.size, args.repeats
+            )
         )
         sections.append(render_duration(time.perf_counter() - started, args.started_at))
         write_text(out, "\n".join(sections))

@@ -28,3 +28,19 @@ def test_failure_leaves_the_old_file_and_no_temporary(tmp_path) -> None:
         raise RuntimeError("interrupted")
     assert (tmp_path / "a.txt").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_writing_never_changes_the_process_umask(tmp_path, monkeypatch) -> None:
+    # Reading the umask with os.umask(0) left a window in which another thread's new file
+    # was world-writable; on Linux it is read from /proc instead.
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("the umask can be read without setting it only through /proc")
+    calls: list[int] = []
+    real_umask = os.umask
+    monkeypatch.setattr(os, "umask", lambda mask: calls.append(mask) or real_umask(mask))
+    write_text(tmp_path / "b.txt", "x")
+    assert calls == []
+    current = real_umask(0o022)
+    real_umask(current)
+    expected = 0o666 & ~current
+    assert stat.S_IMODE(os.stat(tmp_path / "b.txt").st_mode) == expected

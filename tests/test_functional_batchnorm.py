@@ -107,6 +107,8 @@ def test_torch_export_batchnorm_is_folded_and_mapped(models, method: str) -> Non
     ours = innspect.create_analyzer(method, Exported(plain))
     graph = ours.graph(x)
     assert any("aten" in str(info.node.target) for info in graph.nodes)
-    assert _batchnorm_nodes(ours, x) == ["batch_norm"]
+    # One batch norm left to map (the other folded): as F.batch_norm, or as the module the
+    # export fallback turns the layer's ATen call back into (capture._layers_as_modules).
+    assert _batchnorm_nodes(ours, x) in (["batch_norm"], ["BatchNorm2d"])
     expected = innspect.create_analyzer(method, plain).analyze(x)
     torch.testing.assert_close(ours.analyze(x), expected, rtol=1e-12, atol=1e-15)

@@ -373,8 +373,9 @@ def _training_model_with_hooks() -> tuple[nn.Module, list]:
     model[7].eval()
     model[0].weight.requires_grad_(False)
     calls: list = []
-    model[1].register_forward_hook(lambda *args: calls.append("bn"))
-    model[5].register_forward_pre_hook(lambda *args: calls.append("bn1d"))
+    # Observing hooks, on layers that are not folded (a hooked layer is never folded).
+    model[2].register_forward_hook(lambda *args: calls.append("relu"))
+    model[6].register_forward_pre_hook(lambda *args: calls.append("relu1d"))
     return model, calls
 
 

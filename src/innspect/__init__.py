@@ -13,12 +13,15 @@ from innspect.analyzers.registry import (
 )
 from innspect.dataset import explain_dataset
 from innspect.errors import (
+    ConfigFileError,
     InnspectError,
     InputError,
     NeuronSelectionError,
     NonFiniteRelevanceError,
     NotAnalyzableModelError,
+    OptionError,
     OutputActivationError,
+    OutputSelectionError,
     UnsupportedNodeError,
 )
 from innspect.model_utils import model_wo_output_activation, model_wo_softmax
@@ -28,12 +31,15 @@ __version__ = "0.1.0"
 __all__ = [
     "Analyzer",
     "Explanation",
+    "ConfigFileError",
     "InnspectError",
     "InputError",
     "NeuronSelectionError",
     "NonFiniteRelevanceError",
     "NotAnalyzableModelError",
+    "OptionError",
     "OutputActivationError",
+    "OutputSelectionError",
     "ReverseAnalyzer",
     "UnsupportedNodeError",
     "analyzer_class",

@@ -177,6 +177,7 @@ def options_per_method(
 
     An option no chosen method takes is an error listing the options they do take.
     """
+    from innspect.analyzers.base import Analyzer
     from innspect.analyzers.parameters import analyzer_parameters
     from innspect.analyzers.registry import analyzer_class
     from innspect.cli_loading import CLIError
@@ -184,14 +185,18 @@ def options_per_method(
     accepted = {m: analyzer_parameters(analyzer_class(m))[0] for m in methods}
     for key in options:
         if not any(key in accepted[m] for m in methods):
-            valid = sorted(set().union(*accepted.values()) - _EVERY_ANALYZER)
+            # Listed: the methods' own options, not those every analyzer takes (neuron
+            # selection, target, output, attribute_to...) nor the reverse_* ones.
+            shared = analyzer_parameters(Analyzer)[0] | _EVERY_ANALYZER
+            valid = sorted(set().union(*accepted.values()))
             which = methods[0] if len(methods) == 1 else ", ".join(methods)
-            listed = ", ".join(v for v in valid if not v.startswith("reverse_"))
+            listed = ", ".join(v for v in valid if v not in shared and not v.startswith("reverse_"))
             close = difflib.get_close_matches(key, valid, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
             raise CLIError(
                 f"'{key}' is not an option of {which}; {hint}valid options: {listed or 'none'} "
-                "(and the reverse_* options; see `innspect methods`)"
+                "(and the reverse_* options and those every analyzer takes; see "
+                "`innspect methods`)"
             )
     result = {}
     for method in methods:

@@ -38,3 +38,15 @@ class NeuronSelectionError(InnspectError, ValueError):
 
 class NonFiniteRelevanceError(InnspectError, FloatingPointError):
     """The reverse pass produced NaN or infinite values (with ``reverse_check_finite``)."""
+
+
+class OutputSelectionError(InnspectError, ValueError):
+    """The output or target to explain is ambiguous or malformed (``output=``, ``target=``)."""
+
+
+class OptionError(InnspectError, ValueError):
+    """An analyzer option has the wrong type or is out of range."""
+
+
+class ConfigFileError(InnspectError, ValueError):
+    """A saved analyzer file is damaged, not an innspect file, or holds invalid options."""

@@ -11,7 +11,7 @@ import functools
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -19,13 +19,32 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from innspect.analyzers.io import (
+    ModelInputs,
+    attribute_names,
+    check_target,
+    model_inputs,
+    target_gradient,
+    to_tensor,
+)
+from innspect.analyzers.options import check_flag, check_range
 from innspect.analyzers.plan import Plan, build_plan
 from innspect.engine.forward import ForwardRecord, run_forward
 from innspect.engine.reverse import Mapping, ReverseOptions, reverse_walk
 from innspect.engine.strategy import DEFAULT_STRATEGY, EngineStrategy, computes_gradient, realize
-from innspect.errors import InputError, NeuronSelectionError, OutputActivationError
+from innspect.errors import (
+    ConfigFileError,
+    InnspectError,
+    InputError,
+    NeuronSelectionError,
+    NonFiniteRelevanceError,
+    OutputActivationError,
+    OutputSelectionError,
+)
 from innspect.fileio import atomic_path
-from innspect.graph.graph import ModelGraph, NodeInfo, eval_mode
+from innspect.graph.capture import GRAPH_LOCK, refuse_hooks
+from innspect.graph.graph import ModelGraph, NodeInfo
+from innspect.graph.kinds import Kind, classify
 
 NEURON_SELECTION_MODES = ("max_activation", "index", "all")
 
@@ -37,11 +56,13 @@ class Explanation:
     Attributes
     ----------
     attribution
-        Same shape as the input.
+        Same shape as the input (the first attributed input or node).
     selected
-        Per sample, the output neuron explained (flattened index), or None for mode "all".
+        Per sample, the output neuron explained (flattened index), or None for mode "all"
+        and for ``target=``.
     scores
-        Per sample, the model's output at the selected neuron (sum over outputs for "all").
+        Per sample, the model's output at the selected neuron (sum over outputs for "all",
+        the target's value ``t`` for ``target=``).
     relevances
         Signal at each node by node name (with ``reverse_keep_tensors=True``).
     min_max
@@ -57,7 +78,13 @@ class Explanation:
     relevances: dict[str, torch.Tensor] = field(default_factory=dict)
     min_max: dict[str, tuple[float, float]] = field(default_factory=dict)
     node_sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    attributions: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Every attribution by input or node name (``attribute_to``), postprocessed."""
     plan: Plan | None = None  # the rule of each node (methods run by the reverse walk)
+
+    def __post_init__(self) -> None:
+        if not self.attributions:
+            self.attributions = {"input": self.attribution}
 
 
 def model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
@@ -74,9 +101,28 @@ class Analyzer:
     Parameters
     ----------
     model
-        A torch model returning one tensor of shape (N, ...) (logits, not probabilities).
+        A torch model (its output: logits, not probabilities). It may take several inputs
+        (``analyze`` a tuple or a dict) and return a tuple, dict or dataclass.
     neuron_selection_mode
         "max_activation" (default), "index" or "all".
+    target
+        Instead of a neuron selection: output weights ``w`` broadcastable to the explained
+        output (explains ``t = sum(w * y)`` per sample, Zennit's ``attr_output``) or a
+        callable ``f(y) -> (N,)`` (a contrast ``y[:, a] - y[:, b]``, a region's mean...).
+        Gradient methods start the walk from ``dt/dy``, relevance methods from
+        ``y * dt/dy``. ``analyze(X, target=...)`` overrides it per call.
+    output
+        Which returned tensor to explain when the model returns several: an index, a key,
+        a path tuple, or a callable on the returned structure. Default: the only tensor,
+        else ``"logits"``.
+    attribute_to
+        Which inputs (forward parameter names) or graph nodes (``NodeInfo.name``, e.g. an
+        embedding's module path) receive attributions: a name or a list of names. Default:
+        every floating-point input; integer inputs and masks pass through.
+    attribute_sum_axis
+        Sum every attribution over this axis (e.g. -1: an embedding's feature axis).
+    allow_nonfinite
+        Return NaN or infinite attributions instead of raising NonFiniteRelevanceError.
     """
 
     name: ClassVar[str] = "analyzer"
@@ -104,6 +150,11 @@ class Analyzer:
         model: nn.Module,
         *,
         neuron_selection_mode: str = "max_activation",
+        target: Any = None,
+        output: Any = None,
+        attribute_to: str | Sequence[str] | None = None,
+        attribute_sum_axis: int | None = None,
+        allow_nonfinite: bool = False,
         disable_model_checks: bool = False,
         allow_lambda_layers: bool = False,
     ) -> None:
@@ -122,27 +173,82 @@ class Analyzer:
             )
         self.model = model
         self.neuron_selection_mode = neuron_selection_mode
+        self.target = check_target(target)
+        if self.target is not None and neuron_selection_mode != "max_activation":
+            raise NeuronSelectionError(
+                f"target= replaces the neuron selection; drop neuron_selection_mode="
+                f"{neuron_selection_mode!r}"
+            )
+        if isinstance(output, list):  # a path restored from a saved (JSON) config
+            output = tuple(output)
+        if output is not None and not (callable(output) or isinstance(output, str | int | tuple)):
+            raise OutputSelectionError(
+                f"output must be an index, a key, a path tuple or a callable, got {output!r}"
+            )
+        self.output = output
+        self.attribute_to = attribute_to
+        self._attribute_names = attribute_names(attribute_to)
+        self.attribute_sum_axis = None if attribute_sum_axis is None else int(attribute_sum_axis)
+        self.allow_nonfinite = check_flag("allow_nonfinite", allow_nonfinite)
         self._options = getattr(self, "_options", {})
 
     # -- public interface ---------------------------------------------------------------
-    def analyze(self, X: Any, neuron_selection: Any = None) -> Any:
+    def analyze(self, X: Any, neuron_selection: Any = None, target: Any = None) -> Any:
         """Explain ``X`` (batch first); numpy in gives numpy out, a tensor gives a tensor.
 
         Parameters
         ----------
         X
-            Input batch, numpy array or torch tensor.
+            Input batch, numpy array or torch tensor; a tuple of them for a model with
+            several positional inputs, a dict for keyword inputs. Attributions come back in
+            the same structure (None for inputs that get none), or as ``attribute_to``
+            names them.
         neuron_selection
             With mode "index": one int for the whole batch or one per sample.
+        target
+            Output weights or a callable ``f(y) -> (N,)`` (see the class), for this call.
         """
-        x, was_numpy = self._to_tensor(X)
-        explanation = self._explain(x, neuron_selection)
-        return self._from_tensor(explanation.attribution, was_numpy)
+        _refuse_meta(self.model, X)
+        inputs = self._inputs(X)
+        explanation = self._checked_explain(inputs, neuron_selection, target)
+        return inputs.restore(explanation.attributions, self.attribute_to)
 
-    def explain(self, X: Any, neuron_selection: Any = None) -> Explanation:
+    def explain(self, X: Any, neuron_selection: Any = None, target: Any = None) -> Explanation:
         """Like ``analyze`` but returns an Explanation with the selected neurons and scores."""
-        x, _ = self._to_tensor(X)
-        return self._explain(x, neuron_selection)
+        _refuse_meta(self.model, X)
+        return self._checked_explain(self._inputs(X), neuron_selection, target)
+
+    def _checked_explain(
+        self, inputs: ModelInputs, neuron_selection: Any, target: Any
+    ) -> Explanation:
+        """``_explain`` holding the graph lock shared, with clear errors around it."""
+        with GRAPH_LOCK.shared():  # no capture in any thread while this one runs modules
+            try:
+                explanation = self._explain(inputs, neuron_selection, target)
+            except InputError as error:
+                raise _with_integer_input_hint(error, inputs) from error
+        self._check_finite(explanation)
+        return explanation
+
+    def _check_finite(self, explanation: Explanation) -> None:
+        """NaN or infinite attributions are an error unless ``allow_nonfinite=True``."""
+        if self.allow_nonfinite:
+            return
+        for name, attribution in explanation.attributions.items():
+            if not attribution.is_floating_point() or bool(torch.isfinite(attribution).all()):
+                continue
+            n_nan = int(torch.isnan(attribution).sum())
+            n_inf = int((~torch.isfinite(attribution)).sum()) - n_nan
+            raise NonFiniteRelevanceError(
+                f"{self.name}: the attribution of {name!r} has {n_nan} NaN and {n_inf} infinite "
+                f"values (of {attribution.numel()}): the model's output or its gradient is not "
+                f"finite{self._nonfinite_hint()}. Pass allow_nonfinite=True to get the values "
+                "anyway, or reverse_check_finite=True to find the node where they appear."
+            )
+
+    def _nonfinite_hint(self) -> str:
+        """Where non-finite values may come from, for the error message."""
+        return " at these inputs"
 
     def fit(self, *args: Any, **kwargs: Any) -> None:
         """Train the analyzer on data; analyzers that need no training warn and do nothing."""
@@ -181,68 +287,96 @@ class Analyzer:
         payload["config"] = np.array(json.dumps({"name": name, **state["config"]}))
         _atomic_savez(path, payload)
 
-    @staticmethod
-    def load_npz(path: str | os.PathLike, model: nn.Module) -> Analyzer:
-        """Rebuild an analyzer written by ``save_npz``."""
-        with np.load(path, allow_pickle=False) as data:
-            config = json.loads(str(data["config"]))
-            arrays = {k[len("state/") :]: data[k] for k in data.files if k.startswith("state/")}
-        return Analyzer.load(config["name"], {"config": config, "arrays": arrays}, model)
+    @classmethod
+    def load_npz(cls, path: str | os.PathLike, model: nn.Module) -> Analyzer:
+        """Rebuild an analyzer written by ``save_npz`` (``path`` with or without ``.npz``).
+
+        The file is never unpickled, and its options are validated as on creation. Called
+        on a subclass (``IntegratedGradients.load_npz``), the file must hold that analyzer.
+        Any damaged, foreign or invalid file raises ConfigFileError naming it.
+        """
+        from innspect.analyzers.registry import analyzer_class
+
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        path = _existing_npz(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if "config" not in data.files:
+                    raise ValueError("it has no 'config' entry")
+                config = json.loads(str(data["config"][()]))
+                arrays = {
+                    k[len("state/") :]: np.asarray(data[k])
+                    for k in data.files
+                    if k.startswith("state/")
+                }
+            name, options = _saved_config(config)
+            saved_class = analyzer_class(name)
+        except Exception as error:  # noqa: BLE001 - zip, npy, JSON and key errors alike
+            raise ConfigFileError(
+                f"{path} is not an analyzer file written by save_npz, or it is damaged "
+                f"({type(error).__name__}: {error})"
+            ) from error
+        if not issubclass(saved_class, cls):
+            raise ConfigFileError(
+                f"{path} holds a {name!r} analyzer, not {cls.name!r}; load it with "
+                "innspect.Analyzer.load_npz"
+            )
+        try:
+            return Analyzer.load(name, {"config": {"options": options}, "arrays": arrays}, model)
+        except (TypeError, ValueError, KeyError, InnspectError) as error:
+            raise ConfigFileError(
+                f"{path}: its options are not valid for {name!r} ({error})"
+            ) from error
 
     # -- input handling -----------------------------------------------------------------
-    def _to_tensor(self, X: Any) -> tuple[torch.Tensor, bool]:
+    def _inputs(self, X: Any) -> ModelInputs:
+        """``X`` checked and bound to the model's forward (see ``analyzers.io``)."""
+        if isinstance(X, ModelInputs):
+            return X
         device, dtype = model_device_dtype(self.model)
-        if isinstance(X, torch.Tensor):
-            x, was_numpy = X, False
-            if dtype is not None and x.is_floating_point() and x.dtype != dtype:
-                raise InputError(
-                    f"input dtype {x.dtype} does not match the model's {dtype}; "
-                    f"convert it with X.to({dtype})"
-                )
-            if device is not None and x.device != device:
-                raise InputError(
-                    f"input is on {x.device} but the model is on {device}; move it with "
-                    f"X.to('{device}')"
-                )
-        else:
-            try:
-                array = np.asarray(X)
-            except Exception as error:  # noqa: BLE001
-                raise InputError(
-                    f"cannot convert input of type {type(X).__name__}: {error}"
-                ) from error
-            if array.dtype.kind not in "fiub":
-                raise InputError(f"input must be numeric, got an array of dtype {array.dtype}")
-            x = torch.as_tensor(array, device=device)
-            if x.is_floating_point() or array.dtype.kind == "b":
-                # A model without tensors of its own takes numpy's float64 as it is.
-                x = x.to(dtype or (torch.float64 if array.dtype == np.float64 else torch.float32))
-            was_numpy = True
-        if x.dim() == 0 or x.shape[0] == 0:
+        return model_inputs(self.model, X, device, dtype)
+
+    def _attributed_inputs(self, inputs: ModelInputs) -> tuple[str, ...]:
+        """Names of the inputs to attribute, for analyzers that see no graph."""
+        names = self._attribute_names or inputs.default_sources()
+        unknown = [n for n in names if n not in inputs.names]
+        if unknown:
             raise InputError(
-                f"input must be a batch (first axis = samples) with at least one sample, got "
-                f"shape {tuple(x.shape)}; for a single sample use X[None]"
+                f"{self.name} attributes inputs only, and {unknown[0]!r} is not one of them "
+                f"({', '.join(inputs.names)})"
             )
-        if x.is_floating_point():
-            finite = torch.isfinite(x)
-            if not bool(finite.all()):
-                n_nan = int(torch.isnan(x).sum())
-                n_inf = int((~finite).sum()) - n_nan
-                raise InputError(
-                    f"input contains {n_nan} NaN and {n_inf} infinite values; clean or impute "
-                    "them before analysis"
-                )
-        return x, was_numpy
+        if not names:
+            raise InputError(_no_float_input_message(inputs))
+        return names
+
+    def _to_tensor(self, X: Any) -> tuple[torch.Tensor, bool]:
+        """One input tensor, checked (wave 1's single-input conversion)."""
+        device, dtype = model_device_dtype(self.model)
+        return to_tensor(X, device, dtype)
 
     @staticmethod
     def _from_tensor(x: torch.Tensor, to_numpy: bool) -> Any:
         return x.detach().cpu().numpy() if to_numpy else x.detach()
 
-    def _explain(self, x: torch.Tensor, neuron_selection: Any) -> Explanation:
+    def _explain(
+        self, inputs: ModelInputs, neuron_selection: Any, target: Any = None
+    ) -> Explanation:
         raise NotImplementedError
 
     # -- neuron selection ---------------------------------------------------------------
-    def _check_selection_arguments(self, neuron_selection: Any) -> None:
+    def _target(self, target: Any) -> Any:
+        """The per-call target, else the analyzer's."""
+        return self.target if target is None else check_target(target)
+
+    def _check_selection_arguments(self, neuron_selection: Any, target: Any = None) -> None:
+        if target is not None:
+            if neuron_selection is not None or self.neuron_selection_mode != "max_activation":
+                raise NeuronSelectionError(
+                    "target= replaces the neuron selection; pass either target or "
+                    "neuron_selection (with neuron_selection_mode='index'), not both"
+                )
+            return
         mode = self.neuron_selection_mode
         if mode == "index" and neuron_selection is None:
             raise NeuronSelectionError(
@@ -264,12 +398,7 @@ class Analyzer:
             return None
         if mode == "max_activation":
             return flat.detach().argmax(dim=1)
-        if isinstance(neuron_selection, torch.Tensor):
-            index = neuron_selection.to(flat.device)
-        else:
-            index = torch.as_tensor(np.asarray(neuron_selection), device=flat.device)
-        if index.is_floating_point() or index.dtype == torch.bool:
-            raise NeuronSelectionError(f"neuron_selection must be integers, got {index.dtype}")
+        index = _neuron_indices(neuron_selection, k).to(flat.device)
         if index.dim() == 0:
             index = index.expand(n)
         index = index.reshape(-1).long()
@@ -321,20 +450,28 @@ class ReverseAnalyzer(Analyzer):
         _check_flag("reverse_reapply_on_copied_layers", reverse_reapply_on_copied_layers)
         self.reverse_verbose = reverse_verbose
         project = reverse_project_bottleneck_layers
-        if reverse_clip_values is False:  # iNNvestigate's default for "no clipping"
-            reverse_clip_values = None
+        if isinstance(project, bool | int) and not isinstance(project, np.ndarray):
+            bottleneck = (
+                (-1.0, 1.0) if check_flag("reverse_project_bottleneck_layers", project) else None
+            )
+        else:
+            bottleneck = check_range("reverse_project_bottleneck_layers", project)
+        clip = reverse_clip_values
+        if clip is False:  # iNNvestigate's default for "no clipping"
+            clip = None
         self.reverse_options = ReverseOptions(
-            keep_tensors=reverse_keep_tensors,
-            check_finite=reverse_check_finite,
-            clip_values=tuple(reverse_clip_values) if reverse_clip_values is not None else None,
-            project_bottleneck=(-1.0, 1.0)
-            if project is True
-            else (tuple(project) if project else None),
+            keep_tensors=check_flag("reverse_keep_tensors", reverse_keep_tensors),
+            check_finite=check_flag("reverse_check_finite", reverse_check_finite),
+            clip_values=None if clip is None else check_range("reverse_clip_values", clip),
+            project_bottleneck=bottleneck,
             # iNNvestigate prints them; innspect records them in Explanation.min_max too.
-            min_max=reverse_min_max or reverse_check_min_max_values or reverse_verbose,
+            min_max=check_flag("reverse_min_max", reverse_min_max)
+            or reverse_check_min_max_values
+            or reverse_verbose,
         )
         self._print_min_max = reverse_check_min_max_values or reverse_verbose
         self._graph: ModelGraph | None = None
+        self._graph_key: Any = None
         self._mappings: dict[fx.Node, Mapping] = {}
         self._rules: dict[fx.Node, Mapping] = {}
         self._built_plan: Any = None
@@ -342,36 +479,81 @@ class ReverseAnalyzer(Analyzer):
         self._plain_gradient = False
 
     # -- the pipeline ---------------------------------------------------------------------
-    def graph(self, example_input: torch.Tensor | None = None) -> ModelGraph:
-        """The model's captured graph (captured on first use and kept)."""
-        if self._graph is None:
-            graph = ModelGraph(self.model, example_input, fuse_batchnorm=self.fuse_batchnorm)
-            activation = graph.output_activation()
-            if activation is not None and not self.disable_model_checks:
-                raise OutputActivationError(
-                    f"the model's output passes through {activation.operation} at node "
-                    f"'{activation.name}'; explanations need the pre-activation output. Use "
-                    "innspect.model_wo_softmax(model) or model_wo_output_activation(model)"
-                )
-            # The method says what each node computes; the engine how (see engine/strategy.py).
-            self._rules = {info.node: self._mapping(info, graph) for info in graph.nodes}
-            self._mappings = {
-                info.node: realize(self._rules[info.node], info, self.engine_strategy)
-                for info in graph.nodes
-            }
-            self._autograd_nodes = frozenset(
-                node for node, m in self._mappings.items() if m.needs_autograd
-            )
-            # When every node maps by its VJP, one autograd pass is the same walk, done in C++.
-            self._plain_gradient = all(
-                computes_gradient(m)
-                for node, m in self._mappings.items()
-                if node in graph.infos
-                and graph.infos[node].depends_on_input
-                and node is not graph.input_node
-            )
-            self._graph = graph
-        return self._graph
+    def graph(self, example_input: Any = None) -> ModelGraph:
+        """The model's captured graph for inputs like ``example_input`` (captured on first
+        use and kept; captured again when a call passes other inputs or dtypes)."""
+        refuse_hooks(self.model)  # hooks added after the capture count too
+        inputs = None if example_input is None else self._inputs(example_input)
+        graph = self._kept_graph(inputs)
+        if graph is None:
+            with GRAPH_LOCK.exclusive():  # one capture, even when threads share the analyzer
+                graph = self._kept_graph(inputs) or self._capture(inputs)
+        return graph
+
+    def _kept_graph(self, inputs: ModelInputs | None) -> ModelGraph | None:
+        """The graph already captured, if it serves ``inputs``."""
+        if self._graph is not None:
+            if inputs is None or inputs.key() == self._graph_key:
+                return self._graph
+            if self._graph_key is None and inputs.call.key() == self._graph.call.key():
+                self._graph_key = inputs.key()  # captured without an input, same call
+                return self._graph
+        return None
+
+    def _capture(self, inputs: ModelInputs | None) -> ModelGraph:
+        names = self._attribute_names
+        if names is None and inputs is not None:
+            names = inputs.default_sources()
+        graph = ModelGraph(
+            self.model,
+            tuple(inputs.values) if inputs is not None else None,
+            fuse_batchnorm=self.fuse_batchnorm,
+            call=inputs.call if inputs is not None else None,
+            attribute_to=names,
+            output=self.output,
+        )
+        if inputs is not None:
+            self._check_sources(graph, inputs)
+        activation = graph.output_activation()
+        if activation is not None and not self.disable_model_checks:
+            raise _activation_error(activation)
+        # The method says what each node computes; the engine how (see engine/strategy.py).
+        self._rules = {info.node: self._mapping(info, graph) for info in graph.nodes}
+        self._mappings = {
+            info.node: realize(self._rules[info.node], info, self.engine_strategy)
+            for info in graph.nodes
+        }
+        self._built_plan = None
+        self._autograd_nodes = frozenset(
+            node for node, m in self._mappings.items() if m.needs_autograd
+        )
+        # When every node maps by its VJP, one autograd pass is the same walk, done in C++
+        # (not for a callable output=: the walk checks the tensors its signal reaches).
+        ends = {n for n in graph.source_nodes if not graph.infos[n].signal_inputs}
+        self._plain_gradient = graph.output_fn is None and all(
+            computes_gradient(m)
+            for node, m in self._mappings.items()
+            if node in graph.infos
+            and graph.infos[node].depends_on_input
+            and node.op != "placeholder"
+            and node not in ends
+        )
+        self._graph = graph
+        self._graph_key = inputs.key() if inputs is not None else None
+        return graph
+
+    def _check_sources(self, graph: ModelGraph, inputs: ModelInputs) -> None:
+        """Clear errors for nothing to attribute and for integer inputs named by the user."""
+        if not graph.source_nodes:
+            raise InputError(_no_float_input_message(inputs, _embedding_names(graph)))
+        if self._attribute_names is None:
+            return
+        values = inputs.by_name()
+        for node in graph.source_nodes:
+            name = graph.source_names[node]
+            value = values.get(name) if node.op == "placeholder" else None
+            if isinstance(value, torch.Tensor) and not value.is_floating_point():
+                raise InputError(_integer_input_message(name, value, _embedding_names(graph)))
 
     def _mapping(self, info: NodeInfo, graph: ModelGraph) -> Mapping:
         raise NotImplementedError
@@ -396,44 +578,183 @@ class ReverseAnalyzer(Analyzer):
     def _postprocess(self, attribution: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return attribution
 
-    def forward_record(self, x: torch.Tensor) -> ForwardRecord:
+    def forward_record(self, x: Any) -> ForwardRecord:
         """Run the recording forward pass (capturing the graph on first use)."""
-        graph = self.graph(x)
-        self._check_input_shape(graph, x)
-        with eval_mode(self.model):
-            return run_forward(graph, x, self._autograd_nodes)
+        inputs = self._inputs(x)
+        graph = self.graph(inputs)
+        feed = graph.feed(inputs.values)
+        self._check_input_shapes(graph, feed)
+        with GRAPH_LOCK.shared():
+            return run_forward(graph, feed, self._autograd_nodes)
 
-    def model_output(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's output on ``x`` through the captured graph, without recording."""
-        graph = self.graph(x)
-        self._check_input_shape(graph, x)
-        with eval_mode(self.model), torch.no_grad():
-            return run_forward(graph, x, keep=False).output(graph)
+    def model_output(self, x: Any) -> torch.Tensor:
+        """The explained output on ``x`` through the captured graph, without recording."""
+        inputs = self._inputs(x)
+        graph = self.graph(inputs)
+        return self._clean_pass(graph, graph.feed(inputs.values))[0]
 
-    def _explain(self, x: torch.Tensor, neuron_selection: Any) -> Explanation:
-        self._check_selection_arguments(neuron_selection)
-        graph = self.graph(x)
+    def _clean_pass(
+        self, graph: ModelGraph, feed: dict[fx.Node, Any]
+    ) -> tuple[torch.Tensor, dict[fx.Node, Any]]:
+        """The explained output and the attributed nodes' values, from a freeing forward."""
+        self._check_input_shapes(graph, feed)
+        with GRAPH_LOCK.shared(), torch.no_grad():
+            values = run_forward(graph, feed, keep=False).values
+            output = graph.output_value(values)
+        return output, {n: values[n] for n in graph.source_nodes}
+
+    def _explain(
+        self, inputs: ModelInputs | torch.Tensor, neuron_selection: Any, target: Any = None
+    ) -> Explanation:
+        inputs = self._inputs(inputs)
+        target = self._target(target)
+        self._check_selection_arguments(neuron_selection, target)
+        graph = self.graph(inputs)
+        return self._explain_feed(graph, graph.feed(inputs.values), neuron_selection, target)
+
+    def _explain_feed(
+        self, graph: ModelGraph, feed: dict[fx.Node, Any], neuron_selection: Any, target: Any
+    ) -> Explanation:
+        """Explain the inputs (and fed nodes) in ``feed``; the core of ``_explain``."""
+        self._check_input_shapes(graph, feed)
         if self._plain_gradient and self.reverse_options == ReverseOptions():
-            return self._explain_by_autograd(x, neuron_selection)
-        record = self.forward_record(x)
-        output = record.output(graph)
-        selected = self._select(output, neuron_selection)
-        return self._reverse_from(x, record, output, selected)
+            return self._explain_by_autograd(graph, feed, neuron_selection, target)
+        with GRAPH_LOCK.shared():
+            record = run_forward(graph, feed, self._autograd_nodes)
+        values = record.values
+        source_values = {n: values[n] for n in graph.source_nodes}
+        output, starts_from = self._output_and_starts(graph, values)
+        selected, scores, start = self._start(output, neuron_selection, target)
+        starts = starts_from(start)
+        result = reverse_walk(
+            graph, record, starts, lambda info: self._mappings[info.node], self.reverse_options
+        )
+        attributions = self._finish(graph, result.attributions, source_values)
+        if self._print_min_max:
+            _print_walk(self, result.min_max)
+        return Explanation(
+            next(iter(attributions.values())),
+            selected,
+            scores,
+            result.signals,
+            result.min_max,
+            result.node_sums,
+            attributions,
+        )
 
-    def _explain_by_autograd(self, x: torch.Tensor, neuron_selection: Any) -> Explanation:
-        graph = self.graph()
-        self._check_input_shape(graph, x)
-        leaf = x.detach().requires_grad_(True)
-        with eval_mode(self.model), torch.enable_grad():
-            output = run_forward(graph, leaf, keep=False, global_autograd=True).output(graph)
-        selected = self._select(output, neuron_selection)
-        start, scores = self._start_signal(output, selected)
-        if output.requires_grad:
-            (gradient,) = torch.autograd.grad(output, leaf, start)
-        else:
-            gradient = torch.zeros_like(x)
-        attribution = self._postprocess(gradient.detach(), x)
-        return Explanation(attribution, selected, scores)
+    def _output_and_starts(
+        self, graph: ModelGraph, values: Any
+    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], dict[fx.Node, torch.Tensor]]]:
+        """The explained output, and how a signal on it becomes signals on returned tensors.
+
+        For a chosen tensor that is the identity; for ``output=`` a callable, the signal is
+        pulled back through the callable by its vector-Jacobian product.
+        """
+        node = graph.output_node
+        if node is not None:
+            return values[node], lambda signal: {node: signal}
+        leaves = {}
+        for leaf in graph.output_nodes:
+            value = values[leaf]
+            is_float = isinstance(value, torch.Tensor) and value.is_floating_point()
+            leaves[leaf] = value.detach().requires_grad_(True) if is_float else value
+        with torch.enable_grad():
+            output = graph.output_value(leaves)
+        wanted = [n for n, v in leaves.items() if isinstance(v, torch.Tensor) and v.requires_grad]
+
+        def starts(signal: torch.Tensor) -> dict[fx.Node, torch.Tensor]:
+            if not output.requires_grad or not wanted:
+                return {}
+            grads = torch.autograd.grad(
+                output, [leaves[n] for n in wanted], signal, allow_unused=True
+            )
+            found = {n: g for n, g in zip(wanted, grads, strict=True) if g is not None}
+            for leaf, grad in found.items():
+                activation = graph.output_activation(leaf)
+                if (
+                    activation is not None
+                    and not self.disable_model_checks
+                    and bool(grad.ne(0).any())
+                ):
+                    raise _activation_error(activation)
+            return found
+
+        return output.detach(), starts
+
+    def _start(
+        self, output: torch.Tensor, neuron_selection: Any, target: Any
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """Selected neurons, scores and the start signal on the explained output.
+
+        With ``target`` ``t``: ``dt/dy`` for gradient methods and ``y * dt/dy`` (the start
+        value times ``dt/dy``) for relevance methods, which sums to ``t`` when ``t`` is
+        linear in ``y``.
+        """
+        if target is None:
+            selected = self._select(output, neuron_selection)
+            start, scores = self._start_signal(output, selected)
+            return selected, scores, start
+        grad, scores = target_gradient(output, target)
+        return None, scores, self._start_value(output.detach()) * grad
+
+    def _finish(
+        self,
+        graph: ModelGraph,
+        signals: dict[fx.Node, torch.Tensor],
+        values: dict[fx.Node, Any],
+    ) -> dict[str, torch.Tensor]:
+        """Postprocessed attribution per attributed input or node, by name."""
+        result = {}
+        for node in graph.source_nodes:
+            name = graph.source_names[node]
+            value = values[node]
+            if not isinstance(value, torch.Tensor):
+                users = ", ".join(repr(graph.infos[u].name) for u in node.users if u in graph.infos)
+                raise InputError(
+                    f"attribute_to={name!r} names a node whose output is a "
+                    f"{type(value).__name__}, not a tensor; name the node that takes the "
+                    f"tensor from it instead ({users})"
+                )
+            signal = signals.get(node)
+            if signal is None:
+                if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
+                    raise InputError(_integer_input_message(name, value, _embedding_names(graph)))
+                signal = torch.zeros_like(value)
+            attribution = self._postprocess(signal.detach(), value.detach())
+            if self.attribute_sum_axis is not None:
+                attribution = attribution.sum(dim=self.attribute_sum_axis)
+            result[name] = attribution
+        return result
+
+    def _explain_by_autograd(
+        self, graph: ModelGraph, feed: dict[fx.Node, Any], neuron_selection: Any, target: Any
+    ) -> Explanation:
+        sources = set(graph.source_nodes)
+        feed = {
+            n: v.detach().requires_grad_(True)
+            if n in sources and isinstance(v, torch.Tensor) and v.is_floating_point()
+            else v
+            for n, v in feed.items()
+        }
+        with GRAPH_LOCK.shared(), torch.enable_grad():
+            values = run_forward(graph, feed, keep=False, global_autograd=True).values
+            output = graph.output_value(values)
+        source_values = {n: values[n] for n in graph.source_nodes}
+        selected, scores, start = self._start(output, neuron_selection, target)
+        wanted = [
+            n for n, v in source_values.items() if isinstance(v, torch.Tensor) and v.requires_grad
+        ]
+        signals: dict[fx.Node, torch.Tensor] = {}
+        if output.requires_grad and wanted:
+            grads = torch.autograd.grad(
+                output, [source_values[n] for n in wanted], start, allow_unused=True
+            )
+            for node, grad in zip(wanted, grads, strict=True):
+                signals[node] = torch.zeros_like(source_values[node]) if grad is None else grad
+        attributions = self._finish(graph, signals, source_values)
+        return Explanation(
+            next(iter(attributions.values())), selected, scores, attributions=attributions
+        )
 
     def _start_signal(
         self, output: torch.Tensor, selected: torch.Tensor | None
@@ -455,41 +776,175 @@ class ReverseAnalyzer(Analyzer):
         output: torch.Tensor,
         selected: torch.Tensor | None,
     ) -> Explanation:
+        """The walk from a record made by ``forward_record`` (wave 1's entry point)."""
         graph = self.graph()
         start, scores = self._start_signal(output, selected)
+        source_values = {n: record.values[n] for n in graph.source_nodes}
         result = reverse_walk(
             graph, record, start, lambda info: self._mappings[info.node], self.reverse_options
         )
-        attribution = self._postprocess(result.attribution.detach(), x)
+        attributions = self._finish(graph, result.attributions, source_values)
         if self._print_min_max:
             _print_walk(self, result.min_max)
         return Explanation(
-            attribution, selected, scores, result.signals, result.min_max, result.node_sums
+            next(iter(attributions.values())),
+            selected,
+            scores,
+            result.signals,
+            result.min_max,
+            result.node_sums,
+            attributions,
         )
 
-    def _check_input_shape(self, graph: ModelGraph, x: torch.Tensor) -> None:
-        """Compare the input with the first layers' expectations, for a clear message."""
-        for node in graph.input_node.users:
-            info = graph.infos.get(node)
-            module = info.module if info is not None else None
-            if isinstance(module, nn.modules.conv._ConvNd):
-                dims = len(module.kernel_size)
-                if x.dim() != dims + 2:
+    def _check_input_shapes(self, graph: ModelGraph, feed: dict[fx.Node, Any]) -> None:
+        """Compare each input with its first layers' expectations, for a clear message."""
+        for input_node, x in feed.items():
+            if input_node.op != "placeholder" or not isinstance(x, torch.Tensor):
+                continue
+            for node in input_node.users:
+                info = graph.infos.get(node)
+                module = info.module if info is not None else None
+                if isinstance(module, nn.modules.conv._ConvNd):
+                    dims = len(module.kernel_size)
+                    if x.dim() != dims + 2:
+                        raise InputError(
+                            f"layer '{info.name}' ({type(module).__name__}) expects input of "
+                            f"rank {dims + 2} (N, C, ...spatial), got shape {tuple(x.shape)}"
+                        )
+                    if x.shape[1] != module.in_channels:
+                        raise InputError(
+                            f"layer '{info.name}' expects {module.in_channels} channels on "
+                            f"axis 1, got shape {tuple(x.shape)} (channels-last data needs "
+                            "X.permute(0, 3, 1, 2) or np.moveaxis(X, -1, 1))"
+                        )
+                elif isinstance(module, nn.Linear) and x.shape[-1] != module.in_features:
                     raise InputError(
-                        f"layer '{info.name}' ({type(module).__name__}) expects input of rank "
-                        f"{dims + 2} (N, C, ...spatial), got shape {tuple(x.shape)}"
+                        f"layer '{info.name}' (Linear) expects {module.in_features} features "
+                        f"on the last axis, got shape {tuple(x.shape)}"
                     )
-                if x.shape[1] != module.in_channels:
-                    raise InputError(
-                        f"layer '{info.name}' expects {module.in_channels} channels on axis 1, "
-                        f"got shape {tuple(x.shape)} (channels-last data needs "
-                        "X.permute(0, 3, 1, 2) or np.moveaxis(X, -1, 1))"
-                    )
-            elif isinstance(module, nn.Linear) and x.shape[-1] != module.in_features:
-                raise InputError(
-                    f"layer '{info.name}' (Linear) expects {module.in_features} features on the "
-                    f"last axis, got shape {tuple(x.shape)}"
-                )
+
+
+def _refuse_meta(model: nn.Module, X: Any) -> None:
+    """Tensors on the meta device have no values to explain (torch fails in ``item()``)."""
+    device, _ = model_device_dtype(model)
+    given = X.values() if isinstance(X, dict) else X if isinstance(X, tuple | list) else [X]
+    meta = any(isinstance(v, torch.Tensor) and v.device.type == "meta" for v in given)
+    if (device is not None and device.type == "meta") or meta:
+        where = "the input is" if meta else "the model's parameters are"
+        raise InputError(
+            f"{where} on the meta device (shapes without values), so there is nothing to "
+            "explain; materialise the model (model.to_empty(device='cpu') and load_state_dict) "
+            "and pass real inputs"
+        )
+
+
+def _with_integer_input_hint(error: InputError, inputs: ModelInputs) -> InputError:
+    """A model that failed on an integer input: say what to do about the input."""
+    integers = [
+        (name, value)
+        for name, value in inputs.by_name().items()
+        if isinstance(value, torch.Tensor)
+        and not (value.is_floating_point() or value.is_complex())
+        and value.dtype != torch.bool
+    ]
+    if not integers or not str(error).startswith("the model failed"):
+        return error
+    name, value = integers[0]
+    return InputError(
+        f"{error}. Input {name!r} is {value.dtype}: innspect does not convert integer inputs "
+        "(they may be token ids); convert it to floating point (X.float(), "
+        "X.astype(np.float32)), or for token ids attribute to the embedding's output with "
+        "attribute_to='<embedding module path>'"
+    )
+
+
+def _neuron_indices(neuron_selection: Any, n_outputs: int) -> torch.Tensor:
+    """``neuron_selection`` as an int64 tensor, or a NeuronSelectionError saying why not.
+
+    Checked before any conversion: torch would raise its own TypeError on strings and None,
+    and wrap an unsigned 2**64 - 1 around to -1.
+    """
+    usage = "give an int for the whole batch or a sequence of ints, one per sample"
+    if isinstance(neuron_selection, torch.Tensor):
+        if (
+            neuron_selection.is_floating_point()
+            or neuron_selection.is_complex()
+            or (neuron_selection.dtype == torch.bool)
+        ):
+            raise NeuronSelectionError(
+                f"neuron_selection must be integers, got {neuron_selection.dtype}; {usage}"
+            )
+        values = neuron_selection.detach().cpu()
+        if values.dtype == torch.uint64:  # values above int64's range must not wrap around
+            array = values.numpy()
+        else:
+            return values.long()
+    else:
+        try:
+            array = np.asarray(neuron_selection)
+        except Exception as error:  # noqa: BLE001 - ragged nesting and the like
+            raise NeuronSelectionError(
+                f"neuron_selection {neuron_selection!r} is not a sequence of ints; {usage}"
+            ) from error
+    if array.dtype.kind == "O":  # Python ints beyond 64 bits, None, mixed types
+        for value in array.reshape(-1):
+            if isinstance(value, int | np.integer) and not isinstance(value, bool):
+                continue
+            raise NeuronSelectionError(
+                f"neuron_selection must be integers, got {value!r} in {neuron_selection!r}; {usage}"
+            )
+        array = np.array([int(v) for v in array.reshape(-1)], dtype=object).reshape(array.shape)
+    elif array.dtype.kind not in "iu":
+        raise NeuronSelectionError(
+            f"neuron_selection must be integers, got {neuron_selection!r} ({array.dtype}); {usage}"
+        )
+    flat = array.reshape(-1)
+    too_large = [int(v) for v in flat if int(v) >= n_outputs or int(v) < 0]
+    if too_large:
+        raise NeuronSelectionError(
+            f"neuron index {too_large[0]} is out of range: the model has {n_outputs} outputs "
+            f"(valid: 0 .. {n_outputs - 1})"
+        )
+    return torch.as_tensor(array.astype(np.int64))
+
+
+def _activation_error(activation: NodeInfo) -> OutputActivationError:
+    return OutputActivationError(
+        f"the model's output passes through {activation.operation} at node "
+        f"'{activation.name}'; explanations need the pre-activation output. Use "
+        "innspect.model_wo_softmax(model) or model_wo_output_activation(model)"
+    )
+
+
+def _embedding_names(graph: ModelGraph) -> list[str]:
+    """Names of the embedding lookups, the nodes to attribute token ids' models to."""
+    # Not info.kind: a lookup of ids that get no attribution is a constant of the graph.
+    return [i.name for i in graph.nodes if classify(i.node, i.module) is Kind.EMBEDDING]
+
+
+def _no_float_input_message(inputs: ModelInputs, embeddings: Sequence[str] = ()) -> str:
+    described = ", ".join(
+        f"{n}: {v.dtype}" if isinstance(v, torch.Tensor) else f"{n}: {type(v).__name__}"
+        for n, v in inputs.by_name().items()
+    )
+    hint = f", e.g. attribute_to={embeddings[0]!r}" if embeddings else ""
+    return (
+        f"no input is floating point ({described}), so there is nothing to attribute by "
+        f"default; name a graph node with attribute_to=... (an embedding's output{hint})"
+    )
+
+
+def _integer_input_message(name: str, value: Any, embeddings: Sequence[str]) -> str:
+    dtype = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+    hint = (
+        f"attribute to the embedding's output instead, e.g. attribute_to={embeddings[0]!r}"
+        if embeddings
+        else "convert it to floating point, or attribute to the node that embeds it"
+    )
+    return (
+        f"input {name!r} is {dtype}: integer inputs (token ids, masks) carry no gradient "
+        f"and get no attribution; {hint}"
+    )
 
 
 def _check_flag(name: str, value: Any) -> None:
@@ -524,6 +979,28 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(
         f"analyzer option of type {type(value).__name__} cannot be saved; pass names or numbers"
     )
+
+
+def _existing_npz(path: str | os.PathLike) -> str:
+    """The file ``save_npz(path)`` wrote: ``path`` itself, or ``path`` + ".npz"."""
+    path = os.fspath(path)
+    if not os.path.exists(path) and not path.endswith(".npz") and os.path.exists(path + ".npz"):
+        return path + ".npz"
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no analyzer file {path!r} (nor {path + '.npz'!r})")
+    return path
+
+
+def _saved_config(config: Any) -> tuple[str, dict[str, Any]]:
+    """(name, options) of a saved configuration, or ValueError naming what is wrong."""
+    if not isinstance(config, dict):
+        raise ValueError(f"its config is a {type(config).__name__}, not an object")
+    name, options = config.get("name"), config.get("options", {})
+    if not isinstance(name, str):
+        raise ValueError(f"its config has no analyzer name (got {name!r})")
+    if not isinstance(options, dict):
+        raise ValueError(f"its options are a {type(options).__name__}, not an object")
+    return name, options
 
 
 def _atomic_savez(path: str | os.PathLike, payload: dict[str, np.ndarray]) -> None:

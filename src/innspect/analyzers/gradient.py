@@ -9,9 +9,11 @@ from torch import nn
 
 from innspect.analyzers.base import Analyzer, Explanation, ReverseAnalyzer
 from innspect.analyzers.composed import ComposedAnalyzer
+from innspect.analyzers.io import ModelInputs, select_output, target_gradient
 from innspect.analyzers.plan import Composite, Site, always, family, kind
 from innspect.engine.reverse import Mapping, Unsupported
-from innspect.graph.graph import ModelGraph, NodeInfo, eval_mode
+from innspect.graph.capture import eval_view
+from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.graph.kinds import Kind, rectifier_bound
 from innspect.rules.basic import (
     GRADIENT,
@@ -162,25 +164,56 @@ class GradientBaseline(Analyzer):
         self.postprocess = check_postprocess(postprocess)
         self._checked = False
 
-    def _explain(self, x: torch.Tensor, neuron_selection: Any) -> Explanation:
-        self._check_selection_arguments(neuron_selection)
+    def _explain(
+        self, inputs: ModelInputs, neuron_selection: Any, target: Any = None
+    ) -> Explanation:
+        target = self._target(target)
+        self._check_selection_arguments(neuron_selection, target)
+        names = self._attributed_inputs(inputs)
         if not self._checked:
             # The same output-activation refusal as the engine's analyzers.
-            GradientAnalyzer(self.model, disable_model_checks=self.disable_model_checks).graph(x)
+            GradientAnalyzer(
+                self.model,
+                output=self.output,
+                attribute_to=list(names),
+                disable_model_checks=self.disable_model_checks,
+            ).graph(inputs)
             self._checked = True
-        with eval_mode(self.model), torch.enable_grad():
-            leaf = x.detach().requires_grad_(True)
-            output = self.model(leaf)
-            flat = output.reshape(output.shape[0], -1)
-            selected = self._select(flat, neuron_selection)
-            if selected is None:
-                target = flat.sum()
-                scores = flat.detach().sum(dim=1)
+        given = inputs.by_name()
+        leaves = {name: given[name].detach().requires_grad_(True) for name in names}
+        # The caller's Python values (return_dict=False...) are passed as given.
+        bound = dict(inputs.call.bound)
+        values = {**{n: bound[n] for n in inputs.call.fixed}, **given, **leaves}
+        order = inputs.order or inputs.names
+        # The eval view of the model: its training flags are never touched (capture.eval_view).
+        model = eval_view(self.model)
+        with torch.enable_grad():
+            if inputs.call.keyword:
+                result = model(**{name: values[name] for name in order})
             else:
-                picked = flat.gather(1, selected[:, None])[:, 0]
-                target, scores = picked.sum(), picked.detach()
-            (grad,) = torch.autograd.grad(target, leaf)
-        return Explanation(apply_postprocess(grad, self.postprocess), selected, scores)
+                result = model(*[values[name] for name in order])
+            output = select_output(result, self.output)
+            selected = None
+            if target is not None:
+                weights, scores = target_gradient(output, target)
+                objective = (output * weights).sum()
+            else:
+                flat = output.reshape(output.shape[0], -1)
+                selected = self._select(flat, neuron_selection)
+                if selected is None:
+                    objective = flat.sum()
+                    scores = flat.detach().sum(dim=1)
+                else:
+                    picked = flat.gather(1, selected[:, None])[:, 0]
+                    objective, scores = picked.sum(), picked.detach()
+            grads = torch.autograd.grad(objective, [leaves[n] for n in names], allow_unused=True)
+        attributions = {
+            name: apply_postprocess(
+                torch.zeros_like(leaves[name]) if grad is None else grad, self.postprocess
+            )
+            for name, grad in zip(names, grads, strict=True)
+        }
+        return Explanation(attributions[names[0]], selected, scores, attributions=attributions)
 
 
 ANALYZERS = [GradientAnalyzer, InputTimesGradient, Deconvnet, GuidedBackprop, GradientBaseline]

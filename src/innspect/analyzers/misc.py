@@ -8,15 +8,23 @@ import torch
 from torch import nn
 
 from innspect.analyzers.base import Analyzer, Explanation
+from innspect.analyzers.io import ModelInputs
 
 
 class _OutputFree(Analyzer):
     """Analyzers whose result does not depend on the model's output."""
 
-    def _explain(self, x: torch.Tensor, neuron_selection: Any) -> Explanation:
-        self._check_selection_arguments(neuron_selection)
-        empty = torch.zeros(x.shape[0], device=x.device)
-        return Explanation(self._compute(x), None, empty)
+    def _explain(
+        self, inputs: ModelInputs, neuron_selection: Any, target: Any = None
+    ) -> Explanation:
+        self._check_selection_arguments(neuron_selection, self._target(target))
+        given = inputs.by_name()
+        attributions = {
+            name: self._compute(given[name]) for name in self._attributed_inputs(inputs)
+        }
+        first = next(iter(attributions.values()))
+        empty = torch.zeros(first.shape[0], device=first.device)
+        return Explanation(first, None, empty, attributions=attributions)
 
     def _compute(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

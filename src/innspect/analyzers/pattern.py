@@ -193,9 +193,9 @@ class PatternNet(ComposedAnalyzer):
             return GRADIENT
         return PatternLinear(self, site.info.name, site.graph.linear_op(site.info))
 
-    def _explain(self, x: torch.Tensor, neuron_selection: Any) -> Explanation:
-        self._check_patterns(self.graph(x))
-        return super()._explain(x, neuron_selection)
+    def _explain(self, inputs: Any, neuron_selection: Any, target: Any = None) -> Explanation:
+        self._check_patterns(self.graph(inputs))
+        return super()._explain(inputs, neuron_selection, target)
 
     # -- persistence --------------------------------------------------------------------
     def get_state(self) -> dict[str, np.ndarray]:

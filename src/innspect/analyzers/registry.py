@@ -28,6 +28,8 @@ METHOD_MODULES = (
     "innspect.analyzers.composites",
     "innspect.analyzers.deeptaylor",
     "innspect.analyzers.pattern",
+    "innspect.analyzers.deeplift",
+    "innspect.analyzers.occlusion",
 )
 
 _ANALYZERS: dict[str, type[Analyzer]] = {}

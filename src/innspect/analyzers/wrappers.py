@@ -16,20 +16,31 @@ from torch import nn
 
 from innspect.analyzers.base import Analyzer, Explanation
 from innspect.analyzers.gradient import GradientAnalyzer, check_postprocess
+from innspect.analyzers.io import ModelInputs, target_gradient, target_rows
+from innspect.analyzers.options import MAX_POINTS, check_flag, check_int, check_number
 from innspect.errors import InputError
 from innspect.progress import progress
 
 
 class _GradientAverage(Analyzer):
-    """Shared machinery: choose neurons on the clean input, average gradients over points."""
+    """Shared machinery: choose neurons on the clean input, average gradients over points.
+
+    Each attributed input (or node, ``attribute_to``) gets its own points; inputs that are
+    not attributed (token ids, masks) are repeated unchanged with each point.
+    """
 
     def __init__(
         self,
         model: nn.Module,
         *,
         neuron_selection_mode: str = "max_activation",
+        target: Any = None,
+        output: Any = None,
+        attribute_to: Any = None,
+        attribute_sum_axis: int | None = None,
         batch_size: int = 64,
         verbose: bool = False,
+        allow_nonfinite: bool = False,
         **reverse_kwargs: Any,
     ) -> None:
         if "subanalyzer" in reverse_kwargs:
@@ -37,48 +48,95 @@ class _GradientAverage(Analyzer):
                 f"{self.name} builds its gradient analyzer itself; iNNvestigate's subanalyzer= "
                 "(used by its own save/load) is not taken"
             )
-        super().__init__(model, neuron_selection_mode=neuron_selection_mode)
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size = int(batch_size)
-        self.verbose = verbose
+        super().__init__(
+            model,
+            neuron_selection_mode=neuron_selection_mode,
+            target=target,
+            output=output,
+            attribute_to=attribute_to,
+            attribute_sum_axis=attribute_sum_axis,
+            allow_nonfinite=allow_nonfinite,
+        )
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.verbose = check_flag("verbose", verbose)
         inner_mode = "all" if neuron_selection_mode == "all" else "index"
-        self._gradient = GradientAnalyzer(model, neuron_selection_mode=inner_mode, **reverse_kwargs)
+        self._gradient = GradientAnalyzer(
+            model,
+            neuron_selection_mode=inner_mode,
+            output=output,
+            attribute_to=attribute_to,
+            allow_nonfinite=True,  # checked once, on the average
+            **reverse_kwargs,
+        )
 
-    def _explain(self, x: torch.Tensor, neuron_selection: Any) -> Explanation:
-        self._check_selection_arguments(neuron_selection)
-        if not x.is_floating_point():
-            raise InputError(f"{self.name} needs a floating-point input, got {x.dtype}")
-        output = self._gradient.model_output(x)
-        selected = self._select(output, neuron_selection)
-        flat = output.detach().reshape(output.shape[0], -1)
-        if selected is None:
-            scores = flat.sum(dim=1)
+    def _explain(
+        self, inputs: ModelInputs, neuron_selection: Any, target: Any = None
+    ) -> Explanation:
+        target = self._target(target)
+        self._check_selection_arguments(neuron_selection, target)
+        gradient = self._gradient
+        graph = gradient.graph(inputs)
+        feed = graph.feed(inputs.values)
+        output, clean = gradient._clean_pass(graph, feed)
+        sources = graph.source_nodes
+        for node in sources:
+            value = clean[node]
+            if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
+                raise InputError(
+                    f"{self.name} needs a floating-point input, got {graph.source_names[node]!r} "
+                    f"of dtype {getattr(value, 'dtype', type(value).__name__)}"
+                )
+        if target is None:
+            selected = self._select(output, neuron_selection)
+            flat = output.detach().reshape(output.shape[0], -1)
+            if selected is None:
+                scores = flat.sum(dim=1)
+            else:
+                scores = flat[torch.arange(flat.shape[0], device=flat.device), selected]
         else:
-            scores = flat[torch.arange(flat.shape[0], device=flat.device), selected]
+            selected, scores = None, target_gradient(output, target)[1]
+        n = output.shape[0]
         n_points = self._n_points()
-        total = torch.zeros_like(x)
-        rows_per_chunk = max(1, self.batch_size)
+        call: dict[str, Any] = {}  # per-call state of the point makers (a noise generator)
+        totals = {node: torch.zeros_like(clean[node]) for node in sources}
+        makers = {
+            node: self._point_maker(clean[node], graph.source_names[node], call) for node in sources
+        }
         # Row r of the expanded batch is point r // N of sample r % N.
-        n_rows = n_points * x.shape[0]
-        starts = range(0, n_rows, rows_per_chunk)
-        make_point = self._point_maker(x)
+        n_rows = n_points * n
+        starts = range(0, n_rows, self.batch_size)
         for start in progress(starts, self.verbose, total=len(starts), desc=self.name):
-            rows = torch.arange(start, min(start + rows_per_chunk, n_rows), device=x.device)
-            samples, points = rows % x.shape[0], rows // x.shape[0]
-            batch = make_point(samples, points)
+            rows = torch.arange(start, min(start + self.batch_size, n_rows), device=output.device)
+            samples, points = rows % n, rows // n
+            batch = {node: value[samples] for node, value in feed.items()}
+            for node in sources:
+                batch[node] = makers[node](samples, points)
             index = None if selected is None else selected[samples]
-            grads = self._gradient._explain(batch, index).attribution
-            total.index_add_(0, samples, grads)
-        return Explanation(self._combine(total / n_points, x), selected, scores)
+            rows_target = target_rows(target, samples, n, output.dim())
+            explanation = gradient._explain_feed(graph, batch, index, rows_target)
+            for node in sources:
+                totals[node].index_add_(
+                    0, samples, explanation.attributions[graph.source_names[node]]
+                )
+        attributions = {}
+        for node in sources:
+            name = graph.source_names[node]
+            attribution = self._combine(totals[node] / n_points, clean[node], name)
+            if self.attribute_sum_axis is not None:
+                attribution = attribution.sum(dim=self.attribute_sum_axis)
+            attributions[name] = attribution
+        first = next(iter(attributions.values()))
+        return Explanation(first, selected, scores, attributions=attributions)
 
     def _n_points(self) -> int:
         raise NotImplementedError
 
-    def _point_maker(self, x: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def _point_maker(
+        self, x: torch.Tensor, name: str, call: dict[str, Any]
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         raise NotImplementedError
 
-    def _combine(self, mean_gradient: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def _combine(self, mean_gradient: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
         return mean_gradient
 
 
@@ -90,7 +148,9 @@ class IntegratedGradients(_GradientAverage):
     steps
         Number of points ``x_ref + k/steps (x - x_ref)``, k = 0 .. steps-1.
     reference_inputs
-        The baseline: a number, or an array broadcastable to the input.
+        The baseline: a number, or an array broadcastable to the input; for several
+        attributed inputs or nodes, a dict from their names to such baselines (0 for
+        names it leaves out).
     postprocess
         None, "abs" or "square", applied to each gradient on the path (iNNvestigate).
     batch_size
@@ -116,30 +176,38 @@ class IntegratedGradients(_GradientAverage):
                 "(iNNvestigate passes steps to its PathIntegrator as augment_by_n)"
             )
         super().__init__(model, **kwargs)
-        if int(steps) < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        self.steps = int(steps)
+        self.steps = check_int("steps", steps, 1, MAX_POINTS)
         self.reference_inputs = reference_inputs
         # iNNvestigate applies it to each gradient on the path, before the average.
         self._gradient.postprocess = check_postprocess(postprocess)
 
-    def _reference(self, x: torch.Tensor) -> torch.Tensor:
+    def _nonfinite_hint(self) -> str:
+        return (
+            " at a point of the path from reference_inputs to the input (a model that is "
+            "NaN at the baseline, e.g. 0, needs another reference_inputs)"
+        )
+
+    def _reference(self, x: torch.Tensor, name: str) -> torch.Tensor:
         ref = self.reference_inputs
+        if isinstance(ref, dict):
+            ref = ref.get(name, 0.0)
         ref = ref if isinstance(ref, torch.Tensor) else torch.as_tensor(np.asarray(ref))
         ref = ref.to(device=x.device, dtype=x.dtype)
         try:
             return torch.broadcast_to(ref, x.shape)
         except RuntimeError as error:
             raise InputError(
-                f"reference_inputs of shape {tuple(ref.shape)} does not broadcast to the input's "
-                f"shape {tuple(x.shape)}"
+                f"reference_inputs of shape {tuple(ref.shape)} does not broadcast to the shape "
+                f"{tuple(x.shape)} of {name!r}"
             ) from error
 
     def _n_points(self) -> int:
         return self.steps
 
-    def _point_maker(self, x: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        ref = self._reference(x)
+    def _point_maker(
+        self, x: torch.Tensor, name: str, call: dict[str, Any]
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        ref = self._reference(x, name)
         delta = x - ref
         shape = [-1] + [1] * (x.dim() - 1)
 
@@ -149,8 +217,8 @@ class IntegratedGradients(_GradientAverage):
 
         return make
 
-    def _combine(self, mean_gradient: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return mean_gradient * (x - self._reference(x))
+    def _combine(self, mean_gradient: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
+        return mean_gradient * (x - self._reference(x, name))
 
 
 class SmoothGrad(_GradientAverage):
@@ -182,24 +250,26 @@ class SmoothGrad(_GradientAverage):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
-        if int(augment_by_n) < 1:
-            raise ValueError(f"augment_by_n must be >= 1, got {augment_by_n}")
-        if float(noise_scale) < 0:
-            raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
-        self.augment_by_n = int(augment_by_n)
-        self.noise_scale = float(noise_scale)
-        self.seed = seed
+        self.augment_by_n = check_int("augment_by_n", augment_by_n, 1, MAX_POINTS)
+        self.noise_scale = check_number("noise_scale", noise_scale, minimum=0.0)
+        self.seed = None if seed is None else check_int("seed", seed, 0, 2**63 - 1)
         self._gradient.postprocess = check_postprocess(postprocess)
 
     def _n_points(self) -> int:
         return self.augment_by_n
 
-    def _point_maker(self, x: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        generator = torch.Generator(device=x.device)
-        if self.seed is not None:
-            generator.manual_seed(self.seed)
-        else:
-            generator.seed()
+    def _point_maker(
+        self, x: torch.Tensor, name: str, call: dict[str, Any]
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        # One generator per call, shared by the attributed inputs: different noise for
+        # each, reproducible with a seed (``call`` is per call: analyzers may be shared).
+        generator = call.get("generator")
+        if generator is None:
+            generator = call["generator"] = torch.Generator(device=x.device)
+            if self.seed is not None:
+                generator.manual_seed(self.seed)
+            else:
+                generator.seed()
 
         def make(samples: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
             base = x[samples]

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from innspect.errors import InputError
+from innspect.errors import InputError, NotAnalyzableModelError
 from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.graph.kinds import is_plain_relu
 
@@ -48,9 +48,12 @@ class ForwardRecord:
 
     values: RecordedValues
     leaves: dict[fx.Node, list[torch.Tensor | None]] = field(default_factory=dict)
+    # Every node's output on the reference input (``run_forward_with_reference``), or None.
+    reference: RecordedValues | None = None
 
     def output(self, graph: ModelGraph) -> torch.Tensor:
-        return self.values[graph.output_node]
+        """The explained output (the chosen returned tensor, or ``output=``'s value)."""
+        return graph.output_value(self.values)
 
 
 def rematerialisable(graph: ModelGraph, autograd_nodes: set[fx.Node] | frozenset) -> set[fx.Node]:
@@ -62,10 +65,11 @@ def rematerialisable(graph: ModelGraph, autograd_nodes: set[fx.Node] | frozenset
     autograd (a node's local autograd graph holds its inputs and outputs anyway).
     """
     result = set()
+    kept = set(graph.output_nodes) | set(graph.source_nodes)
     for info in graph.nodes:
         node = info.node
         if (
-            node is graph.output_node
+            node in kept
             or node in autograd_nodes
             or len(info.signal_inputs) != 1
             or len(node.all_input_nodes) != 1
@@ -83,7 +87,7 @@ def _is_float_tensor(value: Any) -> bool:
 
 def run_forward(
     graph: ModelGraph,
-    x: torch.Tensor,
+    x: torch.Tensor | dict[fx.Node, Any],
     autograd_nodes: set[fx.Node] | frozenset = frozenset(),
     *,
     keep: bool = True,
@@ -94,7 +98,10 @@ def run_forward(
     Parameters
     ----------
     graph, x
-        The captured graph and its input.
+        The captured graph and its input: a tensor (a model with one input), or
+        ``{node: value}`` for every input placeholder (``graph.feed``); a non-placeholder
+        node given there takes that value instead of being computed (integrated gradients
+        at an embedding's output).
     autograd_nodes
         Nodes that run with autograd on local leaves (for their VJP); all others run
         without autograd bookkeeping.
@@ -103,11 +110,14 @@ def run_forward(
         its last use, like a plain forward, and keeps only the output.
     global_autograd
         Record one autograd graph through the whole pass (for a plain gradient from the
-        output to ``x``, which must then require grad); ``autograd_nodes`` is ignored.
+        output to the attributed nodes: given inputs must then require grad, computed
+        attributed nodes are made to); ``autograd_nodes`` is ignored.
 
     Errors are re-raised naming the node that failed.
     """
     module = graph.module
+    feed = graph.feed(x) if isinstance(x, torch.Tensor) else x
+    sources = set(graph.source_nodes) if global_autograd else set()
     values = RecordedValues()
     record = ForwardRecord(values)
     free_after = graph.free_after
@@ -120,8 +130,13 @@ def run_forward(
     inplace = graph.inplace_relus() if not keep else set()
     for info in graph.nodes:
         node = info.node
+        if node in feed:
+            values[node] = feed[node]
+            continue
         if node.op == "placeholder":
-            values[node] = x
+            if node not in graph.bound_values:
+                raise InputError(f"no value given for the model's input '{info.name}'")
+            values[node] = graph.bound_values[node]
             continue
         if node.op == "get_attr":
             values[node] = _fetch_attr(module, str(node.target))
@@ -136,11 +151,19 @@ def run_forward(
                     values[node] = torch.relu_(values[node.all_input_nodes[0]])
                 else:
                     values[node] = run_node(info, values, leaves)
+        except NotAnalyzableModelError:
+            raise  # innspect's own refusal (a hook that changes values): already names it
         except Exception as error:  # noqa: BLE001 - re-raised with the node's name
             raise InputError(
                 f"the model failed at node {info.describe()} on an input of shape "
-                f"{tuple(x.shape)}: {error}"
+                f"{_shapes(feed)}: {error}"
             ) from error
+        if node in sources:
+            value = values[node]
+            if _is_float_tensor(value) and not value.requires_grad:
+                # An attributed node that autograd would not track (frozen weights, integer
+                # ids upstream): a leaf of its own, so its gradient can be asked for.
+                values[node] = value.detach().requires_grad_(True)
         for done in free_after.get(node, ()):
             if droppable is None:
                 del values[done]
@@ -196,3 +219,120 @@ def _call(module: torch.nn.Module | None, node: fx.Node, args: Any, kwargs: Any)
     if node.op == "call_method":
         return getattr(args[0], str(node.target))(*args[1:], **kwargs)
     raise AssertionError(f"unexpected node op {node.op}")
+
+
+def _shapes(feed: dict[fx.Node, Any]) -> str:
+    """The shapes of the fed inputs, for messages: '(2, 3)' or 'a (2, 3), b (2,)'."""
+    shapes = [(n.name, tuple(v.shape)) for n, v in feed.items() if isinstance(v, torch.Tensor)]
+    if len(shapes) == 1:
+        return str(shapes[0][1])
+    return ", ".join(f"{name} {shape}" for name, shape in shapes)
+
+
+def run_forward_with_reference(
+    graph: ModelGraph,
+    x: torch.Tensor | dict[fx.Node, Any],
+    reference: torch.Tensor | dict[fx.Node, Any],
+    *,
+    batched: bool = True,
+) -> ForwardRecord:
+    """Record ``graph`` on ``x`` and on ``reference``, for reference-based methods.
+
+    ``x`` and ``reference`` are tensors (a model with one input) or feeds ``{node: value}``
+    (``graph.feed``) with the same nodes and shapes; inputs that are not attributed (masks,
+    token ids) are given the same value in both. The record's ``values`` hold the nodes'
+    outputs on ``x`` and ``reference`` holds them on the reference, so a mapping reads both
+    (DeepLIFT's differences from the reference). With ``batched``, one forward pass of
+    ``[x; reference]`` makes both, and every recorded batch-first value is split into its
+    halves (views, no copy); shape queries are run again on each half. A graph with a value
+    that cannot be split that way (its first axis is not the batch) is recorded by two
+    forward passes instead. No node is recorded for autograd: mappings take VJPs with
+    ``NodeContext.recomputed_vjp``.
+    """
+    feed = graph.feed(x) if isinstance(x, torch.Tensor) else dict(x)
+    reference_feed = graph.feed(reference) if isinstance(reference, torch.Tensor) else reference
+    if set(feed) != set(reference_feed):
+        raise InputError("the reference must give a value for every input of the model")
+    n = None
+    for node, value in feed.items():
+        other = reference_feed[node]
+        if isinstance(value, torch.Tensor) != isinstance(other, torch.Tensor) or (
+            isinstance(value, torch.Tensor) and value.shape != other.shape
+        ):
+            raise InputError(
+                f"the reference input has shape {tuple(getattr(other, 'shape', ()))}, the "
+                f"input {tuple(getattr(value, 'shape', ()))}; they must be equal"
+            )
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            n = value.shape[0] if n is None else n
+    if batched and n is not None:
+        both = {}
+        for node, value in feed.items():
+            other = reference_feed[node]
+            batch_first = isinstance(value, torch.Tensor) and value.dim() > 0
+            if batch_first and value.shape[0] != n:
+                both = None
+                break
+            both[node] = torch.cat([value, other]) if batch_first else value
+        if both is not None:
+            record = run_forward(graph, both)
+            halves = _split_values(graph, record.values, n, feed, reference_feed)
+            if halves is not None:
+                return ForwardRecord(halves[0], reference=halves[1])
+            del record
+    record = run_forward(graph, feed)
+    record.reference = run_forward(graph, reference_feed).values
+    return record
+
+
+def _split_values(
+    graph: ModelGraph,
+    values: RecordedValues,
+    n: int,
+    feed: dict[fx.Node, Any],
+    reference_feed: dict[fx.Node, Any],
+) -> tuple[RecordedValues, RecordedValues] | None:
+    """The record of a forward pass on ``[x; reference]`` as one record per half, or None
+    where a value that depends on the input is not batch-first."""
+    halves = (RecordedValues(), RecordedValues())
+    for half in halves:
+        half.recompute.update(values.recompute)
+    # Nodes computed from the doubled batch: the fed inputs and everything they reach
+    # (integer masks too, which carry no signal but are batched all the same).
+    batched = {node for node, value in feed.items() if isinstance(value, torch.Tensor)}
+    for info in graph.nodes:
+        node = info.node
+        if node in feed:
+            halves[0][node], halves[1][node] = feed[node], reference_feed[node]
+            continue
+        if node in values.recompute:  # a dropped ReLU: each half rebuilds it from its input
+            batched.add(node)
+            continue
+        value = dict.get(values, node)
+        if not any(arg in batched for arg in node.all_input_nodes):
+            for half in halves:  # constants, parameters, bound defaults
+                half[node] = value
+            continue
+        batched.add(node)
+        if info.is_metadata:  # x.shape, x.size(0)...: the half's own
+            for half in halves:
+                half[node] = run_node(info, half)
+            continue
+        parts = _split_batch(value, n)
+        if parts is None:
+            return None
+        halves[0][node], halves[1][node] = parts
+    return halves
+
+
+def _split_batch(value: Any, n: int) -> tuple[Any, Any] | None:
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 0 or value.shape[0] != 2 * n:
+            return None
+        return value[:n], value[n:]
+    if isinstance(value, tuple | list):
+        parts = [_split_batch(v, n) for v in value]
+        if any(p is None for p in parts):
+            return None
+        return type(value)(p[0] for p in parts), type(value)(p[1] for p in parts)
+    return None

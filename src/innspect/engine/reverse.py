@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from innspect.engine.forward import ForwardRecord, autograd_leaves, run_node
+from innspect.engine.forward import ForwardRecord, RecordedValues, autograd_leaves, run_node
 from innspect.errors import NonFiniteRelevanceError, UnsupportedNodeError
 from innspect.graph.graph import ModelGraph, NodeInfo
 
@@ -40,6 +40,21 @@ class NodeContext:
     def output(self) -> Any:
         return self.record.values[self.info.node]
 
+    @property
+    def reference_inputs(self) -> list[Any]:
+        """The same inputs on the reference input (a record made by the reference pass)."""
+        reference = self._reference()
+        return [reference[n] for n in self.info.signal_inputs]
+
+    @property
+    def reference_output(self) -> Any:
+        return self._reference()[self.info.node]
+
+    def _reference(self) -> RecordedValues:
+        if self.record.reference is None:
+            raise AssertionError(f"node {self.info.describe()}: the record has no reference pass")
+        return self.record.reference
+
     # What rules need beyond inputs, output and signal: the layer's parameters as a
     # LinearOp, and whether its input is non-negative by construction (a narrow context).
     @property
@@ -59,13 +74,16 @@ class NodeContext:
             raise AssertionError(f"node {self.info.describe()} was not recorded for autograd")
         return _vjp(self.output, leaves, self.signal if signal is None else signal)
 
-    def recomputed_vjp(self, signal: Signal | None = None) -> list[torch.Tensor | None]:
+    def recomputed_vjp(
+        self, signal: Signal | None = None, *, at_reference: bool = False
+    ) -> list[torch.Tensor | None]:
         """The same product, from running the node again on its recorded inputs.
 
         For nodes recorded without autograd: one more pass of a cheap operation (pooling)
         instead of a local autograd graph that holds the node's input all through the walk.
+        ``at_reference``: the product at the node's reference inputs instead.
         """
-        values = self.record.values
+        values = self._reference() if at_reference else self.record.values
         leaves = autograd_leaves(values, self.info)
         with torch.enable_grad():
             output = run_node(self.info, values, leaves)
@@ -146,9 +164,14 @@ class ReverseOptions:
 
 @dataclass
 class ReverseResult:
-    """The signal at the input, and what the options asked to keep."""
+    """The signal at the input, and what the options asked to keep.
+
+    ``attributions`` holds the signal at every attributed node it reached
+    (``graph.source_nodes``); ``attribution`` is the one at ``graph.input_node``.
+    """
 
     attribution: torch.Tensor
+    attributions: dict[fx.Node, torch.Tensor] = field(default_factory=dict)
     signals: dict[str, torch.Tensor] = field(default_factory=dict)
     min_max: dict[str, tuple[float, float]] = field(default_factory=dict)
     node_sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
@@ -188,7 +211,7 @@ def _process_signal(
 def reverse_walk(
     graph: ModelGraph,
     record: ForwardRecord,
-    start: torch.Tensor,
+    start: torch.Tensor | dict[fx.Node, torch.Tensor],
     mapping_for: Callable[[NodeInfo], Mapping],
     options: ReverseOptions | None = None,
 ) -> ReverseResult:
@@ -201,7 +224,8 @@ def reverse_walk(
     graph, record
         The captured graph and a forward record made on it.
     start
-        The signal at the model output (same shape as the output).
+        The signal at the explained output (same shape), or ``{node: signal}`` for
+        several returned tensors.
     mapping_for
         Returns the mapping of a node.
     options
@@ -210,7 +234,10 @@ def reverse_walk(
     options = options or ReverseOptions()
     result = ReverseResult(attribution=torch.zeros_like(record.values[graph.input_node]))
     bottlenecks = graph.bottleneck_nodes() if options.project_bottleneck else set()
-    signals: dict[fx.Node, Signal] = {graph.output_node: start}
+    signals: dict[fx.Node, Signal] = (
+        dict(start) if isinstance(start, dict) else {graph.output_node: start}
+    )
+    sources = set(graph.source_nodes)
     for info in reversed(graph.nodes):
         node = info.node
         signal = signals.pop(node, None)
@@ -218,11 +245,19 @@ def reverse_walk(
             continue
         if isinstance(signal, torch.Tensor):
             signal = _process_signal(info, signal, options, result, bottlenecks)
-        if node is graph.input_node:
-            result.attribution = signal
-            continue
+        if node in sources:
+            result.attributions[node] = signal
+            if node is graph.input_node:
+                result.attribution = signal
+            # An attributed inner node (an embedding's output) ends the walk on its branch
+            # unless an attributed input lies further up.
+            if node.op == "placeholder" or not info.signal_inputs:
+                record.values.pop(node, None)
+                continue
         if _selects_from_tuple(info, record):
             record.values.pop(node, None)
+            if record.reference is not None:
+                record.reference.pop(node, None)
             parent = info.signal_inputs[0]
             parent_signal = signals.setdefault(parent, {})
             index = node.args[1]
@@ -235,6 +270,8 @@ def reverse_walk(
         # graph) now, as autograd frees saved tensors, so memory falls during the walk.
         values.pop(node, None)
         record.leaves.pop(node, None)
+        if record.reference is not None:
+            record.reference.pop(node, None)
         if options.node_sums:
             arriving = list(signal.values()) if isinstance(signal, dict) else [signal]
             leaving = [m for m in mapped if isinstance(m, torch.Tensor)]

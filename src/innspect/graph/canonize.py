@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import operator
 from collections import OrderedDict
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -130,6 +131,13 @@ def _fusable(
     if len(producer.users) != 1:
         return None  # the un-normalised output is used elsewhere too
     layer = gm.get_submodule(producer.target)
+    if (
+        layer._forward_hooks
+        or layer._forward_pre_hooks
+        or bn._forward_hooks
+        or bn._forward_pre_hooks
+    ):
+        return None  # a folded copy would not run the user's (observing) hooks
     if isinstance(layer, nn.Linear):
         # Only provably right when the output is (N, features): see _linear_output_ranks.
         if linear_ranks.get(producer) != 2 or not isinstance(bn, nn.BatchNorm1d):
@@ -161,9 +169,12 @@ def _linear_before_batchnorm(gm: fx.GraphModule) -> list[fx.Node]:
 
 
 def _linear_output_ranks(
-    gm: fx.GraphModule, candidates: list[fx.Node], example_input: torch.Tensor | None
+    gm: fx.GraphModule,
+    candidates: list[fx.Node],
+    example_input: torch.Tensor | tuple[Any, ...] | None,
 ) -> dict[fx.Node, int]:
-    """The rank of each candidate Linear's output, from one forward on ``example_input``.
+    """The rank of each candidate Linear's output, from one forward on ``example_input``
+    (a tensor, or one value per placeholder of a model with several inputs).
 
     A Linear acts on the last axis whatever the rank, while BatchNorm1d acts on axis 1: the
     graph alone cannot tell (N, F) from (N, C, F). Without an example input the ranks stay
@@ -173,6 +184,8 @@ def _linear_output_ranks(
         return {}
     wanted = set(candidates)
     ranks: dict[fx.Node, int] = {}
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    shapes = ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor))
 
     class RankRecorder(fx.Interpreter):
         def run_node(self, node: fx.Node):
@@ -182,15 +195,14 @@ def _linear_output_ranks(
                 # Raising (rather than leaving the BatchNorm unfused) keeps a graph built on
                 # a bad input from being kept and used with a different fusion later.
                 raise InputError(
-                    f"the model failed at node '{node.name}' on an input of shape "
-                    f"{tuple(example_input.shape)}: {error}"
+                    f"the model failed at node '{node.name}' on an input of shape {shapes}: {error}"
                 ) from error
             if node in wanted and isinstance(result, torch.Tensor):
                 ranks[node] = result.dim()
             return result
 
     with torch.no_grad():
-        RankRecorder(gm).run(example_input)
+        RankRecorder(gm).run(*args)
     return ranks
 
 
@@ -230,7 +242,7 @@ def _fused_layer(layer: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> 
 
 
 def fuse_batchnorm(
-    gm: fx.GraphModule, example_input: torch.Tensor | None = None
+    gm: fx.GraphModule, example_input: torch.Tensor | tuple[Any, ...] | None = None
 ) -> dict[str, list[str]]:
     """Fold every BatchNorm that directly follows a linear layer into a copy of that layer.
 

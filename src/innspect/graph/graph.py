@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import dataclasses
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import fx, nn
 
-from innspect.errors import NotAnalyzableModelError
+from innspect.errors import InputError, NotAnalyzableModelError, OutputSelectionError
 from innspect.graph import canonize
-from innspect.graph.capture import capture
+from innspect.graph.capture import GRAPH_LOCK, CallSpec, bind_call, capture, unwrap
 from innspect.graph.kinds import (
     Kind,
     classify,
@@ -47,20 +50,6 @@ class NodeInfo:
         return f"'{self.name}' ({self.operation})"
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run with every submodule in eval mode, restoring each module's own flag afterwards."""
-    # Only modules in training mode are touched: the common case (an eval model) costs nothing.
-    training = [m for m in model.modules() if m.training]
-    try:
-        for module in training:
-            module.training = False
-        yield
-    finally:
-        for module in training:
-            module.training = True
-
-
 class ModelGraph:
     """A model captured as a graph, canonicalised for the reverse pass.
 
@@ -70,59 +59,244 @@ class ModelGraph:
         The user's model. It is never modified: the graph shares its layers, and
         canonicalisation replaces layers only inside the graph's own module tree.
     example_input
-        Optional input, used when torch.fx fails and torch.export is tried, and to learn
-        whether a Linear followed by BatchNorm1d sees 2-D data (only then is it folded).
+        Optional input (a tensor, or one value per name of ``call.names``), used when
+        torch.fx fails and torch.export is tried, and to learn whether a Linear followed by
+        BatchNorm1d sees 2-D data (only then is it folded).
     fuse_batchnorm
         Fold each BatchNorm that directly follows a linear layer into a copy of that layer.
+    call
+        Which forward arguments are inputs (default: every parameter without a default).
+    attribute_to
+        Names of the inputs (forward parameter names) or graph nodes (``NodeInfo.name``)
+        that receive attributions; the signal flows from them. Default: every input.
+    output
+        Which returned tensor is explained when the model returns a tuple, dict or
+        dataclass: an index, a key, a path tuple, or a callable on the returned structure.
+        Default: the only tensor, else the one named ``logits``.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        example_input: torch.Tensor | None = None,
+        example_input: torch.Tensor | Sequence[Any] | None = None,
         fuse_batchnorm: bool = False,
+        *,
+        call: CallSpec | None = None,
+        attribute_to: Sequence[str] | None = None,
+        output: Any = None,
     ) -> None:
         self.model = model
-        with eval_mode(model):
-            self.module = capture(model, example_input)
+        self.call = call if call is not None else bind_call(unwrap(model))
+        # The graph's layers are eval views of the model's (capture.eval_view): running them
+        # never reads or changes the user's training flags.
+        self.module = capture(model, example_input, self.call)
         self.module.training = False
         canonize.remove_inplace(self.module)
         self.fused: dict[str, list[str]] = {}
+        self._match_placeholders()
         if fuse_batchnorm:
-            with eval_mode(model):  # it may run one forward: BatchNorm statistics stay put
-                self.fused = canonize.fuse_batchnorm(self.module, example_input)
+            example = None
+            if example_input is not None:
+                given = (
+                    (example_input,) if isinstance(example_input, torch.Tensor) else example_input
+                )
+                example = self.placeholder_values(given)
+            with GRAPH_LOCK.shared():  # it may run one forward
+                self.fused = canonize.fuse_batchnorm(self.module, example)
         self.module.graph.lint()
         self.module.recompile()
-        self._build_infos()
+        self._choose_output(output)
+        self._build_infos(attribute_to)
 
     # -- construction -------------------------------------------------------------------
-    def _build_infos(self) -> None:
-        graph = self.module.graph
-        placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-        if len(placeholders) != 1:
-            raise NotAnalyzableModelError(
-                f"the model's forward takes {len(placeholders)} inputs; innspect analyzes models "
-                "with exactly one input tensor (wrap the model to bind the others)"
+    def _match_placeholders(self) -> None:
+        """Pair the graph's placeholders with the call's inputs and bound defaults."""
+        placeholders = [n for n in self.module.graph.nodes if n.op == "placeholder"]
+        names = self.call.names
+        bound = dict(self.call.bound)
+        self.input_nodes: list[fx.Node] = []
+        self.bound_values: dict[fx.Node, Any] = {}
+        for node in placeholders:  # fx's *args / **kwargs: empty, never inputs
+            if str(node.target).startswith("**"):
+                self.bound_values[node] = {}
+            elif str(node.target).startswith("*"):
+                self.bound_values[node] = ()
+        placeholders = [n for n in placeholders if n not in self.bound_values]
+        by_target = {str(n.target): n for n in placeholders}
+        if names and all(name in by_target for name in names):
+            # Placeholders named after the parameters (fx, torch.export): the inputs by name;
+            # the others are bound (fx names a fixed one ``name_1``).
+            self.input_nodes = [by_target[name] for name in names]
+            for node in placeholders:
+                if node in self.input_nodes:
+                    continue
+                target = str(node.target)
+                stripped = re.sub(r"_\d+$", "", target)
+                if target in bound:
+                    self.bound_values[node] = bound[target]
+                elif stripped in bound:
+                    self.bound_values[node] = bound[stripped]
+                elif node.args:
+                    self.bound_values[node] = node.args[0]
+                else:
+                    raise InputError(
+                        f"the model's graph has an input {target!r} that was not given "
+                        f"(given: {', '.join(names)})"
+                    )
+        elif len(placeholders) == len(names) + len(bound) and self.call.parameters:
+            # fx: one placeholder per forward parameter, bound ones included.
+            order = [p for p in self.call.parameters if p in bound or p in names]
+            for node, name in zip(placeholders, order, strict=True):
+                if name in bound:
+                    self.bound_values[node] = bound[name]
+                else:
+                    self.input_nodes.append(node)
+        elif len(placeholders) == len(names):  # torch.export: the passed tensors only
+            self.input_nodes = placeholders
+        else:
+            extra = [n for n in placeholders[len(names) :] if not n.args]
+            if len(placeholders) < len(names) or extra:
+                raise InputError(
+                    f"the model's graph takes {len(placeholders)} inputs "
+                    f"({', '.join(n.name for n in placeholders)}) but {len(names)} were given "
+                    f"({', '.join(names)})"
+                )
+            # A GraphModule given by the user: trailing placeholders keep their defaults.
+            self.input_nodes = placeholders[: len(names)]
+            for node in placeholders[len(names) :]:
+                self.bound_values[node] = node.args[0]
+        self.input_names: dict[fx.Node, str] = dict(zip(self.input_nodes, names, strict=True))
+
+    def placeholder_values(self, values: Sequence[Any]) -> tuple[Any, ...]:
+        """Values for every placeholder in graph order: the inputs and the bound defaults."""
+        by_node = dict(zip(self.input_nodes, values, strict=True))
+        return tuple(
+            by_node[n] if n in by_node else self.bound_values.get(n)
+            for n in self.module.graph.nodes
+            if n.op == "placeholder"
+        )
+
+    def feed(self, values: torch.Tensor | Sequence[Any]) -> dict[fx.Node, Any]:
+        """``{input placeholder: value}`` from the inputs in ``call.names`` order."""
+        if isinstance(values, torch.Tensor):
+            values = (values,)
+        if len(values) != len(self.input_nodes):
+            raise InputError(
+                f"the model's graph takes {len(self.input_nodes)} inputs "
+                f"({', '.join(self.call.names)}), got {len(values)}"
             )
-        self.input_node = placeholders[0]
-        output_nodes = [n for n in graph.nodes if n.op == "output"]
-        result = output_nodes[0].args[0]
+        return dict(zip(self.input_nodes, values, strict=True))
+
+    def _choose_output(self, output: Any) -> None:
+        """Find the returned tensors and the one(s) the explanation starts from."""
+        output_node = next(n for n in self.module.graph.nodes if n.op == "output")
+        result = output_node.args[0]
+        spec = getattr(self.module, "_out_spec", None)
+        if spec is not None and isinstance(result, tuple | list):
+            from torch.utils import _pytree
+
+            # torch.export flattens the returned structure; its spec rebuilds dict keys.
+            result = _pytree.tree_unflatten(list(result), spec)
         if isinstance(result, tuple | list) and len(result) == 1:
-            result = result[0]  # torch.export wraps a single output in a tuple
-        if not isinstance(result, fx.Node):
-            raise NotAnalyzableModelError(
-                "the model returns a tuple, list or dict; innspect needs a model returning one "
-                "tensor (wrap it, e.g. `lambda x: model(x)[0]` inside an nn.Module)"
+            result = result[0]
+        self.output_structure = result
+        self.output_leaves: list[tuple[tuple[Any, ...], fx.Node]] = list(_leaves(result, ()))
+        self.output_fn: Callable[[Any], torch.Tensor] | None = None
+        if not self.output_leaves:
+            raise NotAnalyzableModelError("the model returns no tensor computed by its graph")
+        if callable(output):
+            self.output_fn = output
+            self.output_node: fx.Node | None = None
+            self.output_nodes = list(dict.fromkeys(n for _, n in self.output_leaves))
+            return
+        paths = dict(self.output_leaves)
+        if output is None:
+            if len(paths) == 1:
+                chosen = next(iter(paths.values()))
+            elif ("logits",) in paths:
+                chosen = paths[("logits",)]
+            else:
+                raise OutputSelectionError(
+                    f"the model returns {len(paths)} tensors; choose the one to explain with "
+                    f"output=... (one of {self.output_choices()}, or a callable on the result)"
+                )
+        else:
+            path = tuple(output) if isinstance(output, tuple | list) else (output,)
+            if path not in paths:
+                raise OutputSelectionError(
+                    f"output={output!r} is not returned by the model; choose one of "
+                    f"{self.output_choices()} (or a callable on the result)"
+                )
+            chosen = paths[path]
+        self.output_node = chosen
+        self.output_nodes = [chosen]
+
+    def output_choices(self) -> str:
+        """The valid ``output=`` values, for messages."""
+        return ", ".join(
+            repr(path[0] if len(path) == 1 else path) for path, _ in self.output_leaves
+        )
+
+    def output_value(self, values: Any) -> torch.Tensor:
+        """The explained output from node values (``values[node]``), tracking autograd."""
+        if self.output_node is not None:
+            return values[self.output_node]
+        assert self.output_fn is not None
+        result = self.output_fn(_rebuild(self.output_structure, values))
+        if not isinstance(result, torch.Tensor) or result.dim() == 0:
+            got = (
+                f"shape {tuple(result.shape)}"
+                if isinstance(result, torch.Tensor)
+                else type(result).__name__
             )
-        self.output_node = result
-        self.infos: dict[fx.Node, NodeInfo] = {}
+            raise OutputSelectionError(
+                f"the output= callable must return a batch-first tensor (N, ...), got {got}"
+            )
+        return result
+
+    def _resolve_sources(
+        self, attribute_to: Sequence[str] | None, names: dict[fx.Node, str]
+    ) -> list[fx.Node]:
+        self.source_names: dict[fx.Node, str] = {}
+        if attribute_to is None:
+            self.source_names = dict(self.input_names)
+            return list(self.input_nodes)
+        by_input = {name: node for node, name in self.input_names.items()}
+        by_name = {name: node for node, name in names.items()}
+        sources = []
+        for name in attribute_to:
+            node = by_input.get(name) or by_name.get(name)
+            if node is None:
+                raise InputError(
+                    f"attribute_to={name!r} names neither an input "
+                    f"({', '.join(self.call.names)}) nor a node of the model's graph; nodes "
+                    f"include: {', '.join(list(by_name)[:40])}"
+                )
+            sources.append(node)
+            self.source_names.setdefault(node, name)
+        return list(dict.fromkeys(sources))
+
+    def _build_infos(self, attribute_to: Sequence[str] | None) -> None:
+        graph = self.module.graph
         module_uses: dict[str, int] = {}
+        names = {
+            node: self._display_name(node, module_uses)
+            for node in graph.nodes
+            if node.op != "output"
+        }
+        self.source_nodes = self._resolve_sources(attribute_to, names)
+        sources = set(self.source_nodes)
+        # The first attributed node (the input of a one-input model): what wave-1 code reads.
+        self.input_node = self.source_nodes[0] if self.source_nodes else self.input_nodes[0]
+        self.infos: dict[fx.Node, NodeInfo] = {}
         for node in graph.nodes:
             if node.op == "output":
                 continue
             module = self.module.get_submodule(node.target) if node.op == "call_module" else None
             args = _node_args(node)
-            depends = node.op == "placeholder" or any(
+            # Inputs and nodes that get no attribution (token ids, masks) are constants:
+            # no signal flows into them and rules treat them as fixed parameters.
+            depends = node in sources or any(
                 self.infos[a].depends_on_input for a in args if a in self.infos
             )
             kind = classify(node, module) if depends or node.op == "placeholder" else Kind.CONSTANT
@@ -141,7 +315,7 @@ class ModelGraph:
                 or (bool(dependent_args) and all(self.infos[a].is_metadata for a in dependent_args))
             )
             kind = _refine_kind(kind, node, len(args), len(dependent_args))
-            name = self._display_name(node, module_uses)
+            name = names[node]
             self.infos[node] = NodeInfo(
                 node=node,
                 name=name,
@@ -158,12 +332,15 @@ class ModelGraph:
         self.by_name: dict[str, NodeInfo] = {info.name: info for info in self.nodes}
         self._bottlenecks: set[fx.Node] | None = None
         self._inplace_relus: set[fx.Node] | None = None
-        self.free_after = _last_uses(self.nodes, self.output_node)
+        self.free_after = _last_uses(self.nodes, set(self.output_nodes) | sources)
         self._nonnegative: dict[fx.Node, bool] = {}
 
     def _display_name(self, node: fx.Node, module_uses: dict[str, int]) -> str:
         if node.op == "placeholder":
-            return "input"
+            # One input keeps wave 1's key "input"; several are named by parameter.
+            if len(self.input_nodes) == 1 and node in self.input_names:
+                return "input"
+            return self.input_names.get(node, node.name)
         if node.op != "call_module":
             return node.name
         target = str(node.target)
@@ -213,9 +390,9 @@ class ModelGraph:
         return [i for i in self.nodes if i.kind is Kind.LINEAR]
 
     def input_layer_nodes(self) -> set[fx.Node]:
-        """Linear layers that see the model input directly, looking through reshapes."""
+        """Linear layers that see a model input directly, looking through reshapes."""
         found: set[fx.Node] = set()
-        frontier = [self.input_node]
+        frontier = list(self.source_nodes)
         seen: set[fx.Node] = set()
         while frontier:
             node = frontier.pop()
@@ -271,19 +448,21 @@ class ModelGraph:
         """
         if self._inplace_relus is None:
             self._inplace_relus = set()
+            # Outputs and attributed nodes are read after the forward: never overwritten.
+            kept = set(self.output_nodes) | set(self.source_nodes)
             for info in self.nodes:
                 sources = info.node.all_input_nodes
                 if (
                     not is_plain_relu(info.node, info.module)
                     or len(sources) != 1
-                    or info.node is self.output_node
+                    or info.node in kept
                 ):
                     continue
                 source = self.infos.get(sources[0])
                 if (
                     source is not None
                     and len(source.node.users) == 1
-                    and source.node is not self.output_node
+                    and source.node not in kept
                     and (
                         source.kind in (Kind.LINEAR, Kind.BATCHNORM)
                         or (source.kind is Kind.LINEAR_NO_PARAM and is_sum(source.node))
@@ -295,19 +474,45 @@ class ModelGraph:
     def bottleneck_nodes(self) -> set[fx.Node]:
         """Nodes that every path from the input to the output passes through."""
         if self._bottlenecks is None:
-            self._bottlenecks = bottlenecks_in_order(self.nodes, self.output_node)
+            self._bottlenecks = bottlenecks_in_order(self.nodes, self.output_nodes)
         return self._bottlenecks
 
-    def output_activation(self) -> NodeInfo | None:
-        """The final softmax / log-softmax / sigmoid, looking back through identities."""
-        info = self.infos[self.output_node]
-        while info.kind is Kind.IDENTITY and info.signal_inputs:
+    def output_activation(self, node: fx.Node | None = None) -> NodeInfo | None:
+        """The final softmax / log-softmax / sigmoid of the explained output (or of the
+        returned tensor ``node``), looking back through nodes that keep it probabilities:
+        identities, shifts, scalings and rearrangements of one tensor (``Flatten``,
+        ``100 * softmax(x)``, ``softmax(x)[:, :5]``)."""
+        if node is None:
+            node = self.output_node
+        if node is None:  # a callable output: the analyzer checks the tensors it reads
+            return None
+        info = self.infos[node]
+        while info.kind in _KEEPS_ACTIVATION and len(info.signal_inputs) == 1:
             info = self.infos[info.signal_inputs[0]]
         if info.kind is Kind.OUTPUT_ACTIVATION:
             return info
         if info.kind is Kind.ACTIVATION and info.operation.lower() in {"sigmoid", "logsigmoid"}:
             return info
         return None
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Legacy: every submodule in eval mode for the block, each flag restored afterwards.
+
+    It writes the user's ``training`` flags, so it is not thread-safe (docs/reliability.md);
+    innspect itself no longer uses it. A captured graph needs nothing (its layers are eval
+    views); to call the model itself, call ``capture.eval_view(model)``. Kept so that code
+    written against it keeps working until it moves to ``eval_view``.
+    """
+    training = [m for m in model.modules() if m.training]
+    try:
+        for module in training:
+            module.training = False
+        yield
+    finally:
+        for module in training:
+            module.training = True
 
 
 def _node_args(node: fx.Node) -> list[fx.Node]:
@@ -326,16 +531,19 @@ def _refine_kind(kind: Kind, node: fx.Node, n_args: int, n_dependent: int) -> Ki
     return kind
 
 
+_KEEPS_ACTIVATION = {Kind.IDENTITY, Kind.SCALE, Kind.REARRANGE}
 _SIGN_PRESERVING = {Kind.MAX_POOL, Kind.REARRANGE, Kind.IDENTITY, Kind.LINEAR_NO_PARAM}
 
 
-def bottlenecks_in_order(nodes: list[NodeInfo], output: fx.Node) -> set[fx.Node]:
+def bottlenecks_in_order(
+    nodes: list[NodeInfo], output: fx.Node | Sequence[fx.Node]
+) -> set[fx.Node]:
     """Nodes every path from the input to ``output`` passes through (cut vertices).
 
     Walking in topological order, a node is a bottleneck when no edge from an earlier node
     is still waiting to be consumed at the moment the node is reached.
     """
-    ancestors = _ancestors(output)
+    ancestors = _ancestors([output] if isinstance(output, fx.Node) else list(output))
     signal_nodes = [
         i for i in nodes if i.depends_on_input and not i.is_metadata and i.node in ancestors
     ]
@@ -356,24 +564,78 @@ def _is_shape_query(node: fx.Node) -> bool:
     return node.op == "call_method" and node.target in ("size", "dim", "numel")
 
 
-def _last_uses(nodes: list[NodeInfo], output: fx.Node) -> dict[fx.Node, list[fx.Node]]:
-    """For each node, the values that can be dropped once it has run (a plain forward)."""
+def _last_uses(nodes: list[NodeInfo], kept: set[fx.Node]) -> dict[fx.Node, list[fx.Node]]:
+    """For each node, the values that can be dropped once it has run (a plain forward);
+    ``kept`` (outputs, attributed nodes) are never dropped."""
     last_user: dict[fx.Node, fx.Node] = {}
     for info in nodes:
         for arg in info.node.all_input_nodes:
             last_user[arg] = info.node
     free_after: dict[fx.Node, list[fx.Node]] = {}
     for value, user in last_user.items():
-        if value is not output:
+        if value not in kept:
             free_after.setdefault(user, []).append(value)
     return free_after
 
 
-def _ancestors(node: fx.Node) -> set[fx.Node]:
-    stack, seen = [node], set()
+def _ancestors(nodes: list[fx.Node]) -> set[fx.Node]:
+    stack, seen = list(nodes), set()
     while stack:
         current = stack.pop()
         if current not in seen:
             seen.add(current)
             stack.extend(current.all_input_nodes)
     return seen
+
+
+def _leaves(structure: Any, path: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], fx.Node]]:
+    """(path, node) of every node in a returned structure: tuples, lists, dicts, dataclasses
+    (fx records a returned dataclass as a node calling its class with keyword arguments)."""
+    if isinstance(structure, fx.Node):
+        target = structure.target
+        if structure.op == "call_function" and dataclasses.is_dataclass(target):
+            for key, value in structure.kwargs.items():
+                yield from _leaves(value, (*path, key))
+        else:
+            yield path, structure
+    elif isinstance(structure, dict):
+        for key, value in structure.items():
+            yield from _leaves(value, (*path, key))
+    elif isinstance(structure, tuple | list):
+        fields = getattr(structure, "_fields", None)  # a namedtuple: its field names too
+        for index, value in enumerate(structure):
+            yield from _leaves(value, (*path, fields[index] if fields else index))
+
+
+def _rebuild(structure: Any, values: Any) -> Any:
+    """The returned structure with every node replaced by ``values[node]``."""
+    if isinstance(structure, fx.Node):
+        if structure.op == "call_function" and dataclasses.is_dataclass(structure.target):
+            kwargs = {k: _rebuild(v, values) for k, v in structure.kwargs.items()}
+            return structure.target(**kwargs)
+        return values[structure]
+    if isinstance(structure, dict):
+        return _Returned((k, _rebuild(v, values)) for k, v in structure.items())
+    if isinstance(structure, tuple | list):
+        items = [_rebuild(v, values) for v in structure]
+        if hasattr(structure, "_fields"):
+            return type(structure)(*items)
+        return type(structure)(items)
+    return structure
+
+
+class _Returned(dict):
+    """A returned dict as an ``output=`` callable sees it. fx records a returned dict
+    subclass (Hugging Face's ``ModelOutput``) as a plain dict, so this one also answers
+    ``result.logits`` and ``result[0]`` as ModelOutput does."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, int) and key not in self:
+            return list(self.values())[key]
+        return super().__getitem__(key)

@@ -105,8 +105,10 @@ def conservation_report(
         name: NodeBalance(arriving.detach(), leaving.detach())
         for name, (arriving, leaving) in explanation.node_sums.items()
     }
-    attribution = explanation.attribution
-    input_total = attribution.reshape(attribution.shape[0], -1).sum(dim=1)
+    # Every attributed input (or node) of a model with several: their relevances add up.
+    input_total = sum(
+        a.reshape(a.shape[0], -1).sum(dim=1) for a in explanation.attributions.values()
+    )
     # The walk visits the output node first: what arrives there is the start relevance.
     output_total = next(iter(nodes.values())).arriving if nodes else input_total
     return ConservationReport(nodes, output_total, input_total)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from innspect.analyzers.base import Analyzer, model_device_dtype
-from innspect.graph.graph import eval_mode
+from innspect.graph.capture import GRAPH_LOCK, eval_view
 from innspect.progress import progress
 
 PERTURBATION_FUNCTIONS = ("zeros", "gaussian", "mean", "invert")
@@ -362,8 +362,9 @@ class PerturbationAnalysis:
                 yield tensor(batch, True), None
 
     def _outputs(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), eval_mode(self.model):
-            output = self.model(x)
+        # The eval view: the user's training flags are never touched (capture.eval_view).
+        with torch.no_grad(), GRAPH_LOCK.shared():
+            output = eval_view(self.model)(x)
         return output.reshape(output.shape[0], -1)
 
     def _scores(self, output: torch.Tensor, targets: torch.Tensor) -> np.ndarray:

@@ -1,0 +1,241 @@
+"""Occlusion: the drop of the explained output when a sliding window is replaced by a baseline.
+
+Zeiler & Fergus 2014 (arXiv 1311.2901), with Captum's ``Occlusion`` semantics: windows start
+at index 0 on every axis and move by ``strides`` until the axis is covered (the last window
+on an axis may be cut off by the input's end); each input element gets the mean, over the
+windows that cover it, of ``score(x) - score(x with the window set to the baseline)``.
+Windows are evaluated ``batch_size`` at a time, as one forward pass each.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from innspect.analyzers.base import Analyzer, Explanation
+from innspect.analyzers.baselines import broadcast_baseline
+from innspect.analyzers.gradient import GradientAnalyzer
+from innspect.analyzers.io import ModelInputs, target_gradient, target_rows
+from innspect.errors import InputError
+from innspect.progress import progress
+
+# The default window: the whole channel axis and 1/8 of every other axis (an 8x8 grid of
+# non-overlapping windows on an image), so the method works on any model without options.
+_DEFAULT_GRID = 8
+
+
+def _positive_ints(value: Any, what: str) -> tuple[int, ...] | int:
+    """An int or a tuple of ints, each >= 1 (a clear error for 0, negatives or non-ints)."""
+    items = (value,) if isinstance(value, int | np.integer) else tuple(value)
+    for item in items:
+        if not isinstance(item, int | np.integer) or isinstance(item, bool) or item < 1:
+            raise InputError(f"{what} must be positive integers, got {value!r}")
+    return int(value) if isinstance(value, int | np.integer) else tuple(int(i) for i in items)
+
+
+class Occlusion(Analyzer):
+    """Occlusion (Zeiler & Fergus 2014): mean output drop over the windows covering each element.
+
+    Parameters
+    ----------
+    window_shape
+        Shape of the occluding window over every axis but the batch axis (channels included,
+        as in Captum), e.g. ``(3, 8, 8)`` on images. Default: the whole channel axis and 1/8
+        of every other axis (inputs of rank 2: 1/8 of the feature axis).
+    strides
+        Step of the window per axis (an int for all axes or one per axis). Default: the
+        window shape (non-overlapping windows; Captum's default is 1). Where the window is
+        smaller than the axis, the stride may not exceed it (elements would be skipped).
+    baseline
+        The value the window is replaced by: a number, or a tensor/array broadcastable to
+        the input (one baseline per sample, or one for all).
+    batch_size
+        Windows evaluated per forward pass (each pass holds ``batch_size`` x batch rows).
+    verbose
+        Show a progress bar.
+    """
+
+    name = "occlusion"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        window_shape: Sequence[int] | None = None,
+        strides: int | Sequence[int] | None = None,
+        baseline: Any = 0.0,
+        batch_size: int = 64,
+        verbose: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, **kwargs)
+        if window_shape is not None:
+            window_shape = _positive_ints(tuple(window_shape), "window_shape")
+        if strides is not None:
+            strides = _positive_ints(strides, "strides")
+        if int(batch_size) < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        self.window_shape = window_shape
+        self.strides = strides
+        self.baseline = baseline
+        self.batch_size = int(batch_size)
+        self.verbose = verbose
+        self._gradient: GradientAnalyzer | None = None
+
+    # -- geometry ---------------------------------------------------------------------------
+    def windows(self, shape: Sequence[int]) -> list[tuple[slice, ...]]:
+        """The windows on an input of ``shape`` (batch axis excluded), in Captum's order
+        (the first axis varies fastest), as slices."""
+        shape = tuple(shape)
+        window = self._window(shape)
+        strides = self._strides(shape, window)
+        starts = []
+        for size, w, s in zip(shape, window, strides, strict=True):
+            count = math.ceil((size - w) / s) + 1
+            starts.append([i * s for i in range(count)])
+        result = []
+        # itertools.product varies the last axis fastest: reverse in, reverse out.
+        for corner in itertools.product(*reversed(starts)):
+            corner = corner[::-1]
+            spans = zip(corner, window, shape, strict=True)
+            result.append(tuple(slice(c, min(c + w, size)) for c, w, size in spans))
+        return result
+
+    def _window(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if self.window_shape is None:
+            if len(shape) == 1:
+                return (max(1, shape[0] // _DEFAULT_GRID),)
+            return (shape[0],) + tuple(max(1, s // _DEFAULT_GRID) for s in shape[1:])
+        window = self.window_shape
+        if len(window) != len(shape):
+            raise InputError(
+                f"window_shape {window} has {len(window)} axes but each sample has shape "
+                f"{shape} ({len(shape)} axes, channels included); give one size per axis"
+            )
+        if any(w > s for w, s in zip(window, shape, strict=True)):
+            raise InputError(
+                f"window_shape {window} is larger than a sample of shape {shape}; "
+                "each window size must be at most the axis' size"
+            )
+        return window
+
+    def _strides(self, shape: tuple[int, ...], window: tuple[int, ...]) -> tuple[int, ...]:
+        strides = self.strides
+        if strides is None:
+            return window
+        if isinstance(strides, int):
+            strides = (strides,) * len(shape)
+        if len(strides) != len(shape):
+            raise InputError(
+                f"strides {strides} has {len(strides)} axes but each sample has shape {shape}; "
+                "give one int, or one stride per axis"
+            )
+        for size, w, s in zip(shape, window, strides, strict=True):
+            if w < size and s > w:
+                raise InputError(
+                    f"stride {s} is larger than the window size {w} on an axis of size {size}: "
+                    f"some elements would never be occluded (strides {strides}, window {window})"
+                )
+        return tuple(strides)
+
+    # -- the analysis -------------------------------------------------------------------------
+    def _engine(self) -> GradientAnalyzer:
+        """Runs the forward passes through the captured graph (several inputs, ``output=``,
+        ``attribute_to`` an inner node: the engine's own input handling)."""
+        if self._gradient is None:
+            self._gradient = GradientAnalyzer(
+                self.model, output=self.output, attribute_to=self.attribute_to
+            )
+        return self._gradient
+
+    def _scores(
+        self,
+        output: torch.Tensor,
+        selected: torch.Tensor | None,
+        target: Any,
+        rows: torch.Tensor,
+        n: int,
+    ) -> torch.Tensor:
+        """The explained score of each output row; row r belongs to sample ``rows[r]`` of n."""
+        if target is not None:
+            return target_gradient(output, target_rows(target, rows, n, output.dim()))[1]
+        flat = output.reshape(output.shape[0], -1)
+        if selected is None:
+            return flat.sum(dim=1)
+        return flat[torch.arange(flat.shape[0], device=flat.device), selected[rows]]
+
+    def _explain(
+        self, inputs: ModelInputs | torch.Tensor, neuron_selection: Any, target: Any = None
+    ) -> Explanation:
+        inputs = self._inputs(inputs)
+        target = self._target(target)
+        self._check_selection_arguments(neuron_selection, target)
+        engine = self._engine()
+        graph = engine.graph(inputs)
+        feed = graph.feed(inputs.values)
+        output, clean = engine._clean_pass(graph, feed)
+        n = output.shape[0]
+        rows = torch.arange(n, device=output.device)
+        selected = None if target is not None else self._select(output, neuron_selection)
+        scores = self._scores(output, selected, target, rows, n)
+        attributions = {}
+        for source in graph.source_nodes:
+            name = graph.source_names[source]
+            x = clean[source]
+            if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
+                raise InputError(f"occlusion needs floating-point values; '{name}' is {x.dtype}")
+            attributions[name] = self._occlude(
+                engine, graph, feed, source, x, scores, selected, target
+            )
+        first = next(iter(attributions.values()))
+        return Explanation(first, selected, scores, attributions=attributions)
+
+    def _occlude(
+        self,
+        engine: GradientAnalyzer,
+        graph: Any,
+        feed: dict,
+        source: Any,
+        x: torch.Tensor,
+        scores: torch.Tensor,
+        selected: torch.Tensor | None,
+        target: Any,
+    ) -> torch.Tensor:
+        """The occlusion map of one attributed input (or node) ``source`` with value ``x``."""
+        windows = self.windows(x.shape[1:])
+        baseline = broadcast_baseline(self.baseline, x, "baseline")
+        n = x.shape[0]
+        total = torch.zeros_like(x)
+        counts = torch.zeros(x.shape[1:], dtype=x.dtype, device=x.device)
+        starts = range(0, len(windows), self.batch_size)
+        for start in progress(starts, self.verbose, total=len(starts), desc=self.name):
+            chunk = windows[start : start + self.batch_size]
+            k = len(chunk)
+            batch = {
+                node: value.repeat(k, *([1] * (value.dim() - 1)))
+                if isinstance(value, torch.Tensor) and value.dim() > 0
+                else value
+                for node, value in feed.items()
+            }
+            occluded = x.repeat(k, *([1] * (x.dim() - 1)))
+            for j, window in enumerate(chunk):
+                occluded[(slice(j * n, (j + 1) * n), *window)] = baseline[(slice(None), *window)]
+            batch[source] = occluded
+            output, _ = engine._clean_pass(graph, batch)
+            rows = torch.arange(k * n, device=output.device) % n
+            drops = scores.repeat(k) - self._scores(output, selected, target, rows, n)
+            # Window by window, in order: the same sums (to the last bit) as Captum's.
+            for j, window in enumerate(chunk):
+                drop = drops[j * n : (j + 1) * n].reshape([n] + [1] * (x.dim() - 1))
+                total[(slice(None), *window)] += drop
+                counts[window] += 1
+        return total / counts
+
+
+ANALYZERS = [Occlusion]

@@ -1,0 +1,151 @@
+"""Occlusion against Captum's Occlusion (float64, bit for bit) and a slow explicit loop."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from captum.attr import Occlusion as CaptumOcclusion
+from captum.attr._core import feature_ablation
+from torch import nn
+
+import innspect
+from innspect.errors import InputError
+
+
+def _model(rank: int) -> nn.Module:
+    """A small float64 model for samples of rank ``rank`` - 1 (1-D features, images, volumes)."""
+    torch.manual_seed(0)
+    if rank == 2:
+        layers = [nn.Linear(7, 5), nn.Tanh(), nn.Linear(5, 3)]
+    else:
+        conv = {3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}[rank]
+        layers = [conv(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.LazyLinear(4)]
+    model = nn.Sequential(*layers).double().eval()
+    return model
+
+
+SHAPES = {2: (3, 7), 3: (2, 2, 11), 4: (2, 2, 7, 9), 5: (2, 2, 5, 4, 6)}
+# Windows and strides that do not divide the input (the last window is cut off).
+WINDOWS = {
+    2: ((3,), (2,)),
+    3: ((2, 4), (1, 3)),
+    4: ((1, 3, 4), (1, 2, 3)),
+    5: ((2, 2, 3, 4), (1, 2, 2, 3)),
+}
+
+
+@contextlib.contextmanager
+def _captum_keeps_float64():
+    """Captum's last step is ``total.float() / counts``: float32 whatever the input. The same
+    step without ``.float()`` keeps its float64 sums for a bit-for-bit comparison."""
+    original = feature_ablation.format_result
+
+    def format_result(total_attrib, weights, is_inputs_tuple, use_weights):
+        attrib = tuple(t / w for t, w in zip(total_attrib, weights, strict=True))
+        return attrib if is_inputs_tuple else attrib[0]
+
+    feature_ablation.format_result = format_result
+    try:
+        yield
+    finally:
+        feature_ablation.format_result = original
+
+
+@pytest.mark.parametrize("rank", sorted(SHAPES))
+@pytest.mark.parametrize("tensor_baseline", [False, True])
+def test_occlusion_equals_captum_exactly(rank: int, tensor_baseline: bool) -> None:
+    model = _model(rank)
+    x = torch.randn(*SHAPES[rank], dtype=torch.float64)
+    model(x)  # materialise the lazy layer
+    window, strides = WINDOWS[rank]
+    baseline = torch.randn(*SHAPES[rank], dtype=torch.float64) if tensor_baseline else 0.5
+    analyzer = innspect.create_analyzer(
+        "occlusion", model, window_shape=window, strides=strides, baseline=baseline, batch_size=1
+    )
+    explanation = analyzer.explain(x)
+    with _captum_keeps_float64():
+        expected = CaptumOcclusion(model).attribute(
+            x,
+            sliding_window_shapes=window,
+            strides=strides,
+            baselines=baseline,
+            target=explanation.selected,
+        )
+    assert expected.dtype == torch.float64
+    assert torch.equal(explanation.attribution, expected)
+    # Several windows per forward pass: the same drops (up to the model's batch rounding).
+    batched = innspect.create_analyzer(
+        "occlusion", model, window_shape=window, strides=strides, baseline=baseline, batch_size=5
+    ).analyze(x)
+    torch.testing.assert_close(batched, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_occlusion_equals_an_explicit_loop_and_captum_float32_output() -> None:
+    model = _model(4)
+    x = torch.randn(*SHAPES[4], dtype=torch.float64)
+    model(x)
+    analyzer = innspect.create_analyzer(
+        "occlusion", model, window_shape=(2, 2, 2), strides=(1, 2, 1), neuron_selection_mode="index"
+    )
+    ours = analyzer.analyze(x, neuron_selection=[1, 3])
+    rows = torch.arange(2)
+    score = model(x)[rows, [1, 3]]
+    total = torch.zeros_like(x)
+    count = torch.zeros_like(x)
+    for c in range(0, 1):
+        for i in range(0, 7, 2):
+            for j in range(0, 8):
+                occluded = x.clone()
+                occluded[:, c : c + 2, i : i + 2, j : j + 2] = 0
+                drop = score - model(occluded)[rows, [1, 3]]
+                total[:, c : c + 2, i : i + 2, j : j + 2] += drop[:, None, None, None]
+                count[:, c : c + 2, i : i + 2, j : j + 2] += 1
+    torch.testing.assert_close(ours, total / count, rtol=1e-12, atol=1e-12)
+    # Unpatched, Captum returns float32: innspect keeps the input's dtype.
+    peer = CaptumOcclusion(model).attribute(
+        x, sliding_window_shapes=(2, 2, 2), strides=(1, 2, 1), target=torch.tensor([1, 3])
+    )
+    assert peer.dtype == torch.float32 and ours.dtype == torch.float64
+    torch.testing.assert_close(ours.float(), peer, rtol=1e-6, atol=1e-6)
+
+
+def test_default_window_is_the_channels_and_an_eighth_of_each_axis() -> None:
+    analyzer = innspect.create_analyzer("occlusion", _model(4))
+    windows = analyzer.windows((3, 16, 20))
+    assert len(windows) == 8 * 10  # 2x2 windows on 16x20, non-overlapping
+    assert windows[0] == (slice(0, 3), slice(0, 2), slice(0, 2))
+    assert windows[1] == (slice(0, 3), slice(2, 4), slice(0, 2))  # first axis varies fastest
+
+
+def test_occlusion_mode_all_and_progress_bar() -> None:
+    model = _model(2)
+    x = torch.randn(3, 7, dtype=torch.float64)
+    ours = innspect.create_analyzer(
+        "occlusion", model, window_shape=(1,), neuron_selection_mode="all", verbose=True
+    ).analyze(x)
+    expected = torch.zeros_like(x)
+    for i in range(7):
+        occluded = x.clone()
+        occluded[:, i] = 0
+        expected[:, i] = model(x).sum(dim=1) - model(occluded).sum(dim=1)
+    torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"window_shape": (2, 9, 3)}, "larger than a sample"),
+        ({"window_shape": (2, 3)}, "one size per axis"),
+        ({"window_shape": (2, 3, 3), "strides": 0}, "positive integers"),
+        ({"window_shape": (2, 3, 3), "strides": (1, 4, 1)}, "never be occluded"),
+        ({"window_shape": (2, 3, 3), "baseline": torch.zeros(3, 7, 9)}, "does not broadcast"),
+        ({"window_shape": (0, 3, 3)}, "positive integers"),
+    ],
+)
+def test_bad_occlusion_options_raise_clear_errors(options: dict, message: str) -> None:
+    model = _model(4)
+    x = torch.randn(2, 2, 7, 9, dtype=torch.float64)
+    with pytest.raises(InputError, match=message):
+        innspect.create_analyzer("occlusion", model, **options).analyze(x)
