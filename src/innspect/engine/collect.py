@@ -15,7 +15,7 @@ Usage::
 ``data`` is anything :func:`innspect.data.iter_batches` streams (an array or tensor, an
 ``(X, Y)`` tuple, an iterable of batches or ``(x, y)`` pairs, a torch ``DataLoader``).
 Each batch runs once through the captured graph (the same capture and forward record
-every analyzer uses, in eval mode); each chosen node's inputs and output (and, with
+every analyzer uses, on the model's eval view); each chosen node's inputs and output (and, with
 ``gradients=True``, the gradient of ``target`` at its output) go to its reducers as an
 :class:`~innspect.engine.reducers.Observation`, then the batch is dropped: memory holds one
 batch's forward values plus the reducers' fixed-size states, whatever the data's length.
@@ -37,19 +37,9 @@ from innspect.engine.forward import run_forward
 from innspect.engine.reducers import Observation, Reducer
 from innspect.errors import InputError
 from innspect.fileio import write_npz
+from innspect.graph.capture import GRAPH_LOCK
 from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.progress import progress
-
-try:
-    # The graph shares the user's layers: run them in eval mode, restoring their flags.
-    from innspect.graph.graph import eval_mode as _running
-except ImportError:  # pragma: no cover - capture with eval views (reliability branch)
-    from innspect.graph.capture import GRAPH_LOCK
-
-    def _running(model: nn.Module) -> Any:  # type: ignore[misc]
-        """Modules may run, no capture starts meanwhile (the layers are eval views)."""
-        return GRAPH_LOCK.shared()
-
 
 ReducerSpec = Reducer | Mapping[str, Reducer] | Callable[[NodeInfo], Mapping[str, Reducer]]
 Target = int | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
@@ -295,7 +285,9 @@ def _observe(
     gradients: bool,
 ) -> None:
     x = batch.x
-    with _running(graph.model), torch.set_grad_enabled(gradients):
+    # The graph's layers are eval views (capture.eval_view): no training flag is touched;
+    # the shared lock keeps captures in other threads out while modules run.
+    with GRAPH_LOCK.shared(), torch.set_grad_enabled(gradients):
         if gradients:
             x = x.detach().requires_grad_(x.is_floating_point())
         record = run_forward(graph, x, keep=True, global_autograd=gradients)
