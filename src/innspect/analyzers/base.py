@@ -29,6 +29,7 @@ from innspect.analyzers.io import (
 )
 from innspect.analyzers.options import check_flag, check_range
 from innspect.analyzers.plan import Plan, build_plan
+from innspect.data import model_device_dtype
 from innspect.engine.forward import ForwardRecord, run_forward
 from innspect.engine.reverse import Mapping, ReverseOptions, reverse_walk
 from innspect.engine.strategy import DEFAULT_STRATEGY, EngineStrategy, computes_gradient, realize
@@ -85,14 +86,6 @@ class Explanation:
     def __post_init__(self) -> None:
         if not self.attributions:
             self.attributions = {"input": self.attribution}
-
-
-def model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
-    """Device and floating dtype of the model's first parameter or buffer (None if it has none)."""
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        if tensor.is_floating_point():
-            return tensor.device, tensor.dtype
-    return None, None
 
 
 class Analyzer:
