@@ -42,7 +42,7 @@ from innspect.errors import (
     OutputActivationError,
     OutputSelectionError,
 )
-from innspect.fileio import atomic_path
+from innspect.fileio import write_npz
 from innspect.graph.capture import GRAPH_LOCK, refuse_hooks
 from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.graph.kinds import Kind, classify
@@ -278,7 +278,7 @@ class Analyzer:
         name, state = self.save()
         payload = {f"state/{k}": v for k, v in state["arrays"].items()}
         payload["config"] = np.array(json.dumps({"name": name, **state["config"]}))
-        _atomic_savez(path, payload)
+        write_npz(path, payload)
 
     @classmethod
     def load_npz(cls, path: str | os.PathLike, model: nn.Module) -> Analyzer:
@@ -994,11 +994,3 @@ def _saved_config(config: Any) -> tuple[str, dict[str, Any]]:
     if not isinstance(options, dict):
         raise ValueError(f"its options are a {type(options).__name__}, not an object")
     return name, options
-
-
-def _atomic_savez(path: str | os.PathLike, payload: dict[str, np.ndarray]) -> None:
-    path = os.fspath(path)
-    if not path.endswith(".npz"):
-        path += ".npz"
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **payload)
