@@ -31,7 +31,7 @@ from innspect.analyzers.options import check_flag, check_range
 from innspect.analyzers.plan import Plan, build_plan
 from innspect.data import model_device_dtype
 from innspect.engine.forward import ForwardRecord, run_forward
-from innspect.engine.reverse import Mapping, ReverseOptions, reverse_walk
+from innspect.engine.reverse import Mapping, ReverseOptions, ReverseResult, reverse_walk
 from innspect.engine.strategy import DEFAULT_STRATEGY, EngineStrategy, computes_gradient, realize
 from innspect.errors import (
     ConfigFileError,
@@ -86,6 +86,26 @@ class Explanation:
     def __post_init__(self) -> None:
         if not self.attributions:
             self.attributions = {"input": self.attribution}
+
+    @classmethod
+    def of_walk(
+        cls,
+        attributions: dict[str, torch.Tensor],
+        selected: torch.Tensor | None,
+        scores: torch.Tensor,
+        result: ReverseResult,
+    ) -> Explanation:
+        """The explanation of a reverse walk: its attributions (the first is ``attribution``)
+        with the walk's per-node signals, min/max and sums."""
+        return cls(
+            next(iter(attributions.values())),
+            selected,
+            scores,
+            result.signals,
+            result.min_max,
+            result.node_sums,
+            attributions,
+        )
 
 
 class Analyzer:
@@ -625,15 +645,7 @@ class ReverseAnalyzer(Analyzer):
         attributions = self._finish(graph, result.attributions, source_values)
         if self._print_min_max:
             _print_walk(self, result.min_max)
-        return Explanation(
-            next(iter(attributions.values())),
-            selected,
-            scores,
-            result.signals,
-            result.min_max,
-            result.node_sums,
-            attributions,
-        )
+        return Explanation.of_walk(attributions, selected, scores, result)
 
     def _output_and_starts(
         self, graph: ModelGraph, values: Any
@@ -779,15 +791,7 @@ class ReverseAnalyzer(Analyzer):
         attributions = self._finish(graph, result.attributions, source_values)
         if self._print_min_max:
             _print_walk(self, result.min_max)
-        return Explanation(
-            next(iter(attributions.values())),
-            selected,
-            scores,
-            result.signals,
-            result.min_max,
-            result.node_sums,
-            attributions,
-        )
+        return Explanation.of_walk(attributions, selected, scores, result)
 
     def _check_input_shapes(self, graph: ModelGraph, feed: dict[fx.Node, Any]) -> None:
         """Compare each input with its first layers' expectations, for a clear message."""
