@@ -222,7 +222,7 @@ class CorpusJob:
 
         from innspect.engine.collect import collect
         from innspect.graph.graph import ModelGraph
-        from innspect.introspect.collect import _layers, _target_indices
+        from innspect.introspect.collect import _layers, _target_index
 
         statistics = None
         for file, group, output_index in self.rows[start:stop]:
@@ -232,7 +232,7 @@ class CorpusJob:
             graph = cache["graph"]
             options = dict(self.options)
             if output_index is not None and options.get("target") is None:
-                options["target"] = _target_indices([output_index] * len(x))
+                options["target"] = _target_index(output_index)
             ids = np.full(len(x), group, dtype=np.int64)
             statistics = collect(
                 graph, (x, ids), nodes=_layers(graph, self.layers), reducers=self.reducers,

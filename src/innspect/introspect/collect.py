@@ -178,17 +178,18 @@ class _GroupIds:
             yield item[0], self.ids(item[1])
 
 
-def _target_indices(indices: Sequence[int]) -> Any:
-    chosen = torch.tensor(list(indices), dtype=torch.long)
+def _target_index(index: int) -> Any:
+    """The target ``y[:, index]`` for every sample: a corpus row names one output index for
+    all its samples, however many batches they fill."""
 
     def target(output: torch.Tensor) -> torch.Tensor:
         flat = output.reshape(output.shape[0], -1)
-        if int(chosen.max()) >= flat.shape[1] or int(chosen.min()) < 0:
+        if not 0 <= index < flat.shape[1]:
             raise InputError(
-                f"output index {int(chosen.max())} from corpus.csv is out of range: the model "
+                f"output index {index} from corpus.csv is out of range: the model "
                 f"has {flat.shape[1]} outputs"
             )
-        return flat.gather(1, chosen.to(flat.device)[:, None])[:, 0]
+        return flat[:, index]
 
     return target
 
@@ -358,7 +359,7 @@ def _collect_corpus(
         labels = registry.ids([row.group] * len(x))
         row_target: Any = target
         if row.output_index is not None and target is None:
-            row_target = _target_indices([row.output_index] * len(x))
+            row_target = _target_index(row.output_index)
         statistics = engine_collect(
             graph,
             (x, labels),
