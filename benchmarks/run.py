@@ -496,7 +496,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--only",
-        choices=("patterns", "introspect", "deeplift", "modern"),
+        choices=("patterns", "introspect", "deeplift", "scale", "modern"),
         help="run one group only, written to RESULTS-<group>.md unless --out is given",
     )
     parser.add_argument("--pattern-batch", type=int, default=16, help="batch of --only patterns")
@@ -513,6 +513,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--introspect-channels", type=int, default=2048, help="layout size of --only introspect"
     )
+    parser.add_argument("--scale-samples", type=int, default=512, help="samples of --only scale")
+    parser.add_argument("--scale-shard", type=int, default=64, help="shard size of --only scale")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     sections = ["# Benchmark results\n", "Made by `make bench` (benchmarks/run.py).\n", machine()]
@@ -532,6 +534,21 @@ def main(argv: list[str] | None = None) -> None:
                 args.repeats,
                 args.pattern_stream,
             )
+        )
+        sections.append(render_duration(time.perf_counter() - started, args.started_at))
+        write_text(out, "\n".join(sections))
+        print(f"wrote {out}")
+        return
+    if args.only == "scale":
+        import sys
+
+        import bench_scale
+
+        out = args.out if "--out" in (argv or sys.argv) else HERE / "RESULTS-scale.md"
+        size = args.size if "--size" in (argv or sys.argv) else 64
+        sections[1] = "Made by `python benchmarks/run.py --only scale`.\n"
+        sections.append(
+            bench_scale.section(args.scale_samples, size, args.scale_shard, args.batch * 4)
         )
         sections.append(render_duration(time.perf_counter() - started, args.started_at))
         write_text(out, "\n".join(sections))

@@ -184,3 +184,17 @@ def test_the_saved_model_is_explained_by_innspect_analyze(demo_dir: Path, tmp_pa
         assert item["prediction"] == digit["predicted"]
         assert item["prediction_name"] == f"digit {digit['predicted']}"
         assert (out / item["methods"]["lrp.epsilon"]["files"]["overlay"]).is_file()
+
+
+@pytest.mark.parametrize(("module", "extra"), [("minisom", "introspect"), ("sklearn", "demo")])
+def test_missing_dependency_names_its_extra(monkeypatch, tmp_path: Path, module, extra) -> None:
+    import argparse
+
+    from innspect.cli_demo import run
+    from innspect.cli_loading import CLIError
+
+    monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
+    args = argparse.Namespace(out=str(tmp_path), fast=True, debug=False)
+    with pytest.raises(CLIError, match=rf"pip install 'innspect\[{extra}\]'"):
+        run(args)
+    assert not any(tmp_path.iterdir())  # refused before writing anything

@@ -11,6 +11,7 @@ from innspect.analyzers.registry import (
     describe_analyzers,
     list_analyzers,
 )
+from innspect.dataset import explain_dataset
 from innspect.errors import (
     ConfigFileError,
     InnspectError,
@@ -44,6 +45,7 @@ __all__ = [
     "analyzer_class",
     "create_analyzer",
     "describe_analyzers",
+    "explain_dataset",
     "list_analyzers",
     "model_wo_output_activation",
     "model_wo_softmax",

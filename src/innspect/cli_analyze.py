@@ -114,6 +114,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="patterns for pattern.net / pattern.attribution (`innspect patterns compute`)",
     )
+    from innspect.cli_dataset import add_dataset_arguments
+
+    add_dataset_arguments(parser)  # --backend: a whole data set into shards (docs/scale.md)
 
 
 # -- methods and options -----------------------------------------------------------------------
@@ -230,6 +233,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if (args.backend, args.address, args.workers) != (None, None, None):
+        from innspect.cli_dataset import run_dataset
+
+        return run_dataset(args)
     import torch
 
     from innspect.analyzers.registry import create_analyzer

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 
+# import name, pip name, extra that installs it
+_NEEDS = (
+    ("sklearn", "scikit-learn", "demo"),
+    ("tqdm", "tqdm", "demo"),
+    ("minisom", "minisom", "introspect"),
+    ("scipy", "scipy", "introspect"),
+)
 HELP = "train a small CNN on digits and compare every analyzer"
 DESCRIPTION = (
     "Train a small CNN on scikit-learn's digits, explain test digits with every applicable "
@@ -24,14 +32,17 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo."""
     from innspect.cli_loading import CLIError
 
-    try:
-        import sklearn  # noqa: F401
-        import tqdm  # noqa: F401
+    # The demo trains and explains (innspect[demo]) and draws NAP maps with the SOM layout
+    # (minisom) and scipy's interpolation and clustering (innspect[introspect]).
+    for module, pip_name, extra in _NEEDS:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise CLIError(
+                f"the demo needs {pip_name} ({error}): pip install 'innspect[{extra}]' "
+                "(the demo uses the extras demo and introspect)"
+            ) from error
+    from innspect.demo import run_demo
 
-        from innspect.demo import run_demo
-    except ImportError as error:
-        raise CLIError(
-            f"the demo needs scikit-learn and tqdm ({error}): pip install 'innspect[demo]'"
-        ) from error
     run_demo(args.out, fast=args.fast, verbose=True, debug=args.debug)
     return 0

@@ -61,6 +61,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="random seed of every layout")
     parser.add_argument("--out", metavar="DIR", help="output folder (default: innspect-introspect)")
     parser.add_argument("--force", action="store_true", help="redo every step")
+    from innspect.cli_backend import add_backend_arguments
+
+    add_backend_arguments(parser, local_default=False)  # NAPs on Ray workers (docs/scale.md)
 
 
 _FLAGS = (
@@ -75,11 +78,15 @@ _FLAGS = (
     "projection",
     "seed",
     "out",
+    "backend",
+    "address",
+    "workers",
 )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``innspect introspect`` with parsed arguments; returns the exit status."""
+    from innspect.cli_backend import check_backend
     from innspect.introspect.pipeline import (
         INNTROSPECT_KEYS,
         IntrospectionSettings,
@@ -87,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         run_introspection,
     )
 
+    check_backend(args)
     values: dict[str, Any] = {}
     source = "the config"
     if args.config:

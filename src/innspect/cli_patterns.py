@@ -66,6 +66,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     compute.add_argument(
         "--preprocess", choices=("imagenet", "none"), default="none", help="for image files"
     )
+    from innspect.cli_backend import add_backend_arguments
+
+    add_backend_arguments(compute)  # --backend ray: reduce on Ray workers (docs/scale.md)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or args.save_every < 1:
         raise CLIError("--batch-size and --save-every must be positive integers")
+    from innspect.cli_backend import check_backend
+
+    check_backend(args)
     source = _DataSource(Path(args.data), args.preprocess)
     n_batches = -(-len(source) // args.batch_size)
     model = load_model(args.model, args.weights, example=source.sample(0)[None]).module
@@ -87,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         "samples": len(source),
     }
     done = 0
+    if args.backend == "ray":
+        return _run_ray(args, model, out, run_meta, len(source))
     if out.exists():
         computer = PatternComputer.load_npz(out, model)
         saved = _saved_run(out)
@@ -119,6 +127,34 @@ def run(args: argparse.Namespace) -> int:
         f"innspect: patterns of {len(layers)} layers from {len(source)} samples "
         f"({args.pattern_type}) -> {out}"
     )
+    return 0
+
+
+def _run_ray(
+    args: argparse.Namespace, model: torch.nn.Module, out: Path, meta: dict, n: int
+) -> int:
+    """All statistics in one go on Ray workers (checkpoints are for the local backend)."""
+    from innspect.dataset import ModelSpec, as_source
+    from innspect.tools.patterns import PatternComputer
+
+    if out.exists():
+        raise CLIError(
+            f"{out} exists; --backend ray computes in one go: delete it, or resume it with "
+            "--backend local"
+        )
+    computer = PatternComputer(model, args.pattern_type)
+    computer.compute(
+        as_source(Path(args.data), args.preprocess),
+        batch_size=args.batch_size,
+        verbose=_has_tqdm(),
+        backend="ray",
+        model_spec=ModelSpec(args.model, args.weights),
+        num_workers=args.workers,
+        address=args.address,
+    )
+    computer.save_npz(out, meta=meta)
+    layers = computer.statistics.reducers if computer.statistics is not None else {}
+    print(f"innspect: patterns of {len(layers)} layers from {n} samples on Ray -> {out}")
     return 0
 
 

@@ -29,8 +29,9 @@ from innspect.analyzers.io import (
 )
 from innspect.analyzers.options import check_flag, check_range
 from innspect.analyzers.plan import Plan, build_plan
+from innspect.data import model_device_dtype
 from innspect.engine.forward import ForwardRecord, run_forward
-from innspect.engine.reverse import Mapping, ReverseOptions, reverse_walk
+from innspect.engine.reverse import Mapping, ReverseOptions, ReverseResult, reverse_walk
 from innspect.engine.strategy import DEFAULT_STRATEGY, EngineStrategy, computes_gradient, realize
 from innspect.errors import (
     ConfigFileError,
@@ -41,7 +42,7 @@ from innspect.errors import (
     OutputActivationError,
     OutputSelectionError,
 )
-from innspect.fileio import atomic_path
+from innspect.fileio import write_npz
 from innspect.graph.capture import GRAPH_LOCK, refuse_hooks
 from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.graph.kinds import Kind, classify
@@ -86,13 +87,25 @@ class Explanation:
         if not self.attributions:
             self.attributions = {"input": self.attribution}
 
-
-def model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
-    """Device and floating dtype of the model's first parameter or buffer (None if it has none)."""
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        if tensor.is_floating_point():
-            return tensor.device, tensor.dtype
-    return None, None
+    @classmethod
+    def of_walk(
+        cls,
+        attributions: dict[str, torch.Tensor],
+        selected: torch.Tensor | None,
+        scores: torch.Tensor,
+        result: ReverseResult,
+    ) -> Explanation:
+        """The explanation of a reverse walk: its attributions (the first is ``attribution``)
+        with the walk's per-node signals, min/max and sums."""
+        return cls(
+            next(iter(attributions.values())),
+            selected,
+            scores,
+            result.signals,
+            result.min_max,
+            result.node_sums,
+            attributions,
+        )
 
 
 class Analyzer:
@@ -285,7 +298,7 @@ class Analyzer:
         name, state = self.save()
         payload = {f"state/{k}": v for k, v in state["arrays"].items()}
         payload["config"] = np.array(json.dumps({"name": name, **state["config"]}))
-        _atomic_savez(path, payload)
+        write_npz(path, payload)
 
     @classmethod
     def load_npz(cls, path: str | os.PathLike, model: nn.Module) -> Analyzer:
@@ -632,15 +645,7 @@ class ReverseAnalyzer(Analyzer):
         attributions = self._finish(graph, result.attributions, source_values)
         if self._print_min_max:
             _print_walk(self, result.min_max)
-        return Explanation(
-            next(iter(attributions.values())),
-            selected,
-            scores,
-            result.signals,
-            result.min_max,
-            result.node_sums,
-            attributions,
-        )
+        return Explanation.of_walk(attributions, selected, scores, result)
 
     def _output_and_starts(
         self, graph: ModelGraph, values: Any
@@ -786,15 +791,7 @@ class ReverseAnalyzer(Analyzer):
         attributions = self._finish(graph, result.attributions, source_values)
         if self._print_min_max:
             _print_walk(self, result.min_max)
-        return Explanation(
-            next(iter(attributions.values())),
-            selected,
-            scores,
-            result.signals,
-            result.min_max,
-            result.node_sums,
-            attributions,
-        )
+        return Explanation.of_walk(attributions, selected, scores, result)
 
     def _check_input_shapes(self, graph: ModelGraph, feed: dict[fx.Node, Any]) -> None:
         """Compare each input with its first layers' expectations, for a clear message."""
@@ -1001,11 +998,3 @@ def _saved_config(config: Any) -> tuple[str, dict[str, Any]]:
     if not isinstance(options, dict):
         raise ValueError(f"its options are a {type(options).__name__}, not an object")
     return name, options
-
-
-def _atomic_savez(path: str | os.PathLike, payload: dict[str, np.ndarray]) -> None:
-    path = os.fspath(path)
-    if not path.endswith(".npz"):
-        path += ".npz"
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **payload)

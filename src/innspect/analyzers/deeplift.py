@@ -192,15 +192,7 @@ class DeepLIFT(ReverseAnalyzer):
             if node in result.attributions
         }
         attributions = self._finish(graph, contributions, feed)
-        return Explanation(
-            next(iter(attributions.values())),
-            selected,
-            scores,
-            result.signals,
-            result.min_max,
-            result.node_sums,
-            attributions,
-        )
+        return Explanation.of_walk(attributions, selected, scores, result)
 
 
 class DeepLIFTWrapper(DeepLIFT):

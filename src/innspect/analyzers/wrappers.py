@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from innspect.analyzers.base import Analyzer, Explanation
+from innspect.analyzers.baselines import broadcast_baseline
 from innspect.analyzers.gradient import GradientAnalyzer, check_postprocess
 from innspect.analyzers.io import ModelInputs, target_gradient, target_rows
 from innspect.analyzers.options import MAX_POINTS, check_flag, check_int, check_number
@@ -191,15 +191,7 @@ class IntegratedGradients(_GradientAverage):
         ref = self.reference_inputs
         if isinstance(ref, dict):
             ref = ref.get(name, 0.0)
-        ref = ref if isinstance(ref, torch.Tensor) else torch.as_tensor(np.asarray(ref))
-        ref = ref.to(device=x.device, dtype=x.dtype)
-        try:
-            return torch.broadcast_to(ref, x.shape)
-        except RuntimeError as error:
-            raise InputError(
-                f"reference_inputs of shape {tuple(ref.shape)} does not broadcast to the shape "
-                f"{tuple(x.shape)} of {name!r}"
-            ) from error
+        return broadcast_baseline(ref, x, f"reference_inputs for {name!r}")
 
     def _n_points(self) -> int:
         return self.steps

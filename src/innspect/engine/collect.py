@@ -15,7 +15,7 @@ Usage::
 ``data`` is anything :func:`innspect.data.iter_batches` streams (an array or tensor, an
 ``(X, Y)`` tuple, an iterable of batches or ``(x, y)`` pairs, a torch ``DataLoader``).
 Each batch runs once through the captured graph (the same capture and forward record
-every analyzer uses, in eval mode); each chosen node's inputs and output (and, with
+every analyzer uses, on the model's eval view); each chosen node's inputs and output (and, with
 ``gradients=True``, the gradient of ``target`` at its output) go to its reducers as an
 :class:`~innspect.engine.reducers.Observation`, then the batch is dropped: memory holds one
 batch's forward values plus the reducers' fixed-size states, whatever the data's length.
@@ -32,24 +32,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from innspect.analyzers.io import target_gradient
 from innspect.data import iter_batches, model_device_dtype, num_batches
 from innspect.engine.forward import run_forward
 from innspect.engine.reducers import Observation, Reducer
 from innspect.errors import InputError
 from innspect.fileio import write_npz
+from innspect.graph.capture import GRAPH_LOCK
 from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.progress import progress
-
-try:
-    # The graph shares the user's layers: run them in eval mode, restoring their flags.
-    from innspect.graph.graph import eval_mode as _running
-except ImportError:  # pragma: no cover - capture with eval views (reliability branch)
-    from innspect.graph.capture import GRAPH_LOCK
-
-    def _running(model: nn.Module) -> Any:  # type: ignore[misc]
-        """Modules may run, no capture starts meanwhile (the layers are eval views)."""
-        return GRAPH_LOCK.shared()
-
 
 ReducerSpec = Reducer | Mapping[str, Reducer] | Callable[[NodeInfo], Mapping[str, Reducer]]
 Target = int | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
@@ -169,39 +160,29 @@ def _reducers_for(info: NodeInfo, spec: ReducerSpec) -> dict[str, Reducer]:
     )
 
 
-def target_values(output: torch.Tensor, target: Target) -> torch.Tensor:
-    """The per-sample scalar (N,) whose gradient ``gradients=True`` records.
+def target_start(output: torch.Tensor, target: Target) -> torch.Tensor:
+    """``dt/dy``: the gradient at the output of the per-sample scalar ``t`` (N,) whose
+    gradient ``gradients=True`` records.
 
     None: the largest output per sample (iNNvestigate's "max_activation"); an int: that
-    output (flattened index); a tensor: the output weighted by it and summed per sample
-    (Zennit's ``attr_output``); a callable: ``target(output)``, which must return (N,).
+    output (flattened index); output weights or a callable ``f(y) -> (N,)``: as for
+    analyzers' ``target=`` (:func:`innspect.analyzers.io.target_gradient`, the one place
+    that evaluates them).
     """
-    flat = output.reshape(output.shape[0], -1)
-    if target is None:
-        return flat.gather(1, flat.detach().argmax(dim=1, keepdim=True))[:, 0]
-    if isinstance(target, int | np.integer):
-        if not 0 <= int(target) < flat.shape[1]:
+    y = output.detach()
+    flat = y.reshape(y.shape[0], -1)
+    if target is None or isinstance(target, int | np.integer):
+        if target is None:
+            index = flat.argmax(dim=1, keepdim=True)
+        elif not 0 <= int(target) < flat.shape[1]:
             raise InputError(
                 f"target {int(target)} is out of range: the model has {flat.shape[1]} outputs"
             )
-        return flat[:, int(target)]
-    if isinstance(target, torch.Tensor):
-        try:
-            weighted = output * target.to(output.device, output.dtype)
-        except RuntimeError as error:
-            raise InputError(
-                f"target weights of shape {tuple(target.shape)} do not broadcast against the "
-                f"output of shape {tuple(output.shape)}"
-            ) from error
-        return weighted.reshape(output.shape[0], -1).sum(dim=1)
-    if callable(target):
-        value = target(output)
-        if not isinstance(value, torch.Tensor) or value.shape != (output.shape[0],):
-            raise InputError(
-                f"target(output) must return a tensor of shape ({output.shape[0]},), got "
-                f"{getattr(value, 'shape', type(value).__name__)}"
-            )
-        return value
+        else:
+            index = torch.full((flat.shape[0], 1), int(target), device=y.device)
+        return torch.zeros_like(flat).scatter_(1, index, 1.0).reshape(y.shape)
+    if isinstance(target, torch.Tensor | np.ndarray) or callable(target):
+        return target_gradient(output, target)[0]
     raise InputError(f"target must be None, an int, a tensor or a callable, got {target!r}")
 
 
@@ -235,7 +216,7 @@ def collect(
         fresh copies), or a callable ``NodeInfo -> Reducer | dict`` for per-node reducers.
     target, gradients
         With ``gradients=True`` each observation carries the gradient of ``target`` (see
-        :func:`target_values`; summed over the batch, so each sample gets its own
+        :func:`target_start`; summed over the batch, so each sample gets its own
         gradient) at the node's output.
     batch_size
         Rows per batch when ``data`` is an array or an ``(X, Y)`` tuple.
@@ -295,7 +276,9 @@ def _observe(
     gradients: bool,
 ) -> None:
     x = batch.x
-    with _running(graph.model), torch.set_grad_enabled(gradients):
+    # The graph's layers are eval views (capture.eval_view): no training flag is touched;
+    # the shared lock keeps captures in other threads out while modules run.
+    with GRAPH_LOCK.shared(), torch.set_grad_enabled(gradients):
         if gradients:
             x = x.detach().requires_grad_(x.is_floating_point())
         record = run_forward(graph, x, keep=True, global_autograd=gradients)
@@ -329,12 +312,14 @@ def _gradients(
     output: torch.Tensor,
     target: Target,
 ) -> dict[str, torch.Tensor | None]:
-    scalar = target_values(output, target).sum()
+    start = target_start(output, target)  # sum_i t_i's gradient: each sample gets its own
     tensors = [values[i.node] for i in infos]
     wanted = [k for k, t in enumerate(tensors) if isinstance(t, torch.Tensor) and t.requires_grad]
     found: dict[str, torch.Tensor | None] = {}
-    if wanted and scalar.requires_grad:
-        grads = torch.autograd.grad(scalar, [tensors[k] for k in wanted], allow_unused=True)
+    if wanted and output.requires_grad:
+        grads = torch.autograd.grad(
+            output, [tensors[k] for k in wanted], grad_outputs=start, allow_unused=True
+        )
         for k, g in zip(wanted, grads, strict=True):
             found[infos[k].name] = torch.zeros_like(tensors[k]) if g is None else g.detach()
     for k, info in enumerate(infos):

@@ -204,7 +204,8 @@ def _process_signal(
     if options.keep_tensors:
         result.signals[info.name] = signal
     if options.min_max:
-        result.min_max[info.name] = (float(signal.min()), float(signal.max()))
+        values = signal.detach()  # a statistic of the signal, not part of any autograd graph
+        result.min_max[info.name] = (float(values.min()), float(values.max()))
     return signal
 
 

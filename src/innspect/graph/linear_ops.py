@@ -206,8 +206,10 @@ def convolution_op(
     else:
         out_pad = list(output_padding) if transposed else [0] * dims
 
-        def transpose(s, w, x):
-            # One transposed convolution, no forward: autograd's own kernel for grad_input.
+        def backward(s, x, w, which: int):
+            # autograd's own convolution kernel for one gradient, without a forward:
+            # which=0 grad_input (the transposed convolution), 1 grad_weight.
+            mask = [which == 0, which == 1, False]
             return torch.ops.aten.convolution_backward(
                 s,
                 x,
@@ -219,24 +221,15 @@ def convolution_op(
                 transposed,
                 out_pad,
                 groups,
-                [True, False, False],
-            )[0]
+                mask,
+            )[which]
+
+        def transpose(s, w, x):
+            return backward(s, x, w, 0)
 
         def weight_gradient(x, s):
-            # The weight gradient of the convolution: sums of patch(x) * s over positions.
-            return torch.ops.aten.convolution_backward(
-                s,
-                x,
-                weight.detach().to(x.dtype),  # read for its shape only
-                None,
-                list(stride),
-                list(padding),
-                list(dilation),
-                transposed,
-                out_pad,
-                groups,
-                [False, True, False],
-            )[1]
+            # sums of patch(x) * s over positions; the weight is read for its shape only
+            return backward(s, x, weight.detach().to(x.dtype), 1)
 
     return LinearOp(
         weight,

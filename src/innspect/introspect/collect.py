@@ -178,17 +178,18 @@ class _GroupIds:
             yield item[0], self.ids(item[1])
 
 
-def _target_indices(indices: Sequence[int]) -> Any:
-    chosen = torch.tensor(list(indices), dtype=torch.long)
+def _target_index(index: int) -> Any:
+    """The target ``y[:, index]`` for every sample: a corpus row names one output index for
+    all its samples, however many batches they fill."""
 
     def target(output: torch.Tensor) -> torch.Tensor:
         flat = output.reshape(output.shape[0], -1)
-        if int(chosen.max()) >= flat.shape[1] or int(chosen.min()) < 0:
+        if not 0 <= index < flat.shape[1]:
             raise InputError(
-                f"output index {int(chosen.max())} from corpus.csv is out of range: the model "
+                f"output index {index} from corpus.csv is out of range: the model "
                 f"has {flat.shape[1]} outputs"
             )
-        return flat.gather(1, chosen.to(flat.device)[:, None])[:, 0]
+        return flat[:, index]
 
     return target
 
@@ -206,6 +207,10 @@ def collect(
     channel_axis: int = 1,
     keep_samples: int = 0,
     verbose: bool = False,
+    backend: str = "local",
+    model_spec: Any = None,
+    num_workers: int | None = None,
+    address: str | None = None,
 ) -> Naps:
     """Neuron activation profiles of ``model``'s ``layers`` over ``data``, in one pass.
 
@@ -235,6 +240,11 @@ def collect(
         ``Naps.samples`` / ``Naps.sample_groups`` (for :func:`instance_projection`).
     verbose
         Show a progress bar.
+    backend, model_spec, num_workers, address
+        ``backend="ray"``: ``num_workers`` Ray actors build the model from ``model_spec``
+        (``innspect.dataset.ModelSpec`` or a spec string, giving ``model``'s weights),
+        reduce ranges of the arrays and the driver merges them in a tree
+        (``innspect.distributed``); data as arrays with ``groups`` or ``(X, groups)``.
 
     Returns
     -------
@@ -248,7 +258,26 @@ def collect(
         reducers["gradients"] = NapReducer(channel_axis=channel_axis, of="grad")
     if keep_samples > 0:
         reducers["samples"] = SampleReducer(keep_samples)
-    if isinstance(data, str | os.PathLike):
+    if backend == "ray":
+        from innspect.distributed.stats import naps_on_ray
+
+        options = {"target": target, "gradients": gradients, "batch_size": batch_size}
+        statistics = naps_on_ray(
+            model,
+            data,
+            groups,
+            layers,
+            reducers,
+            registry,
+            options,
+            model_spec,
+            num_workers,
+            address,
+            verbose,
+        )
+    elif backend != "local":
+        raise InputError(f"backend must be 'local' or 'ray', got {backend!r}")
+    elif isinstance(data, str | os.PathLike):
         statistics = _collect_corpus(
             model, Path(data), layers, reducers, registry, gradients, target, batch_size, verbose
         )
@@ -330,7 +359,7 @@ def _collect_corpus(
         labels = registry.ids([row.group] * len(x))
         row_target: Any = target
         if row.output_index is not None and target is None:
-            row_target = _target_indices([row.output_index] * len(x))
+            row_target = _target_index(row.output_index)
         statistics = engine_collect(
             graph,
             (x, labels),

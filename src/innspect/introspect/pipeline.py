@@ -66,6 +66,9 @@ class IntrospectionSettings:
     plot_format: str = "png"
     seed: int = 0
     batch_size: int = 32
+    backend: str = "local"  # or "ray" (docs/scale.md)
+    address: str | None = None  # the Ray cluster; default: a local one
+    workers: int | None = None  # Ray workers
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "the config") -> Any:
@@ -95,6 +98,8 @@ class IntrospectionSettings:
             raise InputError(f"unknown projection '{self.projection}'; choose umap, pca or none")
         if self.plot_format not in ("png", "pdf"):
             raise InputError(f"plot_format must be png or pdf, got '{self.plot_format}'")
+        if self.backend not in ("local", "ray"):
+            raise InputError(f"backend must be local or ray, got '{self.backend}'")
         if self.align and not self.gradients:
             raise InputError("align needs gradients (alignment follows the gradient)")
         if isinstance(self.layers, str):
@@ -118,6 +123,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "threshold": (int, float),
     "seed": (int,),
     "projection_samples": (int,),
+    "address": (str, type(None)),
+    "workers": (int, type(None)),
 }
 
 
@@ -299,7 +306,24 @@ def _compute_naps(settings: IntrospectionSettings, model: nn.Module | None, verb
         import torch
 
         example = torch.as_tensor(first[:1])
-        model = load_model(settings.model, settings.weights, example=example).module
+        model = load_model(
+            settings.model,
+            settings.weights,
+            example=example,
+            seed=0 if settings.backend == "ray" else None,
+        ).module
+    ray: dict[str, Any] = {}
+    if settings.backend == "ray":
+        from innspect.dataset import ModelSpec
+
+        if settings.model is None:
+            raise InputError("backend ray builds the model on workers: give --model SPEC")
+        ray = {
+            "backend": "ray",
+            "model_spec": ModelSpec(settings.model, settings.weights),
+            "num_workers": settings.workers,
+            "address": settings.address,
+        }
     return collect(
         model,
         settings.data,
@@ -309,6 +333,7 @@ def _compute_naps(settings: IntrospectionSettings, model: nn.Module | None, verb
         batch_size=settings.batch_size,
         keep_samples=keep,
         verbose=verbose,
+        **ray,
     )
 
 

@@ -18,10 +18,11 @@ deterministic: seeded inputs, weights and noise, so the same command writes the 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,6 @@ def generate_model_references(
     The files written, and (analyzer, reason) for each analyzer that could not run.
     """
     from innspect.errors import InnspectError
-    from innspect.fileio import atomic_path
     from innspect.progress import progress
 
     names = _select_methods(methods)
@@ -169,23 +169,14 @@ def generate_model_references(
             skipped.append((name, " ".join(str(error).split())))
             continue
         path = Path(out) / f"{name}.hdf5"
-        with atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=True) as f:
-            f.attrs.update(
-                {
-                    "generator": GENERATOR,
-                    "kind": "model",
-                    "analyzer_name": name,
-                    "analyzer_config": _config_json(name, options),
-                    "model_name": model_spec,
-                    "model_seed": model_seed,
-                    "weights_file": weights or "",
-                    "weights_sha256": digest,
-                    "input_name": input_name,
-                    "rtol": MODEL_TOLERANCES[0],
-                    "atol": MODEL_TOLERANCES[1],
-                    **_versions(),
-                }
-            )
+        details = {
+            "model_name": model_spec,
+            "model_seed": model_seed,
+            "weights_file": weights or "",
+            "weights_sha256": digest,
+            "input_name": input_name,
+        }
+        with _reference_file(path, "model", name, options, details, MODEL_TOLERANCES) as f:
             _write(f, "input", x)
             _write(f, "output", output)
             _write(f, "attribution", attribution)
@@ -213,7 +204,6 @@ def generate_layer_references(
     from ``seed``: a subset of methods writes the same files as the whole set.
     """
     from innspect.errors import InnspectError
-    from innspect.fileio import atomic_path
     from innspect.progress import progress
 
     names = _select_methods(methods)
@@ -240,19 +230,8 @@ def generate_layer_references(
             skipped.append((name, " ".join(str(error).split())))
             continue
         path = Path(out) / f"{name}.hdf5"
-        with atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=True) as f:
-            f.attrs.update(
-                {
-                    "generator": GENERATOR,
-                    "kind": "layer",
-                    "analyzer_name": name,
-                    "analyzer_config": _config_json(name, options),
-                    "input_name": f"torch.randn seed {seed}",
-                    "rtol": LAYER_TOLERANCES[0],
-                    "atol": LAYER_TOLERANCES[1],
-                    **_versions(),
-                }
-            )
+        details = {"input_name": f"torch.randn seed {seed}"}
+        with _reference_file(path, "layer", name, options, details, LAYER_TOLERANCES) as f:
             _write(f, "input", x)
             for layer_name, (weights, output, attribution) in results.items():
                 group = f.create_group(layer_name)
@@ -264,6 +243,35 @@ def generate_layer_references(
                     _write(weight_group, str(i), w)
         written.append(path)
     return written, skipped
+
+
+@contextlib.contextmanager
+def _reference_file(
+    path: Path,
+    kind: str,
+    name: str,
+    options: dict[str, Any],
+    details: dict[str, Any],
+    tolerances: tuple[float, float],
+) -> Iterator[h5py.File]:
+    """A reference file written atomically, its header attributes (generator, kind, analyzer
+    and its configuration, ``details``, tolerances, versions) already set."""
+    from innspect.fileio import atomic_path
+
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=True) as f:
+        f.attrs.update(
+            {
+                "generator": GENERATOR,
+                "kind": kind,
+                "analyzer_name": name,
+                "analyzer_config": _config_json(name, options),
+                **details,
+                "rtol": tolerances[0],
+                "atol": tolerances[1],
+                **_versions(),
+            }
+        )
+        yield f
 
 
 def reference_input(

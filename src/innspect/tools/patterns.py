@@ -310,9 +310,32 @@ class PatternComputer:
             reducer.output_axis = -1 if reducer.op.extras.get("output_axis") == -1 else 1
 
     # -- computing ----------------------------------------------------------------------
-    def compute(self, X: Any, batch_size: int = 32, verbose: bool = False) -> dict[str, np.ndarray]:
+    def compute(
+        self,
+        X: Any,
+        batch_size: int = 32,
+        verbose: bool = False,
+        *,
+        backend: str = "local",
+        model_spec: Any = None,
+        num_workers: int | None = None,
+        address: str | None = None,
+    ) -> dict[str, np.ndarray]:
         """Accumulate statistics over ``X`` (array, tensor, ``(X, Y)``) in batches; return
-        the patterns."""
+        the patterns.
+
+        ``backend="ray"`` reduces ranges of ``X`` (also a ``.npy``/HDF5 path or a torch
+        Dataset) on ``num_workers`` Ray actors that build the model from ``model_spec``
+        (``innspect.dataset.ModelSpec`` or a spec string; it must give this computer's
+        weights) and merges their statistics in a tree (``innspect.distributed``).
+        """
+        if backend == "ray":
+            from innspect.distributed.stats import patterns_on_ray
+
+            other = patterns_on_ray(self, X, model_spec, batch_size, num_workers, address, verbose)
+            return self.merge(other).patterns()
+        if backend != "local":
+            raise InputError(f"backend must be 'local' or 'ray', got {backend!r}")
         return self.compute_generator(X, batch_size=batch_size, verbose=verbose)
 
     def compute_generator(

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from innspect.analyzers.base import Analyzer, model_device_dtype
+from innspect.analyzers.base import Analyzer
+from innspect.data import model_device_dtype
 from innspect.graph.capture import GRAPH_LOCK, eval_view
 from innspect.progress import progress
 

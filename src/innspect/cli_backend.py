@@ -1,0 +1,46 @@
+"""``--backend ray [--address ADDRESS] [--workers N]``: the flags shared by ``analyze``,
+``patterns compute`` and ``introspect`` for running on Ray (``innspect.distributed``)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser, local_default: bool = True) -> None:
+    """Add the backend flags to a subcommand's parser."""
+    group = parser.add_argument_group("data-set scale (see docs/scale.md)")
+    group.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local" if local_default else None,
+        help="run here (local) or on Ray workers (needs innspect[ray])"
+        + (" (default: %(default)s)" if local_default else ""),
+    )
+    group.add_argument(
+        "--address",
+        metavar="ADDRESS",
+        help="Ray cluster to join (e.g. ray://head:10001 or auto); default: start a local one",
+    )
+    group.add_argument(
+        "--workers", type=int, metavar="N", help="Ray workers (default: one per CPU of Ray)"
+    )
+
+
+def check_backend(args: argparse.Namespace) -> None:
+    """Refuse Ray flags without ``--backend ray`` and ``--backend ray`` without Ray."""
+    from innspect.cli_loading import CLIError
+
+    if args.backend != "ray":
+        if args.address is not None or args.workers is not None:
+            raise CLIError("--address and --workers go with --backend ray")
+        return
+    if args.workers is not None and args.workers < 1:
+        raise CLIError(f"--workers must be a positive integer, got {args.workers}")
+    from innspect.distributed import require_ray
+
+    try:
+        require_ray()
+    except ImportError as error:
+        raise CLIError(
+            "--backend ray needs Ray: pip install 'innspect[ray]' (or leave out --backend)"
+        ) from error
