@@ -52,12 +52,14 @@ FAMILIES: tuple[Family, ...] = (
             "lrp.epsilon_gamma_box",
             "lrp.epsilon_alpha2_beta1",
             "lrp.epsilon_alpha2_beta1_flat",
+            "lrp.attn",
+            "lrp.cp",
         ),
         prefixes=("lrp.sequential_preset",),
     ),
     Family("deep_taylor", "Deep Taylor", prefixes=("deep_taylor",)),
-    Family("pattern", "PatternNet and PatternAttribution", prefixes=("pattern",)),
-    Family("reference", "Reference-based: DeepLIFT", prefixes=("deep_lift", "deeplift")),
+    Family("pattern", "Patterns", prefixes=("pattern",)),
+    Family("reference", "DeepLIFT", prefixes=("deep_lift", "deeplift")),
     Family("occlusion", "Occlusion", prefixes=("occlusion",)),
     Family("other", "Other methods"),
 )
@@ -99,8 +101,16 @@ TITLES: dict[str, str] = {
     "lrp.epsilon_gamma_box": "ε + γ + box",
     "lrp.epsilon_alpha2_beta1": "ε + α2β1",
     "lrp.epsilon_alpha2_beta1_flat": "ε + α2β1, flat input",
+    "lrp.attn": "AttnLRP",
+    "lrp.cp": "CP-LRP",
     "deep_taylor": "Deep Taylor",
     "deep_taylor.bounded": "Deep Taylor, bounded",
+    "pattern.net": "PatternNet",
+    "pattern.attribution": "Pattern Attribution",
+    "deep_lift": "DeepLIFT",
+    "deep_lift.wrapper": "DeepLIFT (wrapper)",
+    "deep_lift_shap": "DeepLift SHAP",
+    "occlusion": "occlusion",
 }
 
 
@@ -132,7 +142,7 @@ def title_of(name: str, in_family: bool = False) -> str:
     if in_family or name not in TITLES:
         return title
     prefix = _STANDALONE_PREFIX.get(family_of(name).key, "")
-    return title if title.startswith(prefix.strip()) else prefix + title
+    return title if prefix.strip() in title else prefix + title
 
 
 def grouped(
