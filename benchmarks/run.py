@@ -482,6 +482,30 @@ def render_duration(benchmark_seconds: float, started_at: float | None) -> str:
     return line + ".\n"
 
 
+def _group_section(group: str, args: argparse.Namespace, given: list[str]) -> str:
+    """The results section of one ``--only`` group (its module's ``section``)."""
+    import importlib
+    import sys
+
+    module = importlib.import_module(f"bench_{group}")
+    this = sys.modules[__name__]
+    if group == "patterns":
+        return module.section(
+            this, args.models, args.pattern_batch, args.size, args.repeats, args.pattern_stream
+        )
+    if group == "scale":
+        size = args.size if "--size" in given else 64
+        return module.section(args.scale_samples, size, args.scale_shard, args.batch * 4)
+    if group == "deeplift":
+        return module.section(this, args.models, args.batch, args.size, args.repeats)
+    if group == "introspect":
+        models = args.models if "--models" in given else ["resnet50"]
+        return module.section(
+            this, models, args.introspect_batch, args.size, args.repeats, args.introspect_channels
+        )
+    return module.section(this, args.batch, args.repeats)  # modern
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up")
@@ -518,89 +542,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     sections = ["# Benchmark results\n", "Made by `make bench` (benchmarks/run.py).\n", machine()]
-    if args.only == "patterns":
+    if args.only is not None:
+        # Each group is a module bench_<group>.py with its own section; one writer for all.
         import sys
-
-        import bench_patterns
-
-        out = args.out if "--out" in (argv or sys.argv) else HERE / "RESULTS-patterns.md"
-        sections[1] = "Made by `python benchmarks/run.py --only patterns`.\n"
-        sections.append(
-            bench_patterns.section(
-                sys.modules[__name__],
-                args.models,
-                args.pattern_batch,
-                args.size,
-                args.repeats,
-                args.pattern_stream,
-            )
-        )
-        sections.append(render_duration(time.perf_counter() - started, args.started_at))
-        write_text(out, "\n".join(sections))
-        print(f"wrote {out}")
-        return
-    if args.only == "scale":
-        import sys
-
-        import bench_scale
-
-        out = args.out if "--out" in (argv or sys.argv) else HERE / "RESULTS-scale.md"
-        size = args.size if "--size" in (argv or sys.argv) else 64
-        sections[1] = "Made by `python benchmarks/run.py --only scale`.\n"
-        sections.append(
-            bench_scale.section(args.scale_samples, size, args.scale_shard, args.batch * 4)
-        )
-        sections.append(render_duration(time.perf_counter() - started, args.started_at))
-        write_text(out, "\n".join(sections))
-        print(f"wrote {out}")
-        return
-    if args.only == "deeplift":
-        import sys
-
-        import bench_deeplift
-
-        out = args.out if "--out" in (argv or sys.argv) else HERE / "RESULTS-deeplift.md"
-        sections[1] = "Made by `python benchmarks/run.py --only deeplift`.\n"
-        sections.append(
-            bench_deeplift.section(
-                sys.modules[__name__], args.models, args.batch, args.size, args.repeats
-            )
-        )
-        sections.append(render_duration(time.perf_counter() - started, args.started_at))
-        write_text(out, "\n".join(sections))
-        print(f"wrote {out}")
-        return
-    if args.only == "introspect":
-        import sys
-
-        import bench_introspect
 
         given = argv or sys.argv
-        out = args.out if "--out" in given else HERE / "RESULTS-introspect.md"
-        models = args.models if "--models" in given else ["resnet50"]
-        sections[1] = "Made by `python benchmarks/run.py --only introspect`.\n"
-        sections.append(
-            bench_introspect.section(
-                sys.modules[__name__],
-                models,
-                args.introspect_batch,
-                args.size,
-                args.repeats,
-                args.introspect_channels,
-            )
-        )
-        sections.append(render_duration(time.perf_counter() - started, args.started_at))
-        write_text(out, "\n".join(sections))
-        print(f"wrote {out}")
-        return
-    if args.only == "modern":
-        import sys
-
-        import bench_modern
-
-        out = args.out if "--out" in (argv or sys.argv) else HERE / "RESULTS-modern.md"
-        sections[1] = "Made by `python benchmarks/run.py --only modern`.\n"
-        sections.append(bench_modern.section(sys.modules[__name__], args.batch, args.repeats))
+        out = args.out if "--out" in given else HERE / f"RESULTS-{args.only}.md"
+        sections[1] = f"Made by `python benchmarks/run.py --only {args.only}`.\n"
+        sections.append(_group_section(args.only, args, given))
         sections.append(render_duration(time.perf_counter() - started, args.started_at))
         write_text(out, "\n".join(sections))
         print(f"wrote {out}")
