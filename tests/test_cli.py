@@ -510,6 +510,11 @@ def _helpful_cases(tmp: Path, weights_path: Path, files: list[Path]) -> dict:
             [*good, "--input", npy, "--method", "gradient", "--out", str(blocker)],
             "exists and is not a folder",
         ),
+        # /proc refuses new files even to root, who passes every permission bit check.
+        "out not writable": (
+            [*good, "--input", npy, "--method", "gradient", "--out", "/proc"],
+            "--out folder /proc is not writable",
+        ),
         "factory needs arguments": (
             ["--model", "tests.cli_models:needs_arguments", "--input", npy, "--method", "gradient"],
             "must build the model without arguments",
@@ -556,6 +561,7 @@ HELPFUL_CASES = [
     "greyscale into a colour model",
     "out below a file",
     "out is a file",
+    "out not writable",
     "factory needs arguments",
     "factory raises",
     "whole pickled model as weights",

@@ -259,3 +259,29 @@ def test_layers_kept_in_plain_lists_and_tuples_are_viewed_too() -> None:
     out.gather(1, out.argmax(1, keepdim=True)).sum().backward()
     torch.testing.assert_close(innspect.create_analyzer("gradient", model).analyze(x), leaf.grad)
     assert result.shape == x.shape
+
+
+class _DataDependent(nn.Module):
+    """Python control flow on a value: neither torch.fx nor torch.export can capture it, and
+    torch.export's message (the user stack, guards, the graph) runs to many kilobytes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(*[nn.Linear(8, 8) for _ in range(60)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.layers(x)
+        if float(y.sum()) > 0:
+            return y
+        return -y
+
+
+def test_a_model_that_cannot_be_captured_fails_in_a_few_lines_and_prints_nothing(capfd) -> None:
+    model = _DataDependent().eval()
+    with pytest.raises(NotAnalyzableModelError) as caught:
+        innspect.create_analyzer("gradient", model).analyze(torch.randn(2, 8))
+    message = str(caught.value)
+    assert "torch.fx failed with" in message and "torch.export failed with" in message
+    assert len(message) < 1500, message  # the peers' messages are cut to their first line
+    out, err = capfd.readouterr()
+    assert len(out) + len(err) < 1000, err[:2000]  # no graph dump on the terminal

@@ -233,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if (args.backend, args.address, args.workers) != (None, None, None):
+    if (args.backend, args.address, args.workers) != (None, None, None) or args.gpus_per_worker:
         from innspect.cli_dataset import run_dataset
 
         return run_dataset(args)
@@ -472,10 +472,19 @@ def _output_folder(out: Path) -> Path:
         raise CLIError(f"cannot create --out folder {out}: {error.strerror or error}") from error
     if not out.is_dir():
         raise CLIError(f"--out {out} exists and is not a folder")
-    import os
+    import tempfile
 
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise CLIError(f"--out folder {out} is not writable; choose another with --out")
+    # Write a probe file rather than ask os.access: root passes every permission check, yet
+    # read-only mounts and folders such as /proc still refuse files. Better to learn it now
+    # than after minutes of analysis.
+    try:
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".innspect-probe-"):
+            pass
+    except OSError as error:
+        raise CLIError(
+            f"--out folder {out} is not writable ({error.strerror or error}); choose another "
+            "with --out"
+        ) from error
     return out
 
 

@@ -25,6 +25,8 @@ import contextlib
 import copy
 import dataclasses
 import inspect
+import io
+import logging
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -504,7 +506,7 @@ def capture(
         except Exception as fx_error:  # noqa: BLE001 - any tracing failure leads to the fallback
             if example_input is None:
                 raise NotAnalyzableModelError(
-                    f"torch.fx could not trace {type(view).__name__}: {fx_error}"
+                    f"torch.fx could not trace {type(view).__name__}: {_brief(fx_error)}"
                 ) from fx_error
             values = (example_input,) if isinstance(example_input, torch.Tensor) else example_input
             if call is not None and (call.keyword or call.fixed):
@@ -520,20 +522,65 @@ def capture(
             hooked = _hooked_module(model)
             if hooked is not None:
                 raise NotAnalyzableModelError(
-                    f"torch.fx could not trace {type(view).__name__} ({fx_error}), and the "
+                    f"torch.fx could not trace {type(view).__name__} ({_brief(fx_error)}), and the "
                     f"torch.export fallback would run the hook on module '{hooked}' once, at "
                     "capture, instead of with every analysis; remove the hook (handle.remove()) "
                     "before analysis"
                 ) from fx_error
             try:
-                return _export(view, args, kwargs)
+                with _torch_logs_quiet():
+                    return _export(view, args, kwargs)
             except Exception as export_error:  # noqa: BLE001
                 raise NotAnalyzableModelError(
                     f"{type(view).__name__} could not be captured: torch.fx failed with "
-                    f"'{fx_error}', torch.export failed with '{export_error}'. Make the model's "
+                    f"'{_brief(fx_error)}', torch.export failed with '{_brief(export_error)}'. "
+                    "Make the model's "
                     "forward free of data-dependent Python control flow, or wrap the "
                     "untraceable part in a submodule."
                 ) from export_error
+
+
+BRIEF_MESSAGE_CHARS = 400
+
+
+def _brief(error: BaseException) -> str:
+    """A tracer's message cut to its first line and ``BRIEF_MESSAGE_CHARS`` characters.
+
+    torch.export's errors on a detection model run to hundreds of kilobytes (the whole graph,
+    the user stack, guard lists); they belong in ``--debug``'s traceback (``raise ... from``
+    keeps them), not in a one-line error.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    first = lines[0] if lines else type(error).__name__
+    if len(first) > BRIEF_MESSAGE_CHARS or len(lines) > 1:
+        return first[:BRIEF_MESSAGE_CHARS].rstrip() + " [...]"
+    return first
+
+
+@contextlib.contextmanager
+def _torch_logs_quiet() -> Iterator[None]:
+    """Keep a failed torch.export's graph dump and log records off the terminal.
+
+    On failure torch.export prints the partial graph to ``sys.stderr`` (tens of kilobytes
+    on a detection model) and logs guard text; the failure itself reaches the user through
+    the exception (whose chain ``--debug`` shows). What a successful export writes (its
+    warnings) is passed on afterwards.
+    """
+    loggers = [logging.getLogger(name) for name in ("torch._dynamo", "torch.export", "torch.fx")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    held = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(held):
+            yield
+    except BaseException:
+        raise  # what torch printed on the way to this error is dropped with it
+    else:
+        sys.stderr.write(held.getvalue())
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _export(view: nn.Module, args: tuple, kwargs: dict[str, Any]) -> fx.GraphModule:
