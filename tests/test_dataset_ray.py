@@ -230,3 +230,25 @@ def test_more_workers_than_the_cluster_has_cpus_are_refused(cluster, weights, da
             SPEC, data[:8], "gradient", tmp_path, weights=weights, backend="ray", num_workers=3,
             verbose=False,
         )  # fmt: skip
+
+
+def test_gpu_workers_on_a_cluster_without_gpus_are_refused(cluster, weights, data, tmp_path):
+    # The test cluster has no GPU (ray.init(num_cpus=2) on a CPU machine; CI has none).
+    with pytest.raises(InputError, match="gpus_per_worker=1 but the Ray cluster has 0 GPUs"):
+        explain_dataset(
+            SPEC, data[:8], "gradient", tmp_path, weights=weights, backend="ray", num_workers=1,
+            gpus_per_worker=1, verbose=False,
+        )  # fmt: skip
+
+
+def test_gpus_per_worker_goes_with_the_ray_backend(weights, data, tmp_path, capsys):
+    from innspect.cli import main
+
+    with pytest.raises(InputError, match="gpus_per_worker goes with backend='ray'"):
+        explain_dataset(SPEC, data[:8], "gradient", tmp_path, weights=weights, gpus_per_worker=1)
+    status = main(
+        ["analyze", "--model", SPEC, "--weights", weights, "--input", str(tmp_path / "x.npy"),
+         "--method", "gradient", "--gpus-per-worker", "1", "--out", str(tmp_path / "o")]
+    )  # fmt: skip
+    assert status == 2
+    assert "--gpus-per-worker go with --backend ray" in capsys.readouterr().err

@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 
 
-def add_backend_arguments(parser: argparse.ArgumentParser, local_default: bool = True) -> None:
-    """Add the backend flags to a subcommand's parser."""
+def add_backend_arguments(
+    parser: argparse.ArgumentParser, local_default: bool = True, gpus: bool = False
+) -> None:
+    """Add the backend flags to a subcommand's parser (``gpus``: also --gpus-per-worker)."""
     group = parser.add_argument_group("data-set scale (see docs/scale.md)")
     group.add_argument(
         "--backend",
@@ -24,18 +26,29 @@ def add_backend_arguments(parser: argparse.ArgumentParser, local_default: bool =
     group.add_argument(
         "--workers", type=int, metavar="N", help="Ray workers (default: one per CPU of Ray)"
     )
+    if gpus:
+        group.add_argument(
+            "--gpus-per-worker",
+            type=float,
+            default=0.0,
+            metavar="G",
+            help="GPUs each Ray worker reserves and runs its model on (0.5: two share one)",
+        )
 
 
 def check_backend(args: argparse.Namespace) -> None:
     """Refuse Ray flags without ``--backend ray`` and ``--backend ray`` without Ray."""
     from innspect.cli_loading import CLIError
 
+    gpus = getattr(args, "gpus_per_worker", 0.0)
     if args.backend != "ray":
-        if args.address is not None or args.workers is not None:
-            raise CLIError("--address and --workers go with --backend ray")
+        if args.address is not None or args.workers is not None or gpus:
+            raise CLIError("--address, --workers and --gpus-per-worker go with --backend ray")
         return
     if args.workers is not None and args.workers < 1:
         raise CLIError(f"--workers must be a positive integer, got {args.workers}")
+    if gpus < 0:
+        raise CLIError(f"--gpus-per-worker must be >= 0, got {gpus:g}")
     from innspect.distributed import require_ray
 
     try:

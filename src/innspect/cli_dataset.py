@@ -12,7 +12,7 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     """``--backend`` (switching to shards), ``--address``, ``--workers`` and shard sizes."""
     from innspect.cli_backend import add_backend_arguments
 
-    add_backend_arguments(parser, local_default=False)
+    add_backend_arguments(parser, local_default=False, gpus=True)
     group = parser.add_argument_group("shards (with --backend)")
     group.add_argument("--batch-size", type=int, default=32, metavar="N", help="default: 32")
     group.add_argument(
@@ -54,6 +54,7 @@ def run_dataset(args: argparse.Namespace) -> int:
         weights=args.weights,
         preprocess=args.preprocess,
         address=args.address,
+        gpus_per_worker=args.gpus_per_worker,
         verbose=True,
         relevances=args.relevances,
         **options,

@@ -311,12 +311,12 @@ class ShardRunner:
         """Arrays of samples [start, stop), batch by batch from ``start``."""
         parts: dict[str, list[np.ndarray]] = {}
         for first in range(start, stop, self.batch_size):
+            # NumPy in: the analyzers put it on the model's device (a worker's GPU too).
             x, y = self.source.read(first, min(first + self.batch_size, stop))
-            xt = torch.as_tensor(x)
             if y is not None:
                 parts.setdefault("labels", []).append(np.asarray(y))
             for method, analyzer in self.analyzers.items():
-                explanation = analyzer.explain(xt, self.neuron)
+                explanation = analyzer.explain(x, self.neuron)
                 parts.setdefault(f"{method}/attribution", []).append(
                     explanation.attribution.detach().cpu().numpy().astype(np.float32)
                 )
@@ -490,6 +490,7 @@ def explain_dataset(
     address: str | None = None,
     verbose: bool = True,
     relevances: Sequence[str] = (),
+    gpus_per_worker: float = 0.0,
     **options: Any,
 ) -> Path:
     """Explain every sample of ``data`` with every method, writing shards to ``out``.
@@ -513,6 +514,9 @@ def explain_dataset(
     relevances
         Node names (``innspect.engine.collect.node_names``) whose layer-wise relevance (the
         signal there) each method also writes, as ``METHOD/relevances/NODE``.
+    gpus_per_worker
+        Ray only: GPUs each worker reserves and runs its model on (0.5: two workers share
+        one). The local backend runs where the module is: move it with ``model.to("cuda")``.
 
     Returns the output folder; :func:`read_shards` reads it back.
     """
@@ -531,6 +535,11 @@ def explain_dataset(
         model = ModelSpec(model, weights, seed)
     elif weights is not None:
         raise InputError("weights= goes with a model spec string, not with a module")
+    if gpus_per_worker and backend != "ray":
+        raise InputError(
+            "gpus_per_worker goes with backend='ray'; locally, pass a module already on the "
+            "GPU (model.to('cuda')): the data follows the model"
+        )
     if backend == "ray" and not isinstance(model, ModelSpec):
         raise InputError(
             "backend='ray' builds the model on each worker from a spec: give model as "
@@ -567,7 +576,7 @@ def explain_dataset(
     if backend == "local":
         _run_local(runner, index, todo, verbose)
     else:
-        _run_ray(model, runner, index, todo, num_workers, address, verbose)
+        _run_ray(model, runner, index, todo, num_workers, address, verbose, gpus_per_worker)
     return out
 
 
@@ -622,6 +631,7 @@ def _run_ray(
     num_workers: int | None,
     address: str | None,
     verbose: bool,
+    gpus_per_worker: float = 0.0,
 ) -> None:
     from innspect.distributed.ray_backend import run_jobs
 
@@ -643,7 +653,10 @@ def _run_ray(
 
     example = runner.source.read(0, 1)[0]
     ranges = [(index.shards[i]["start"], index.shards[i]["stop"]) for i in todo]
-    run_jobs(spec, example, runner.fingerprint, job, ranges, on_result, num_workers, address)
+    run_jobs(
+        spec, example, runner.fingerprint, job, ranges, on_result, num_workers, address,
+        gpus_per_worker=gpus_per_worker,
+    )  # fmt: skip
     if bar is not None:
         bar.close()
 

@@ -45,7 +45,9 @@ def connect(address: str | None, num_workers: int | None) -> tuple[Any, bool]:
 class Worker:
     """The actor: one model, built from its spec, and a cache jobs keep their state in."""
 
-    def __init__(self, spec: Any, example: np.ndarray, fingerprint: str, threads: int) -> None:
+    def __init__(
+        self, spec: Any, example: np.ndarray, fingerprint: str, threads: int, gpu: bool = False
+    ) -> None:
         import torch
 
         from innspect.dataset import model_fingerprint
@@ -57,6 +59,12 @@ class Worker:
                 "the model a worker built differs from the driver's (another weights file, "
                 "or random weights without a seed): give weights= a state dict file"
             )
+        if gpu:
+            # Ray gave this actor its GPU(s) through CUDA_VISIBLE_DEVICES: "cuda" is its own.
+            # Jobs hand NumPy batches to the analyzers, which put them on the model's device.
+            if not torch.cuda.is_available():
+                raise InputError("a Ray worker was given a GPU but torch sees no CUDA device")
+            self.model = self.model.to("cuda")
         self.cache: dict[str, Any] = {}
         self.token: str | None = None
 
@@ -86,14 +94,20 @@ def run_jobs(
     num_workers: int | None = None,
     address: str | None = None,
     threads_per_worker: int = 1,
+    gpus_per_worker: float = 0.0,
 ) -> None:
     """Apply ``job`` to every ``(start, stop)`` range on Ray actors; ``on_result(i, result)``
-    runs in this process as each range ``i`` finishes (in completion order)."""
+    runs in this process as each range ``i`` finishes (in completion order). With
+    ``gpus_per_worker`` > 0 every actor reserves that many of the cluster's GPUs (a fraction
+    shares one) and runs its model there."""
     if not ranges:
         return
+    if gpus_per_worker < 0:
+        raise InputError(f"gpus_per_worker must be >= 0, got {gpus_per_worker}")
     ray, started = connect(address, num_workers)
     try:
-        cpus = int(ray.cluster_resources().get("CPU", 1)) // threads_per_worker
+        resources = ray.cluster_resources()
+        cpus = int(resources.get("CPU", 1)) // threads_per_worker
         if num_workers is not None and num_workers > cpus:
             # Actors beyond the cluster's CPUs would wait for resources forever.
             raise InputError(
@@ -101,13 +115,27 @@ def run_jobs(
                 f"cluster has {cpus * threads_per_worker}: ask for fewer or add nodes"
             )
         workers = min(num_workers or max(1, cpus), len(ranges))
-        actor = ray.remote(Worker).options(num_cpus=threads_per_worker)
+        if gpus_per_worker > 0:
+            gpus = float(resources.get("GPU", 0))
+            if gpus < gpus_per_worker:
+                raise InputError(
+                    f"gpus_per_worker={gpus_per_worker} but the Ray cluster has {gpus:g} GPUs: "
+                    "start Ray on machines with GPUs (ray start --num-gpus N) or leave it at 0"
+                )
+            workers = min(workers, int(gpus // gpus_per_worker))
+        actor = ray.remote(Worker).options(num_cpus=threads_per_worker, num_gpus=gpus_per_worker)
         shared = ray.put(job)  # sent once to the object store, not once per task
 
         def new_actor() -> Any:
-            return actor.remote(spec, example, fingerprint, threads_per_worker)
+            return actor.remote(spec, example, fingerprint, threads_per_worker, gpus_per_worker > 0)
 
-        key = (ray.get_runtime_context().get_job_id(), spec, fingerprint, threads_per_worker)
+        key = (
+            ray.get_runtime_context().get_job_id(),
+            spec,
+            fingerprint,
+            threads_per_worker,
+            gpus_per_worker,
+        )
         for other in [k for k in _POOLS if k != key]:
             # One pool at a time: idle actors of another model would hold the CPUs.
             for each in _POOLS.pop(other):
