@@ -223,6 +223,19 @@ def test_reference_pass_equals_two_forward_passes_and_splits_shape_queries() -> 
     with pytest.raises(InputError, match="reference input has shape"):
         run_forward_with_reference(graph, x, ref[:1])
 
+    # One reference for every sample (DeepLIFT's default): run once, read back as a
+    # stride-0 view, equal at every node to a forward pass of the expanded reference.
+    x3 = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    shared = ref[:1].expand(3, -1, -1, -1)
+    once = run_forward_with_reference(graph, x3, shared.clone())
+    alone = run_forward(graph, shared.contiguous())
+    recorded = [
+        info.node for info in graph.nodes if isinstance(once.values[info.node], torch.Tensor)
+    ]
+    for node in recorded:
+        torch.testing.assert_close(once.reference[node], alone.values[node], rtol=0, atol=1e-12)
+    assert once.reference[graph.output_node].stride(0) == 0  # the reference rows ran once
+
 
 @pytest.mark.parametrize("max_pooling", ["gradient", "delta"])
 def test_deeplift_equals_captum_on_small_nets_and_leaves_the_model_alone(max_pooling: str) -> None:

@@ -219,7 +219,7 @@ class Occlusion(Analyzer):
             k = len(chunk)
             batch = {
                 node: value.repeat(k, *([1] * (value.dim() - 1)))
-                if isinstance(value, torch.Tensor) and value.dim() > 0
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and node is not source
                 else value
                 for node, value in feed.items()
             }

@@ -244,7 +244,10 @@ def run_forward_with_reference(
     outputs on ``x`` and ``reference`` holds them on the reference, so a mapping reads both
     (DeepLIFT's differences from the reference). With ``batched``, one forward pass of
     ``[x; reference]`` makes both, and every recorded batch-first value is split into its
-    halves (views, no copy); shape queries are run again on each half. A graph with a value
+    halves (views, no copy); shape queries are run again on each half. A reference that is
+    the same for every sample (a scalar or one broadcast sample, DeepLIFT's default) is run
+    once: the pass has ``n + 1`` rows and the reference half is a stride-0 view of ``n``
+    rows, which makes the forward ``(n + 1) / 2n`` of the doubled batch's cost. A graph with a value
     that cannot be split that way (its first axis is not the batch) is recorded by two
     forward passes instead. No node is recorded for autograd: mappings take VJPs with
     ``NodeContext.recomputed_vjp``.
@@ -266,17 +269,23 @@ def run_forward_with_reference(
         if isinstance(value, torch.Tensor) and value.dim() > 0:
             n = value.shape[0] if n is None else n
     if batched and n is not None:
+        # One reference for every sample (DeepLIFT's default 0): run it once, as row n of a
+        # batch of n + 1, and read it back as a stride-0 view of n rows.
+        shared = n > 1 and all(
+            not _batch_first(value) or _same_every_row(reference_feed[node])
+            for node, value in feed.items()
+        )
+        rows = 1 if shared else n
         both = {}
         for node, value in feed.items():
             other = reference_feed[node]
-            batch_first = isinstance(value, torch.Tensor) and value.dim() > 0
-            if batch_first and value.shape[0] != n:
+            if _batch_first(value) and value.shape[0] != n:
                 both = None
                 break
-            both[node] = torch.cat([value, other]) if batch_first else value
+            both[node] = torch.cat([value, other[:rows]]) if _batch_first(value) else value
         if both is not None:
             record = run_forward(graph, both)
-            halves = _split_values(graph, record.values, n, feed, reference_feed)
+            halves = _split_values(graph, record.values, n, rows, feed, reference_feed)
             if halves is not None:
                 return ForwardRecord(halves[0], reference=halves[1])
             del record
@@ -285,15 +294,28 @@ def run_forward_with_reference(
     return record
 
 
+def _batch_first(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() > 0
+
+
+def _same_every_row(value: torch.Tensor) -> bool:
+    """Whether every row of a batch-first tensor equals the first (a broadcast reference)."""
+    if value.stride(0) == 0:
+        return True
+    return bool((value == value[:1]).all())
+
+
 def _split_values(
     graph: ModelGraph,
     values: RecordedValues,
     n: int,
+    rows: int,
     feed: dict[fx.Node, Any],
     reference_feed: dict[fx.Node, Any],
 ) -> tuple[RecordedValues, RecordedValues] | None:
-    """The record of a forward pass on ``[x; reference]`` as one record per half, or None
-    where a value that depends on the input is not batch-first."""
+    """The record of a forward pass on ``[x; reference]`` (``n`` and ``rows`` rows) as one
+    record per half, or None where a value that depends on the input is not batch-first.
+    A reference of one row (``rows == 1``) comes back expanded to ``n`` rows (a view)."""
     halves = (RecordedValues(), RecordedValues())
     for half in halves:
         half.recompute.update(values.recompute)
@@ -318,20 +340,23 @@ def _split_values(
             for half in halves:
                 half[node] = run_node(info, half)
             continue
-        parts = _split_batch(value, n)
+        parts = _split_batch(value, n, rows)
         if parts is None:
             return None
         halves[0][node], halves[1][node] = parts
     return halves
 
 
-def _split_batch(value: Any, n: int) -> tuple[Any, Any] | None:
+def _split_batch(value: Any, n: int, rows: int) -> tuple[Any, Any] | None:
     if isinstance(value, torch.Tensor):
-        if value.dim() == 0 or value.shape[0] != 2 * n:
+        if value.dim() == 0 or value.shape[0] != n + rows:
             return None
-        return value[:n], value[n:]
+        reference = value[n:]
+        if rows != n:
+            reference = reference.expand(n, *reference.shape[1:])
+        return value[:n], reference
     if isinstance(value, tuple | list):
-        parts = [_split_batch(v, n) for v in value]
+        parts = [_split_batch(v, n, rows) for v in value]
         if any(p is None for p in parts):
             return None
         return type(value)(p[0] for p in parts), type(value)(p[1] for p in parts)
