@@ -285,3 +285,59 @@ def encoder(
             x, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal)
         )
     return module.norm(x) if module.norm is not None else x
+
+
+class _SdpaCall(nn.Module):
+    """``sdpa`` on query, key and value, the other arguments fixed: what a traced
+    ``aten.scaled_dot_product_attention`` node is written out as."""
+
+    def __init__(self, fixed: dict[str, Any]) -> None:
+        super().__init__()
+        self.fixed = fixed
+
+    def forward(self, query: Any, key: Any, value: Any) -> Any:
+        return sdpa(query, key, value, **self.fixed)
+
+
+class _MaskedSdpaCall(_SdpaCall):
+    def forward(self, query: Any, key: Any, value: Any, attn_mask: Any) -> Any:  # type: ignore[override]
+        return sdpa(query, key, value, attn_mask, **self.fixed)
+
+
+_SDPA_PARAMETERS = (
+    "query",
+    "key",
+    "value",
+    "attn_mask",
+    "dropout_p",
+    "is_causal",
+    "scale",
+    "enable_gqa",
+)
+
+
+def inline_exported_attention(gm: torch.fx.GraphModule) -> None:
+    """Write every ``aten.scaled_dot_product_attention`` node of a torch.export graph out as
+    ``sdpa``'s plain operations, in place (Hugging Face models call the fused function, and
+    torch.export keeps it as one node, which no relevance rule maps)."""
+    target = torch.ops.aten.scaled_dot_product_attention.default
+    found = False
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not target:
+            continue
+        arguments = dict(zip(_SDPA_PARAMETERS, node.args, strict=False)) | dict(node.kwargs)
+        tensors = [arguments.pop(name) for name in ("query", "key", "value")]
+        mask = arguments.pop("attn_mask", None)
+        call = _SdpaCall(arguments) if mask is None else _MaskedSdpaCall(arguments)
+        if mask is not None:
+            tensors.append(mask)
+        body = torch.fx.Tracer().trace(call)
+        placeholders = [n for n in body.nodes if n.op == "placeholder"]
+        with gm.graph.inserting_before(node):
+            result = gm.graph.graph_copy(body, dict(zip(placeholders, tensors, strict=True)))
+        node.replace_all_uses_with(result)
+        gm.graph.erase_node(node)
+        found = True
+    if found:
+        gm.graph.lint()
+        gm.recompile()

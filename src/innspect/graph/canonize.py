@@ -409,3 +409,29 @@ def strip_output_activation(gm: fx.GraphModule, output_node: fx.Node) -> fx.Grap
     gm.graph.eliminate_dead_code()
     gm.recompile()
     return gm
+
+
+def addmm_as_linear(gm: fx.GraphModule) -> None:
+    """Rewrite ``addmm(bias, x, weight)`` on parameters as ``F.linear(x, weight.t(), bias)``.
+
+    Hugging Face's ``Conv1D`` (GPT-2's projections) is ``torch.addmm`` with its weight stored
+    (in, out); as a dense layer it is mapped by every rule a ``Linear`` is. Only calls whose
+    bias and weight are the model's own tensors (``get_attr``) and whose ``beta`` and
+    ``alpha`` are 1 are rewritten; a product of two signals stays a matmul.
+    """
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or not (
+            node.target is torch.addmm or aten_name(node.target) == "addmm"
+        ):
+            continue
+        if len(node.args) != 3 or any(node.kwargs.get(k, 1) != 1 for k in ("beta", "alpha")):
+            continue
+        bias, x, weight = node.args
+        if not all(isinstance(a, fx.Node) and a.op == "get_attr" for a in (bias, weight)):
+            continue
+        with gm.graph.inserting_before(node):
+            transposed = gm.graph.call_function(torch.t, (weight,))
+            linear = gm.graph.call_function(F.linear, (x, transposed, bias))
+        linear.meta = dict(node.meta)
+        node.replace_all_uses_with(linear)
+        gm.graph.erase_node(node)

@@ -617,6 +617,7 @@ def _export(view: nn.Module, args: tuple, kwargs: dict[str, Any]) -> fx.GraphMod
         exported = torch.export.export(view, args, kwargs or None, strict=False)
     module = exported.module()
     _layers_as_modules(module, view)
+    attention.inline_exported_attention(module)
     guards = getattr(module, "_guards_fn", None)
     if isinstance(guards, nn.Module):
         module._guards_fn = _ExportGuards(guards)

@@ -93,6 +93,7 @@ class ModelGraph:
         self.module = capture(model, example_input, self.call)
         self.module.training = False
         canonize.remove_inplace(self.module)
+        canonize.addmm_as_linear(self.module)
         self.fused: dict[str, list[str]] = {}
         self._match_placeholders()
         if fuse_batchnorm:
@@ -264,9 +265,17 @@ class ModelGraph:
             return list(self.input_nodes)
         by_input = {name: node for node, name in self.input_names.items()}
         by_name = {name: node for node, name in names.items()}
+        # torch.export inlines modules (an nn.Embedding becomes an aten.embedding node) but
+        # records where each node came from: a module path names the module's last node,
+        # its output.
+        by_module = {}
+        for node in names:
+            stack = node.meta.get("nn_module_stack")
+            if stack:
+                by_module[list(stack.values())[-1][0]] = node
         sources = []
         for name in attribute_to:
-            node = by_input.get(name) or by_name.get(name)
+            node = by_input.get(name) or by_name.get(name) or by_module.get(name)
             if node is None:
                 raise InputError(
                     f"attribute_to={name!r} names neither an input "
@@ -374,6 +383,9 @@ class ModelGraph:
             )
 
         def constant(arg: fx.Node) -> torch.Tensor:
+            if arg.op == "call_function" and arg.target is torch.t and len(arg.args) == 1:
+                # canonize.addmm_as_linear's transposed weight: a view of the parameter.
+                return constant(arg.args[0]).t()
             if arg.op != "get_attr":
                 raise NotAnalyzableModelError(
                     f"node {info.describe()}: its weights are computed in forward ('{arg.name}'); "

@@ -363,6 +363,9 @@ OPERATIONS: tuple[Op, ...] = (
         signal_args=(0,),
     ),
     Op("reciprocal", Kind.OTHER, (), (torch.rsqrt, torch.reciprocal), _names("rsqrt reciprocal")),
+    # x ** c, c ** x: element-wise in their one signal (GPT-2's written-out tanh GELU has
+    # x ** 3); x ** y is no activation (classify) and gets no LRP rule.
+    Op("power", Kind.ACTIVATION, (), (torch.pow, operator.pow, torch.square), _names("pow square")),
     # Positions set to a constant (attention masks): the signal passes where kept.
     Op("masked_fill", Kind.IDENTITY, (), (torch.masked_fill,), _names("masked_fill")),
 )
