@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers as hf  # the test extra installs it: missing, the suite fails loudly
 from torch import nn
 
 import innspect
 from innspect.errors import InnspectError
-
-hf = pytest.importorskip("transformers", reason="transformers is in the test extra")
 
 
 def _bert(attention: str) -> nn.Module:
