@@ -122,3 +122,69 @@ def test_a_power_of_two_signals_is_refused_by_lrp() -> None:
 
     with pytest.raises(InnspectError, match="'pow_1' \\(pow\\) has no mapping for method"):
         innspect.create_analyzer("lrp.epsilon", Power().eval()).analyze(torch.randn(2, 3))
+
+
+def _llama(attention: str) -> nn.Module:
+    torch.manual_seed(0)
+    config = hf.LlamaConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,  # grouped-query attention: two query heads per key/value head
+        intermediate_size=32,
+        max_position_embeddings=16,
+        attn_implementation=attention,
+    )
+    return hf.LlamaForCausalLM(config).eval().double()
+
+
+def test_grouped_query_attention_is_written_out() -> None:
+    from innspect.graph.attention import sdpa
+
+    generator = torch.Generator().manual_seed(2)
+    q = torch.randn(2, 4, 5, 3, generator=generator, dtype=torch.float64)
+    k, v = (torch.randn(2, 2, 5, 3, generator=generator, dtype=torch.float64) for _ in "kv")
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    torch.testing.assert_close(sdpa(q, k, v, enable_gqa=True), expected)
+
+    results = []
+    for attention in ("sdpa", "eager"):
+        analyzer = innspect.create_analyzer(
+            "lrp.attn",
+            _llama(attention),
+            attribute_to="model.embed_tokens",
+            output=lambda out: out.logits[:, -1],
+        )
+        results.append(analyzer.analyze({"input_ids": _ids()["input_ids"]}))
+    assert results[0].abs().sum() > 0
+    # LLaMA's eager attention takes its softmax in float32 even in a float64 model: the two
+    # agree to float32's precision (a wrong head grouping differs in the first digit).
+    torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-6)
+
+
+class _GroupedQueryAttention(nn.Module):
+    """Four query heads sharing two key/value heads through SDPA's ``enable_gqa``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.kv, self.out = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, _ = x.shape
+        q = self.q(x).view(n, t, 4, 2).transpose(1, 2)
+        k, v = self.kv(x).view(n, t, 2, 4).transpose(1, 2).chunk(2, dim=-1)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        return self.out(y.transpose(1, 2).reshape(n, t, 8).mean(1))
+
+
+def test_sdpa_with_enable_gqa_is_captured_and_explained() -> None:
+    torch.manual_seed(0)
+    model = _GroupedQueryAttention().double().eval()
+    x = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    gradient = innspect.create_analyzer("gradient", model).analyze(x.detach())
+    y = model(x)
+    y.gather(1, y.argmax(1, keepdim=True)).sum().backward()
+    torch.testing.assert_close(gradient, x.grad)
+    relevance = innspect.create_analyzer("lrp.attn", model).analyze(x.detach())
+    assert torch.isfinite(relevance).all() and relevance.abs().sum() > 0

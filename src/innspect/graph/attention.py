@@ -51,10 +51,11 @@ def sdpa(
     """``F.scaled_dot_product_attention`` as matmul, scaling, mask and softmax (eval mode:
     ``dropout_p`` is ignored). Boolean ``attn_mask``: True means *attend*, as in torch."""
     if enable_gqa:
-        raise NotAnalyzableModelError(
-            "scaled_dot_product_attention with enable_gqa=True is not decomposed; repeat the "
-            "key and value heads explicitly"
-        )
+        # Grouped-query attention: each key/value head serves query.shape[-3] // key.shape[-3]
+        # consecutive query heads (torch's semantics), a rearrangement of key and value.
+        groups = query.shape[-3] // key.shape[-3]
+        key = key.repeat_interleave(groups, dim=-3)
+        value = value.repeat_interleave(groups, dim=-3)
     scores = torch.matmul(query, key.transpose(-2, -1))
     scores = scores * (scale if scale is not None else query.shape[-1] ** -0.5)
     if is_causal:

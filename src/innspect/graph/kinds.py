@@ -290,11 +290,12 @@ OPERATIONS: tuple[Op, ...] = (
             F.pixel_unshuffle,
             F.channel_shuffle,
             torch.channel_shuffle,
+            torch.repeat_interleave,
         ),
         _names(
             "view _unsafe_view reshape flatten unflatten permute transpose t squeeze unsqueeze "
             "cat concat stack split split_with_sizes chunk slice select narrow expand expand_as "
-            "repeat view_as reshape_as pad constant_pad_nd reflection_pad1d reflection_pad2d "
+            "repeat repeat_interleave view_as reshape_as pad constant_pad_nd reflection_pad1d reflection_pad2d "
             "replication_pad1d replication_pad2d upsample_nearest1d upsample_nearest2d "
             "upsample_nearest3d _upsample_nearest_exact1d _upsample_nearest_exact2d "
             "_upsample_nearest_exact3d movedim swapaxes swapdims unbind roll flip pixel_shuffle pixel_unshuffle "
