@@ -175,10 +175,11 @@ def test_integrated_gradients_postprocess_applies_to_each_gradient() -> None:
     torch.testing.assert_close(ours, total / steps * x, rtol=1e-12, atol=1e-14)
 
 
-def test_reverse_check_min_max_values_prints_and_records(capsys) -> None:
+@pytest.mark.parametrize("method", ["lrp.z", "deep_lift"])  # deep_lift walks on its own
+def test_reverse_check_min_max_values_prints_and_records(method, capsys) -> None:
     model = _model().eval()
     x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
-    analyzer = innspect.create_analyzer("lrp.z", model, reverse_check_min_max_values=True)
+    analyzer = innspect.create_analyzer(method, model, reverse_check_min_max_values=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         explanation = analyzer.explain(x)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from innspect.analyzers.base import Analyzer, Explanation, ReverseAnalyzer
+from innspect.analyzers.base import Analyzer, Explanation, ReverseAnalyzer, _print_walk
 from innspect.analyzers.baselines import broadcast_baseline
 from innspect.analyzers.io import ModelInputs, target_gradient, target_rows
 from innspect.engine.forward import run_forward_with_reference
@@ -192,6 +192,8 @@ class DeepLIFT(ReverseAnalyzer):
             if node in result.attributions
         }
         attributions = self._finish(graph, contributions, feed)
+        if self._print_min_max:  # reverse_check_min_max_values / reverse_verbose
+            _print_walk(self, result.min_max)
         return Explanation.of_walk(attributions, selected, scores, result)
 
 
