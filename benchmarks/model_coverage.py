@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 import innspect
-from innspect.errors import InnspectError
+from innspect.errors import InnspectError, NonFiniteRelevanceError
 from innspect.fileio import write_text
 
 METHODS = {
@@ -181,6 +181,8 @@ def cell(model: torch.nn.Module, x: Any, name: str, options: dict[str, Any]) -> 
     try:
         analyzer = innspect.create_analyzer(name, model, **METHODS[name], **options)
         result = analyzer.analyze(x)
+    except NonFiniteRelevanceError as error:  # ran, but the values overflowed or are NaN
+        return "non-finite", str(error).splitlines()[0][:200]
     except InnspectError as error:  # a clear refusal
         return "refused", str(error).splitlines()[0][:200]
     except Exception as error:  # noqa: BLE001 - the table reports any failure
@@ -252,8 +254,9 @@ def main() -> None:
                 "the four Hugging Face families."
             ),
             "Times include capturing the graph (per method). smoothgrad: 4 samples; "
-            "integrated_gradients: 4 steps. 'non-finite': the method ran but the relevance "
-            "overflowed (random weights; `reverse_check_finite=True` names the node).",
+            "integrated_gradients: 4 steps. 'non-finite': the method ran but its values overflowed "
+            "or are NaN, and innspect refused to return them (random weights; "
+            "`reverse_check_finite=True` names the node).",
             "",
             *tables,
             "## Refusals and errors",
