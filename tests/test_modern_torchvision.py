@@ -122,3 +122,33 @@ def test_modern_family_runs_with_the_relevance_methods(family: str, models) -> N
         assert float(attribution.abs().sum()) > 0, f"{name} on {family}: no relevance"
     with pytest.raises(UnsupportedNodeError, match="deep_taylor"):
         innspect.create_analyzer("deep_taylor", model).analyze(x)
+
+
+def test_zennit_composites_give_written_out_projections_the_dense_rule(models) -> None:
+    """Attention written out as F.linear on the modules' weights (Swin's qkv / proj) gets
+    Epsilon under the Zennit-style composites, as nn.Linear does; the gradient there let
+    relevance grow without bound on swin_v2_t (non-finite under lrp.epsilon_plus)."""
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    analyzer = innspect.create_analyzer("lrp.epsilon_plus", models["swin_v2"])
+    graph = analyzer.graph(x)
+    rules = analyzer.plan(x).rules
+    dense = [
+        i.name
+        for i in graph.nodes
+        if i.module is None and i.operation == "linear" and i.depends_on_input
+    ]
+    assert dense, "the written-out attention has functional projections"
+    assert all(repr(rules[name]).startswith("Epsilon(") for name in dense), {
+        name: rules[name] for name in dense
+    }
+
+
+@pytest.mark.parametrize("method", ["lrp.epsilon_plus", "lrp.epsilon_gamma_box"])
+def test_swin_v2_t_relevance_stays_finite_under_the_zennit_composites(method: str) -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.swin_v2_t(weights=None).eval()
+    options = {"low": -3.0, "high": 3.0} if method.endswith("box") else {}
+    relevance = innspect.create_analyzer(method, model, **options).analyze(
+        torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    )
+    assert torch.isfinite(relevance).all() and relevance.abs().sum() > 0

@@ -121,7 +121,12 @@ def zennit_composite(
 
     return Composite(
         [
-            (_LINEAR & functional(), GRADIENT),  # F.linear / F.conv2d: Zennit hooks modules only
+            # A functional dense layer is a dense layer: Epsilon, as on nn.Linear. Zennit hooks
+            # modules only, so it leaves these to the gradient; innspect writes attention out
+            # as F.linear on the modules' weights (nn.MultiheadAttention, Swin's qkv/proj), and
+            # the gradient there lets relevance grow without bound (Swin V2 overflowed).
+            (_LINEAR & functional() & family("dense"), Epsilon(epsilon=epsilon)),
+            (_LINEAR & functional(), GRADIENT),  # F.conv2d...: Zennit hooks modules only
             *first,
             (_LINEAR & family("conv"), conv_rule),
             (_LINEAR & family("dense"), Epsilon(epsilon=epsilon)),
