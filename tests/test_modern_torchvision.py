@@ -124,10 +124,12 @@ def test_modern_family_runs_with_the_relevance_methods(family: str, models) -> N
         innspect.create_analyzer("deep_taylor", model).analyze(x)
 
 
-def test_zennit_composites_give_written_out_projections_the_dense_rule(models) -> None:
-    """Attention written out as F.linear on the modules' weights (Swin's qkv / proj) gets
-    Epsilon under the Zennit-style composites, as nn.Linear does; the gradient there let
-    relevance grow without bound on swin_v2_t (non-finite under lrp.epsilon_plus)."""
+def test_zennit_composites_map_the_written_out_attention_with_relevance_rules(models) -> None:
+    """Attention innspect writes out (Swin's qkv / proj as F.linear on the modules'
+    weights, the cosine attention's logit scale) gets Epsilon and pass-through under the
+    Zennit-style composites; the gradient there let relevance overflow on Swin V2
+    (non-finite under lrp.epsilon_plus). A scaling in the user's own code keeps Zennit's
+    gradient (test_lrp_analyzer.py::test_scaling_by_a_constant_passes_relevance_through)."""
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     analyzer = innspect.create_analyzer("lrp.epsilon_plus", models["swin_v2"])
     graph = analyzer.graph(x)
@@ -141,12 +143,16 @@ def test_zennit_composites_give_written_out_projections_the_dense_rule(models) -
     assert all(repr(rules[name]).startswith("Epsilon(") for name in dense), {
         name: rules[name] for name in dense
     }
+    scales = [i.name for i in graph.nodes if i.kind.name == "SCALE" and i.depends_on_input]
+    assert scales and all(repr(rules[name]) == "PassThrough()" for name in scales), {
+        name: rules[name] for name in scales
+    }
 
 
 @pytest.mark.parametrize("method", ["lrp.epsilon_plus", "lrp.epsilon_gamma_box"])
-def test_swin_v2_t_relevance_stays_finite_under_the_zennit_composites(method: str) -> None:
+def test_swin_v2_relevance_stays_finite_under_the_zennit_composites(method: str) -> None:
     torch.manual_seed(0)
-    model = torchvision.models.swin_v2_t(weights=None).eval()
+    model = torchvision.models.swin_v2_s(weights=None).eval()  # 18 blocks: _t passed before
     options = {"low": -3.0, "high": 3.0} if method.endswith("box") else {}
     relevance = innspect.create_analyzer(method, model, **options).analyze(
         torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))

@@ -63,6 +63,7 @@ from innspect.analyzers.plan import (
     kind,
     lrp_default,
     module_type,
+    written_out,
 )
 from innspect.analyzers.presets import Preset
 from innspect.graph.kinds import Kind, modules_of
@@ -121,12 +122,13 @@ def zennit_composite(
 
     return Composite(
         [
-            # A functional dense layer is a dense layer: Epsilon, as on nn.Linear. Zennit hooks
-            # modules only, so it leaves these to the gradient; innspect writes attention out
-            # as F.linear on the modules' weights (nn.MultiheadAttention, Swin's qkv/proj), and
-            # the gradient there lets relevance grow without bound (Swin V2 overflowed).
-            (_LINEAR & functional() & family("dense"), Epsilon(epsilon=epsilon)),
-            (_LINEAR & functional(), GRADIENT),  # F.conv2d...: Zennit hooks modules only
+            # Attention innspect wrote out (Zennit sees none of it: it hooks modules, and an
+            # attention module is one): its projections, F.linear on the modules' weights, are
+            # dense layers; its scalings (Swin V2's logit scale, up to 100 per block) pass
+            # relevance unchanged. With the gradient there relevance overflowed on Swin V2.
+            (_LINEAR & written_out() & family("dense"), Epsilon(epsilon=epsilon)),
+            (kind(Kind.SCALE) & written_out(), PASS_THROUGH),
+            (_LINEAR & functional(), GRADIENT),  # F.linear / F.conv2d: Zennit hooks modules only
             *first,
             (_LINEAR & family("conv"), conv_rule),
             (_LINEAR & family("dense"), Epsilon(epsilon=epsilon)),

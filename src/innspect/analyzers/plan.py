@@ -105,6 +105,14 @@ def functional() -> Predicate:
     return Predicate(lambda s: s.info.module is None, "functional")
 
 
+def written_out() -> Predicate:
+    """Nodes innspect wrote out itself (attention decomposed into plain operations), which
+    the user's code does not contain as such."""
+    from innspect.graph.attention import WRITTEN_OUT
+
+    return Predicate(lambda s: bool(s.info.node.meta.get(WRITTEN_OUT)), "written_out")
+
+
 def name(*patterns: str) -> Predicate:
     """Nodes whose name (module path, e.g. ``features.0``) matches a glob pattern."""
     return Predicate(

@@ -20,6 +20,11 @@ from torch import nn
 
 from innspect.errors import NotAnalyzableModelError
 
+# node.meta key of the nodes innspect wrote out (attention decomposed while tracing or after
+# torch.export): operations the user's code does not contain, which every composite maps
+# with relevance rules (``analyzers.plan.written_out``).
+WRITTEN_OUT = "innspect_written_out"
+
 
 @torch.fx.wrap
 def attention_mask(scores: torch.Tensor, mask: torch.Tensor, masked_when: bool) -> torch.Tensor:
@@ -334,8 +339,11 @@ def inline_exported_attention(gm: torch.fx.GraphModule) -> None:
             tensors.append(mask)
         body = torch.fx.Tracer().trace(call)
         placeholders = [n for n in body.nodes if n.op == "placeholder"]
+        before = set(gm.graph.nodes)
         with gm.graph.inserting_before(node):
             result = gm.graph.graph_copy(body, dict(zip(placeholders, tensors, strict=True)))
+        for new in set(gm.graph.nodes) - before:
+            new.meta[WRITTEN_OUT] = True
         node.replace_all_uses_with(result)
         gm.graph.erase_node(node)
         found = True

@@ -334,23 +334,38 @@ class _LeafTracer(fx.Tracer):
     (``graph/attention.py``) so the relevance rules reach its projections and softmax.
     """
 
+    _writing_out = 0  # > 0 while a decomposition runs: its nodes are tagged
+
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
         if isinstance(m, nn.MultiheadAttention):
-            return attention.multihead_attention(m, m.out_proj, *args, **kwargs)
+            return self._written_out(attention.multihead_attention, m, m.out_proj, *args, **kwargs)
         if isinstance(m, nn.TransformerEncoderLayer):
-            return attention.encoder_layer(m, *args, **kwargs)
+            return self._written_out(attention.encoder_layer, m, *args, **kwargs)
         if isinstance(m, nn.TransformerEncoder):
-            return attention.encoder(m, *args, **kwargs)
+            return self._written_out(attention.encoder, m, *args, **kwargs)
         return super().call_module(m, forward, args, kwargs)
 
     def create_proxy(self, kind: str, target: Any, args: Any, kwargs: Any, *rest: Any, **kw: Any):
         if kind == "call_function":
             if target is F.scaled_dot_product_attention:
-                return attention.sdpa(*args, **kwargs)
+                return self._written_out(attention.sdpa, *args, **kwargs)
             qualname = f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', '')}"
             if qualname in attention.DECOMPOSED:
-                return attention.DECOMPOSED[qualname](*args, **kwargs)
+                return self._written_out(attention.DECOMPOSED[qualname], *args, **kwargs)
         return super().create_proxy(kind, target, args, kwargs, *rest, **kw)
+
+    def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
+        node = super().create_node(*args, **kwargs)
+        if self._writing_out:
+            node.meta[attention.WRITTEN_OUT] = True
+        return node
+
+    def _written_out(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        self._writing_out += 1
+        try:
+            return function(*args, **kwargs)
+        finally:
+            self._writing_out -= 1
 
 
 @dataclass(frozen=True)
