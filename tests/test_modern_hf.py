@@ -11,18 +11,18 @@ from torch import nn
 import innspect
 from innspect.errors import InnspectError
 
+# Tiny random configurations shared by the BERT and LLaMA tests.
+_TINY = {"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 2, "intermediate_size": 32}
+
+
+def _tiny(config_class: type, model_class: type, attention: str, **extra: int) -> nn.Module:
+    torch.manual_seed(0)
+    config = config_class(**_TINY, attn_implementation=attention, **extra)
+    return model_class(config).eval().double()
+
 
 def _bert(attention: str) -> nn.Module:
-    torch.manual_seed(0)
-    config = hf.BertConfig(
-        vocab_size=50,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        attn_implementation=attention,
-    )
-    return hf.BertForSequenceClassification(config).eval().double()
+    return _tiny(hf.BertConfig, hf.BertForSequenceClassification, attention, num_attention_heads=2)
 
 
 def _ids() -> dict[str, torch.Tensor]:
@@ -125,18 +125,15 @@ def test_a_power_of_two_signals_is_refused_by_lrp() -> None:
 
 
 def _llama(attention: str) -> nn.Module:
-    torch.manual_seed(0)
-    config = hf.LlamaConfig(
-        vocab_size=50,
-        hidden_size=16,
-        num_hidden_layers=2,
+    # Grouped-query attention: two query heads per key/value head.
+    return _tiny(
+        hf.LlamaConfig,
+        hf.LlamaForCausalLM,
+        attention,
         num_attention_heads=4,
-        num_key_value_heads=2,  # grouped-query attention: two query heads per key/value head
-        intermediate_size=32,
+        num_key_value_heads=2,
         max_position_embeddings=16,
-        attn_implementation=attention,
     )
-    return hf.LlamaForCausalLM(config).eval().double()
 
 
 def test_grouped_query_attention_is_written_out() -> None:
