@@ -3,13 +3,11 @@ mask, and targets (the engine's input/output handling)."""
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from captum.attr import Occlusion as CaptumOcclusion
-from captum.attr._core import feature_ablation
 
 import innspect
+from tests.captum_float64 import captum_keeps_float64
 from tests.test_engine_io import ImageAndAux, MaskedSequence
 
 
@@ -56,25 +54,10 @@ def test_deeplift_with_a_contrast_target_and_an_integer_mask() -> None:
     torch.testing.assert_close(attribution["x"].sum(dim=(1, 2)), expected, rtol=0, atol=1e-8)
 
 
-@contextlib.contextmanager
-def _captum_keeps_float64():
-    original = feature_ablation.format_result
-
-    def format_result(total_attrib, weights, is_inputs_tuple, use_weights):
-        attrib = tuple(t / w for t, w in zip(total_attrib, weights, strict=True))
-        return attrib if is_inputs_tuple else attrib[0]
-
-    feature_ablation.format_result = format_result
-    try:
-        yield
-    finally:
-        feature_ablation.format_result = original
-
-
 def test_occlusion_on_two_inputs_equals_captum_exactly() -> None:
     model, image, aux = _two_inputs()
     explanation = innspect.create_analyzer("occlusion", model, batch_size=1).explain((image, aux))
-    with _captum_keeps_float64():
+    with captum_keeps_float64():
         expected = CaptumOcclusion(model).attribute(
             (image, aux), sliding_window_shapes=((1, 1, 1), (1,)), target=explanation.selected
         )

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 from captum.attr import Occlusion as CaptumOcclusion
-from captum.attr._core import feature_ablation
 from torch import nn
 
 import innspect
 from innspect.errors import InputError
+from tests.captum_float64 import captum_keeps_float64
 
 
 def _model(rank: int) -> nn.Module:
@@ -36,23 +34,6 @@ WINDOWS = {
 }
 
 
-@contextlib.contextmanager
-def _captum_keeps_float64():
-    """Captum's last step is ``total.float() / counts``: float32 whatever the input. The same
-    step without ``.float()`` keeps its float64 sums for a bit-for-bit comparison."""
-    original = feature_ablation.format_result
-
-    def format_result(total_attrib, weights, is_inputs_tuple, use_weights):
-        attrib = tuple(t / w for t, w in zip(total_attrib, weights, strict=True))
-        return attrib if is_inputs_tuple else attrib[0]
-
-    feature_ablation.format_result = format_result
-    try:
-        yield
-    finally:
-        feature_ablation.format_result = original
-
-
 @pytest.mark.parametrize("rank", sorted(SHAPES))
 @pytest.mark.parametrize("tensor_baseline", [False, True])
 def test_occlusion_equals_captum_exactly(rank: int, tensor_baseline: bool) -> None:
@@ -65,7 +46,7 @@ def test_occlusion_equals_captum_exactly(rank: int, tensor_baseline: bool) -> No
         "occlusion", model, window_shape=window, strides=strides, baseline=baseline, batch_size=1
     )
     explanation = analyzer.explain(x)
-    with _captum_keeps_float64():
+    with captum_keeps_float64():
         expected = CaptumOcclusion(model).attribute(
             x,
             sliding_window_shapes=window,
