@@ -36,6 +36,19 @@ def _regnet_y() -> torch.nn.Module:
     return RegNet(params, num_classes=5, stem_width=8)
 
 
+def _swin(**version: type) -> torch.nn.Module:
+    """A two-stage Swin (V1, or V2 with its block and patch merging)."""
+    return SwinTransformer(
+        patch_size=[4, 4],
+        embed_dim=8,
+        depths=[2, 2],
+        num_heads=[1, 2],
+        window_size=[2, 2],
+        num_classes=5,
+        **version,
+    )
+
+
 FAMILIES = {
     "efficientnet": lambda: efficientnet_b0(num_classes=5),
     "mobilenet_v3": lambda: mobilenet_v3_small(num_classes=5),
@@ -50,24 +63,8 @@ FAMILIES = {
         mlp_dim=16,
         num_classes=5,
     ),
-    "swin": lambda: SwinTransformer(
-        patch_size=[4, 4],
-        embed_dim=8,
-        depths=[2, 2],
-        num_heads=[1, 2],
-        window_size=[2, 2],
-        num_classes=5,
-    ),
-    "swin_v2": lambda: SwinTransformer(
-        patch_size=[4, 4],
-        embed_dim=8,
-        depths=[2, 2],
-        num_heads=[1, 2],
-        window_size=[2, 2],
-        num_classes=5,
-        block=SwinTransformerBlockV2,
-        downsample_layer=PatchMergingV2,
-    ),
+    "swin": lambda: _swin(),
+    "swin_v2": lambda: _swin(block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2),
     "maxvit": lambda: MaxVit(
         input_size=(32, 32),
         stem_channels=8,
