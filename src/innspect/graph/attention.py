@@ -339,11 +339,10 @@ def inline_exported_attention(gm: torch.fx.GraphModule) -> None:
             tensors.append(mask)
         body = torch.fx.Tracer().trace(call)
         placeholders = [n for n in body.nodes if n.op == "placeholder"]
-        before = set(gm.graph.nodes)
+        for written in body.nodes:
+            written.meta[WRITTEN_OUT] = True  # graph_copy copies meta with each node
         with gm.graph.inserting_before(node):
             result = gm.graph.graph_copy(body, dict(zip(placeholders, tensors, strict=True)))
-        for new in set(gm.graph.nodes) - before:
-            new.meta[WRITTEN_OUT] = True
         node.replace_all_uses_with(result)
         gm.graph.erase_node(node)
         found = True
