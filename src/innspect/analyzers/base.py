@@ -382,6 +382,13 @@ class Analyzer:
         """The per-call target, else the analyzer's."""
         return self.target if target is None else check_target(target)
 
+    def _call_target(self, neuron_selection: Any, target: Any) -> Any:
+        """The call's target (per call, else the analyzer's), checked against the call's
+        neuron selection: the first step of every ``_explain``."""
+        target = self._target(target)
+        self._check_selection_arguments(neuron_selection, target)
+        return target
+
     def _check_selection_arguments(self, neuron_selection: Any, target: Any = None) -> None:
         if target is not None:
             if neuron_selection is not None or self.neuron_selection_mode != "max_activation":
@@ -620,8 +627,7 @@ class ReverseAnalyzer(Analyzer):
         self, inputs: ModelInputs | torch.Tensor, neuron_selection: Any, target: Any = None
     ) -> Explanation:
         inputs = self._inputs(inputs)
-        target = self._target(target)
-        self._check_selection_arguments(neuron_selection, target)
+        target = self._call_target(neuron_selection, target)
         graph = self.graph(inputs)
         return self._explain_feed(graph, graph.feed(inputs.values), neuron_selection, target)
 

@@ -148,9 +148,7 @@ class DeepLIFT(ReverseAnalyzer):
         its input; default: ``reference_inputs`` for every attributed input). ``checked``:
         the neuron selection was checked by the caller (DeepLiftShap)."""
         inputs = self._inputs(inputs)
-        target = self._target(target)
-        if not checked:
-            self._check_selection_arguments(neuron_selection, target)
+        target = self._target(target) if checked else self._call_target(neuron_selection, target)
         graph = self.graph(inputs)
         feed = graph.feed(inputs.values)
         self._check_input_shapes(graph, feed)
@@ -296,8 +294,7 @@ class DeepLiftShap(Analyzer):
         self, inputs: ModelInputs | torch.Tensor, neuron_selection: Any, target: Any = None
     ) -> Explanation:
         inputs = self._inputs(inputs)
-        target = self._target(target)
-        self._check_selection_arguments(neuron_selection, target)
+        target = self._call_target(neuron_selection, target)
         refs = self.references
         if refs is None:
             raise InputError(

@@ -167,8 +167,7 @@ class GradientBaseline(Analyzer):
     def _explain(
         self, inputs: ModelInputs, neuron_selection: Any, target: Any = None
     ) -> Explanation:
-        target = self._target(target)
-        self._check_selection_arguments(neuron_selection, target)
+        target = self._call_target(neuron_selection, target)
         names = self._attributed_inputs(inputs)
         if not self._checked:
             # The same output-activation refusal as the engine's analyzers.

@@ -17,7 +17,7 @@ class _OutputFree(Analyzer):
     def _explain(
         self, inputs: ModelInputs, neuron_selection: Any, target: Any = None
     ) -> Explanation:
-        self._check_selection_arguments(neuron_selection, self._target(target))
+        self._call_target(neuron_selection, target)
         given = inputs.by_name()
         attributions = {
             name: self._compute(given[name]) for name in self._attributed_inputs(inputs)

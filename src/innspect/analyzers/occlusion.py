@@ -174,8 +174,7 @@ class Occlusion(Analyzer):
         self, inputs: ModelInputs | torch.Tensor, neuron_selection: Any, target: Any = None
     ) -> Explanation:
         inputs = self._inputs(inputs)
-        target = self._target(target)
-        self._check_selection_arguments(neuron_selection, target)
+        target = self._call_target(neuron_selection, target)
         engine = self._engine()
         graph = engine.graph(inputs)
         feed = graph.feed(inputs.values)

@@ -72,8 +72,7 @@ class _GradientAverage(Analyzer):
     def _explain(
         self, inputs: ModelInputs, neuron_selection: Any, target: Any = None
     ) -> Explanation:
-        target = self._target(target)
-        self._check_selection_arguments(neuron_selection, target)
+        target = self._call_target(neuron_selection, target)
         gradient = self._gradient
         graph = gradient.graph(inputs)
         feed = graph.feed(inputs.values)
