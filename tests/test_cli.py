@@ -350,7 +350,8 @@ def test_overlay_maps_the_attribution_back_through_resize_and_crop(tmp_path):
 
 
 def test_torchvision_defaults_to_imagenet_preprocessing_and_names_classes(tmp_path, capsys):
-    torchvision = pytest.importorskip("torchvision")
+    import torchvision  # the test extra installs it: missing, the test fails
+
     _photo(tmp_path / "photo.png", (64, 48))
     model = torchvision.models.get_model("squeezenet1_1", weights=None)
     weights = tmp_path / "squeezenet.pt"

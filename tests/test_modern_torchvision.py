@@ -12,21 +12,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import innspect
-from innspect.errors import UnsupportedNodeError
-from innspect.graph.graph import ModelGraph
-
-torchvision = pytest.importorskip("torchvision")  # in the test extra: never missing in CI
-from torchvision.models import convnext_tiny, efficientnet_b0, mobilenet_v3_small  # noqa: E402
-from torchvision.models.maxvit import MaxVit  # noqa: E402
-from torchvision.models.regnet import BlockParams, RegNet  # noqa: E402
-from torchvision.models.swin_transformer import (  # noqa: E402
+import torchvision  # the test extra installs it: missing, the suite fails
+from torchvision.models import convnext_tiny, efficientnet_b0, mobilenet_v3_small
+from torchvision.models.maxvit import MaxVit
+from torchvision.models.regnet import BlockParams, RegNet
+from torchvision.models.swin_transformer import (
     PatchMergingV2,
     SwinTransformer,
     SwinTransformerBlockV2,
 )
-from torchvision.models.vision_transformer import VisionTransformer  # noqa: E402
+from torchvision.models.vision_transformer import VisionTransformer
+
+import innspect
+from innspect.errors import UnsupportedNodeError
+from innspect.graph.graph import ModelGraph
 
 
 def _regnet_y() -> torch.nn.Module:

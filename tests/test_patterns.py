@@ -240,7 +240,8 @@ def test_dummy_patterns_give_the_gradient_times_the_output() -> None:
 
 
 def _small_resnet() -> nn.Module:
-    torchvision = pytest.importorskip("torchvision")
+    import torchvision  # the test extra installs it: missing, the test fails
+
     model = torchvision.models.resnet18(num_classes=4)
     model.eval()
     with torch.no_grad():  # non-trivial BatchNorm statistics, so folding matters
