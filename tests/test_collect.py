@@ -13,8 +13,10 @@ from torch import nn
 
 from innspect.data import iter_batches, num_batches
 from innspect.engine import Statistics, collect
+from innspect.engine.forward import run_forward
 from innspect.engine.reducers import Count, Mean, MinMax, Moments, Sum
 from innspect.errors import InputError
+from innspect.graph.graph import ModelGraph
 
 
 def _cnn() -> nn.Module:
@@ -88,6 +90,23 @@ def test_one_pass_equals_two_merged_halves_and_the_concatenated_statistic() -> N
         if (pred == c).any():
             np.testing.assert_array_equal(res["min_max"]["max"][c], act[pred == c].max(0))
             np.testing.assert_array_equal(res["min_max"]["min"][c], act[pred == c].min(0))
+
+
+def test_observed_values_survive_the_freeing_forward() -> None:
+    """The pass frees what it does not observe and runs ReLUs in place where nothing else
+    reads their input; an observed pre-ReLU value must keep its negative entries."""
+    model, (X, _) = _cnn(), _data(12)
+    pre_relu = model[0](X).detach()
+    assert (pre_relu < 0).any()
+    stats = collect(model, X, ["0"], Mean(), batch_size=12).results()["0"]["mean"]
+    np.testing.assert_allclose(stats, pre_relu.mean(0).numpy(), rtol=1e-12, atol=1e-15)
+
+    graph = ModelGraph(model, X[:1])
+    observed = {graph.by_name["0"].node}
+    record = run_forward(graph, X, keep=observed)
+    kept = {n for n in record.values if isinstance(record.values[n], torch.Tensor)}
+    assert kept == observed | set(graph.output_nodes) | set(graph.source_nodes)
+    torch.testing.assert_close(record.values[graph.by_name["0"].node], pre_relu)
 
 
 def test_save_load_round_trip_then_merge(tmp_path) -> None:

@@ -281,7 +281,11 @@ def _observe(
     with GRAPH_LOCK.shared(), torch.set_grad_enabled(gradients):
         if gradients:
             x = x.detach().requires_grad_(x.is_floating_point())
-        record = run_forward(graph, x, keep=True, global_autograd=gradients)
+        # Only the observed nodes (and the inputs and extra nodes their observations carry)
+        # outlive their last use: the pass allocates what a plain forward does.
+        observed = {i.node for i in infos} | {i.node for i in needs.values()}
+        observed |= {n for i in infos for n in i.signal_inputs}
+        record = run_forward(graph, x, keep=observed, global_autograd=gradients)
         values = record.values
         output = record.output(graph)
         grads: dict[str, torch.Tensor | None] = {}

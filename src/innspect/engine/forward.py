@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,7 +91,7 @@ def run_forward(
     x: torch.Tensor | dict[fx.Node, Any],
     autograd_nodes: set[fx.Node] | frozenset = frozenset(),
     *,
-    keep: bool = True,
+    keep: bool | Collection[fx.Node] = True,
     global_autograd: bool = False,
 ) -> ForwardRecord:
     """Run ``graph`` on ``x`` once.
@@ -107,7 +108,9 @@ def run_forward(
         without autograd bookkeeping.
     keep
         Keep every node's output (what the reverse walk reads). False frees each value after
-        its last use, like a plain forward, and keeps only the output.
+        its last use, like a plain forward, and keeps only the output. A collection of
+        nodes: free like False, but keep these nodes' outputs (what a statistics pass
+        observes) and never overwrite them in place.
     global_autograd
         Record one autograd graph through the whole pass (for a plain gradient from the
         output to the attributed nodes: given inputs must then require grad, computed
@@ -124,10 +127,16 @@ def run_forward(
     # keep=False frees every value after its last use (droppable None); keep=True keeps
     # every value except, without global autograd, the ReLU outputs it can rebuild.
     droppable: set[fx.Node] | None = None
-    if keep:
+    kept: Collection[fx.Node] = ()
+    if keep is True:
         droppable = set() if global_autograd else rematerialisable(graph, autograd_nodes)
-    # Without a record, ReLUs whose input nobody else reads run in place (no allocation).
-    inplace = graph.inplace_relus() if not keep else set()
+    elif keep is not False:
+        kept = set(keep)
+    # Without a record, ReLUs whose input nobody else reads run in place (no allocation);
+    # never over a kept value.
+    inplace: set[fx.Node] = set()
+    if keep is not True:
+        inplace = {n for n in graph.inplace_relus() if n.all_input_nodes[0] not in kept}
     for info in graph.nodes:
         node = info.node
         if node in feed:
@@ -166,7 +175,8 @@ def run_forward(
                 values[node] = value.detach().requires_grad_(True)
         for done in free_after.get(node, ()):
             if droppable is None:
-                del values[done]
+                if done not in kept:
+                    del values[done]
             elif done in droppable:
                 del values[done]
                 values.recompute[done] = done.all_input_nodes[0]
