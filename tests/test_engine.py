@@ -321,6 +321,43 @@ def test_project_bottleneck_scales_bottleneck_signals_into_range() -> None:
     assert not torch.allclose(kept["branch"], plain.relevances["branch"])
 
 
+@pytest.mark.parametrize("name", ["gradient", "lrp.epsilon", "deconvnet"])
+def test_projection_skips_a_kernel_fused_with_its_activation_and_no_result_changes(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel read only by its ReLU is projected once, at the ReLU (a Keras layer with
+    ``activation=``); with the symmetric default range the result equals projecting at
+    every bottleneck, since the projection is a positive per-sample scaling."""
+    from innspect.engine import reverse
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 5),
+    ).double()
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    graph = ModelGraph(model, x[:1])
+    kernels = {i.node for i in graph.nodes if i.kind is Kind.LINEAR}
+    skipped = graph.bottleneck_nodes() - reverse.projection_nodes(graph)
+    assert skipped and skipped <= kernels
+
+    def attribution(projection: tuple[float, float]) -> torch.Tensor:
+        options = {"reverse_project_bottleneck_layers": projection}
+        return innspect.create_analyzer(name, model, **options).explain(x).attribution
+
+    fused = {r: attribution(r) for r in ((-1.0, 1.0), (0.0, 1.0))}
+    monkeypatch.setattr(reverse, "projection_nodes", lambda g: g.bottleneck_nodes())
+    everywhere = {r: attribution(r) for r in ((-1.0, 1.0), (0.0, 1.0))}
+    symmetric = (-1.0, 1.0)
+    torch.testing.assert_close(fused[symmetric], everywhere[symmetric], rtol=1e-12, atol=1e-14)
+    # an offset range is not a scaling: there the skipped projections show
+    assert not torch.allclose(fused[(0.0, 1.0)], everywhere[(0.0, 1.0)])
+
+
 def test_float64_and_float32_follow_the_model() -> None:
     x = np.random.default_rng(0).normal(size=(2, 6))
     assert innspect.create_analyzer("gradient", mlp().double()).analyze(x).dtype == np.float64

@@ -29,7 +29,7 @@ from innspect.analyzers.io import (
 )
 from innspect.analyzers.options import check_flag, check_range
 from innspect.analyzers.plan import Plan, build_plan
-from innspect.data import model_device_dtype
+from innspect.data import all_finite, model_device_dtype
 from innspect.engine.forward import ForwardRecord, run_forward
 from innspect.engine.reverse import Mapping, ReverseOptions, ReverseResult, reverse_walk
 from innspect.engine.strategy import DEFAULT_STRATEGY, EngineStrategy, computes_gradient, realize
@@ -248,7 +248,7 @@ class Analyzer:
         if self.allow_nonfinite:
             return
         for name, attribution in explanation.attributions.items():
-            if not attribution.is_floating_point() or bool(torch.isfinite(attribution).all()):
+            if all_finite(attribution):
                 continue
             n_nan = int(torch.isnan(attribution).sum())
             n_inf = int((~torch.isfinite(attribution)).sum()) - n_nan
