@@ -191,6 +191,30 @@ def test_pattern_formula_equals_innvestigate_transcription() -> None:
         np.testing.assert_allclose(patterns[name], expected, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("block", [7, 1 << 20])
+def test_dense_statistics_added_block_by_block_equal_the_explicit_sums(
+    block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large sums are added a block at a time (rows of a dense kernel, slices of any sum):
+    with blocks that divide nothing, the sums are the explicit ones."""
+    from innspect.tools import patterns as patterns_module
+
+    monkeypatch.setattr(patterns_module, "_BLOCK_ELEMENTS", block)
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(13, 9), nn.ReLU(), nn.Linear(9, 4)).double()
+    X = torch.randn(20, 13, dtype=torch.float64)
+    computer = PatternComputer(model, "relu")
+    computer.compute(X, batch_size=6)
+    s = computer.statistics["0"]["pattern"].state()
+    y = (X @ model[0].weight.T).detach().numpy()
+    mask = (y + model[0].bias.detach().numpy() > 0).astype(np.float64)
+    x = X.numpy()
+    np.testing.assert_allclose(s["count"], mask.sum(0), rtol=0)
+    np.testing.assert_allclose(s["sum_y"], y.sum(0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(s["sum_x"], mask.T @ x, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(s["sum_xy"], (y * mask).T @ x, rtol=1e-12, atol=1e-12)
+
+
 def test_one_pass_equals_merged_halves_and_resumed_files(tmp_path) -> None:
     model = FunctionalNet().double()
     X = torch.randn(24, 3, 8, 8, dtype=torch.float64)

@@ -46,6 +46,8 @@ from innspect.graph.linear_ops import LinearOp
 
 PATTERN_TYPES = ("linear", "relu", "relu.positive", "relu.negative", "dummy")
 _FIELDS = ("count", "count_all", "sum_x", "sum_y", "sum_xy")
+# Elements per block when large sums are added to (a float32 block of 4 MiB stays in cache).
+_BLOCK_ELEMENTS = 1 << 20
 
 
 def safe_divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -153,8 +155,11 @@ class PatternStatistics(Reducer):
                 f"node '{obs.name}': its activation output has shape {tuple(activated.shape)}, "
                 f"the layer's {tuple(z.shape)}; patterns need an element-wise activation"
             )
-        mask = activated > 0 if self.pattern_type in ("relu", "relu.positive") else activated <= 0
-        return mask.to(z.dtype)
+        # the comparison written straight into a float tensor (no bool mask, then a copy)
+        mask = torch.empty_like(z)
+        if self.pattern_type in ("relu", "relu.positive"):
+            return torch.gt(activated, 0, out=mask)
+        return torch.le(activated, 0, out=mask)
 
     def update(self, obs: Observation) -> None:
         op = self.op
@@ -169,26 +174,57 @@ class PatternStatistics(Reducer):
         x = obs.inputs[0].to(dtype)
         z = obs.output.to(dtype)
         axis = self.output_axis % z.dim()
-        y = z
-        if op.bias is not None:  # y = x W without bias: the recorded output minus the bias
-            y = z - op.bias_broadcast(op.bias.detach().to(dtype), z)
-        mask = self._mask(obs, z)
         others = [d for d in range(z.dim()) if d != axis]
-        weight_gradient = op.weight_gradient or _autograd_weight_gradient(op)
-        self._add("count", mask.sum(dim=others))
         per_neuron = z.numel() // z.shape[axis]
         self._add("count_all", torch.full((z.shape[axis],), per_neuron, dtype=torch.float64))
+        # y = x W without bias: the recorded output minus the bias (a fresh tensor, so the
+        # masking below can run in place)
+        y = z - op.bias_broadcast(op.bias.detach().to(dtype), z) if op.bias is not None else z
         self._add("sum_y", y.sum(dim=others))
-        self._add("sum_x", weight_gradient(x, mask))
-        self._add("sum_xy", weight_gradient(x, y * mask))
+        mask = self._mask(obs, z)
+        self._add("count", mask.sum(dim=others))
+        self._add_weight_gradient("sum_x", x, mask)
+        masked = y.mul_(mask) if y is not z else y * mask
+        del mask, y
+        self._add_weight_gradient("sum_xy", x, masked)
+
+    def _add_weight_gradient(self, name: str, x: torch.Tensor, signal: torch.Tensor) -> None:
+        """Add ``op.weight_gradient(x, signal)`` to the float64 sum ``name``.
+
+        A dense layer's gradient ``signal^T x`` is computed and added a block of output
+        rows at a time: VGG16's first classifier layer has a 4096 x 25088 weight, and the
+        whole product, then its float64 copy (CPU promotes mixed-dtype operands by copying),
+        cost more than the convolutions' statistics.
+        """
+        op = self.op
+        assert op is not None
+        if op.extras.get("output_axis") == -1 and op.weight.dim() == 2:
+            rows = signal.reshape(-1, signal.shape[-1])
+            inputs = x.reshape(-1, x.shape[-1])
+            total = self.sums.get(name)
+            if total is None:
+                total = self.sums[name] = torch.zeros(
+                    (rows.shape[1], inputs.shape[1]), dtype=torch.float64, device=x.device
+                )
+            step = max(1, _BLOCK_ELEMENTS // max(1, inputs.shape[1]))
+            for start in range(0, rows.shape[1], step):
+                block = rows[:, start : start + step].T.matmul(inputs)
+                total[start : start + step].add_(block.to(total.device))
+            return
+        weight_gradient = op.weight_gradient or _autograd_weight_gradient(op)
+        self._add(name, weight_gradient(x, signal))
 
     def _add(self, name: str, value: torch.Tensor) -> None:
         value = value.detach()
-        if name in self.sums:
-            # in place, promoting to float64 on the fly: no float64 copy of a large kernel
-            self.sums[name].add_(value.to(self.sums[name].device))
-        else:
+        if name not in self.sums:
             self.sums[name] = value.to(torch.float64, copy=True)
+            return
+        # Block by block: adding float32 into float64 makes a float64 copy of the operand on
+        # CPU, which for a large kernel is a fresh allocation as large as the sum.
+        total = self.sums[name].view(-1)
+        flat = value.to(total.device).reshape(-1)
+        for start in range(0, total.numel(), _BLOCK_ELEMENTS):
+            total[start : start + _BLOCK_ELEMENTS].add_(flat[start : start + _BLOCK_ELEMENTS])
 
     def merge(self, other: Reducer) -> PatternStatistics:
         self._check_same(other)
