@@ -294,6 +294,27 @@ class ResidualNet(nn.Module):
         return self.fc(b.flatten(1))
 
 
+def test_freeing_forward_adds_in_place_and_leaves_inputs_and_observed_values_alone() -> None:
+    """Without a record, ``a + branch(a)`` is written into the branch's output (read by the
+    addition only), as a ResNet's ``out += identity``: the same output to the bit, the
+    caller's input untouched, and a term a statistics pass observes never overwritten."""
+    torch.manual_seed(0)
+    model = ResidualNet().eval()
+    x = torch.randn(4, 3, 8, 8)
+    graph = ModelGraph(model, x[:1])
+    add, branch = graph.by_name["add"].node, graph.by_name["branch"].node
+    assert graph.inplace_adds() == {add: 1}
+    given = x.clone()
+    with torch.no_grad():
+        expected = model(x)
+        output = run_forward(graph, x, keep=False).output(graph)
+        assert torch.equal(output, expected) and torch.equal(x, given)
+        record = run_forward(graph, x, keep={branch})
+        stem = torch.relu(model.stem(x))
+        assert torch.equal(record.values[branch], model.branch(stem))
+        assert torch.equal(record.output(graph), expected)
+
+
 def test_bottlenecks_are_the_nodes_every_path_passes_through() -> None:
     graph = ModelGraph(ResidualNet())
     names = {graph.infos[n].name for n in graph.bottleneck_nodes()}

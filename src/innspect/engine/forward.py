@@ -135,8 +135,15 @@ def run_forward(
     # Without a record, ReLUs whose input nobody else reads run in place (no allocation);
     # never over a kept value.
     inplace: set[fx.Node] = set()
+    inplace_adds: dict[fx.Node, int] = {}
     if keep is not True:
         inplace = {n for n in graph.inplace_relus() if n.all_input_nodes[0] not in kept}
+        # additions overwrite a term no autograd graph holds and nobody reads later
+        inplace_adds = {
+            n: i
+            for n, i in graph.inplace_adds().items()
+            if n.args[i] not in kept and n.args[i] not in autograd_nodes and n.args[i] not in feed
+        }
     for info in graph.nodes:
         node = info.node
         if node in feed:
@@ -158,6 +165,8 @@ def run_forward(
             with torch.set_grad_enabled(local):
                 if node in inplace:  # only without a local autograd graph (keep=False)
                     values[node] = torch.relu_(values[node.all_input_nodes[0]])
+                elif node in inplace_adds and not local:
+                    values[node] = _add_in_place(info, values, inplace_adds[node])
                 else:
                     values[node] = run_node(info, values, leaves)
         except NotAnalyzableModelError:
@@ -181,6 +190,24 @@ def run_forward(
                 del values[done]
                 values.recompute[done] = done.all_input_nodes[0]
     return record
+
+
+def _add_in_place(info: NodeInfo, values: dict[fx.Node, Any], position: int) -> Any:
+    """``a + b`` written into the term at ``position`` when it has the result's shape, dtype
+    and device (an allocation less, as a ResNet's ``out += identity``); else ``a + b``.
+    Addition commutes exactly, so either term may receive the sum."""
+    node = info.node
+    term, other = values[node.args[position]], values[node.args[1 - position]]
+    if (
+        isinstance(term, torch.Tensor)
+        and isinstance(other, torch.Tensor)
+        and not term.requires_grad
+        and term.device == other.device
+        and term.dtype == torch.result_type(term, other)
+        and term.shape == torch.broadcast_shapes(term.shape, other.shape)
+    ):
+        return term.add_(other)
+    return run_node(info, values)
 
 
 def autograd_leaves(values: dict[fx.Node, Any], info: NodeInfo) -> list[torch.Tensor | None]:

@@ -344,6 +344,7 @@ class ModelGraph:
         self.by_name: dict[str, NodeInfo] = {info.name: info for info in self.nodes}
         self._bottlenecks: set[fx.Node] | None = None
         self._inplace_relus: set[fx.Node] | None = None
+        self._inplace_adds: dict[fx.Node, int] | None = None
         self.free_after = _last_uses(self.nodes, set(self.output_nodes) | sources)
         self._nonnegative: dict[fx.Node, bool] = {}
 
@@ -485,6 +486,43 @@ class ModelGraph:
                 ):
                     self._inplace_relus.add(info.node)
         return self._inplace_relus
+
+    def inplace_adds(self) -> dict[fx.Node, int]:
+        """Additions a freeing forward may run in place, as ``out += identity`` in a ResNet
+        block does: add node -> the position (0 or 1) of the term it may overwrite.
+
+        The term must be read by this addition only and come from a layer that always
+        allocates its output (linear, batchnorm, a sum), so that it aliases nothing else;
+        outputs and attributed nodes are never overwritten. Whether shapes and dtypes allow
+        it, and that no autograd graph holds the term, is checked when the forward runs.
+        """
+        if self._inplace_adds is None:
+            self._inplace_adds = {}
+            kept = set(self.output_nodes) | set(self.source_nodes)
+            for info in self.nodes:
+                node = info.node
+                if (
+                    not is_sum(node)
+                    or op_name(node).rstrip("_") != "add"
+                    or len(node.args) != 2
+                    or node.kwargs
+                    or node in kept
+                ):
+                    continue
+                for position, term in enumerate(node.args):
+                    source = self.infos.get(term) if isinstance(term, fx.Node) else None
+                    if (
+                        source is not None
+                        and len(term.users) == 1
+                        and term not in kept
+                        and (
+                            source.kind in (Kind.LINEAR, Kind.BATCHNORM)
+                            or (source.kind is Kind.LINEAR_NO_PARAM and is_sum(term))
+                        )
+                    ):
+                        self._inplace_adds[node] = position
+                        break
+        return self._inplace_adds
 
     def bottleneck_nodes(self) -> set[fx.Node]:
         """Nodes that every path from the input to the output passes through."""
