@@ -48,6 +48,12 @@ def all_finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(tensor).all())
 
 
+def nonfinite_counts(tensor: torch.Tensor) -> tuple[int, int]:
+    """``(NaN entries, infinite entries)`` of a tensor, for error messages."""
+    n_nan = int(torch.isnan(tensor).sum())
+    return n_nan, int((~torch.isfinite(tensor)).sum()) - n_nan
+
+
 def model_device_dtype(model: torch.nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
     """Device and floating dtype of the model's first parameter or buffer (None if none):
     where and in which precision batches for the model go."""
@@ -139,10 +145,9 @@ def as_tensor(
     if tensor.is_floating_point() and dtype is not None and tensor.dtype != dtype:
         tensor = tensor.to(dtype)
     if not all_finite(tensor):
-        n_nan = int(torch.isnan(tensor).sum())
+        n_nan, n_inf = nonfinite_counts(tensor)
         raise InputError(
-            f"{what} contains {n_nan} NaN and {int((~torch.isfinite(tensor)).sum()) - n_nan} infinite "
-            "values; clean or impute them first"
+            f"{what} contains {n_nan} NaN and {n_inf} infinite values; clean or impute them first"
         )
     return tensor
 

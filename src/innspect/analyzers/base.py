@@ -29,7 +29,7 @@ from innspect.analyzers.io import (
 )
 from innspect.analyzers.options import check_flag, check_range
 from innspect.analyzers.plan import Plan, build_plan
-from innspect.data import all_finite, model_device_dtype
+from innspect.data import all_finite, model_device_dtype, nonfinite_counts
 from innspect.engine.forward import ForwardRecord, run_forward
 from innspect.engine.reverse import Mapping, ReverseOptions, ReverseResult, reverse_walk
 from innspect.engine.strategy import DEFAULT_STRATEGY, EngineStrategy, computes_gradient, realize
@@ -250,8 +250,7 @@ class Analyzer:
         for name, attribution in explanation.attributions.items():
             if all_finite(attribution):
                 continue
-            n_nan = int(torch.isnan(attribution).sum())
-            n_inf = int((~torch.isfinite(attribution)).sum()) - n_nan
+            n_nan, n_inf = nonfinite_counts(attribution)
             raise NonFiniteRelevanceError(
                 f"{self.name}: the attribution of {name!r} has {n_nan} NaN and {n_inf} infinite "
                 f"values (of {attribution.numel()}): the model's output or its gradient is not "

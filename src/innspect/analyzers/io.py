@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from innspect.data import all_finite, nonfinite_counts
 from innspect.errors import InputError, OutputSelectionError
 from innspect.graph.capture import CallSpec, bind_call
 
@@ -221,15 +222,12 @@ def to_tensor(
             f"{what} must be a batch (first axis = samples) with at least one sample, got "
             f"shape {tuple(x.shape)}; for a single sample use X[None]"
         )
-    if x.is_floating_point():
-        finite = torch.isfinite(x)
-        if not bool(finite.all()):
-            n_nan = int(torch.isnan(x).sum())
-            n_inf = int((~finite).sum()) - n_nan
-            raise InputError(
-                f"{what} contains {n_nan} NaN and {n_inf} infinite values; clean or impute "
-                "them before analysis"
-            )
+    if not all_finite(x):
+        n_nan, n_inf = nonfinite_counts(x)
+        raise InputError(
+            f"{what} contains {n_nan} NaN and {n_inf} infinite values; clean or impute "
+            "them before analysis"
+        )
     return x, was_numpy
 
 

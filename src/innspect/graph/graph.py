@@ -474,16 +474,7 @@ class ModelGraph:
                     or info.node in kept
                 ):
                     continue
-                source = self.infos.get(sources[0])
-                if (
-                    source is not None
-                    and len(source.node.users) == 1
-                    and source.node not in kept
-                    and (
-                        source.kind in (Kind.LINEAR, Kind.BATCHNORM)
-                        or (source.kind is Kind.LINEAR_NO_PARAM and is_sum(source.node))
-                    )
-                ):
+                if _overwritable(self.infos.get(sources[0]), kept):
                     self._inplace_relus.add(info.node)
         return self._inplace_relus
 
@@ -510,16 +501,7 @@ class ModelGraph:
                 ):
                     continue
                 for position, term in enumerate(node.args):
-                    source = self.infos.get(term) if isinstance(term, fx.Node) else None
-                    if (
-                        source is not None
-                        and len(term.users) == 1
-                        and term not in kept
-                        and (
-                            source.kind in (Kind.LINEAR, Kind.BATCHNORM)
-                            or (source.kind is Kind.LINEAR_NO_PARAM and is_sum(term))
-                        )
-                    ):
+                    if isinstance(term, fx.Node) and _overwritable(self.infos.get(term), kept):
                         self._inplace_adds[node] = position
                         break
         return self._inplace_adds
@@ -586,6 +568,21 @@ def _refine_kind(kind: Kind, node: fx.Node, n_args: int, n_dependent: int) -> Ki
 
 _KEEPS_ACTIVATION = {Kind.IDENTITY, Kind.SCALE, Kind.REARRANGE}
 _SIGN_PRESERVING = {Kind.MAX_POOL, Kind.REARRANGE, Kind.IDENTITY, Kind.LINEAR_NO_PARAM}
+
+
+def _overwritable(source: NodeInfo | None, kept: set[fx.Node]) -> bool:
+    """Whether a freeing forward may overwrite ``source``'s output in its one reader: it has
+    one reader, is not kept, and comes from a layer that always allocates its output and
+    whose autograd backward does not read it (linear, batchnorm, a sum)."""
+    return (
+        source is not None
+        and len(source.node.users) == 1
+        and source.node not in kept
+        and (
+            source.kind in (Kind.LINEAR, Kind.BATCHNORM)
+            or (source.kind is Kind.LINEAR_NO_PARAM and is_sum(source.node))
+        )
+    )
 
 
 def bottlenecks_in_order(

@@ -61,6 +61,11 @@ class LinearOp:
         b = self.bias if isinstance(bias, str) else bias
         return self.forward(x, w, b)
 
+    @property
+    def is_dense(self) -> bool:
+        """A dense layer: weight ``(out, in)``, outputs on the last axis (Linear, any rank)."""
+        return self.extras.get("output_axis") == -1 and self.weight.dim() == 2
+
     def output_blocks(self, max_bytes: int) -> list[tuple[slice, LinearOp]] | None:
         """The op split by output units into pieces whose weight fits ``max_bytes``.
 
@@ -70,7 +75,7 @@ class LinearOp:
         and a modified copy of the weight (W+, W-) is then made one piece at a time.
         """
         weight = self.weight
-        if self.extras.get("output_axis") != -1 or weight.dim() != 2:
+        if not self.is_dense:
             return None
         row_bytes = weight.shape[1] * weight.element_size()
         if row_bytes * weight.shape[0] <= max_bytes:

@@ -191,28 +191,24 @@ class PatternStatistics(Reducer):
     def _add_weight_gradient(self, name: str, x: torch.Tensor, signal: torch.Tensor) -> None:
         """Add ``op.weight_gradient(x, signal)`` to the float64 sum ``name``.
 
-        A dense layer's gradient ``signal^T x`` is computed and added a block of output
-        rows at a time: VGG16's first classifier layer has a 4096 x 25088 weight, and the
-        whole product, then its float64 copy (CPU promotes mixed-dtype operands by copying),
-        cost more than the convolutions' statistics.
+        A dense layer's gradient is computed and added a block of output units at a time:
+        VGG16's first classifier layer has a 4096 x 25088 weight, and the whole product,
+        then its float64 copy (CPU promotes mixed-dtype operands by copying), cost more than
+        the convolutions' statistics.
         """
         op = self.op
         assert op is not None
-        if op.extras.get("output_axis") == -1 and op.weight.dim() == 2:
-            rows = signal.reshape(-1, signal.shape[-1])
-            inputs = x.reshape(-1, x.shape[-1])
-            total = self.sums.get(name)
-            if total is None:
-                total = self.sums[name] = torch.zeros(
-                    (rows.shape[1], inputs.shape[1]), dtype=torch.float64, device=x.device
-                )
-            step = max(1, _BLOCK_ELEMENTS // max(1, inputs.shape[1]))
-            for start in range(0, rows.shape[1], step):
-                block = rows[:, start : start + step].T.matmul(inputs)
-                total[start : start + step].add_(block.to(total.device))
+        if not op.is_dense or op.weight_gradient is None:
+            weight_gradient = op.weight_gradient or _autograd_weight_gradient(op)
+            self._add(name, weight_gradient(x, signal))
             return
-        weight_gradient = op.weight_gradient or _autograd_weight_gradient(op)
-        self._add(name, weight_gradient(x, signal))
+        if name not in self.sums:
+            self.sums[name] = torch.zeros(op.weight.shape, dtype=torch.float64, device=x.device)
+        total = self.sums[name]
+        step = max(1, _BLOCK_ELEMENTS // op.weight.shape[1])
+        for start in range(0, op.weight.shape[0], step):
+            block = op.weight_gradient(x, signal[..., start : start + step])
+            total[start : start + step].add_(block.detach().to(total.device))
 
     def _add(self, name: str, value: torch.Tensor) -> None:
         value = value.detach()
