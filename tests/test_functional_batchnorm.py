@@ -112,3 +112,26 @@ def test_torch_export_batchnorm_is_folded_and_mapped(models, method: str) -> Non
     assert _batchnorm_nodes(ours, x) in (["batch_norm"], ["BatchNorm2d"])
     expected = innspect.create_analyzer(method, plain).analyze(x)
     torch.testing.assert_close(ours.analyze(x), expected, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("exported", [False, True])
+def test_functional_folds_follow_the_model_after_a_change(models, exported: bool) -> None:
+    """F.batch_norm folds (fx and torch.export captures) are remade when the statistics or
+    the convolution change, like module folds."""
+    import copy
+
+    functional = copy.deepcopy(models[0] if not exported else models[1])
+    model = Exported(functional) if exported else functional
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    analyzer = innspect.create_analyzer("lrp.epsilon", model)
+    before = analyzer.analyze(x)
+    assert analyzer.graph(x).folds
+    with torch.no_grad():
+        functional.conv.weight.mul_(-1.5)
+        for module in functional.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_var.mul_(3)
+    after = analyzer.analyze(x)
+    expected = innspect.create_analyzer("lrp.epsilon", model).analyze(x)
+    torch.testing.assert_close(after, expected, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(after, before)

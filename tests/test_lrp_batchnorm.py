@@ -433,3 +433,77 @@ def test_zennit_composite_folds_linear_batchnorm_like_zennit() -> None:
         (expected,) = torch.autograd.grad(out, leaf, start)
     assert bool(expected.abs().sum() > 0)
     torch.testing.assert_close(ours, expected, rtol=1e-9, atol=1e-12)
+
+
+def _folding_net() -> nn.Module:
+    """A convolution and a Linear, each with a batch norm folded into it (on 2-D data)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(64, 6),
+        nn.BatchNorm1d(6),
+        nn.ReLU(),
+        nn.Linear(6, 3),
+    )
+    return randomise_batchnorm(net)  # float64
+
+
+def _sgd_step(net: nn.Module, x: torch.Tensor) -> None:
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    net(x).square().sum().backward()
+    optimizer.step()
+
+
+def _running_statistics_update(net: nn.Module, x: torch.Tensor) -> None:
+    net.train()
+    with torch.no_grad():
+        net(x * 3 + 1)
+    net.eval()
+
+
+def _load_other_weights(net: nn.Module, x: torch.Tensor) -> None:
+    other = _folding_net()
+    for module in other.modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            nn.init.normal_(module.weight)
+    net.load_state_dict(other.state_dict())
+
+
+def _new_parameters(net: nn.Module, x: torch.Tensor) -> None:
+    net[0].weight = nn.Parameter(net[0].weight.detach() * -2)  # folded
+    net[7].weight = nn.Parameter(net[7].weight.detach() * -2)  # not folded
+
+
+@pytest.mark.parametrize("method", ["lrp.epsilon", "lrp.alpha_1_beta_0", "deep_lift"])
+@pytest.mark.parametrize(
+    "change", [_sgd_step, _running_statistics_update, _load_other_weights, _new_parameters]
+)
+def test_folded_batchnorm_follows_the_model_after_a_change(method: str, change) -> None:
+    """An analyzer kept across a training step explains the model as it is now (its folded
+    copies are remade), not as it was when its graph was captured."""
+    net = _folding_net()
+    x = torch.randn(5, 3, 6, 6, dtype=torch.float64)
+    analyzer = innspect.create_analyzer(method, net)
+    before = analyzer.analyze(x)
+    graph = analyzer.graph(x)
+    assert len(graph.folds) == 2 and not graph.stale_folds()
+    change(net, x)
+    assert graph.stale_folds()
+    after = analyzer.analyze(x)
+    assert not graph.stale_folds()
+    expected = innspect.create_analyzer(method, net).analyze(x)
+    torch.testing.assert_close(after, expected, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(after, before, rtol=1e-3, atol=1e-4)
+
+
+def test_folded_layer_that_changed_shape_asks_for_a_new_analyzer() -> None:
+    net = _folding_net()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    analyzer = innspect.create_analyzer("lrp.epsilon", net)
+    analyzer.analyze(x)
+    net[1].running_mean = torch.zeros(5, dtype=torch.float64)
+    with pytest.raises(InputError, match="changed shape since the graph was captured"):
+        analyzer.analyze(x)

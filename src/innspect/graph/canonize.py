@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import operator
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,7 +20,7 @@ from torch import fx, nn
 
 from innspect.errors import InputError
 from innspect.graph.kinds import aten_name
-from innspect.graph.linear_ops import batchnorm_scale_shift, functional_batchnorm_scale_shift
+from innspect.graph.linear_ops import functional_batchnorm_scale_shift
 
 _ORIGINAL_TARGETS = "_innspect_original_targets"
 _INPLACE_OPERATORS = {
@@ -236,17 +238,94 @@ def _folded(
         return new_weight, new_bias * scale + shift
 
 
-def _fused_layer(layer: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> nn.Module:
-    """A copy of a convolution or Linear with a batch norm ``(scale, shift)`` folded in."""
-    transposed = getattr(layer, "transposed", False)
-    weight, bias = _folded(layer.weight, layer.bias, scale, shift, transposed)
+def stamp(values: Any) -> tuple:
+    """What identifies the state of the tensors in ``values`` (nested tuples, lists, dicts):
+    each tensor's object, storage and version (bumped by every in-place write but those
+    through ``.data``); other values as they are. Equal stamps: nothing changed."""
+    if isinstance(values, torch.Tensor):
+        return (id(values), values.data_ptr(), values._version)
+    if isinstance(values, tuple | list):
+        return tuple(stamp(v) for v in values)
+    if isinstance(values, dict):
+        return tuple((k, stamp(v)) for k, v in sorted(values.items(), key=lambda kv: str(kv[0])))
+    return values
+
+
+@dataclass
+class Fold:
+    """A folded weight and bias, and how to remake them when the model's tensors change.
+
+    ``read`` gives the current ``(weight, bias, batchnorm_args, batchnorm_kwargs, watched)``
+    of the layer and batch norm folded, read afresh from the graph's modules and attributes
+    (the arguments as values, in ``F.batch_norm``'s order; ``watched``: more tensors whose
+    change means the others changed). ``weight`` and ``bias`` are the folded tensors the
+    graph computes with; ``refresh`` rewrites them in place when any tensor read is another
+    object, has other storage or was written in place since (its version), so an analyzer
+    follows an optimizer step or ``load_state_dict`` instead of explaining the model as it
+    was at capture. A training-mode forward updates the running statistics without a
+    version change, but counts the batch in ``num_batches_tracked``, which is watched.
+    Writes through ``.data`` bypass versions and are not seen.
+    """
+
+    read: Callable[[], tuple[torch.Tensor, torch.Tensor | None, tuple, dict, tuple]]
+    transposed: bool
+    weight: torch.Tensor
+    bias: torch.Tensor
+    stamp: tuple = ()
+
+    def stale(self) -> bool:
+        """Whether a tensor the folded values come from changed since they were made."""
+        return stamp(self.read()) != self.stamp
+
+    def refresh(self) -> None:
+        """Remake the folded weight and bias from the model's current tensors, in place."""
+        values = self.read()
+        weight, bias, args, kwargs, _ = values
+        changed = (
+            "a layer with a batch norm folded in changed shape since the graph was captured "
+            "({}); create a new analyzer for the changed model"
+        )
+        try:
+            scale, shift = functional_batchnorm_scale_shift(args, kwargs)
+            new_weight, new_bias = _folded(weight, bias, scale, shift, self.transposed)
+        except RuntimeError as error:  # the statistics no longer match each other
+            raise InputError(changed.format(error)) from error
+        if new_weight.shape != self.weight.shape or new_bias.shape != self.bias.shape:
+            shapes = f"weight {tuple(self.weight.shape)} -> {tuple(new_weight.shape)}"
+            raise InputError(changed.format(shapes))
+        with torch.no_grad():
+            self.weight.copy_(new_weight)
+            self.bias.copy_(new_bias)
+        self.stamp = stamp(values)
+
+    @classmethod
+    def made(
+        cls,
+        read: Callable[[], tuple[torch.Tensor, torch.Tensor | None, tuple, dict, tuple]],
+        transposed: bool,
+    ) -> Fold:
+        """A fold made now from what ``read`` gives."""
+        values = read()
+        weight, bias, args, kwargs, _ = values
+        folded = _folded(weight, bias, *functional_batchnorm_scale_shift(args, kwargs), transposed)
+        return cls(read, transposed, *folded, stamp=stamp(values))
+
+
+def _batches_tracked(module: object) -> tuple:
+    """``(num_batches_tracked,)`` of a batch norm module that counts, else ``()``."""
+    counter = getattr(module, "num_batches_tracked", None)
+    return (counter,) if isinstance(counter, torch.Tensor) else ()
+
+
+def _fused_layer(layer: nn.Module, fold: Fold) -> nn.Module:
+    """A copy of a convolution or Linear computing with ``fold``'s weight and bias."""
     fused = copy.copy(layer)
     if isinstance(layer, nn.Linear):
         fused.__class__ = _FusedLinear
     # New containers on the copy, so nothing the copy holds is shared with the user's layer.
     fused._parameters = OrderedDict(
-        weight=nn.Parameter(weight, requires_grad=False),
-        bias=nn.Parameter(bias, requires_grad=False),
+        weight=nn.Parameter(fold.weight, requires_grad=False),
+        bias=nn.Parameter(fold.bias, requires_grad=False),
     )
     fused._forward_hooks = OrderedDict()
     fused._forward_pre_hooks = OrderedDict()
@@ -256,14 +335,15 @@ def _fused_layer(layer: nn.Module, scale: torch.Tensor, shift: torch.Tensor) -> 
 
 def fuse_batchnorm(
     gm: fx.GraphModule, example_input: torch.Tensor | tuple[Any, ...] | None = None
-) -> dict[str, list[str]]:
+) -> tuple[dict[str, list[str]], list[Fold]]:
     """Fold every BatchNorm that directly follows a linear layer into a copy of that layer.
 
     Convolutions (and groups=1 transposed convolutions) always fold. A Linear folds with a
     BatchNorm1d only when one forward on ``example_input`` shows its output is 2-D; the
     folded copy refuses inputs of another rank.
 
-    Returns, per new layer target, the original names of the layers folded into it.
+    Returns, per new layer target, the original names of the layers folded into it, and
+    the folds (``Fold.refresh`` remakes their values after the model's tensors change).
     The fusion is the exact eval-mode algebra: ``W' = W * s``, ``b' = (b - mean) * s + beta``
     with ``s = gamma / sqrt(var + eps)`` (iNNvestigate squares the variance and drops gamma
     from the bias; innspect does not).
@@ -271,9 +351,10 @@ def fuse_batchnorm(
     functional_batchnorm(gm)
     linear_ranks = _linear_output_ranks(gm, _linear_before_batchnorm(gm), example_input)
     fused: dict[str, list[str]] = {}
+    folds: list[Fold] = []
     for bn_node in list(gm.graph.nodes):
         if bn_node.op == "call_function" and bn_node.target is F.batch_norm:
-            _fold_functional(gm, bn_node, fused)
+            _fold_functional(gm, bn_node, fused, folds)
             continue
         producer = _fusable(gm, bn_node, linear_ranks)
         if producer is None:
@@ -281,11 +362,22 @@ def fuse_batchnorm(
         layer = gm.get_submodule(producer.target)
         bn = gm.get_submodule(bn_node.target)
         names = [original_target(gm, producer.target), original_target(gm, bn_node.target)]
-        _install(gm, producer, _fused_layer(layer, *batchnorm_scale_shift(bn)))
+        fold = Fold.made(
+            lambda layer=layer, bn=bn: (
+                layer.weight,
+                layer.bias,
+                (None, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps),
+                {},
+                _batches_tracked(bn),
+            ),
+            transposed=getattr(layer, "transposed", False),
+        )
+        folds.append(fold)
+        _install(gm, producer, _fused_layer(layer, fold))
         fused[str(producer.target)] = names[1:]
         bn_node.replace_all_uses_with(producer)
         gm.graph.erase_node(bn_node)
-    return fused
+    return fused, folds
 
 
 def functional_batchnorm(gm: fx.GraphModule) -> None:
@@ -336,15 +428,28 @@ def _attribute(gm: fx.GraphModule, arg: object) -> object:
     return value
 
 
-def _fold_functional(gm: fx.GraphModule, bn_node: fx.Node, fused: dict[str, list[str]]) -> None:
+def _fold_functional(
+    gm: fx.GraphModule, bn_node: fx.Node, fused: dict[str, list[str]], folds: list[Fold]
+) -> None:
     """Fold an ``F.batch_norm`` whose statistics are buffers into the convolution before it."""
     producer = bn_node.args[0] if bn_node.args else None
     if not isinstance(producer, fx.Node) or len(producer.users) != 1:
         return
+    bn_args, bn_kwargs = bn_node.args, dict(bn_node.kwargs)
+    # The module holding the statistics (timm's BatchNormAct2d), for its batch counter.
+    statistics = bn_args[1] if len(bn_args) > 1 else bn_kwargs.get("running_mean")
+    owner = None
+    if isinstance(statistics, fx.Node) and statistics.op == "get_attr":
+        path = str(statistics.target).rpartition(".")[0]
+        owner = gm.get_submodule(path) if path else gm
+
+    def batchnorm_values() -> tuple[tuple, dict, tuple]:
+        values = (None, *(_attribute(gm, a) for a in bn_args[1:]))
+        kwargs = {k: _attribute(gm, v) for k, v in bn_kwargs.items()}
+        return values, kwargs, _batches_tracked(owner)
+
     try:
-        values = [None] + [_attribute(gm, a) for a in bn_node.args[1:]]
-        kw_values = {k: _attribute(gm, v) for k, v in bn_node.kwargs.items()}
-        scale, shift = functional_batchnorm_scale_shift(tuple(values), kw_values)
+        scale, _ = functional_batchnorm_scale_shift(*batchnorm_values()[:2])
     except (LookupError, ValueError):
         return  # statistics computed in forward, or batch statistics: not a fixed map
     if producer.op == "call_module":
@@ -353,39 +458,53 @@ def _fold_functional(gm: fx.GraphModule, bn_node: fx.Node, fused: dict[str, list
             return
         if layer.transposed and layer.groups != 1:
             return
-        _install(gm, producer, _fused_layer(layer, scale, shift))
+        fold = Fold.made(
+            lambda: (layer.weight, layer.bias, *batchnorm_values()), transposed=layer.transposed
+        )
+        _install(gm, producer, _fused_layer(layer, fold))
         fused[str(producer.target)] = [bn_node.name]
-    elif not _fold_into_functional_conv(gm, producer, scale, shift):
-        return
+    else:
+        fold = _fold_into_functional_conv(gm, producer, scale.numel(), batchnorm_values)
+        if fold is None:
+            return
+    folds.append(fold)
     bn_node.replace_all_uses_with(producer)
     gm.graph.erase_node(bn_node)
 
 
 def _fold_into_functional_conv(
-    gm: fx.GraphModule, conv: fx.Node, scale: torch.Tensor, shift: torch.Tensor
-) -> bool:
-    """Give a functional convolution with buffer weights folded copies of them."""
+    gm: fx.GraphModule,
+    conv: fx.Node,
+    channels: int,
+    batchnorm_values: Callable[[], tuple[tuple, dict, tuple]],
+) -> Fold | None:
+    """Give a functional convolution with buffer weights folded copies of them (None where
+    it is not one)."""
     name = (
         (aten_name(conv.target) or getattr(conv.target, "__name__", ""))
         if conv.op == ("call_function")
         else ""
     )
     if name not in ("conv1d", "conv2d", "conv3d"):
-        return False
+        return None
     args = list(conv.args)
     kwargs = dict(conv.kwargs)
     if len(args) < 2:
-        return False
-    bias_arg = args[2] if len(args) > 2 else kwargs.get("bias")
+        return None
+    weight_arg, bias_arg = args[1], args[2] if len(args) > 2 else kwargs.get("bias")
     try:
-        weight, bias = _attribute(gm, args[1]), _attribute(gm, bias_arg)
+        weight = _attribute(gm, weight_arg)
+        _attribute(gm, bias_arg)
     except LookupError:
-        return False
-    if not isinstance(weight, torch.Tensor) or weight.shape[0] != scale.numel():
-        return False
-    new_weight, new_bias = _folded(weight, bias, scale, shift, transposed=False)
+        return None
+    if not isinstance(weight, torch.Tensor) or weight.shape[0] != channels:
+        return None
+    fold = Fold.made(
+        lambda: (_attribute(gm, weight_arg), _attribute(gm, bias_arg), *batchnorm_values()),
+        transposed=False,
+    )
     nodes = []
-    for part, tensor in (("weight", new_weight), ("bias", new_bias)):
+    for part, tensor in (("weight", fold.weight), ("bias", fold.bias)):
         target = f"_innspect_folded_{conv.name}_{part}"
         gm.register_buffer(target, tensor)
         with gm.graph.inserting_before(conv):
@@ -396,7 +515,7 @@ def _fold_into_functional_conv(
     else:
         kwargs["bias"] = nodes[1]
     conv.args, conv.kwargs = tuple(args), kwargs
-    return True
+    return fold
 
 
 def strip_output_activation(gm: fx.GraphModule, output_node: fx.Node) -> fx.GraphModule:

@@ -45,6 +45,7 @@ class NodeInfo:
     signal_inputs: list[fx.Node] = field(default_factory=list)  # unique input-dependent args
     fused: list[str] = field(default_factory=list)  # names of layers folded into this one
     linear_op: LinearOp | None = None
+    linear_op_stamp: tuple = ()  # canonize.stamp of the tensors linear_op was built from
 
     def describe(self) -> str:
         """'name' (Operation) for messages."""
@@ -64,7 +65,8 @@ class ModelGraph:
         torch.fx fails and torch.export is tried, and to learn whether a Linear followed by
         BatchNorm1d sees 2-D data (only then is it folded).
     fuse_batchnorm
-        Fold each BatchNorm that directly follows a linear layer into a copy of that layer.
+        Fold each BatchNorm that directly follows a linear layer into a copy of that layer;
+        ``refresh_folds`` remakes the folded values after the model's tensors change.
     call
         Which forward arguments are inputs (default: every parameter without a default).
     attribute_to
@@ -95,6 +97,7 @@ class ModelGraph:
         canonize.remove_inplace(self.module)
         canonize.addmm_as_linear(self.module)
         self.fused: dict[str, list[str]] = {}
+        self.folds: list[canonize.Fold] = []
         self._match_placeholders()
         if fuse_batchnorm:
             example = None
@@ -104,11 +107,23 @@ class ModelGraph:
                 )
                 example = self.placeholder_values(given)
             with GRAPH_LOCK.shared():  # it may run one forward
-                self.fused = canonize.fuse_batchnorm(self.module, example)
+                self.fused, self.folds = canonize.fuse_batchnorm(self.module, example)
         self.module.graph.lint()
         self.module.recompile()
         self._choose_output(output)
         self._build_infos(attribute_to)
+
+    def stale_folds(self) -> list[canonize.Fold]:
+        """The folded layers whose model tensors changed since their values were made (an
+        optimizer step, ``load_state_dict``)."""
+        return [fold for fold in self.folds if fold.stale()]
+
+    def refresh_folds(self) -> None:
+        """Remake the folded values whose model tensors changed (call before each use)."""
+        if self.folds and self.stale_folds():
+            with GRAPH_LOCK.exclusive():  # not while a pass reads the folded values
+                for fold in self.stale_folds():
+                    fold.refresh()
 
     # -- construction -------------------------------------------------------------------
     def _match_placeholders(self) -> None:
@@ -365,15 +380,26 @@ class ModelGraph:
 
     # -- queries ------------------------------------------------------------------------
     def linear_op(self, info: NodeInfo) -> LinearOp:
-        """The LinearOp of a linear or batchnorm node (built once)."""
-        if info.linear_op is None:
+        """The LinearOp of a linear or batchnorm node, built again when the layer's tensors
+        changed since (a parameter replaced; batch norm statistics, whose scale and shift
+        the op holds, written in place): see ``canonize.stamp``."""
+        if info.module is not None:
+            module = info.module
+            sources = (*module._parameters.values(), *module._buffers.values())
+            current = canonize.stamp((sources, getattr(module, "eps", None)))
+        else:
+            args, kwargs = self._functional_linear_args(info)
+            current = canonize.stamp((args, kwargs))
+        if info.linear_op is None or info.linear_op_stamp != current:
             if info.module is not None:
-                info.linear_op = linear_op_from_module(info.module)
+                op = linear_op_from_module(info.module)
             else:
-                info.linear_op = self._functional_linear_op(info)
+                op = linear_op_from_function(info.node.target, (None, *args), kwargs)
+            info.linear_op, info.linear_op_stamp = op, current
         return info.linear_op
 
-    def _functional_linear_op(self, info: NodeInfo) -> LinearOp:
+    def _functional_linear_args(self, info: NodeInfo) -> tuple[tuple, dict]:
+        """The constant arguments (weight, bias, statistics) of a functional linear node."""
         node = info.node
         if node.op != "call_function" or (
             "batch_norm" in op_name(node) and node.target is not torch.nn.functional.batch_norm
@@ -397,9 +423,7 @@ class ModelGraph:
                 value = getattr(value, part)
             return value
 
-        args = fx.node.map_arg(node.args[1:], constant)
-        kwargs = fx.node.map_arg(node.kwargs, constant)
-        return linear_op_from_function(node.target, (None, *args), kwargs)
+        return fx.node.map_arg(node.args[1:], constant), fx.node.map_arg(node.kwargs, constant)
 
     def linear_nodes(self) -> list[NodeInfo]:
         """Linear layers in execution order (the order per-layer rule lists refer to)."""
