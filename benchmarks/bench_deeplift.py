@@ -6,6 +6,9 @@ Tables measured with run.py's paired method:
 - on resnet50 (``OCCLUSION_MODELS``), ``occlusion`` (16x16 windows, stride 8, 16 windows per
   pass) and Captum's ``Occlusion`` with the same ``perturbations_per_eval``,
   against the bare forward passes occlusion needs (the same batches, no bookkeeping).
+  innspect's default (float32) passes fold batch norms and run channels-last on CPU, so the
+  table also has innspect with ``exact=True`` (the model's own operations and layout),
+  Captum given a channels-last input, and the bare passes on a channels-last batch.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ import innspect
 # Occlusion's target names resnet50 (729 windows of 16x16, stride 8, on 224x224: about 46
 # forward passes of 16 images per run); vgg16's would take four times as long.
 OCCLUSION_MODELS = ("resnet50",)
+# The occlusion table's rows, each tool in both layouts.
+OURS, OURS_EXACT = "innspect occlusion (default: folded, channels-last)", "innspect, exact=True"
+CAPTUM, CAPTUM_CHANNELS_LAST = "Captum Occlusion", "Captum Occlusion, channels-last input"
+BARE_CHANNELS_LAST = "bare forward passes, channels-last"
 
 
 def captum_peer(model: torch.nn.Module) -> torch.nn.Module:
@@ -88,27 +95,57 @@ def occlusion_rows(
     with torch.no_grad():
         target = model(x).argmax(dim=1)
 
-    def bare_forwards() -> object:
+    exact = innspect.create_analyzer(
+        "occlusion",
+        model,
+        window_shape=(3, window, window),
+        strides=(3, stride, stride),
+        batch_size=per_pass,
+        exact=True,
+    )
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+
+    def bare_forwards(layout: torch.memory_format = torch.contiguous_format) -> object:
         with torch.no_grad():
             for start in range(0, n_windows, per_pass):
-                model(x.repeat(min(per_pass, n_windows - start), 1, 1, 1))
+                batch = x.repeat(min(per_pass, n_windows - start), 1, 1, 1)
+                model(batch.contiguous(memory_format=layout))
+
+    def captum(inputs: torch.Tensor) -> object:
+        return Occlusion(model).attribute(
+            inputs,
+            sliding_window_shapes=(3, window, window),
+            strides=(3, stride, stride),
+            target=target,
+            perturbations_per_eval=per_pass,
+        )
 
     subjects = [
-        run.Subject("innspect occlusion", lambda: analyzer.analyze(x)),
-        run.Subject(
-            "Captum Occlusion",
-            lambda: Occlusion(model).attribute(
-                x,
-                sliding_window_shapes=(3, window, window),
-                strides=(3, stride, stride),
-                target=target,
-                perturbations_per_eval=per_pass,
-            ),
-            peer=True,
-        ),
+        run.Subject(OURS, lambda: analyzer.analyze(x)),
+        run.Subject(CAPTUM, lambda: captum(x), peer=True),
+        run.Subject(BARE_CHANNELS_LAST, lambda: bare_forwards(torch.channels_last)),
+        run.Subject(OURS_EXACT, lambda: exact.analyze(x)),
+        run.Subject(CAPTUM_CHANNELS_LAST, lambda: captum(channels_last), peer=True),
     ]
     reference_row = run.measure_paired(subjects, bare_forwards, repeats)
     return [reference_row] + [subject.row() for subject in subjects], n_windows
+
+
+def occlusion_summary(rows: list) -> str:
+    """The comparisons the occlusion table implies, each tool in the same layout."""
+    ratio = {row.name: row.ratio for row in rows if row.ratio is not None and not row.note}
+    pairs = [
+        ("innspect / Captum, each by default", OURS, CAPTUM),
+        ("innspect's default / Captum on a channels-last input", OURS, CAPTUM_CHANNELS_LAST),
+        ("innspect exact=True / Captum (the same operations)", OURS_EXACT, CAPTUM),
+        ("innspect's default / the bare channels-last passes", OURS, BARE_CHANNELS_LAST),
+    ]
+    found = [
+        f"{label}: {ratio[ours] / ratio[theirs]:.2f}"
+        for label, ours, theirs in pairs
+        if ours in ratio and theirs in ratio
+    ]
+    return "Ratios of the paired ratios above: " + "; ".join(found) + "."
 
 
 def section(
@@ -137,5 +174,5 @@ def section(
         table = table.replace(
             "forward+gradient (reference)", f"bare forward passes ({n_windows} windows)"
         )
-        parts.append(table)
+        parts.append(table + "\n" + occlusion_summary(rows) + "\n")
     return "\n".join(parts)

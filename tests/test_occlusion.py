@@ -123,6 +123,7 @@ def test_occlusion_mode_all_and_progress_bar() -> None:
         ({"window_shape": (2, 3, 3), "strides": (1, 4, 1)}, "never be occluded"),
         ({"window_shape": (2, 3, 3), "baseline": torch.zeros(3, 7, 9)}, "does not broadcast"),
         ({"window_shape": (0, 3, 3)}, "positive integers"),
+        ({"exact": "yes"}, "exact must be True, False or None"),
     ],
 )
 def test_bad_occlusion_options_raise_clear_errors(options: dict, message: str) -> None:
@@ -130,3 +131,67 @@ def test_bad_occlusion_options_raise_clear_errors(options: dict, message: str) -
     x = torch.randn(2, 2, 7, 9, dtype=torch.float64)
     with pytest.raises(InputError, match=message):
         innspect.create_analyzer("occlusion", model, **options).analyze(x)
+
+
+class _LayoutProbe(nn.Module):
+    """A conv net whose second convolution records whether its input was channels-last;
+    ``view=True`` flattens with ``view``, which fails on a channels-last value."""
+
+    def __init__(self, dtype: torch.dtype, view: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.first, self.second = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3)
+        self.norm = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4 * 8 * 10, 5)
+        self.view = view
+        self.channels_last: list[bool] = []
+        self.second.register_forward_pre_hook(self._record)
+        with torch.no_grad():
+            self.norm.running_mean.uniform_(-1, 1)
+            self.norm.running_var.uniform_(0.5, 2)
+        self.to(dtype).eval()
+
+    def _record(self, module: nn.Module, args: tuple) -> None:
+        self.channels_last.append(args[0].is_contiguous(memory_format=torch.channels_last))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.second(torch.relu(self.norm(self.first(x))))
+        return self.head(y.view(y.shape[0], -1) if self.view else torch.flatten(y, 1))
+
+
+def _occlusion(model: nn.Module, x: torch.Tensor, exact: bool | None) -> torch.Tensor:
+    analyzer = innspect.create_analyzer(
+        "occlusion", model, window_shape=(3, 3, 3), strides=(3, 2, 2), batch_size=7, exact=exact
+    )
+    return analyzer.analyze(x)
+
+
+def test_inexact_passes_fold_batchnorm_and_run_channels_last_on_cpu() -> None:
+    model = _LayoutProbe(torch.float32)
+    x = torch.randn(2, 3, 10, 12)
+    fast = _occlusion(model, x, None)  # float32: not exact
+    assert model.channels_last and all(model.channels_last)  # clean pass and every window
+    model.channels_last.clear()
+    exact = _occlusion(model, x, True)
+    assert model.channels_last and not any(model.channels_last)
+    # another summation order: equal to float32 rounding, and the map in the usual layout
+    torch.testing.assert_close(fast, exact, rtol=1e-5, atol=1e-5)
+    assert fast.is_contiguous() and not torch.equal(fast, torch.zeros_like(fast))
+    analyzer = innspect.create_analyzer("occlusion", model, window_shape=(3, 3, 3))
+    analyzer.analyze(x)
+    graphs = {exact: engine.graph(x) for exact, engine in analyzer._engines.items()}
+    assert list(graphs) == [False] and len(graphs[False].folds) == 1  # the batch norm folded
+    double = _LayoutProbe(torch.float64)
+    _occlusion(double, x.double(), None)  # float64: exact, so equal to the bit to Captum
+    assert double.channels_last and not any(double.channels_last)
+    double.channels_last.clear()
+    _occlusion(double, x.double(), False)
+    assert double.channels_last and all(double.channels_last)
+
+
+def test_inexact_passes_fall_back_where_the_model_fails_on_channels_last() -> None:
+    model = _LayoutProbe(torch.float32, view=True)
+    x = torch.randn(2, 3, 10, 12)
+    fast = _occlusion(model, x, False)
+    assert model.channels_last[0] and not any(model.channels_last[1:])  # one try, then exact
+    assert torch.equal(fast, _occlusion(model, x, True))

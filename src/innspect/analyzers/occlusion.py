@@ -4,14 +4,16 @@ Zeiler & Fergus 2014 (arXiv 1311.2901), with Captum's ``Occlusion`` semantics: w
 at index 0 on every axis and move by ``strides`` until the axis is covered (the last window
 on an axis may be cut off by the input's end); each input element gets the mean, over the
 windows that cover it, of ``score(x) - score(x with the window set to the baseline)``.
-Windows are evaluated ``batch_size`` at a time, as one forward pass each.
+Windows are evaluated ``batch_size`` at a time, as one forward pass each; unless ``exact``,
+the passes fold eval-mode batch norms into their convolutions and run channels-last on CPU
+(innspect.engine.layout says why).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,7 @@ from innspect.analyzers.base import Analyzer, Explanation
 from innspect.analyzers.baselines import broadcast_baseline
 from innspect.analyzers.gradient import GradientAnalyzer
 from innspect.analyzers.io import ModelInputs, target_gradient, target_rows
+from innspect.engine.layout import channels_last, channels_last_is_faster
 from innspect.errors import InputError
 from innspect.progress import progress
 
@@ -59,6 +62,14 @@ class Occlusion(Analyzer):
         Windows evaluated per forward pass (each pass holds ``batch_size`` x batch rows).
     verbose
         Show a progress bar.
+    exact
+        True: every pass runs the model's own operations in the input's layout (equal to
+        the bit to Captum's Occlusion given the same input). False: the passes fold each
+        eval-mode batch norm into the convolution before it and, on CPU, run 4-D and 5-D
+        values channels-last (oneDNN's own layout); a resnet50 pass then takes ~0.7x the
+        time, and the scores agree with exact passes to float rounding. Where the model
+        cannot run that way (a ``view`` of a channels-last value), passes are exact.
+        None (default): exact for float64 inputs, else False.
     """
 
     name = "occlusion"
@@ -72,6 +83,7 @@ class Occlusion(Analyzer):
         baseline: Any = 0.0,
         batch_size: int = 64,
         verbose: bool = False,
+        exact: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
@@ -86,7 +98,10 @@ class Occlusion(Analyzer):
         self.baseline = baseline
         self.batch_size = int(batch_size)
         self.verbose = verbose
-        self._gradient: GradientAnalyzer | None = None
+        if exact not in (None, True, False):
+            raise InputError(f"exact must be True, False or None (by dtype), got {exact!r}")
+        self.exact = exact
+        self._engines: dict[bool, GradientAnalyzer] = {}
 
     # -- geometry ---------------------------------------------------------------------------
     def windows(self, shape: Sequence[int]) -> list[tuple[slice, ...]]:
@@ -145,14 +160,16 @@ class Occlusion(Analyzer):
         return tuple(strides)
 
     # -- the analysis -------------------------------------------------------------------------
-    def _engine(self) -> GradientAnalyzer:
+    def _engine(self, exact: bool) -> GradientAnalyzer:
         """Runs the forward passes through the captured graph (several inputs, ``output=``,
-        ``attribute_to`` an inner node: the engine's own input handling)."""
-        if self._gradient is None:
-            self._gradient = GradientAnalyzer(
+        ``attribute_to`` an inner node: the engine's own input handling); not ``exact``:
+        with batch norms folded."""
+        if exact not in self._engines:
+            engine = GradientAnalyzer if exact else _FoldingEngine
+            self._engines[exact] = engine(
                 self.model, output=self.output, attribute_to=self.attribute_to
             )
-        return self._gradient
+        return self._engines[exact]
 
     def _scores(
         self,
@@ -175,10 +192,7 @@ class Occlusion(Analyzer):
     ) -> Explanation:
         inputs = self._inputs(inputs)
         target = self._call_target(neuron_selection, target)
-        engine = self._engine()
-        graph = engine.graph(inputs)
-        feed = graph.feed(inputs.values)
-        output, clean = engine._clean_pass(graph, feed)
+        engine, graph, feed, layout, (output, clean) = self._first_pass(inputs)
         n = output.shape[0]
         rows = torch.arange(n, device=output.device)
         selected = None if target is not None else self._select(output, neuron_selection)
@@ -190,10 +204,39 @@ class Occlusion(Analyzer):
             if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
                 raise InputError(f"occlusion needs floating-point values; '{name}' is {x.dtype}")
             attributions[name] = self._occlude(
-                engine, graph, feed, source, x, scores, selected, target
+                engine, graph, feed, source, x, scores, selected, target, layout
             )
         first = next(iter(attributions.values()))
         return Explanation(first, selected, scores, attributions=attributions)
+
+    def _first_pass(self, inputs: ModelInputs) -> tuple[Any, ...]:
+        """The clean pass as the occluded passes will run: the engine, its graph, the feed
+        (in the passes' layout), the layout change (None: kept), and the pass's output and
+        attributed values."""
+        exact = self.exact
+        if exact is None:
+            exact = any(
+                isinstance(v, torch.Tensor) and v.dtype == torch.float64 for v in inputs.values
+            )
+        if not exact:
+            try:
+                engine = self._engine(exact=False)
+                graph = engine.graph(inputs)
+                feed = graph.feed(inputs.values)
+                layout = (
+                    _channels_last_where_faster
+                    if any(map(channels_last_is_faster, feed.values()))
+                    else None
+                )
+                if layout is not None:
+                    feed = {node: layout(value) for node, value in feed.items()}
+                return engine, graph, feed, layout, engine._clean_pass(graph, feed)
+            except InputError:
+                pass  # the model cannot run folded or channels-last (a view of such a value)
+        engine = self._engine(exact=True)
+        graph = engine.graph(inputs)
+        feed = graph.feed(inputs.values)
+        return engine, graph, feed, None, engine._clean_pass(graph, feed)
 
     def _occlude(
         self,
@@ -205,24 +248,41 @@ class Occlusion(Analyzer):
         scores: torch.Tensor,
         selected: torch.Tensor | None,
         target: Any,
+        layout: Callable[[Any], Any] | None,
     ) -> torch.Tensor:
-        """The occlusion map of one attributed input (or node) ``source`` with value ``x``."""
+        """The occlusion map of one attributed input (or node) ``source`` with value ``x``;
+        ``layout`` changes the layout of every fed value (None: kept)."""
         windows = self.windows(x.shape[1:])
         baseline = broadcast_baseline(self.baseline, x, "baseline")
         n = x.shape[0]
-        total = torch.zeros_like(x)
+        # contiguous whatever x's layout: the map comes back in the usual layout
+        total = torch.zeros(x.shape, dtype=x.dtype, device=x.device)
         counts = torch.zeros(x.shape[1:], dtype=x.dtype, device=x.device)
+        # Every pass reads slices of the same buffers, made once, so that a pass allocates
+        # only what the model does (the engine never writes into fed values).
+        per_pass = min(self.batch_size, len(windows))
+
+        def repeated(value: Any) -> Any:
+            if not (isinstance(value, torch.Tensor) and value.dim() > 0):
+                return value
+            value = value.repeat(per_pass, *([1] * (value.dim() - 1)))
+            return value if layout is None else layout(value)
+
+        batched = {node: repeated(value) for node, value in feed.items()}
+        clean_rows = batched[source]
+        occluded_rows = torch.empty_like(clean_rows)
         starts = range(0, len(windows), self.batch_size)
         for start in progress(starts, self.verbose, total=len(starts), desc=self.name):
             chunk = windows[start : start + self.batch_size]
             k = len(chunk)
             batch = {
-                node: value.repeat(k, *([1] * (value.dim() - 1)))
-                if isinstance(value, torch.Tensor) and value.dim() > 0 and node is not source
+                node: value[: k * n]
+                if isinstance(value, torch.Tensor) and value.dim() > 0
                 else value
-                for node, value in feed.items()
+                for node, value in batched.items()
             }
-            occluded = x.repeat(k, *([1] * (x.dim() - 1)))
+            occluded = occluded_rows[: k * n]
+            occluded.copy_(clean_rows[: k * n])
             for j, window in enumerate(chunk):
                 occluded[(slice(j * n, (j + 1) * n), *window)] = baseline[(slice(None), *window)]
             batch[source] = occluded
@@ -235,6 +295,17 @@ class Occlusion(Analyzer):
                 total[(slice(None), *window)] += drop
                 counts[window] += 1
         return total / counts
+
+
+class _FoldingEngine(GradientAnalyzer):
+    """Occlusion's inexact passes: eval-mode batch norms folded into their convolutions
+    (one elementwise pass and one allocation less per pair; the same map up to rounding)."""
+
+    fuse_batchnorm = True
+
+
+def _channels_last_where_faster(value: Any) -> Any:
+    return channels_last(value) if channels_last_is_faster(value) else value
 
 
 ANALYZERS = [Occlusion]
