@@ -271,11 +271,11 @@ class Fold:
     transposed: bool
     weight: torch.Tensor
     bias: torch.Tensor
-    stamp: tuple = ()
+    source_stamp: tuple = ()  # stamp() of what read gave when the values were made
 
     def stale(self) -> bool:
         """Whether a tensor the folded values come from changed since they were made."""
-        return stamp(self.read()) != self.stamp
+        return stamp(self.read()) != self.source_stamp
 
     def refresh(self) -> None:
         """Remake the folded weight and bias from the model's current tensors, in place."""
@@ -296,7 +296,7 @@ class Fold:
         with torch.no_grad():
             self.weight.copy_(new_weight)
             self.bias.copy_(new_bias)
-        self.stamp = stamp(values)
+        self.source_stamp = stamp(values)
 
     @classmethod
     def made(
@@ -308,7 +308,7 @@ class Fold:
         values = read()
         weight, bias, args, kwargs, _ = values
         folded = _folded(weight, bias, *functional_batchnorm_scale_shift(args, kwargs), transposed)
-        return cls(read, transposed, *folded, stamp=stamp(values))
+        return cls(read, transposed, *folded, source_stamp=stamp(values))
 
 
 def _batches_tracked(module: object) -> tuple:
