@@ -195,3 +195,14 @@ def test_inexact_passes_fall_back_where_the_model_fails_on_channels_last() -> No
     fast = _occlusion(model, x, False)
     assert model.channels_last[0] and not any(model.channels_last[1:])  # one try, then exact
     assert torch.equal(fast, _occlusion(model, x, True))
+
+
+def test_inner_attributed_nodes_run_exact_passes() -> None:
+    """Folding would occlude a convolution's output after its batch norm: exact passes."""
+    model = _LayoutProbe(torch.float32)
+    x = torch.randn(2, 3, 10, 12)
+    options = {"window_shape": (4, 3, 3), "strides": (4, 2, 2), "attribute_to": "first"}
+    default = innspect.create_analyzer("occlusion", model, **options).analyze(x)
+    assert model.channels_last and not any(model.channels_last)
+    exact = innspect.create_analyzer("occlusion", model, exact=True, **options).analyze(x)
+    assert default.shape == (2, 4, 10, 12) and torch.equal(default, exact)

@@ -68,8 +68,9 @@ class Occlusion(Analyzer):
         eval-mode batch norm into the convolution before it and, on CPU, run 4-D and 5-D
         values channels-last (oneDNN's own layout); a resnet50 pass then takes ~0.7x the
         time, and the scores agree with exact passes to float rounding. Where the model
-        cannot run that way (a ``view`` of a channels-last value), passes are exact.
-        None (default): exact for float64 inputs, else False.
+        cannot run that way (a ``view`` of a channels-last value) and for ``attribute_to``
+        (inner nodes), passes are exact. None (default): exact for float64 inputs, else
+        False.
     """
 
     name = "occlusion"
@@ -220,23 +221,30 @@ class Occlusion(Analyzer):
             )
         if not exact:
             try:
-                engine = self._engine(exact=False)
-                graph = engine.graph(inputs)
-                feed = graph.feed(inputs.values)
-                layout = (
-                    _channels_last_where_faster
-                    if any(map(channels_last_is_faster, feed.values()))
-                    else None
-                )
-                if layout is not None:
-                    feed = {node: layout(value) for node, value in feed.items()}
-                return engine, graph, feed, layout, engine._clean_pass(graph, feed)
+                first = self._inexact_first_pass(inputs)
             except InputError:
-                pass  # the model cannot run folded or channels-last (a view of such a value)
+                first = None  # the model cannot run folded or channels-last (a view of one)
+            if first is not None:
+                return first
         engine = self._engine(exact=True)
         graph = engine.graph(inputs)
         feed = graph.feed(inputs.values)
         return engine, graph, feed, None, engine._clean_pass(graph, feed)
+
+    def _inexact_first_pass(self, inputs: ModelInputs) -> tuple[Any, ...] | None:
+        """``_first_pass`` with batch norms folded and channels-last values where faster;
+        None for inner attributed nodes (folding would move a convolution's output after
+        its batch norm)."""
+        engine = self._engine(exact=False)
+        graph = engine.graph(inputs)
+        if not all(node.op == "placeholder" for node in graph.source_nodes):
+            return None
+        feed = graph.feed(inputs.values)
+        layout = None
+        if any(map(channels_last_is_faster, feed.values())):
+            layout = _channels_last_where_faster
+            feed = {node: layout(value) for node, value in feed.items()}
+        return engine, graph, feed, layout, engine._clean_pass(graph, feed)
 
     def _occlude(
         self,
