@@ -206,3 +206,22 @@ def test_inner_attributed_nodes_run_exact_passes() -> None:
     assert model.channels_last and not any(model.channels_last)
     exact = innspect.create_analyzer("occlusion", model, exact=True, **options).analyze(x)
     assert default.shape == (2, 4, 10, 12) and torch.equal(default, exact)
+    # The same map written out: the convolution's output occluded, the rest of the model run.
+    with torch.no_grad():
+        y = model.first(x)
+
+        def rest(value: torch.Tensor) -> torch.Tensor:
+            out = model.second(torch.relu(model.norm(value)))
+            return model.head(torch.flatten(out, 1))
+
+        selected = rest(y).argmax(dim=1)
+        rows = torch.arange(2)
+        total, count = torch.zeros_like(y), torch.zeros_like(y)
+        for i in range(0, 10, 2):
+            for j in range(0, 11, 2):
+                occluded = y.clone()
+                occluded[:, :, i : i + 3, j : j + 3] = 0
+                drop = rest(y)[rows, selected] - rest(occluded)[rows, selected]
+                total[:, :, i : i + 3, j : j + 3] += drop[:, None, None, None]
+                count[:, :, i : i + 3, j : j + 3] += 1
+    torch.testing.assert_close(default, total / count, rtol=1e-5, atol=1e-5)

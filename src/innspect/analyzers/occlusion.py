@@ -276,8 +276,8 @@ class Occlusion(Analyzer):
             value = value.repeat(per_pass, *([1] * (value.dim() - 1)))
             return value if layout is None else layout(value)
 
-        batched = {node: repeated(value) for node, value in feed.items()}
-        clean_rows = batched[source]
+        batched = {node: repeated(value) for node, value in feed.items() if node is not source}
+        clean_rows = repeated(x)  # x: an input's fed value, or an inner node's clean value
         occluded_rows = torch.empty_like(clean_rows)
         starts = range(0, len(windows), self.batch_size)
         for start in progress(starts, self.verbose, total=len(starts), desc=self.name):
