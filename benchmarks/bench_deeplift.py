@@ -84,25 +84,16 @@ def occlusion_rows(
     model = getattr(torchvision.models, model_name)(weights=None).eval()
     x = torch.randn(batch, 3, size, size)
     per_pass = 16
-    analyzer = innspect.create_analyzer(
-        "occlusion",
-        model,
-        window_shape=(3, window, window),
-        strides=(3, stride, stride),
-        batch_size=per_pass,
-    )
+    options = {
+        "window_shape": (3, window, window),
+        "strides": (3, stride, stride),
+        "batch_size": per_pass,
+    }
+    analyzer = innspect.create_analyzer("occlusion", model, **options)
+    exact = innspect.create_analyzer("occlusion", model, exact=True, **options)
     n_windows = len(analyzer.windows(x.shape[1:]))
     with torch.no_grad():
         target = model(x).argmax(dim=1)
-
-    exact = innspect.create_analyzer(
-        "occlusion",
-        model,
-        window_shape=(3, window, window),
-        strides=(3, stride, stride),
-        batch_size=per_pass,
-        exact=True,
-    )
     channels_last = x.contiguous(memory_format=torch.channels_last)
 
     def bare_forwards(layout: torch.memory_format = torch.contiguous_format) -> object:
