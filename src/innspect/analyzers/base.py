@@ -508,7 +508,7 @@ class ReverseAnalyzer(Analyzer):
             with GRAPH_LOCK.exclusive():  # one capture, even when threads share the analyzer
                 graph = self._kept_graph(inputs) or self._capture(inputs)
         else:
-            graph.refresh_folds()  # the model changed since capture (a training step)
+            graph.refresh()  # the model may have changed since capture (a training step)
         return graph
 
     def _kept_graph(self, inputs: ModelInputs | None) -> ModelGraph | None:

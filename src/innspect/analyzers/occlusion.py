@@ -221,27 +221,24 @@ class Occlusion(Analyzer):
             )
         if not exact:
             try:
-                first = self._inexact_first_pass(inputs)
+                first = self._prepared_pass(inputs, exact=False)
             except InputError:
                 first = None  # the model cannot run folded or channels-last (a view of one)
             if first is not None:
                 return first
-        engine = self._engine(exact=True)
-        graph = engine.graph(inputs)
-        feed = graph.feed(inputs.values)
-        return engine, graph, feed, None, engine._clean_pass(graph, feed)
+        return self._prepared_pass(inputs, exact=True)
 
-    def _inexact_first_pass(self, inputs: ModelInputs) -> tuple[Any, ...] | None:
-        """``_first_pass`` with batch norms folded and channels-last values where faster;
-        None for inner attributed nodes (folding would move a convolution's output after
-        its batch norm)."""
-        engine = self._engine(exact=False)
+    def _prepared_pass(self, inputs: ModelInputs, exact: bool) -> tuple[Any, ...] | None:
+        """``_first_pass`` with exact passes, or with batch norms folded and channels-last
+        values where faster; None for the latter at inner attributed nodes (folding would
+        move a convolution's output after its batch norm)."""
+        engine = self._engine(exact)
         graph = engine.graph(inputs)
-        if not all(node.op == "placeholder" for node in graph.source_nodes):
+        if not exact and not all(node.op == "placeholder" for node in graph.source_nodes):
             return None
         feed = graph.feed(inputs.values)
         layout = None
-        if any(map(channels_last_is_faster, feed.values())):
+        if not exact and any(map(channels_last_is_faster, feed.values())):
             layout = _channels_last_where_faster
             feed = {node: layout(value) for node, value in feed.items()}
         return engine, graph, feed, layout, engine._clean_pass(graph, feed)

@@ -66,7 +66,7 @@ class ModelGraph:
         BatchNorm1d sees 2-D data (only then is it folded).
     fuse_batchnorm
         Fold each BatchNorm that directly follows a linear layer into a copy of that layer;
-        ``refresh_folds`` remakes the folded values after the model's tensors change.
+        ``refresh`` remakes the folded values after the model's tensors change.
     call
         Which forward arguments are inputs (default: every parameter without a default).
     attribute_to
@@ -118,12 +118,18 @@ class ModelGraph:
         optimizer step, ``load_state_dict``)."""
         return [fold for fold in self.folds if fold.stale()]
 
-    def refresh_folds(self) -> None:
-        """Remake the folded values whose model tensors changed (call before each use)."""
+    def refresh(self) -> None:
+        """Follow the model's changes since capture (call once before each use): remake
+        the folded values whose model tensors changed, and drop each layer op built from
+        tensors since replaced or written (batch norm scale and shift are computed from
+        them); ``linear_op`` builds it again when asked."""
         if self.folds and self.stale_folds():
             with GRAPH_LOCK.exclusive():  # not while a pass reads the folded values
                 for fold in self.stale_folds():
                     fold.refresh()
+        for info in self.nodes:
+            if info.linear_op is not None and info.linear_op_stamp != self._linear_op_stamp(info):
+                info.linear_op = None
 
     # -- construction -------------------------------------------------------------------
     def _match_placeholders(self) -> None:
@@ -380,23 +386,24 @@ class ModelGraph:
 
     # -- queries ------------------------------------------------------------------------
     def linear_op(self, info: NodeInfo) -> LinearOp:
-        """The LinearOp of a linear or batchnorm node, built again when the layer's tensors
-        changed since (a parameter replaced; batch norm statistics, whose scale and shift
-        the op holds, written in place): see ``canonize.stamp``."""
-        if info.module is not None:
-            module = info.module
-            sources = (*module._parameters.values(), *module._buffers.values())
-            current = canonize.stamp((sources, getattr(module, "eps", None)))
-        else:
-            args, kwargs = self._functional_linear_args(info)
-            current = canonize.stamp((args, kwargs))
-        if info.linear_op is None or info.linear_op_stamp != current:
+        """The LinearOp of a linear or batchnorm node (built once, until ``refresh`` finds
+        the layer's tensors changed)."""
+        if info.linear_op is None:
             if info.module is not None:
                 op = linear_op_from_module(info.module)
             else:
+                args, kwargs = self._functional_linear_args(info)
                 op = linear_op_from_function(info.node.target, (None, *args), kwargs)
-            info.linear_op, info.linear_op_stamp = op, current
+            info.linear_op, info.linear_op_stamp = op, self._linear_op_stamp(info)
         return info.linear_op
+
+    def _linear_op_stamp(self, info: NodeInfo) -> tuple:
+        """``canonize.stamp`` of the tensors a node's LinearOp is built from."""
+        if info.module is None:
+            return canonize.stamp(self._functional_linear_args(info))
+        module = info.module
+        sources = (*module._parameters.values(), *module._buffers.values())
+        return canonize.stamp((sources, getattr(module, "eps", None)))
 
     def _functional_linear_args(self, info: NodeInfo) -> tuple[tuple, dict]:
         """The constant arguments (weight, bias, statistics) of a functional linear node."""

@@ -316,7 +316,7 @@ class PatternComputer:
             # gradient's walk started from the output value), as in iNNvestigate.
             self._graph = ModelGraph(self.model, example_input, fuse_batchnorm=True)
         else:
-            self._graph.refresh_folds()  # the model changed since (a training step)
+            self._graph.refresh()  # the model may have changed since (a training step)
         return self._graph
 
     def _reducers(self, graph: ModelGraph) -> dict[str, dict[str, Reducer]]:
