@@ -39,9 +39,12 @@ browser:
 test: $(VENV)/.installed-test browser lint
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) tests
 
+# ruff (lint and format), then import-linter: each folder of src/innspect imports only the
+# folders below it and no modules import each other in a circle (pyproject.toml).
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 format: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check --fix src tests benchmarks

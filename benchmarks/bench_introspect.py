@@ -19,7 +19,7 @@ import torch
 import torchvision
 
 from innspect.graph.graph import ModelGraph
-from innspect.graph.kinds import Kind
+from innspect.graph.ops import Kind
 from innspect.introspect import topomap_layout
 from innspect.introspect.collect import collect
 

@@ -16,7 +16,7 @@ import torch
 import torchvision
 
 import innspect
-from innspect.tools import PatternComputer
+from innspect.patterns import PatternComputer
 
 
 def _stream(n_batches: int, batch: int, size: int) -> Iterator[torch.Tensor]:

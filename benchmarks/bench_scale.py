@@ -35,7 +35,7 @@ def measure(samples: int, size: int, shard: int, batch: int) -> dict[str, float]
     """Seconds for ``samples`` images per backend (and Ray's start-up), in one process."""
     import ray
 
-    from innspect.dataset import explain_dataset
+    from innspect.distributed.dataset import explain_dataset
 
     torch.manual_seed(0)
     import torchvision

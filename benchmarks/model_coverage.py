@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 import innspect
 from innspect.errors import InnspectError, NonFiniteRelevanceError
-from innspect.fileio import write_text
+from innspect.util.files import write_text
 
 METHODS = {
     "gradient": {},

@@ -24,7 +24,7 @@ import torch
 import torchvision
 
 import innspect
-from innspect.fileio import write_text
+from innspect.util.files import write_text
 
 HERE = Path(__file__).resolve().parent
 PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -22,8 +22,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import innspect  # noqa: E402
-from innspect.fileio import atomic_path  # noqa: E402
-from innspect.tools import PatternComputer  # noqa: E402
+from innspect.patterns import PatternComputer  # noqa: E402
+from innspect.util.files import atomic_path  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "images" / "signal_distractor.png"
 

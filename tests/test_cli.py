@@ -16,8 +16,8 @@ from PIL import Image
 
 import innspect
 from innspect.cli import main
-from innspect.cli_analyze import heatmap_rgb
-from innspect.cli_loading import CLIError
+from innspect.cli.analyze import heatmap_rgb
+from innspect.errors import LoadingError
 from tests.cli_models import other_cnn, small_cnn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -221,7 +221,7 @@ def test_bad_input_is_one_line_and_status_2(tmp_path, weights, inputs, case, cap
 
 def test_debug_shows_the_exception(tmp_path, weights, inputs):
     argv = _error_cases(tmp_path, weights[0], inputs[0])["missing input"]
-    with pytest.raises(CLIError, match="not found"):
+    with pytest.raises(LoadingError, match="not found"):
         main(["--debug", *argv])
 
 
@@ -278,8 +278,8 @@ def _photo(path: Path, size: tuple[int, int], seed: int = 0) -> np.ndarray:
 
 def test_three_methods_on_two_images_write_grid_overlays_and_report(tmp_path, capsys):
     from innspect.analyzers.registry import create_analyzer
-    from innspect.cli_loading import load_input
-    from innspect.cli_report import COMPARISON_LAYOUT, COMPARISON_MAX_COLUMNS
+    from innspect.cli.report import COMPARISON_LAYOUT, COMPARISON_MAX_COLUMNS
+    from innspect.loading.inputs import load_input
     from tests.cli_models import rgb_cnn
 
     images = [tmp_path / "cat.png", tmp_path / "dog.png"]
@@ -325,7 +325,7 @@ def test_overlay_maps_the_attribution_back_through_resize_and_crop(tmp_path):
     """ImageNet preprocessing of a 128 x 160 picture: resize x2 to 256 x 320, crop 224 at
     (16, 48). Carried back, the crop covers (8, 24)-(120, 136) of the picture, where each
     picture pixel is the mean of a 2 x 2 block of the model-input map."""
-    from innspect.cli_loading import load_input
+    from innspect.loading.inputs import load_input
 
     picture = _photo(tmp_path / "photo.png", (128, 160))
     sample = load_input(tmp_path / "photo.png", "imagenet")
@@ -341,7 +341,7 @@ def test_overlay_maps_the_attribution_back_through_resize_and_crop(tmp_path):
     assert np.isnan(back[outside]).all()
     # The model input itself, un-normalised and carried back, is the picture again: the
     # geometry describes what the preprocessing did (a wrong offset would shift it).
-    from innspect.cli_loading import IMAGENET_MEAN, IMAGENET_STD
+    from innspect.loading.inputs import IMAGENET_MEAN, IMAGENET_STD
 
     mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
     seen = sample.tensor.numpy() * std[:, None, None] + mean[:, None, None]
@@ -448,7 +448,7 @@ def test_a_factory_in_the_current_folder_is_importable(tmp_path, monkeypatch):
 
 
 def test_sixteen_bit_and_grey_alpha_pngs_keep_their_data(tmp_path):
-    from innspect.cli_loading import load_input
+    from innspect.loading.inputs import load_input
 
     ramp = np.linspace(0, 65535, 64 * 64).round().astype(np.uint16).reshape(64, 64)
     Image.fromarray(ramp).save(tmp_path / "ramp16.png")  # mode I;16
@@ -607,7 +607,7 @@ def test_a_decompression_bomb_is_refused(tmp_path, monkeypatch, capsys):
 def test_torchscript_with_batchnorm_and_inplace_residuals_equals_the_module(method):
     """A TorchScript ResNet-like model (in-place `+=` and ReLU, BatchNorm, pooling) converts
     to a graph every method explains exactly as the original module."""
-    from innspect.cli_loading import torchscript_to_fx
+    from innspect.graph.torchscript import torchscript_to_fx
     from tests.cli_models import residual_net
 
     model = residual_net()

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import innspect
-from innspect import cli_patterns
 from innspect.cli import main
-from innspect.tools.patterns import PatternComputer, load_patterns
+from innspect.cli import patterns as cli_patterns
+from innspect.patterns.computer import PatternComputer, load_patterns
 from tests.cli_models import small_cnn
 
 FACTORY = "tests.cli_models:small_cnn"

@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from innspect.data import iter_batches, num_batches
 from innspect.engine import Statistics, collect
 from innspect.engine.forward import run_forward
 from innspect.engine.reducers import Count, Mean, MinMax, Moments, Sum
 from innspect.errors import InputError
 from innspect.graph.graph import ModelGraph
+from innspect.util.batches import iter_batches, num_batches
 
 
 def _cnn() -> nn.Module:

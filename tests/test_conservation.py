@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import innspect
-from innspect.tools.conservation import conservation_report
+from innspect.evaluation.conservation import conservation_report
 from tests import lrp_models
 
 MODELS = sorted(lrp_models.INPUT_SHAPES)

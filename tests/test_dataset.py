@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from innspect import create_analyzer
-from innspect.dataset import INDEX_NAME, ShardRunner, explain_dataset, read_shards
+from innspect.analyzers.registry import create_analyzer
 from innspect.demo.model import digits_cnn
-from innspect.errors import InputError
+from innspect.distributed.dataset import ShardRunner, explain_dataset
+from innspect.distributed.shards import INDEX_NAME, read_shards
+from innspect.errors import InputError, OptionError
 
 METHODS = ["gradient", "lrp.epsilon"]
 N, SHARD, BATCH = 50, 16, 8  # shards 16, 16, 16, 2: the last one is uneven
@@ -142,7 +143,7 @@ def test_data_sources_give_the_same_shards(model, data, tmp_path):
 def test_image_folder_uses_the_cli_preprocessing(model, tmp_path):
     from PIL import Image
 
-    from innspect.cli_loading import load_input
+    from innspect.loading.inputs import load_input
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -160,7 +161,7 @@ def test_bad_arguments_are_refused_clearly(model, data, tmp_path):
         _run(model, data, tmp_path, backend="spark")
     with pytest.raises(InputError, match="spec"):
         _run(model, data, tmp_path, backend="ray")
-    with pytest.raises(InputError, match="not an option"):
+    with pytest.raises(OptionError, match="not an option"):
         _run(model, data, tmp_path, epsilonn=0.5)
     with pytest.raises(InputError, match="not found"):
         _run(model, tmp_path / "missing.npy", tmp_path)

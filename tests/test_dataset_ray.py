@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from innspect.dataset import INDEX_NAME, explain_dataset, read_shards
 from innspect.demo.model import digits_cnn
 from innspect.distributed import ray_backend
+from innspect.distributed.dataset import explain_dataset
+from innspect.distributed.shards import INDEX_NAME, read_shards
 from innspect.errors import InputError
 
 ray = pytest.importorskip("ray") if os.environ.get("CI", "").lower() != "true" else None
@@ -118,11 +119,11 @@ def test_a_run_interrupted_on_ray_resumes_to_the_same_output(
 
 
 def test_without_ray_the_error_names_the_extra(monkeypatch):
-    from innspect.distributed import require_ray
+    from innspect.distributed.ray_backend import connect
 
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ImportError, match=r"innspect\[ray\]"):
-        require_ray()
+        connect(None, 1)
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +134,8 @@ def model(weights) -> torch.nn.Module:
 
 
 def test_patterns_from_ray_equal_the_local_ones(cluster, weights, model, data):
-    from innspect.dataset import ModelSpec
-    from innspect.tools.patterns import PatternComputer
+    from innspect.loading.models import ModelSpec
+    from innspect.patterns.computer import PatternComputer
 
     x = data[:100]
     local = PatternComputer(model, "relu").compute(x, batch_size=16)
@@ -150,8 +151,8 @@ def test_patterns_from_ray_equal_the_local_ones(cluster, weights, model, data):
 
 
 def test_naps_from_ray_equal_the_local_ones(cluster, weights, model, data):
-    from innspect.dataset import ModelSpec
     from innspect.introspect.collect import collect
+    from innspect.loading.models import ModelSpec
 
     x = data[:100]
     groups = np.array(["odd", "even", "zero"])[np.arange(100) % 3]
@@ -184,8 +185,8 @@ def test_cli_analyze_on_ray_writes_the_local_shards(cluster, weights, data, loca
 
 
 def test_naps_of_a_corpus_from_ray_equal_the_local_ones(cluster, weights, model, tmp_path):
-    from innspect.dataset import ModelSpec
     from innspect.introspect.collect import collect
+    from innspect.loading.models import ModelSpec
 
     rng = np.random.default_rng(2)
     rows = []

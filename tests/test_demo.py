@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 import innspect
+from innspect.analyzers.families import FAMILIES, family_of
 from innspect.demo.plots import grid_size, perturbation_size
 from innspect.demo.run import n_panels
-from innspect.viz.families import FAMILIES, family_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OUTPUTS = (
@@ -190,8 +190,8 @@ def test_the_saved_model_is_explained_by_innspect_analyze(demo_dir: Path, tmp_pa
 def test_missing_dependency_names_its_extra(monkeypatch, tmp_path: Path, module, extra) -> None:
     import argparse
 
-    from innspect.cli_demo import run
-    from innspect.cli_loading import CLIError
+    from innspect.cli.common import CLIError
+    from innspect.cli.demo import run
 
     monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
     args = argparse.Namespace(out=str(tmp_path), fast=True, debug=False)

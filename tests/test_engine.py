@@ -10,9 +10,10 @@ from torch import nn
 
 import innspect
 from innspect.engine.forward import run_forward
-from innspect.engine.strategy import EngineStrategy
+from innspect.engine.selection import resolve
 from innspect.graph.graph import ModelGraph
-from innspect.graph.kinds import Kind
+from innspect.graph.ops import Kind
+from innspect.rules.strategy import EngineStrategy
 from tests.models import FunctionalNet, assert_model_unchanged, mlp, model_state
 
 
@@ -441,7 +442,7 @@ def test_the_walk_frees_recorded_values_as_it_goes() -> None:
     record = analyzer.forward_record(x)
     assert len(record.values) == len(graph.nodes)
     output = record.output(graph)
-    analyzer._reverse_from(x, record, output, analyzer._select(output, None))
+    analyzer.explain_record(record, resolve(output, "max_activation"))
     assert set(record.values) <= {graph.input_node} | {
         i.node for i in graph.nodes if i.kind is Kind.CONSTANT
     }

@@ -666,7 +666,7 @@ def test_model_output_like_results_by_key_attribute_and_index() -> None:
 
 
 def test_conservation_report_counts_every_input() -> None:
-    from innspect.tools.conservation import conservation_report
+    from innspect.evaluation.conservation import conservation_report
 
     model = _seeded(ImageAndAux())
     image, aux = _image_aux()

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from innspect.fileio import atomic_path, write_text
+from innspect.util.files import atomic_path, write_text
 
 
 def test_written_file_has_the_permissions_open_would_give(tmp_path) -> None:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import innspect
-from innspect.graph.kinds import Kind
+from innspect.graph.ops import Kind
 
 METHODS = [
     "lrp.epsilon",

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import innspect
-from innspect.analyzers.base import ReverseAnalyzer
+from innspect.analyzers.reverse import ReverseAnalyzer
 from tests.conftest import REPO_ROOT
 
 TABLE = REPO_ROOT / "docs" / "innvestigate.md"

@@ -25,7 +25,7 @@ import innspect
 from innspect.engine.forward import run_forward
 from innspect.errors import InputError
 from innspect.graph.graph import ModelGraph
-from innspect.graph.kinds import Kind
+from innspect.graph.ops import Kind
 from tests.lrp_models import randomise_batchnorm
 from tests.models import assert_model_unchanged, model_state
 

@@ -8,9 +8,9 @@ import torch
 
 import innspect
 from innspect.engine.forward import run_forward
+from innspect.evaluation.conservation import conservation_report
 from innspect.graph.graph import ModelGraph
-from innspect.graph.kinds import family
-from innspect.tools.conservation import conservation_report
+from innspect.graph.ops import family
 from tests import modern_models
 
 EPS = 1e-12  # conservation up to what epsilon absorbs: negligible in float64

@@ -18,7 +18,7 @@ from innspect.engine.forward import run_forward
 from innspect.engine.reverse import NodeContext
 from innspect.errors import UnsupportedNodeError
 from innspect.graph.graph import ModelGraph
-from innspect.graph.kinds import family
+from innspect.graph.ops import family
 from innspect.rules.modern import (
     MatmulRule,
     NormRule,

@@ -1,4 +1,4 @@
-"""innspect.oracle: hand-computed examples, and the oracle against innspect on random nets."""
+"""innspect.conformance.oracle: hand-computed examples, and the oracle against innspect on random nets."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import innspect
-from innspect import oracle
+from innspect.conformance import oracle
 
 X = np.array([[1.0, 2.0]])
 W = np.array([[1.0, -1.0], [2.0, 1.0]])  # (in, out): z = x W + b = [5.5, 0.5]

@@ -9,9 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import innspect
-from innspect.analyzers.base import Analyzer
+from innspect.analyzers.api import Analyzer
 from innspect.errors import InputError
-from innspect.tools.patterns import PatternComputer, _autograd_weight_gradient
+from innspect.graph.graph import ModelGraph
+from innspect.patterns.computer import PatternComputer
+from innspect.patterns.statistics import _autograd_weight_gradient
 from tests.models import FunctionalNet
 
 
@@ -135,7 +137,7 @@ def test_weight_gradient_statistics_equal_an_explicit_unfold(conv: nn.Module) ->
 
 def test_transposed_convolution_weight_gradient_equals_autograd() -> None:
     model = nn.Sequential(nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, groups=2)).double()
-    graph = innspect.analyzers.base.ModelGraph(model)
+    graph = ModelGraph(model)
     op = graph.linear_op(graph.by_name["0"])
     x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
     signal = torch.randn_like(op(x))
@@ -197,7 +199,7 @@ def test_dense_statistics_added_block_by_block_equal_the_explicit_sums(
 ) -> None:
     """Large sums are added a block at a time (rows of a dense kernel, slices of any sum):
     with blocks that divide nothing, the sums are the explicit ones."""
-    from innspect.tools import patterns as patterns_module
+    from innspect.patterns import statistics as patterns_module
 
     monkeypatch.setattr(patterns_module, "_BLOCK_ELEMENTS", block)
     torch.manual_seed(3)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import innspect
-from innspect.tools import Perturbation, PerturbationAnalysis
+from innspect.evaluation.perturbation import Perturbation, PerturbationAnalysis
 
 
 def test_region_ordering_ranks_per_sample_with_ties_in_order() -> None:

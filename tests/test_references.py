@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from innspect.cli import main
-from innspect.references import (
+from innspect.conformance import (
     ReferenceDataError,
     check_folder,
     generate_layer_references,
     generate_model_references,
     read_reference_file,
 )
-from innspect.references.generate import reference_input
+from innspect.conformance.generate import reference_input
 from tests.conftest import require_references
 
 INNVESTIGATE = "innvestigate-2.1.2-layer"
@@ -103,7 +103,7 @@ def test_a_foreign_implementation_is_checked(tmp_path, capsys) -> None:
 
 
 def test_layer_set_round_trip_is_deterministic_and_checks(tmp_path) -> None:
-    from innspect import list_analyzers
+    from innspect.analyzers.registry import list_analyzers
 
     first, skipped = generate_layer_references(tmp_path / "a")  # every analyzer
     assert not skipped and len(first) == len(list_analyzers())
@@ -139,7 +139,7 @@ def test_generate_then_check_round_trip_on_torchvision_models(tmp_path, name, ca
     written, skipped = generate_model_references(
         f"torchvision:{name}", out, x, input_name, extra_options={"steps": 2, "augment_by_n": 2}
     )
-    from innspect import list_analyzers
+    from innspect.analyzers.registry import list_analyzers
 
     assert {p.name.removesuffix(".hdf5") for p in written} | {s[0] for s in skipped} == set(
         list_analyzers()

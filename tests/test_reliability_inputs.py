@@ -241,7 +241,9 @@ class _Payload:
 def test_pickle_payloads_in_untrusted_files_never_run(tmp_path) -> None:
     import pickle
 
-    from innspect.cli_loading import CLIError, load_input, load_weights
+    from innspect.errors import LoadingError
+    from innspect.loading.inputs import load_input
+    from innspect.loading.models import load_weights
 
     marker = tmp_path / "payload-ran"
     payload = _Payload(str(marker))
@@ -251,14 +253,14 @@ def test_pickle_payloads_in_untrusted_files_never_run(tmp_path) -> None:
         innspect.Analyzer.load_npz(npz, _mlp())
     npy = tmp_path / "x.npy"
     np.save(npy, np.array([payload], dtype=object), allow_pickle=True)
-    with pytest.raises(CLIError):
+    with pytest.raises(LoadingError):
         load_input(npy, "none")
     weights = tmp_path / "w.pt"
     weights.write_bytes(pickle.dumps({"0.weight": payload}))
-    with pytest.raises(CLIError):
+    with pytest.raises(LoadingError):
         load_weights(_mlp(), str(weights))
     torch.save({"model": payload}, tmp_path / "w2.pt")
-    with pytest.raises(CLIError):
+    with pytest.raises(LoadingError):
         load_weights(_mlp(), str(tmp_path / "w2.pt"))
     assert not marker.exists()
     pickle.loads(pickle.dumps(payload)).close()  # the control: unpickling does run it

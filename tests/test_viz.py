@@ -146,7 +146,7 @@ def test_plot_grid_rejects_bad_labels_and_cells() -> None:
 
 
 def test_families_group_by_table_prefix_and_declared_attribute() -> None:
-    from innspect.viz.families import family_of, grouped, title_of
+    from innspect.analyzers.families import family_of, grouped, title_of
 
     assert family_of("lrp.epsilon").key == "lrp_rule"
     assert family_of("lrp.epsilon_plus_flat").key == "lrp_composite"  # exact name beats prefix

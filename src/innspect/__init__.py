@@ -4,14 +4,17 @@ Start with ``create_analyzer(name, model)`` and ``analyzer.analyze(X)``; ``list_
 names every method.
 """
 
-from innspect.analyzers.base import Analyzer, Explanation, ReverseAnalyzer
+# innspect.patterns registers PatternNet and PatternAttribution when imported.
+from innspect import _moved, patterns  # noqa: F401
+from innspect.analyzers.api import Analyzer, Explanation
 from innspect.analyzers.registry import (
     analyzer_class,
     create_analyzer,
     describe_analyzers,
     list_analyzers,
 )
-from innspect.dataset import explain_dataset
+from innspect.analyzers.reverse import ReverseAnalyzer
+from innspect.distributed.dataset import explain_dataset
 from innspect.errors import (
     ConfigFileError,
     InnspectError,
@@ -24,9 +27,11 @@ from innspect.errors import (
     OutputSelectionError,
     UnsupportedNodeError,
 )
-from innspect.model_utils import model_wo_output_activation, model_wo_softmax
+from innspect.graph.strip import model_wo_output_activation, model_wo_softmax
+from innspect.util.version import VERSION as __version__  # noqa: F401
 
-__version__ = "0.1.0"
+_moved.install()  # the import paths of innspect 0.1 (deprecated)
+
 
 __all__ = [
     "Analyzer",

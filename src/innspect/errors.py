@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class InnspectError(Exception):
     """Base class of every error innspect raises on purpose."""
@@ -50,3 +52,18 @@ class OptionError(InnspectError, ValueError):
 
 class ConfigFileError(InnspectError, ValueError):
     """A saved analyzer file is damaged, not an innspect file, or holds invalid options."""
+
+
+class LoadingError(InputError):
+    """A model, weights, labels or input file, or a data set, could not be loaded: missing,
+    unreadable, or not what it claims to be."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message without terminal colour codes (torch and
+    PIL errors can span pages), or its type's name when the message is empty."""
+    text = _ANSI.sub("", str(error)).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

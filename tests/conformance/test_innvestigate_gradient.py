@@ -1,6 +1,6 @@
 """Gradient-family analyzers against iNNvestigate's single-layer reference files.
 
-The comparison is `innspect references check`'s (``innspect.references``); SmoothGrad is
+The comparison is `innspect references check`'s (``innspect.conformance``); SmoothGrad is
 checked at iNNvestigate's noise tolerance (rtol=0.25, atol=0.20), the others at 1e-2 / 1e-8.
 """
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import innspect
-from innspect.references.check import check_case, innspect_implementation
-from innspect.references.files import read_reference_file
-from innspect.references.names import INNVESTIGATE_TOLERANCES
+from innspect.conformance.check import check_case, innspect_implementation
+from innspect.conformance.files import read_reference_file
+from innspect.conformance.names import INNVESTIGATE_TOLERANCES
 from tests.conftest import require_references
 
 FILES = [

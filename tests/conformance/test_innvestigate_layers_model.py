@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from innspect.references.files import read_reference_file
+from innspect.conformance.files import read_reference_file
 from tests.conftest import require_references
 
 

@@ -1,6 +1,6 @@
 """LRP and Deep Taylor against iNNvestigate's single-layer reference files.
 
-The comparison is `innspect references check`'s (``innspect.references``): one row per
+The comparison is `innspect references check`'s (``innspect.conformance``): one row per
 file, layer model and array, at iNNvestigate's tolerances.
 """
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from innspect.references.check import check_case, innspect_implementation
-from innspect.references.files import read_reference_file
-from innspect.references.names import INNVESTIGATE_METHODS
+from innspect.conformance.check import check_case, innspect_implementation
+from innspect.conformance.files import read_reference_file
+from innspect.conformance.names import INNVESTIGATE_METHODS
 from tests.conftest import require_references
 
 CASES = sorted(k for k in INNVESTIGATE_METHODS if k.startswith("LRP") or "DeepTaylor" in k)

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from innspect.analyzers.base import ReverseAnalyzer
 from innspect.analyzers.plan import Composite
+from innspect.analyzers.reverse import ReverseAnalyzer
 from innspect.engine.reverse import Mapping
 from innspect.graph.graph import ModelGraph, NodeInfo
 

@@ -66,7 +66,7 @@ from innspect.analyzers.plan import (
     written_out,
 )
 from innspect.analyzers.presets import Preset
-from innspect.graph.kinds import Kind, modules_of
+from innspect.graph.ops import Kind, modules_of
 from innspect.rules.basic import GRADIENT
 from innspect.rules.lrp import AlphaBeta, Bounded, Epsilon, Flat, Gamma, LinearRule
 from innspect.rules.lrp_nodes import PASS_THROUGH, ZRuleNoParam, is_signal_sum

@@ -10,23 +10,24 @@ Lee 2017, arXiv 1705.07874; Captum's ``DeepLiftShap``).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch import nn
+from torch import fx, nn
 
-from innspect.analyzers.base import Analyzer, Explanation, ReverseAnalyzer, _print_walk
+from innspect.analyzers.api import Explanation
+from innspect.analyzers.averaged import Averaged, Points
 from innspect.analyzers.baselines import broadcast_baseline
-from innspect.analyzers.io import ModelInputs, target_gradient, target_rows
+from innspect.analyzers.options import check_int
+from innspect.analyzers.reverse import ReverseAnalyzer, Selecting
 from innspect.engine.forward import run_forward_with_reference
-from innspect.engine.reverse import Mapping, Unsupported, reverse_walk
+from innspect.engine.inputs import ModelInputs
+from innspect.engine.reverse import Mapping, Unsupported
 from innspect.errors import InputError, NotAnalyzableModelError
 from innspect.graph.capture import GRAPH_LOCK
 from innspect.graph.graph import ModelGraph, NodeInfo
-from innspect.graph.kinds import Kind
-from innspect.progress import progress
+from innspect.graph.ops import Kind
 from innspect.rules.basic import RECOMPUTED_GRADIENT, LinearGradient
 from innspect.rules.deeplift import LinearSplit, MaxPoolDelta, Rescale, RevealCancel
 
@@ -130,33 +131,23 @@ class DeepLIFT(ReverseAnalyzer):
         """The reference for ``x`` (``reference_inputs`` broadcast to its shape)."""
         return broadcast_baseline(self.reference_inputs, x, "reference_inputs")
 
-    def _explain(
-        self, inputs: ModelInputs | torch.Tensor, neuron_selection: Any, target: Any = None
-    ) -> Explanation:
-        return self.explain_from(inputs, None, neuron_selection, target)
-
-    def explain_from(
+    def explain_feed(
         self,
-        inputs: ModelInputs | torch.Tensor,
-        references: dict[str, torch.Tensor] | None,
-        neuron_selection: Any = None,
-        target: Any = None,
-        *,
-        checked: bool = False,
+        graph: ModelGraph,
+        feed: dict[fx.Node, Any],
+        selection: Selecting,
+        references: dict[fx.Node, Any] | None = None,
     ) -> Explanation:
-        """DeepLIFT of ``inputs`` against ``references`` (by attributed name, each shaped like
-        its input; default: ``reference_inputs`` for every attributed input). ``checked``:
-        the neuron selection was checked by the caller (DeepLiftShap)."""
-        inputs = self._inputs(inputs)
-        target = self._target(target) if checked else self._call_target(neuron_selection, target)
-        graph = self.graph(inputs)
-        feed = graph.feed(inputs.values)
+        """DeepLIFT of the values in ``feed`` against ``references`` (by attributed node, each
+        broadcastable to its value; default: ``reference_inputs`` for every one): one
+        forward pass of input and reference, one walk of multipliers."""
         self._check_input_shapes(graph, feed)
+        feed = dict(feed)
         inner = [node for node in graph.source_nodes if node not in feed]
         if inner:
             # Attributed inner nodes (an embedding's output): their values on the input are
             # fed to both passes, the reference replacing them in the second.
-            _, clean = self._clean_pass(graph, feed)
+            _, clean = self.clean_pass(graph, feed)
             feed.update({node: clean[node].detach() for node in inner})
         reference_feed = dict(feed)
         for node in graph.source_nodes:
@@ -166,8 +157,7 @@ class DeepLIFT(ReverseAnalyzer):
                     f"{self.name} needs floating-point inputs; '{graph.source_names[node]}' "
                     f"is {getattr(value, 'dtype', type(value).__name__)}"
                 )
-            name = graph.source_names[node]
-            given = None if references is None else references.get(name)
+            given = None if references is None else references.get(node)
             reference_feed[node] = (
                 self.reference(value)
                 if given is None
@@ -175,24 +165,15 @@ class DeepLIFT(ReverseAnalyzer):
             )
         with GRAPH_LOCK.shared():
             record = run_forward_with_reference(graph, feed, reference_feed)
-        output, starts_from = self._output_and_starts(graph, record.values)
-        selected, scores, start = self._start(output, neuron_selection, target)
-        result = reverse_walk(
-            graph,
-            record,
-            starts_from(start),
-            lambda info: self._mappings[info.node],
-            self.reverse_options,
-        )
-        contributions = {
-            node: result.attributions[node] * (feed[node] - reference_feed[node])
-            for node in graph.source_nodes
-            if node in result.attributions
-        }
-        attributions = self._finish(graph, contributions, feed)
-        if self._print_min_max:  # reverse_check_min_max_values / reverse_verbose
-            _print_walk(self, result.min_max)
-        return Explanation.of_walk(attributions, selected, scores, result)
+
+        def contributions(multipliers: dict[fx.Node, torch.Tensor]) -> dict:
+            return {
+                node: multipliers[node] * (feed[node] - reference_feed[node])
+                for node in graph.source_nodes
+                if node in multipliers
+            }
+
+        return self._walk(graph, record, selection, feed, contributions)
 
 
 class DeepLIFTWrapper(DeepLIFT):
@@ -201,8 +182,9 @@ class DeepLIFTWrapper(DeepLIFT):
     name = "deep_lift.wrapper"
 
 
-class DeepLiftShap(Analyzer):
-    """DeepLiftShap: DeepLIFT averaged over a set of references (Captum's DeepLiftShap).
+class DeepLiftShap(Averaged):
+    """DeepLiftShap: DeepLIFT averaged over a set of references (Lundberg & Lee 2017,
+    arXiv 1705.07874; Captum's DeepLiftShap).
 
     Parameters
     ----------
@@ -224,6 +206,7 @@ class DeepLiftShap(Analyzer):
 
     name = "deep_lift_shap"
     is_trainable = True
+    default_inner = "deep_lift"
 
     def __init__(
         self,
@@ -232,37 +215,13 @@ class DeepLiftShap(Analyzer):
         reference_inputs: Any = None,
         background_size: int = 16,
         seed: int | None = 0,
-        batch_size: int = 64,
-        verbose: bool = False,
-        neuron_selection_mode: str = "max_activation",
-        target: Any = None,
-        output: Any = None,
-        attribute_to: Any = None,
-        **deeplift_options: Any,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            model,
-            neuron_selection_mode=neuron_selection_mode,
-            target=target,
-            output=output,
-            attribute_to=attribute_to,
-        )
-        if int(batch_size) < 1 or int(background_size) < 1:
-            raise ValueError(
-                f"batch_size and background_size must be >= 1, got {batch_size}, {background_size}"
-            )
-        inner = "all" if neuron_selection_mode == "all" else "index"
-        self._deeplift = DeepLIFT(
-            model,
-            neuron_selection_mode=inner,
-            output=output,
-            attribute_to=attribute_to,
-            **deeplift_options,
-        )
-        self.background_size = int(background_size)
+        if "inner" in kwargs:
+            raise TypeError("deep_lift_shap averages deep_lift; it takes no inner=")
+        super().__init__(model, **kwargs)
+        self.background_size = check_int("background_size", background_size, 1)
         self.seed = seed
-        self.batch_size = int(batch_size)
-        self.verbose = verbose
         self.references: torch.Tensor | None = None
         if reference_inputs is not None:
             self.references = self._as_tensor(reference_inputs)
@@ -291,61 +250,38 @@ class DeepLiftShap(Analyzer):
             self.references = self._as_tensor(state["references"])
 
     def _explain(
-        self, inputs: ModelInputs | torch.Tensor, neuron_selection: Any, target: Any = None
+        self, inputs: ModelInputs, neuron_selection: Any, target: Any = None
     ) -> Explanation:
-        inputs = self._inputs(inputs)
-        target = self._call_target(neuron_selection, target)
-        refs = self.references
-        if refs is None:
+        if self.references is None:
+            self._call_target(neuron_selection, target)
             raise InputError(
                 "deep_lift_shap needs references: pass reference_inputs=(B, ...) samples or "
                 "call fit(X) on data to draw them"
             )
-        deeplift = self._deeplift
-        graph = deeplift.graph(inputs)
-        feed = graph.feed(inputs.values)
+        graph = self.inner.graph(inputs)
         sources = [graph.source_names[node] for node in graph.source_nodes]
-        if len(sources) != 1 or graph.source_nodes[0] not in feed:
+        if len(sources) != 1 or graph.source_nodes[0].op != "placeholder":
             raise InputError(
                 f"deep_lift_shap explains models with one attributed input (got {sources}); "
                 "use deep_lift with reference_inputs for several"
             )
-        x = feed[graph.source_nodes[0]]
+        return super()._explain(inputs, neuron_selection, target)
+
+    def _points(self, node: fx.Node, x: torch.Tensor, name: str, call: dict[str, Any]) -> Points:
+        refs = self.references
+        assert refs is not None
         if refs.shape[1:] != x.shape[1:]:
             raise InputError(
                 f"reference_inputs hold samples of shape {tuple(refs.shape[1:])}, the input "
                 f"{tuple(x.shape[1:])}; each reference must be shaped like one sample"
             )
         refs = refs.to(device=x.device, dtype=x.dtype)
-        output, _ = deeplift._clean_pass(graph, feed)
-        n, b = x.shape[0], refs.shape[0]
-        if target is None:
-            selected = self._select(output, neuron_selection)
-            flat = output.reshape(n, -1)
-            rows = torch.arange(n, device=flat.device)
-            scores = flat.sum(dim=1) if selected is None else flat[rows, selected]
-        else:
-            selected, (_, scores) = None, target_gradient(output, target)
-        total = torch.zeros_like(x)
-        # Row k of the expanded batch pairs sample k // B with reference k % B.
-        starts = range(0, n * b, self.batch_size)
-        for start in progress(starts, self.verbose, total=len(starts), desc=self.name):
-            pairs = torch.arange(start, min(start + self.batch_size, n * b), device=x.device)
-            samples = pairs // b
-            values = [
-                v[samples] if isinstance(v, torch.Tensor) and v.dim() > 0 else v
-                for v in inputs.values
-            ]
-            explanation = deeplift.explain_from(
-                replace(inputs, values=values),
-                {sources[0]: refs[pairs % b]},
-                None if selected is None else selected[samples],
-                target_rows(target, samples, n, output.dim()),
-                checked=True,
-            )
-            total.index_add_(0, samples, explanation.attribution)
-        attribution = total / b
-        return Explanation(attribution, selected, scores, attributions={sources[0]: attribution})
+
+        def options(samples: torch.Tensor, points: torch.Tensor) -> dict[str, Any]:
+            return {"references": {node: refs[points]}}
+
+        # Row k pairs sample k // B with reference k % B (Captum's order).
+        return Points(refs.shape[0], None, options=options, by_sample=True)
 
 
 # The registry imports this module and registers these on first lookup.

@@ -12,8 +12,8 @@ from innspect.analyzers.lrp import input_rule_from_spec
 from innspect.analyzers.plan import Composite, Predicate, Site, family, input_layer, kind
 from innspect.analyzers.presets import Preset
 from innspect.engine.reverse import Mapping, Unsupported
-from innspect.graph.kinds import Kind
-from innspect.graph.kinds import family as node_family
+from innspect.graph.ops import Kind
+from innspect.graph.ops import family as node_family
 from innspect.rules.basic import GRADIENT
 from innspect.rules.lrp import Bounded, WSquare, ZPlus
 from innspect.rules.lrp_nodes import PASS_THROUGH, z_rule_no_param

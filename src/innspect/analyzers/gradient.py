@@ -7,14 +7,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from innspect.analyzers.base import Analyzer, Explanation, ReverseAnalyzer
+from innspect.analyzers.api import Analyzer, Explanation
 from innspect.analyzers.composed import ComposedAnalyzer
-from innspect.analyzers.io import ModelInputs, select_output, target_gradient
 from innspect.analyzers.plan import Composite, Site, always, family, kind
+from innspect.analyzers.reverse import ReverseAnalyzer
+from innspect.engine.inputs import ModelInputs, select_output
 from innspect.engine.reverse import Mapping, Unsupported
 from innspect.graph.capture import eval_view
 from innspect.graph.graph import ModelGraph, NodeInfo
-from innspect.graph.kinds import Kind, rectifier_bound
+from innspect.graph.ops import Kind, rectifier_bound
 from innspect.rules.basic import (
     GRADIENT,
     DeconvnetReLU,
@@ -192,19 +193,9 @@ class GradientBaseline(Analyzer):
             else:
                 result = model(*[values[name] for name in order])
             output = select_output(result, self.output)
-            selected = None
-            if target is not None:
-                weights, scores = target_gradient(output, target)
-                objective = (output * weights).sum()
-            else:
-                flat = output.reshape(output.shape[0], -1)
-                selected = self._select(flat, neuron_selection)
-                if selected is None:
-                    objective = flat.sum()
-                    scores = flat.detach().sum(dim=1)
-                else:
-                    picked = flat.gather(1, selected[:, None])[:, 0]
-                    objective, scores = picked.sum(), picked.detach()
+            selection = self._resolve(output, neuron_selection, target)
+            # The plain autograd objective: the start signal's dot product with the output.
+            objective = (output * selection.start(output, torch.ones_like)).sum()
             grads = torch.autograd.grad(objective, [leaves[n] for n in names], allow_unused=True)
         attributions = {
             name: apply_postprocess(
@@ -212,7 +203,9 @@ class GradientBaseline(Analyzer):
             )
             for name, grad in zip(names, grads, strict=True)
         }
-        return Explanation(attributions[names[0]], selected, scores, attributions=attributions)
+        return Explanation(
+            attributions[names[0]], selection.selected, selection.scores, attributions=attributions
+        )
 
 
 ANALYZERS = [GradientAnalyzer, InputTimesGradient, Deconvnet, GuidedBackprop, GradientBaseline]

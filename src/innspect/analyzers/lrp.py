@@ -31,8 +31,8 @@ from innspect.analyzers.plan import (
 )
 from innspect.analyzers.presets import Preset
 from innspect.graph.graph import ModelGraph, NodeInfo
-from innspect.graph.kinds import Kind
-from innspect.graph.kinds import family as node_family
+from innspect.graph.ops import Kind
+from innspect.graph.ops import family as node_family
 from innspect.rules.lrp import AlphaBeta, Bounded, Epsilon, Flat, LinearRule, Z, as_rule
 
 Condition = Callable[[NodeInfo], bool]

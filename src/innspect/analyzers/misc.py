@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from innspect.analyzers.base import Analyzer, Explanation
-from innspect.analyzers.io import ModelInputs
+from innspect.analyzers.api import Analyzer, Explanation
+from innspect.engine.inputs import ModelInputs
 
 
 class _OutputFree(Analyzer):

@@ -19,7 +19,7 @@ from typing import Any
 from innspect.analyzers.lrp import LRP
 from innspect.analyzers.plan import Composite, Site, kind, lrp_default
 from innspect.analyzers.presets import Preset
-from innspect.graph.kinds import Kind, is_sum
+from innspect.graph.ops import Kind, is_sum
 from innspect.rules.lrp import Epsilon
 from innspect.rules.lrp_nodes import ZRuleNoParam, modern_node_mapping
 from innspect.rules.modern import ATTN_EPSILON

@@ -20,13 +20,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from innspect.analyzers.base import Analyzer, Explanation
+from innspect.analyzers.api import Analyzer, Explanation
 from innspect.analyzers.baselines import broadcast_baseline
 from innspect.analyzers.gradient import GradientAnalyzer
-from innspect.analyzers.io import ModelInputs, target_gradient, target_rows
+from innspect.engine.inputs import ModelInputs
 from innspect.engine.layout import channels_last, channels_last_is_faster
+from innspect.engine.selection import OutputSelection
 from innspect.errors import InputError
-from innspect.progress import progress
+from innspect.util.progress import progress
 
 # The default window: the whole channel axis and 1/8 of every other axis (an 8x8 grid of
 # non-overlapping windows on an image), so the method works on any model without options.
@@ -172,43 +173,22 @@ class Occlusion(Analyzer):
             )
         return self._engines[exact]
 
-    def _scores(
-        self,
-        output: torch.Tensor,
-        selected: torch.Tensor | None,
-        target: Any,
-        rows: torch.Tensor,
-        n: int,
-    ) -> torch.Tensor:
-        """The explained score of each output row; row r belongs to sample ``rows[r]`` of n."""
-        if target is not None:
-            return target_gradient(output, target_rows(target, rows, n, output.dim()))[1]
-        flat = output.reshape(output.shape[0], -1)
-        if selected is None:
-            return flat.sum(dim=1)
-        return flat[torch.arange(flat.shape[0], device=flat.device), selected[rows]]
-
     def _explain(
         self, inputs: ModelInputs | torch.Tensor, neuron_selection: Any, target: Any = None
     ) -> Explanation:
         inputs = self._inputs(inputs)
         target = self._call_target(neuron_selection, target)
         engine, graph, feed, layout, (output, clean) = self._first_pass(inputs)
-        n = output.shape[0]
-        rows = torch.arange(n, device=output.device)
-        selected = None if target is not None else self._select(output, neuron_selection)
-        scores = self._scores(output, selected, target, rows, n)
+        selection = self._resolve(output, neuron_selection, target)
         attributions = {}
         for source in graph.source_nodes:
             name = graph.source_names[source]
             x = clean[source]
             if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
                 raise InputError(f"occlusion needs floating-point values; '{name}' is {x.dtype}")
-            attributions[name] = self._occlude(
-                engine, graph, feed, source, x, scores, selected, target, layout
-            )
+            attributions[name] = self._occlude(engine, graph, feed, source, x, selection, layout)
         first = next(iter(attributions.values()))
-        return Explanation(first, selected, scores, attributions=attributions)
+        return Explanation(first, selection.selected, selection.scores, attributions=attributions)
 
     def _first_pass(self, inputs: ModelInputs) -> tuple[Any, ...]:
         """The clean pass as the occluded passes will run: the engine, its graph, the feed
@@ -241,7 +221,7 @@ class Occlusion(Analyzer):
         if not exact and any(map(channels_last_is_faster, feed.values())):
             layout = _channels_last_where_faster
             feed = {node: layout(value) for node, value in feed.items()}
-        return engine, graph, feed, layout, engine._clean_pass(graph, feed)
+        return engine, graph, feed, layout, engine.clean_pass(graph, feed)
 
     def _occlude(
         self,
@@ -250,9 +230,7 @@ class Occlusion(Analyzer):
         feed: dict,
         source: Any,
         x: torch.Tensor,
-        scores: torch.Tensor,
-        selected: torch.Tensor | None,
-        target: Any,
+        selection: OutputSelection,
         layout: Callable[[Any], Any] | None,
     ) -> torch.Tensor:
         """The occlusion map of one attributed input (or node) ``source`` with value ``x``;
@@ -291,9 +269,11 @@ class Occlusion(Analyzer):
             for j, window in enumerate(chunk):
                 occluded[(slice(j * n, (j + 1) * n), *window)] = baseline[(slice(None), *window)]
             batch[source] = occluded
-            output, _ = engine._clean_pass(graph, batch)
+            output, _ = engine.clean_pass(graph, batch)
             rows = torch.arange(k * n, device=output.device) % n
-            drops = scores.repeat(k) - self._scores(output, selected, target, rows, n)
+            drops = selection.scores.repeat(k) - selection.rows(rows, output.dim()).scores_of(
+                output
+            )
             # Window by window, in order: the same sums (to the last bit) as Captum's.
             for j, window in enumerate(chunk):
                 drop = drops[j * n : (j + 1) * n].reshape([n] + [1] * (x.dim() - 1))

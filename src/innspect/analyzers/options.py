@@ -1,4 +1,5 @@
-"""Validation of analyzer options: one clear OptionError naming the option and what it takes.
+"""Analyzer options: validation (one clear OptionError naming the option and what it takes)
+and their JSON form (``jsonable``, for saved configurations and summaries).
 
 Used on creation and, through the constructors, on ``load_npz``: a saved configuration is
 checked exactly like one typed by the user.
@@ -8,8 +9,11 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import numpy as np
+import torch
 
 from innspect.errors import OptionError
 
@@ -61,3 +65,29 @@ def check_range(name: str, value: Any) -> tuple[float, float]:
     if low > high:
         raise OptionError(f"{name} must have low <= high, got {value!r}")
     return low, high
+
+
+def jsonable(value: Any, fallback: Callable[[Any], Any] | None = None) -> Any:
+    """Options as JSON values: dicts, lists (tuples too), numbers, strings, booleans and None;
+    arrays and tensors as nested lists, objects with ``get_config`` (rules) as their config.
+    Anything else is ``fallback(value)`` (e.g. ``repr`` for a summary a person reads), or,
+    without one, a TypeError: an option that cannot be saved."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v, fallback) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v, fallback) for v in value]
+    if isinstance(value, np.ndarray | torch.Tensor):
+        return np.asarray(
+            value.detach().cpu() if isinstance(value, torch.Tensor) else value
+        ).tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if hasattr(value, "get_config"):
+        return value.get_config()
+    if fallback is not None:
+        return fallback(value)
+    raise TypeError(
+        f"analyzer option of type {type(value).__name__} cannot be saved; pass names or numbers"
+    )

@@ -5,7 +5,7 @@ A method is a start signal, a postprocess and a *composite*: an ordered list of
 entry whose predicate matches it, else the composite's default for its kind. The result,
 ``{node: rule}``, is the *plan*; ``Plan`` prints it. A rule says *what* a node computes;
 how the engine computes it (a VJP, the transposed operation, running the node again) is
-decided by ``innspect.engine.strategy``, not here.
+decided by ``innspect.rules.strategy``, not here.
 
 A composite in a few lines (the README shows it in use)::
 
@@ -32,9 +32,10 @@ from typing import Any
 from torch import fx, nn
 
 from innspect.engine.reverse import Mapping, Unsupported
+from innspect.graph.attention import WRITTEN_OUT
 from innspect.graph.graph import ModelGraph, NodeInfo
-from innspect.graph.kinds import Kind
-from innspect.graph.kinds import family as node_family
+from innspect.graph.ops import Kind
+from innspect.graph.ops import family as node_family
 from innspect.rules.lrp import LinearRule, as_rule
 from innspect.rules.lrp_nodes import lrp_node_mapping
 
@@ -89,7 +90,7 @@ def kind(*kinds: Kind) -> Predicate:
 
 def family(*families: str) -> Predicate:
     """Nodes of these operation families: "dense", "conv", "batchnorm", "relu", "rectifier",
-    "activation", "max_pool", "average", "sum"... (``innspect.graph.kinds.OPERATIONS``)."""
+    "activation", "max_pool", "average", "sum"... (``innspect.graph.ops.OPERATIONS``)."""
     wanted = set(families)
     return Predicate(lambda s: s.family in wanted, "family(" + ", ".join(families) + ")")
 
@@ -108,7 +109,6 @@ def functional() -> Predicate:
 def written_out() -> Predicate:
     """Nodes innspect wrote out itself (attention decomposed into plain operations), which
     the user's code does not contain as such."""
-    from innspect.graph.attention import WRITTEN_OUT
 
     return Predicate(lambda s: bool(s.info.node.meta.get(WRITTEN_OUT)), "written_out")
 

@@ -2,14 +2,15 @@
 
 Names come from two kinds of entries: analyzer classes (a method of its own) and
 ``Preset`` rows (``presets.py``: a class with some options fixed or derived, e.g.
-``lrp.epsilon`` is ``lrp`` with ``rule=Epsilon(epsilon, bias)``). The method modules list
-both in their ``ANALYZERS``; this module imports them when a name is first looked up, and
-they do not import this module, so there is no import cycle.
+``lrp.epsilon`` is ``lrp`` with ``rule=Epsilon(epsilon, bias)``). Each method module lists
+both in its ``ANALYZERS``; the package that holds it registers them when it is imported
+(``innspect.analyzers`` and ``innspect.patterns``, both imported by ``import innspect``),
+so the registry is complete before any call and is never filled lazily.
 """
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
@@ -17,24 +18,9 @@ from torch import nn
 from innspect.analyzers.presets import Preset, preset_class
 
 if TYPE_CHECKING:
-    from innspect.analyzers.base import Analyzer
-
-# The modules whose ``ANALYZERS`` lists make up the catalogue.
-METHOD_MODULES = (
-    "innspect.analyzers.misc",
-    "innspect.analyzers.gradient",
-    "innspect.analyzers.wrappers",
-    "innspect.analyzers.lrp",
-    "innspect.analyzers.composites",
-    "innspect.analyzers.deeptaylor",
-    "innspect.analyzers.pattern",
-    "innspect.analyzers.deeplift",
-    "innspect.analyzers.occlusion",
-    "innspect.analyzers.modern",
-)
+    from innspect.analyzers.api import Analyzer
 
 _ANALYZERS: dict[str, type[Analyzer]] = {}
-_loaded = False
 
 
 def register(entry: Any) -> Any:
@@ -44,6 +30,12 @@ def register(entry: Any) -> Any:
         raise ValueError(f"analyzer name {cls.name!r} registered twice")
     _ANALYZERS[cls.name] = cls
     return entry
+
+
+def register_all(entries: Iterable[Any]) -> None:
+    """``register`` each entry of a method module's ``ANALYZERS``."""
+    for entry in entries:
+        register(entry)
 
 
 def create_analyzer(name: str, model: nn.Module, **kwargs: Any) -> Analyzer:
@@ -59,13 +51,11 @@ def create_analyzer(name: str, model: nn.Module, **kwargs: Any) -> Analyzer:
 
 def list_analyzers() -> list[str]:
     """Names of all registered analyzers, sorted."""
-    _load_all()
     return sorted(_ANALYZERS)
 
 
 def analyzer_class(name: str) -> type[Analyzer]:
     """The class registered as ``name`` (KeyError listing the known names otherwise)."""
-    _load_all()
     if name not in _ANALYZERS:
         raise KeyError(
             f"no analyzer named {name!r}; known analyzers: {', '.join(sorted(_ANALYZERS))}"
@@ -75,19 +65,7 @@ def analyzer_class(name: str) -> type[Analyzer]:
 
 def describe_analyzers() -> dict[str, str]:
     """Each name with the first line of its class docstring."""
-    _load_all()
     return {
         name: (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         for name, cls in sorted(_ANALYZERS.items())
     }
-
-
-def _load_all() -> None:
-    global _loaded
-    if _loaded:
-        return
-    for module_name in METHOD_MODULES:
-        module = importlib.import_module(module_name)
-        for entry in getattr(module, "ANALYZERS", ()):
-            register(entry)
-    _loaded = True

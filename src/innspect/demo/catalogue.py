@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from innspect.analyzers.base import Analyzer
+from innspect.analyzers.api import Analyzer
+from innspect.analyzers.families import family_of
 from innspect.analyzers.parameters import analyzer_parameters
 from innspect.analyzers.registry import analyzer_class, describe_analyzers, list_analyzers
 from innspect.errors import InnspectError
-from innspect.viz.families import family_of
 
 # One description per analyzer, shown once on the page under its family's introduction
 # (``FAMILY_INTRODUCTIONS``), so neither repeats the other. An analyzer not listed (e.g. one a
@@ -104,7 +104,7 @@ class MethodPlan:
     analyzer: Analyzer
     relevance: bool
     explanation: str
-    family: str  # key of innspect.viz.families.FAMILIES
+    family: str  # key of innspect.analyzers.families.FAMILIES
 
 
 @dataclass

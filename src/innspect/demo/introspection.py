@@ -15,10 +15,10 @@ import numpy as np
 from torch import nn
 
 from innspect.demo.data import Digits
-from innspect.fileio import atomic_path
 from innspect.graph.graph import ModelGraph
 from innspect.introspect.collect import default_layers
 from innspect.introspect.pipeline import IntrospectionSettings, run_introspection
+from innspect.util.files import atomic_path
 
 FOLDER = "introspection"
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from innspect.progress import progress
+from innspect.util.progress import progress
 
 N_CLASSES = 10
 

@@ -9,7 +9,9 @@ import json
 import os
 from typing import Any
 
-from innspect.fileio import write_text
+from innspect.demo.catalogue import FAMILY_INTRODUCTIONS
+from innspect.demo.introspection import introspection_html
+from innspect.util.files import write_text
 
 CSV_COLUMNS = (
     "method",
@@ -83,7 +85,6 @@ def _options(options: dict[str, Any]) -> str:
 def _family_section(
     family: dict[str, Any], rows: dict[str, dict[str, Any]], baseline: str | None
 ) -> str:
-    from innspect.demo.catalogue import FAMILY_INTRODUCTIONS
 
     e = html.escape
     members = sorted(family["methods"], key=lambda name: -rows[name]["aopc"])
@@ -133,8 +134,6 @@ def render_html(results: dict[str, Any]) -> str:
     )
     introspection_section = ""
     if "introspection" in results:
-        from innspect.demo.introspection import introspection_html
-
         introspection_section = introspection_html(results["introspection"])
     fast_note = (
         '<p class="note">This is a <code>--fast</code> run: fewer training epochs, images '

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-import innspect
+from innspect.analyzers.families import FAMILIES, grouped, title_of
 from innspect.demo import report
 from innspect.demo.catalogue import Catalogue, build_catalogue
 from innspect.demo.data import IMAGE_SIZE, load_digits_dataset, one_per_class
@@ -29,10 +29,10 @@ from innspect.demo.plots import (
     write_analysis_grid,
     write_perturbation_plot,
 )
-from innspect.fileio import atomic_path, write_text
-from innspect.progress import progress
-from innspect.tools import Perturbation, PerturbationAnalysis
-from innspect.viz.families import FAMILIES, grouped, title_of
+from innspect.evaluation.perturbation import Perturbation, PerturbationAnalysis
+from innspect.util.files import atomic_path, write_text
+from innspect.util.progress import progress
+from innspect.util.version import VERSION
 
 VALUE_RANGE = (0.0, 1.0)
 REGION = (4, 4)
@@ -321,7 +321,7 @@ def _results(
     n_grid_images: int,
 ) -> dict[str, Any]:
     return {
-        "innspect_version": innspect.__version__,
+        "innspect_version": VERSION,
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "fast": fast,

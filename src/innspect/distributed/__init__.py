@@ -1,16 +1,4 @@
-"""Running innspect's data-set work on several workers (Ray); the local backend needs none of it."""
-
-from __future__ import annotations
-
-from typing import Any
-
-
-def require_ray() -> Any:
-    """Import ray, or say which extra installs it."""
-    try:
-        import ray
-    except ImportError as error:
-        raise ImportError(
-            "backend='ray' needs Ray: pip install 'innspect[ray]' (or use backend='local')"
-        ) from error
-    return ray
+"""Running innspect's data-set work on several workers (Ray) and writing sharded outputs:
+``explain_dataset`` (every sample, every method, resumable shards), Ray actors that build
+the model from a spec, statistics reduced in a tree. Knows analyzers, not patterns or
+introspection (their Ray glue lives with them). The local backend needs no Ray."""

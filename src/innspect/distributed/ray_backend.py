@@ -16,9 +16,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
-from innspect.distributed import require_ray
 from innspect.errors import InputError
+from innspect.loading.models import model_fingerprint
+from innspect.util.extras import require
 
 # Test hook: called as _AFTER_TASK(actors) after each result the driver has handled.
 _AFTER_TASK = None
@@ -26,7 +28,7 @@ _AFTER_TASK = None
 
 def connect(address: str | None, num_workers: int | None) -> tuple[Any, bool]:
     """Ray, initialised (a local instance when ``address`` is None); whether we started it."""
-    ray = require_ray()
+    ray = require("ray", "backend='ray'", extra="ray")
     if ray.is_initialized():
         return ray, False
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
@@ -48,10 +50,6 @@ class Worker:
     def __init__(
         self, spec: Any, example: np.ndarray, fingerprint: str, threads: int, gpu: bool = False
     ) -> None:
-        import torch
-
-        from innspect.dataset import model_fingerprint
-
         torch.set_num_threads(threads)
         self.model = spec.load(torch.as_tensor(example))
         if model_fingerprint(self.model) != fingerprint:

@@ -12,7 +12,7 @@ Usage::
     stats.save_npz("stats.npz"); stats = Statistics.load_npz("stats.npz")
     stats.merge(other_worker_stats)                # two shards -> the statistic of both
 
-``data`` is anything :func:`innspect.data.iter_batches` streams (an array or tensor, an
+``data`` is anything :func:`innspect.util.batches.iter_batches` streams (an array or tensor, an
 ``(X, Y)`` tuple, an iterable of batches or ``(x, y)`` pairs, a torch ``DataLoader``).
 Each batch runs once through the captured graph (the same capture and forward record
 every analyzer uses, on the model's eval view); each chosen node's inputs and output (and, with
@@ -32,15 +32,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from innspect.analyzers.io import target_gradient
-from innspect.data import iter_batches, model_device_dtype, num_batches
 from innspect.engine.forward import run_forward
 from innspect.engine.reducers import Observation, Reducer
+from innspect.engine.selection import target_gradient
 from innspect.errors import InputError
-from innspect.fileio import write_npz
 from innspect.graph.capture import GRAPH_LOCK
 from innspect.graph.graph import ModelGraph, NodeInfo
-from innspect.progress import progress
+from innspect.util.batches import iter_batches, num_batches
+from innspect.util.files import write_npz
+from innspect.util.progress import progress
+from innspect.util.tensors import model_device_dtype
 
 ReducerSpec = Reducer | Mapping[str, Reducer] | Callable[[NodeInfo], Mapping[str, Reducer]]
 Target = int | torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
@@ -166,7 +167,7 @@ def target_start(output: torch.Tensor, target: Target) -> torch.Tensor:
 
     None: the largest output per sample (iNNvestigate's "max_activation"); an int: that
     output (flattened index); output weights or a callable ``f(y) -> (N,)``: as for
-    analyzers' ``target=`` (:func:`innspect.analyzers.io.target_gradient`, the one place
+    analyzers' ``target=`` (:func:`innspect.engine.inputs.target_gradient`, the one place
     that evaluates them).
     """
     y = output.detach()

@@ -11,7 +11,7 @@ from torch import fx
 
 from innspect.errors import InputError, NotAnalyzableModelError
 from innspect.graph.graph import ModelGraph, NodeInfo
-from innspect.graph.kinds import is_plain_relu
+from innspect.graph.ops import is_plain_relu
 
 
 class RecordedValues(dict):

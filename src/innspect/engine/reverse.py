@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import fx
 
-from innspect.data import all_finite
 from innspect.engine.forward import ForwardRecord, RecordedValues, autograd_leaves, run_node
 from innspect.errors import NonFiniteRelevanceError, UnsupportedNodeError
 from innspect.graph.graph import ModelGraph, NodeInfo
-from innspect.graph.kinds import Kind
+from innspect.graph.ops import Kind
+from innspect.util.tensors import all_finite
 
 Signal = Any  # a tensor, or {output index: tensor} for nodes returning tuples
 

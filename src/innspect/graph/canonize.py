@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from innspect.errors import InputError
-from innspect.graph.kinds import aten_name
 from innspect.graph.linear_ops import functional_batchnorm_scale_shift
+from innspect.graph.ops import aten_name
 
 _ORIGINAL_TARGETS = "_innspect_original_targets"
 _INPLACE_OPERATORS = {

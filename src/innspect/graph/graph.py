@@ -15,7 +15,8 @@ from torch import fx, nn
 from innspect.errors import InputError, NotAnalyzableModelError, OutputSelectionError
 from innspect.graph import canonize
 from innspect.graph.capture import GRAPH_LOCK, CallSpec, bind_call, capture, unwrap
-from innspect.graph.kinds import (
+from innspect.graph.linear_ops import LinearOp, linear_op_from_function, linear_op_from_module
+from innspect.graph.ops import (
     Kind,
     aten_name,
     classify,
@@ -27,7 +28,6 @@ from innspect.graph.kinds import (
     op_name,
     operation_name,
 )
-from innspect.graph.linear_ops import LinearOp, linear_op_from_function, linear_op_from_module
 
 
 @dataclass

@@ -18,15 +18,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from innspect.data import as_tensor, model_device_dtype
-from innspect.engine.collect import Statistics, node_names
+from innspect.engine.collect import Statistics
 from innspect.engine.collect import collect as engine_collect
 from innspect.engine.reducers import Observation, Reducer, group_ids
 from innspect.errors import InputError
 from innspect.graph.graph import ModelGraph
 from innspect.introspect.corpus import read_corpus_csv
+from innspect.introspect.layers import observed_layers, output_index_target
 from innspect.introspect.naps import NapAccumulator, Naps, channels_last, group_labels
-from innspect.progress import progress
+from innspect.introspect.ray import naps_on_ray
+from innspect.util.batches import as_tensor
+from innspect.util.progress import progress
+from innspect.util.tensors import model_device_dtype
 
 
 class NapReducer(Reducer):
@@ -142,17 +145,7 @@ class SampleReducer(Reducer):
         return SampleReducer(self.limit)
 
 
-def default_layers(graph: ModelGraph) -> list[str]:
-    """The output of every activation that follows a linear layer (through BatchNorm)."""
-    names = []
-    for info in graph.linear_nodes():
-        activation = graph.following_activation(info)
-        if activation is not None and activation.node is not graph.output_node:
-            names.append(activation.name)
-    return list(dict.fromkeys(names))
-
-
-class _GroupIds:
+class GroupIds:
     """Group names <-> the integer ids the engine's reducers key on (in order of appearance)."""
 
     def __init__(self) -> None:
@@ -176,22 +169,6 @@ class _GroupIds:
                     "groups=..."
                 )
             yield item[0], self.ids(item[1])
-
-
-def _target_index(index: int) -> Any:
-    """The target ``y[:, index]`` for every sample: a corpus row names one output index for
-    all its samples, however many batches they fill."""
-
-    def target(output: torch.Tensor) -> torch.Tensor:
-        flat = output.reshape(output.shape[0], -1)
-        if not 0 <= index < flat.shape[1]:
-            raise InputError(
-                f"output index {index} from corpus.csv is out of range: the model "
-                f"has {flat.shape[1]} outputs"
-            )
-        return flat[:, index]
-
-    return target
 
 
 def collect(
@@ -242,7 +219,7 @@ def collect(
         Show a progress bar.
     backend, model_spec, num_workers, address
         ``backend="ray"``: ``num_workers`` Ray actors build the model from ``model_spec``
-        (``innspect.dataset.ModelSpec`` or a spec string, giving ``model``'s weights),
+        (``innspect.loading.models.ModelSpec`` or a spec string, giving ``model``'s weights),
         reduce ranges of the arrays and the driver merges them in a tree
         (``innspect.distributed``); data as arrays with ``groups`` or ``(X, groups)``.
 
@@ -252,15 +229,13 @@ def collect(
     """
     if align and not gradients:
         raise InputError("align=True needs gradients=True (alignment follows the gradient)")
-    registry = _GroupIds()
+    registry = GroupIds()
     reducers: dict[str, Reducer] = {"naps": NapReducer(align=align, channel_axis=channel_axis)}
     if gradients:
         reducers["gradients"] = NapReducer(channel_axis=channel_axis, of="grad")
     if keep_samples > 0:
         reducers["samples"] = SampleReducer(keep_samples)
     if backend == "ray":
-        from innspect.distributed.stats import naps_on_ray
-
         options = {"target": target, "gradients": gradients, "batch_size": batch_size}
         statistics = naps_on_ray(
             model,
@@ -286,7 +261,7 @@ def collect(
         statistics = engine_collect(
             graph,
             stream,
-            nodes=_layers(graph, layers),
+            nodes=observed_layers(graph, layers),
             reducers=reducers,
             target=target,
             gradients=gradients,
@@ -297,7 +272,7 @@ def collect(
 
 
 def _prepare(
-    model: nn.Module | ModelGraph, data: Any, groups: Sequence[Any] | None, registry: _GroupIds
+    model: nn.Module | ModelGraph, data: Any, groups: Sequence[Any] | None, registry: GroupIds
 ) -> tuple[ModelGraph, Any]:
     """The captured graph (before any work, so that unknown layer names fail early) and the
     data as the engine streams it, group labels replaced by integer ids."""
@@ -325,22 +300,12 @@ def _prepare(
     return graph or ModelGraph(model, example), itertools.chain([first], batches)
 
 
-def _layers(graph: ModelGraph, layers: Sequence[str] | None) -> Any:
-    chosen = default_layers(graph) if layers is None else list(layers)
-    if not chosen:
-        raise InputError(
-            "the model has no activation after a linear layer: name the layers, from "
-            f"{', '.join(node_names(graph))}"
-        )
-    return chosen
-
-
 def _collect_corpus(
     model: nn.Module | ModelGraph,
     folder: Path,
     layers: Sequence[str] | None,
     reducers: dict[str, Reducer],
-    registry: _GroupIds,
+    registry: GroupIds,
     gradients: bool,
     target: int | None,
     batch_size: int,
@@ -349,17 +314,17 @@ def _collect_corpus(
     rows = read_corpus_csv(folder)  # every file checked before any work
     statistics = None
     graph = model if isinstance(model, ModelGraph) else None
-    chosen = _layers(graph, layers) if graph is not None else None
+    chosen = observed_layers(graph, layers) if graph is not None else None
     for row in progress(rows, verbose, total=len(rows), desc="NAPs"):
         x = np.load(row.file, allow_pickle=False)
         if graph is None:
             device, dtype = model_device_dtype(model)
             graph = ModelGraph(model, as_tensor(x[:1], device, dtype))
-            chosen = _layers(graph, layers)
+            chosen = observed_layers(graph, layers)
         labels = registry.ids([row.group] * len(x))
         row_target: Any = target
         if row.output_index is not None and target is None:
-            row_target = _target_index(row.output_index)
+            row_target = output_index_target(row.output_index)
         statistics = engine_collect(
             graph,
             (x, labels),
@@ -374,7 +339,7 @@ def _collect_corpus(
     return statistics
 
 
-def _group_sums(reducer: Reducer, registry: _GroupIds) -> tuple[dict, dict]:
+def _group_sums(reducer: Reducer, registry: GroupIds) -> tuple[dict, dict]:
     accumulator = reducer.result()
     counts = {registry.names[int(g)]: n for g, n in accumulator.counts.items()}
     sums = {
@@ -385,7 +350,7 @@ def _group_sums(reducer: Reducer, registry: _GroupIds) -> tuple[dict, dict]:
     return counts, sums
 
 
-def _naps(statistics: Statistics, registry: _GroupIds) -> Naps:
+def _naps(statistics: Statistics, registry: GroupIds) -> Naps:
     merged, gradients = NapAccumulator(), NapAccumulator()
     samples, sample_groups = {}, []
     for node, reducers in statistics.items():

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from innspect.errors import InputError
-from innspect.introspect._deps import require
 from innspect.introspect.naps import Naps
+from innspect.util.extras import require
 
 BASE_METHODS = ("random", "pca", "tsne", "umap", "graph", "som", "pso")
 LAYOUT_METHODS = BASE_METHODS + tuple(f"{m}_pso" for m in BASE_METHODS if m != "pso")
@@ -74,7 +74,7 @@ def minmax_scale(points: np.ndarray) -> np.ndarray:
 def channel_distances(profile: np.ndarray, metric: str = "cosine") -> np.ndarray:
     """Square matrix of distances between channel profiles (a zero profile is at cosine
     distance 1 from every other, instead of NaN)."""
-    distance = require("scipy.spatial.distance", "topographic-map layouts")
+    distance = require("scipy.spatial.distance", "topographic-map layouts", extra="introspect")
     with np.errstate(invalid="ignore", divide="ignore"):
         condensed = distance.pdist(profile, metric)
     condensed = np.nan_to_num(condensed, nan=1.0)
@@ -136,7 +136,7 @@ def distribute_in_circle(
 def _graph_layout(distances: np.ndarray, seed: int) -> np.ndarray:
     """Fruchterman-Reingold on the graph of the 7.5 % closest channel pairs, every smaller
     component joined to the largest by its single closest pair (TOPO, section 9.5)."""
-    nx = require("networkx", "the graph layout")
+    nx = require("networkx", "the graph layout", extra="introspect")
     n = len(distances)
     condensed = distances[np.triu_indices(n, k=1)]
     threshold = np.percentile(condensed, 7.5)
@@ -157,7 +157,7 @@ def _graph_layout(distances: np.ndarray, seed: int) -> np.ndarray:
 def _som_layout(profile: np.ndarray, seed: int, rng: np.random.Generator) -> np.ndarray:
     """Self-organising map: each channel at its winning unit of an m x m grid, m = int(sqrt C)
     + 1; channels sharing a unit on a circle of radius 0.2 around it (TOPO, section 9.5)."""
-    minisom = require("minisom", "the SOM layout")
+    minisom = require("minisom", "the SOM layout", extra="introspect")
     n = len(profile)
     side = max(int(np.sqrt(n)) + 1, 2)
     som = minisom.MiniSom(
@@ -189,10 +189,10 @@ def _embedding(profile: np.ndarray, method: str, seed: int) -> np.ndarray:
     n = len(profile)
     features = _at_least_two_columns(profile)
     if method == "pca":
-        decomposition = require("sklearn.decomposition", "the PCA layout")
+        decomposition = require("sklearn.decomposition", "the PCA layout", extra="introspect")
         return decomposition.PCA(n_components=2, random_state=seed).fit_transform(features)
     if method == "tsne":
-        manifold = require("sklearn.manifold", "the t-SNE layout")
+        manifold = require("sklearn.manifold", "the t-SNE layout", extra="introspect")
         # sklearn needs perplexity < n_samples; 30 (its default) for layers that allow it
         perplexity = float(min(30.0, max(1.0, (n - 1) / 3)))
         tsne = manifold.TSNE(
@@ -203,7 +203,7 @@ def _embedding(profile: np.ndarray, method: str, seed: int) -> np.ndarray:
             random_state=seed,
         )
         return tsne.fit_transform(features)
-    umap = require("umap", "the UMAP layout")
+    umap = require("umap", "the UMAP layout", extra="introspect")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "n_jobs overridden by random_state": wanted here
         # UMAP's spectral initialisation needs more points than dimensions + 1

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from innspect.errors import InputError
-from innspect.fileio import atomic_path, write_text
+from innspect.util.files import atomic_path, write_text
 
 ArrayLike = np.ndarray | torch.Tensor
 

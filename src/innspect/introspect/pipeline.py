@@ -22,14 +22,18 @@ import numpy as np
 from torch import nn
 
 from innspect.errors import InputError
-from innspect.fileio import atomic_path, write_text
-from innspect.introspect.layout import MIN_CHANNELS, normalize_method
+from innspect.introspect.collect import collect
+from innspect.introspect.corpus import read_corpus_csv, read_processed_corpus
+from innspect.introspect.layout import MIN_CHANNELS, normalize_method, topomap_layout
 from innspect.introspect.naps import Naps, contrastive_naps
 from innspect.introspect.plots import plot_instance_projection, plot_topomaps, safe_file_name
 from innspect.introspect.projection import PROJECTION_METHODS, instance_projection
 from innspect.introspect.quality import topomap_quality
+from innspect.introspect.report import write_report
 from innspect.introspect.topomap import group_order, topomap_activations
-from innspect.progress import progress
+from innspect.loading.models import ModelSpec, load_model
+from innspect.util.files import atomic_path, write_text
+from innspect.util.progress import progress
 
 # iNNtrospect's config keys (INTROSPECT.md section 1.3) -> ours
 INNTROSPECT_KEYS = {
@@ -253,7 +257,6 @@ def run_introspection(
             _layer(settings, out, steps, contrastive_key, profiles, contrastive, layer)
         )
     write_text(out / "summary.json", json.dumps(summary, indent=1))
-    from innspect.introspect.report import write_report
 
     write_report(out / "index.html", summary)
     say(f"introspection written to {out}/index.html")
@@ -271,7 +274,6 @@ def _input_stamp(settings: IntrospectionSettings, model: nn.Module | None) -> li
         if settings.align:
             files += sorted(root.glob("grads/**/*.npy"))
         return ["activations", [_file_stamp(p) for p in files], keep]
-    from innspect.introspect.corpus import read_corpus_csv
 
     rows = read_corpus_csv(settings.data)  # bad rows fail before anything is written
     return [
@@ -286,12 +288,9 @@ def _input_stamp(settings: IntrospectionSettings, model: nn.Module | None) -> li
 
 
 def _compute_naps(settings: IntrospectionSettings, model: nn.Module | None, verbose: bool) -> Naps:
-    from innspect.introspect.collect import collect
 
     keep = settings.projection_samples if settings.projection != "none" else 0
     if settings.activations is not None:
-        from innspect.introspect.corpus import read_processed_corpus
-
         return read_processed_corpus(
             settings.activations, settings.align, settings.layers, keep_samples=keep
         )
@@ -299,8 +298,6 @@ def _compute_naps(settings: IntrospectionSettings, model: nn.Module | None, verb
     if model is None:
         if settings.model is None:
             raise InputError("no model: give --model SPEC or model_path in the config")
-        from innspect.cli_loading import load_model
-        from innspect.introspect.corpus import read_corpus_csv
 
         first = np.load(read_corpus_csv(settings.data)[0].file, allow_pickle=False)
         import torch
@@ -314,8 +311,6 @@ def _compute_naps(settings: IntrospectionSettings, model: nn.Module | None, verb
         ).module
     ray: dict[str, Any] = {}
     if settings.backend == "ray":
-        from innspect.dataset import ModelSpec
-
         if settings.model is None:
             raise InputError("backend ray builds the model on workers: give --model SPEC")
         ray = {
@@ -368,8 +363,6 @@ def _layer(
     if steps.fresh(f"layout:{layer}", layout_key) and coordinates_file.is_file():
         coordinates = np.load(coordinates_file)
     else:
-        from innspect.introspect.layout import topomap_layout
-
         try:
             coordinates = topomap_layout(
                 contrastive,

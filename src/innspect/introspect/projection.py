@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 
 from innspect.errors import InputError
-from innspect.introspect._deps import require
+from innspect.util.extras import require
 
 PROJECTION_METHODS = ("umap", "pca")
 
@@ -26,11 +26,11 @@ def instance_projection(activations: np.ndarray, seed: int = 0, method: str = "u
     if len(flat) < 4:
         raise InputError(f"an instance projection needs at least 4 samples, got {len(flat)}")
     if method == "pca":
-        decomposition = require("sklearn.decomposition", "instance projections")
+        decomposition = require("sklearn.decomposition", "instance projections", extra="introspect")
         components = min(2, flat.shape[1])
         points = decomposition.PCA(components, random_state=seed).fit_transform(flat)
         return np.hstack([points, np.zeros((len(flat), 2 - components))])
-    umap = require("umap", "instance projections")
+    umap = require("umap", "instance projections", extra="introspect")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "n_jobs overridden by random_state": wanted here
         reducer = umap.UMAP(n_components=2, n_neighbors=min(15, len(flat) - 1), random_state=seed)

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFilter
 
-from innspect.introspect._deps import require
 from innspect.introspect.plots import render_rgb
 from innspect.introspect.topomap import interpolate_topomaps, symmetric_limit
+from innspect.util.extras import require
 
 RESIZE_SIDES = tuple(55 - 5 * p for p in range(10))
 BLUR_RADII = tuple(2 * p + 2 for p in range(10))
@@ -72,7 +72,7 @@ def component_stats(
     its blue channel is (TOPO's threshold); regions are 8-connected; NaN pixels (outside the
     hull) are never foreground.
     """
-    ndimage = require("scipy.ndimage", "the component count")
+    ndimage = require("scipy.ndimage", "the component count", extra="introspect")
     rgb = render_rgb(images, limit)
     inside = ~np.isnan(np.asarray(images))
     structure = np.ones((3, 3), dtype=bool)

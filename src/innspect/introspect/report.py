@@ -7,7 +7,7 @@ import html
 import os
 from typing import Any
 
-from innspect.fileio import write_text
+from innspect.util.files import write_text
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;

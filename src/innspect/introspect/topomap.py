@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from innspect.errors import InputError
-from innspect.introspect._deps import require
 from innspect.introspect.naps import Naps
+from innspect.util.extras import require
 
 
 def topomap_activations(profiles: Naps | np.ndarray, layer: str | None = None) -> np.ndarray:
@@ -45,7 +45,7 @@ def interpolate_topomaps(
     -------
     ``(G, resolution, resolution)`` float64 (``(resolution, resolution)`` for 1-D values).
     """
-    interpolate = require("scipy.interpolate", "topographic-map interpolation")
+    interpolate = require("scipy.interpolate", "topographic-map interpolation", extra="introspect")
     coordinates = np.asarray(coordinates, dtype=np.float64)
     values = np.asarray(values, dtype=np.float64)
     single = values.ndim == 1
@@ -91,8 +91,8 @@ def group_order(
     n = nap.shape[0]
     if n < 3:
         return list(range(n))
-    hierarchy = require("scipy.cluster.hierarchy", "group ordering")
-    distance = require("scipy.spatial.distance", "group ordering")
+    hierarchy = require("scipy.cluster.hierarchy", "group ordering", extra="introspect")
+    distance = require("scipy.spatial.distance", "group ordering", extra="introspect")
     with np.errstate(invalid="ignore", divide="ignore"):
         condensed = np.nan_to_num(distance.pdist(nap.reshape(n, -1), metric), nan=1.0)
     linkage = hierarchy.linkage(condensed, method="average", optimal_ordering=True)

@@ -14,7 +14,7 @@ class Gradient(Mapping):
     """The node's vector-Jacobian product (the chain rule).
 
     What a plan says; the engine may compute it as :class:`RecomputedGradient` or
-    :class:`LinearGradient` instead (``innspect.engine.strategy``).
+    :class:`LinearGradient` instead (``innspect.rules.strategy``).
     """
 
     needs_autograd = True

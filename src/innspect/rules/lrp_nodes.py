@@ -12,7 +12,7 @@ from torch import fx
 
 from innspect.engine.reverse import Mapping, NodeContext, Unsupported
 from innspect.graph.graph import NodeInfo
-from innspect.graph.kinds import Kind, family, is_difference, is_sum
+from innspect.graph.ops import Kind, family, is_difference, is_sum
 from innspect.rules.basic import GRADIENT, PassThrough
 from innspect.rules.lrp import check_stabilizer, stabilize
 from innspect.rules.modern import (
@@ -97,7 +97,7 @@ def is_plain_sum(info: NodeInfo) -> bool:
 
 def z_rule_no_param(stabilizer: float | None = None) -> Mapping:
     """The z-rule on a parameter-free linear node (the engine runs plain sums without
-    autograd, see ``innspect.engine.strategy``)."""
+    autograd, see ``innspect.rules.strategy``)."""
     return ZRuleNoParam(stabilizer) if stabilizer is not None else Z_NO_PARAM
 
 

@@ -18,7 +18,7 @@ from torch import fx, nn
 from innspect.engine.reverse import Mapping, NodeContext
 from innspect.errors import NotAnalyzableModelError
 from innspect.graph.graph import ModelGraph
-from innspect.graph.kinds import Kind, family, is_gate, op_name
+from innspect.graph.ops import Kind, family, is_gate, op_name
 from innspect.rules.lrp import signed_shift
 
 ATTN_EPSILON = 1e-6  # LXT's stabiliser

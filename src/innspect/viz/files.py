@@ -1,11 +1,11 @@
-"""Saving figures atomically (see ``innspect.fileio``)."""
+"""Saving figures atomically (see ``innspect.util.files``)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from innspect.fileio import atomic_path, write_text
+from innspect.util.files import atomic_path, write_text
 
 __all__ = ["atomic_path", "save_figure", "write_text"]
 

@@ -18,6 +18,7 @@ import numpy as np
 from torch import nn
 
 from innspect.errors import InputError
+from innspect.viz.files import save_figure
 
 
 def first_linear_layer(model: nn.Module) -> nn.Module:
@@ -72,8 +73,6 @@ def plot_filters(
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
-
-    from innspect.viz.files import save_figure
 
     images = filter_images(model, image_shape)
     rgb = images.ndim == 4

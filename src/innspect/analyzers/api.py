@@ -1,0 +1,350 @@
+"""The public face of every analyzer: ``Analyzer`` and ``Explanation``.
+
+``Analyzer`` holds what every method shares: numpy or torch in and out, input checks, the
+neuron selection modes and ``target=`` (resolved by ``innspect.engine.selection``), the
+finiteness check of the result, and save/load (``Persistent``). Methods computed by a
+reverse walk derive from ``innspect.analyzers.reverse.ReverseAnalyzer``.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from innspect.analyzers.options import check_flag
+from innspect.analyzers.persistence import Persistent
+from innspect.analyzers.plan import Plan
+from innspect.engine.inputs import ModelInputs, attribute_names, model_inputs, to_tensor
+from innspect.engine.reverse import ReverseResult
+from innspect.engine.selection import (
+    NEURON_SELECTION_MODES,
+    OutputSelection,
+    check_selection_arguments,
+    check_target,
+    resolve,
+)
+from innspect.errors import (
+    InputError,
+    NeuronSelectionError,
+    NonFiniteRelevanceError,
+    OutputSelectionError,
+)
+from innspect.graph.capture import GRAPH_LOCK
+from innspect.util.tensors import all_finite, model_device_dtype, nonfinite_counts
+
+
+@dataclass
+class Explanation:
+    """The result of one analysis, with everything the analyzer knows about it.
+
+    Attributes
+    ----------
+    attribution
+        Same shape as the input (the first attributed input or node).
+    selected
+        Per sample, the output neuron explained (flattened index), or None for mode "all"
+        and for ``target=``.
+    scores
+        Per sample, the model's output at the selected neuron (sum over outputs for "all",
+        the target's value ``t`` for ``target=``).
+    relevances
+        Signal at each node by node name (with ``reverse_keep_tensors=True``).
+    min_max
+        Per node, (min, max) of its signal (with ``reverse_min_max=True``).
+    node_sums
+        Per node, per-sample sums of the signal arriving and leaving (with the reverse
+        option ``node_sums``; see ``innspect.evaluation.conservation``).
+    """
+
+    attribution: torch.Tensor
+    selected: torch.Tensor | None
+    scores: torch.Tensor
+    relevances: dict[str, torch.Tensor] = field(default_factory=dict)
+    min_max: dict[str, tuple[float, float]] = field(default_factory=dict)
+    node_sums: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    attributions: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Every attribution by input or node name (``attribute_to``), postprocessed."""
+    plan: Plan | None = None  # the rule of each node (methods run by the reverse walk)
+
+    def __post_init__(self) -> None:
+        if not self.attributions:
+            self.attributions = {"input": self.attribution}
+
+    @classmethod
+    def of_walk(
+        cls,
+        attributions: dict[str, torch.Tensor],
+        selected: torch.Tensor | None,
+        scores: torch.Tensor,
+        result: ReverseResult,
+    ) -> Explanation:
+        """The explanation of a reverse walk: its attributions (the first is ``attribution``)
+        with the walk's per-node signals, min/max and sums."""
+        return cls(
+            next(iter(attributions.values())),
+            selected,
+            scores,
+            result.signals,
+            result.min_max,
+            result.node_sums,
+            attributions,
+        )
+
+
+class Analyzer(Persistent):
+    """Base of every analyzer.
+
+    Parameters
+    ----------
+    model
+        A torch model (its output: logits, not probabilities). It may take several inputs
+        (``analyze`` a tuple or a dict) and return a tuple, dict or dataclass.
+    neuron_selection_mode
+        "max_activation" (default), "index" or "all".
+    target
+        Instead of a neuron selection: output weights ``w`` broadcastable to the explained
+        output (explains ``t = sum(w * y)`` per sample, Zennit's ``attr_output``) or a
+        callable ``f(y) -> (N,)`` (a contrast ``y[:, a] - y[:, b]``, a region's mean...).
+        Gradient methods start the walk from ``dt/dy``, relevance methods from
+        ``y * dt/dy``. ``analyze(X, target=...)`` overrides it per call.
+    output
+        Which returned tensor to explain when the model returns several: an index, a key,
+        a path tuple, or a callable on the returned structure. Default: the only tensor,
+        else ``"logits"``.
+    attribute_to
+        Which inputs (forward parameter names) or graph nodes (``NodeInfo.name``, e.g. an
+        embedding's module path) receive attributions: a name or a list of names. Default:
+        every floating-point input; integer inputs and masks pass through.
+    attribute_sum_axis
+        Sum every attribution over this axis (e.g. -1: an embedding's feature axis).
+    allow_nonfinite
+        Return NaN or infinite attributions instead of raising NonFiniteRelevanceError.
+    """
+
+    name: ClassVar[str] = "analyzer"
+    is_trainable: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def recording_init(self: Analyzer, model: nn.Module, *args: Any, **options: Any) -> None:
+            if args:
+                raise TypeError(f"{cls.__name__}: pass options by keyword, e.g. epsilon=0.1")
+            # The outermost __init__ sees the options the user gave: they are the config.
+            if "_options" not in self.__dict__:
+                self._options = dict(options)
+            init(self, model, **options)
+
+        cls.__init__ = recording_init  # type: ignore[method-assign]
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        neuron_selection_mode: str = "max_activation",
+        target: Any = None,
+        output: Any = None,
+        attribute_to: str | Sequence[str] | None = None,
+        attribute_sum_axis: int | None = None,
+        allow_nonfinite: bool = False,
+        disable_model_checks: bool = False,
+        allow_lambda_layers: bool = False,
+    ) -> None:
+        # iNNvestigate's options (docs/innvestigate.md): disable_model_checks skips the
+        # refusal of an output softmax; allow_lambda_layers has nothing to allow (innspect
+        # traces through Python code, there are no opaque Lambda layers).
+        self.disable_model_checks = check_flag("disable_model_checks", disable_model_checks)
+        check_flag("allow_lambda_layers", allow_lambda_layers)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if neuron_selection_mode not in NEURON_SELECTION_MODES:
+            raise NeuronSelectionError(
+                f"neuron_selection_mode must be one of {NEURON_SELECTION_MODES}, "
+                f"got {neuron_selection_mode!r}"
+            )
+        self.model = model
+        self.neuron_selection_mode = neuron_selection_mode
+        self.target = check_target(target)
+        if self.target is not None and neuron_selection_mode != "max_activation":
+            raise NeuronSelectionError(
+                f"target= replaces the neuron selection; drop neuron_selection_mode="
+                f"{neuron_selection_mode!r}"
+            )
+        if isinstance(output, list):  # a path restored from a saved (JSON) config
+            output = tuple(output)
+        if output is not None and not (callable(output) or isinstance(output, str | int | tuple)):
+            raise OutputSelectionError(
+                f"output must be an index, a key, a path tuple or a callable, got {output!r}"
+            )
+        self.output = output
+        self.attribute_to = attribute_to
+        self._attribute_names = attribute_names(attribute_to)
+        self.attribute_sum_axis = None if attribute_sum_axis is None else int(attribute_sum_axis)
+        self.allow_nonfinite = check_flag("allow_nonfinite", allow_nonfinite)
+        self._options = getattr(self, "_options", {})
+
+    # -- public interface ---------------------------------------------------------------
+    def analyze(self, X: Any, neuron_selection: Any = None, target: Any = None) -> Any:
+        """Explain ``X`` (batch first); numpy in gives numpy out, a tensor gives a tensor.
+
+        Parameters
+        ----------
+        X
+            Input batch, numpy array or torch tensor; a tuple of them for a model with
+            several positional inputs, a dict for keyword inputs. Attributions come back in
+            the same structure (None for inputs that get none), or as ``attribute_to``
+            names them.
+        neuron_selection
+            With mode "index": one int for the whole batch or one per sample.
+        target
+            Output weights or a callable ``f(y) -> (N,)`` (see the class), for this call.
+        """
+        _refuse_meta(self.model, X)
+        inputs = self._inputs(X)
+        explanation = self._checked_explain(inputs, neuron_selection, target)
+        return inputs.restore(explanation.attributions, self.attribute_to)
+
+    def explain(self, X: Any, neuron_selection: Any = None, target: Any = None) -> Explanation:
+        """Like ``analyze`` but returns an Explanation with the selected neurons and scores."""
+        _refuse_meta(self.model, X)
+        return self._checked_explain(self._inputs(X), neuron_selection, target)
+
+    def _checked_explain(
+        self, inputs: ModelInputs, neuron_selection: Any, target: Any
+    ) -> Explanation:
+        """``_explain`` holding the graph lock shared, with clear errors around it."""
+        with GRAPH_LOCK.shared():  # no capture in any thread while this one runs modules
+            try:
+                explanation = self._explain(inputs, neuron_selection, target)
+            except InputError as error:
+                raise _with_integer_input_hint(error, inputs) from error
+        self._check_finite(explanation)
+        return explanation
+
+    def _check_finite(self, explanation: Explanation) -> None:
+        """NaN or infinite attributions are an error unless ``allow_nonfinite=True``."""
+        if self.allow_nonfinite:
+            return
+        for name, attribution in explanation.attributions.items():
+            if all_finite(attribution):
+                continue
+            n_nan, n_inf = nonfinite_counts(attribution)
+            raise NonFiniteRelevanceError(
+                f"{self.name}: the attribution of {name!r} has {n_nan} NaN and {n_inf} infinite "
+                f"values (of {attribution.numel()}): the model's output or its gradient is not "
+                f"finite{self._nonfinite_hint()}. Pass allow_nonfinite=True to get the values "
+                "anyway, or reverse_check_finite=True to find the node where they appear."
+            )
+
+    def _nonfinite_hint(self) -> str:
+        """Where non-finite values may come from, for the error message."""
+        return " at these inputs"
+
+    def fit(self, *args: Any, **kwargs: Any) -> None:
+        """Train the analyzer on data; analyzers that need no training warn and do nothing."""
+        warnings.warn(f"{self.name} needs no fitting; fit() does nothing", stacklevel=2)
+
+    # -- input handling -----------------------------------------------------------------
+    def _inputs(self, X: Any) -> ModelInputs:
+        """``X`` checked and bound to the model's forward (see ``engine.inputs``)."""
+        if isinstance(X, ModelInputs):
+            return X
+        device, dtype = model_device_dtype(self.model)
+        return model_inputs(self.model, X, device, dtype)
+
+    def _attributed_inputs(self, inputs: ModelInputs) -> tuple[str, ...]:
+        """Names of the inputs to attribute, for analyzers that see no graph."""
+        names = self._attribute_names or inputs.default_sources()
+        unknown = [n for n in names if n not in inputs.names]
+        if unknown:
+            raise InputError(
+                f"{self.name} attributes inputs only, and {unknown[0]!r} is not one of them "
+                f"({', '.join(inputs.names)})"
+            )
+        if not names:
+            raise InputError(no_float_input_message(inputs))
+        return names
+
+    def _to_tensor(self, X: Any) -> tuple[torch.Tensor, bool]:
+        """One input tensor, checked (wave 1's single-input conversion)."""
+        device, dtype = model_device_dtype(self.model)
+        return to_tensor(X, device, dtype)
+
+    @staticmethod
+    def _from_tensor(x: torch.Tensor, to_numpy: bool) -> Any:
+        return x.detach().cpu().numpy() if to_numpy else x.detach()
+
+    def _explain(
+        self, inputs: ModelInputs, neuron_selection: Any, target: Any = None
+    ) -> Explanation:
+        raise NotImplementedError
+
+    # -- what a call explains -----------------------------------------------------------
+    def _call_target(self, neuron_selection: Any, target: Any) -> Any:
+        """The call's target (per call, else the analyzer's), checked against the call's
+        neuron selection: the first step of every ``_explain``."""
+        target = self.target if target is None else check_target(target)
+        check_selection_arguments(self.neuron_selection_mode, neuron_selection, target)
+        return target
+
+    def _resolve(self, output: torch.Tensor, neuron_selection: Any, target: Any) -> OutputSelection:
+        """The call's selection on the explained ``output`` (``engine.selection.resolve``
+        in this analyzer's mode)."""
+        return resolve(output, self.neuron_selection_mode, neuron_selection, target)
+
+
+def _refuse_meta(model: nn.Module, X: Any) -> None:
+    """Tensors on the meta device have no values to explain (torch fails in ``item()``)."""
+    device, _ = model_device_dtype(model)
+    given = X.values() if isinstance(X, dict) else X if isinstance(X, tuple | list) else [X]
+    meta = any(isinstance(v, torch.Tensor) and v.device.type == "meta" for v in given)
+    if (device is not None and device.type == "meta") or meta:
+        where = "the input is" if meta else "the model's parameters are"
+        raise InputError(
+            f"{where} on the meta device (shapes without values), so there is nothing to "
+            "explain; materialise the model (model.to_empty(device='cpu') and load_state_dict) "
+            "and pass real inputs"
+        )
+
+
+def _with_integer_input_hint(error: InputError, inputs: ModelInputs) -> InputError:
+    """A model that failed on an integer input: say what to do about the input."""
+    integers = [
+        (name, value)
+        for name, value in inputs.by_name().items()
+        if isinstance(value, torch.Tensor)
+        and not (value.is_floating_point() or value.is_complex())
+        and value.dtype != torch.bool
+    ]
+    if not integers or not str(error).startswith("the model failed"):
+        return error
+    name, value = integers[0]
+    return InputError(
+        f"{error}. Input {name!r} is {value.dtype}: innspect does not convert integer inputs "
+        "(they may be token ids); convert it to floating point (X.float(), "
+        "X.astype(np.float32)), or for token ids attribute to the embedding's output with "
+        "attribute_to='<embedding module path>'"
+    )
+
+
+def no_float_input_message(inputs: ModelInputs, embeddings: Sequence[str] = ()) -> str:
+    """The error for inputs none of which is floating point (nothing to attribute)."""
+    described = ", ".join(
+        f"{n}: {v.dtype}" if isinstance(v, torch.Tensor) else f"{n}: {type(v).__name__}"
+        for n, v in inputs.by_name().items()
+    )
+    hint = f", e.g. attribute_to={embeddings[0]!r}" if embeddings else ""
+    return (
+        f"no input is floating point ({described}), so there is nothing to attribute by "
+        f"default; name a graph node with attribute_to=... (an embedding's output{hint})"
+    )
