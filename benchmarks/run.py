@@ -498,6 +498,8 @@ def _group_section(group: str, args: argparse.Namespace, given: list[str]) -> st
         return module.section(args.scale_samples, size, args.scale_shard, args.batch * 4)
     if group == "deeplift":
         return module.section(this, args.models, args.batch, args.size, args.repeats)
+    if group == "averaged":
+        return module.section(this, args.batch, args.size, args.repeats)
     if group == "introspect":
         models = args.models if "--models" in given else ["resnet50"]
         return module.section(
@@ -520,7 +522,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--only",
-        choices=("patterns", "introspect", "deeplift", "scale", "modern"),
+        choices=("patterns", "introspect", "deeplift", "scale", "modern", "averaged"),
         help="run one group only, written to RESULTS-<group>.md unless --out is given",
     )
     parser.add_argument("--pattern-batch", type=int, default=16, help="batch of --only patterns")

@@ -145,27 +145,6 @@ def test_plot_grid_rejects_bad_labels_and_cells() -> None:
         plot_grid([[np.zeros((5, 5, 7))]])
 
 
-def test_families_group_by_table_prefix_and_declared_attribute() -> None:
-    from innspect.analyzers.families import family_of, grouped, title_of
-
-    assert family_of("lrp.epsilon").key == "lrp_rule"
-    assert family_of("lrp.epsilon_plus_flat").key == "lrp_composite"  # exact name beats prefix
-    assert family_of("lrp.sequential_preset_b_flat_until_idx").key == "lrp_composite"
-    assert family_of("pattern.attribution").key == "pattern"
-    assert family_of("something_new").key == "other"
-    assert family_of("something_new", declared="deep_taylor").key == "deep_taylor"
-    groups = grouped(["lrp.z", "gradient", "zzz", "input", "deep_taylor"])
-    assert [(f.key, names) for f, names in groups] == [
-        ("gradient", ["input", "gradient"]),
-        ("lrp_rule", ["lrp.z"]),
-        ("deep_taylor", ["deep_taylor"]),
-        ("other", ["zzz"]),
-    ]
-    assert title_of("lrp.epsilon", in_family=True) == "ε"
-    assert title_of("lrp.epsilon") == "LRP ε"
-    assert title_of("brand.new") == "brand.new"
-
-
 def test_plot_grid_column_groups_pack_into_blocks(tmp_path) -> None:
     layout = GridLayout(cell=10, label_width=20, header=10, dpi=100)
     groups = [("A", [1, 2, 3]), ("B", [4, 5]), ("C", [6, 7, 8, 9, 10, 11, 12])]

@@ -15,5 +15,5 @@ from innspect.analyzers import (
 )
 from innspect.analyzers.registry import register_all
 
-for _family in (misc, gradient, averaged, lrp, composites, deeptaylor, deeplift, occlusion, modern):
+for _family in (misc, gradient, averaged, lrp, composites, modern, deeptaylor, deeplift, occlusion):
     register_all(_family.ANALYZERS)

@@ -129,6 +129,16 @@ class Analyzer(Persistent):
 
     name: ClassVar[str] = "analyzer"
     is_trainable: ClassVar[bool] = False
+    # How the method describes itself, once (the grid, the demo page, `innspect methods`
+    # and the reference names read these): its family (a key of
+    # innspect.analyzers.families.FAMILIES), a short title for figure columns (shown under
+    # the family's title), a one-sentence summary for readers, the paper it comes from,
+    # and iNNvestigate's name for it (where iNNvestigate has it, with default options).
+    family: ClassVar[str] = "other"
+    title: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    innvestigate: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

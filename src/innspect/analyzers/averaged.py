@@ -322,6 +322,14 @@ class IntegratedGradients(Averaged):
     """
 
     name = "integrated_gradients"
+    family = "gradient"
+    title = "integrated gradients"
+    summary = (
+        "The gradient averaged along the straight path from a baseline (0) to the input, times"
+        " the input; sums to the change of the score along the path."
+    )
+    paper = "Sundararajan et al. 2017, ICML (arXiv 1703.01365)"
+    innvestigate = "IntegratedGradients"
 
     def __init__(
         self,
@@ -426,6 +434,14 @@ class SmoothGrad(Averaged):
     """
 
     name = "smoothgrad"
+    family = "gradient"
+    title = "SmoothGrad"
+    summary = (
+        "The gradient averaged over noisy copies of the input, which removes much of the "
+        "gradient's noise."
+    )
+    paper = "Smilkov et al. 2017 (arXiv 1706.03825)"
+    innvestigate = "SmoothGrad"
 
     def __init__(
         self,

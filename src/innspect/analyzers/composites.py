@@ -192,6 +192,10 @@ PRESETS: list[Preset] = [
         "Zennit's EpsilonPlus: ZPlus (with b+) on convolutions, Epsilon on dense layers.",
         _composite("lrp.epsilon_plus", 1, 0, False),
         hint=_HINT,
+        family="lrp_composite",
+        title="ε + z+",
+        summary="Zennit's EpsilonPlus: z+ on convolutions, epsilon on dense layers.",
+        paper="Kohlbrenner et al. 2020, IJCNN (arXiv 1910.09840)",
     ),
     Preset(
         "lrp.epsilon_plus_flat",
@@ -199,6 +203,10 @@ PRESETS: list[Preset] = [
         "Zennit's EpsilonPlusFlat: EpsilonPlus with Flat on the first linear layer.",
         _composite("lrp.epsilon_plus_flat", 1, 0, True),
         hint=_HINT,
+        family="lrp_composite",
+        title="ε + z+, flat input",
+        summary="EpsilonPlus with the flat rule on the first layer.",
+        paper="Kohlbrenner et al. 2020, IJCNN (arXiv 1910.09840)",
     ),
     Preset(
         "lrp.epsilon_alpha2_beta1",
@@ -206,6 +214,12 @@ PRESETS: list[Preset] = [
         "Zennit's EpsilonAlpha2Beta1: AlphaBeta(2, 1) on convolutions, Epsilon on dense.",
         _composite("lrp.epsilon_alpha2_beta1", 2, 1, False),
         hint=_HINT,
+        family="lrp_composite",
+        title="ε + α2β1",
+        summary=(
+            "Zennit's EpsilonAlpha2Beta1: alpha2-beta1 on convolutions, epsilon on dense layers."
+        ),
+        paper="Kohlbrenner et al. 2020, IJCNN (arXiv 1910.09840)",
     ),
     Preset(
         "lrp.epsilon_alpha2_beta1_flat",
@@ -213,6 +227,10 @@ PRESETS: list[Preset] = [
         "Zennit's EpsilonAlpha2Beta1Flat: EpsilonAlpha2Beta1 with Flat on the first layer.",
         _composite("lrp.epsilon_alpha2_beta1_flat", 2, 1, True),
         hint=_HINT,
+        family="lrp_composite",
+        title="ε + α2β1, flat input",
+        summary="EpsilonAlpha2Beta1 with the flat rule on the first layer.",
+        paper="Kohlbrenner et al. 2020, IJCNN (arXiv 1910.09840)",
     ),
     Preset(
         "lrp.epsilon_gamma_box",
@@ -229,6 +247,13 @@ PRESETS: list[Preset] = [
     """,
         _gamma_box,
         hint=_HINT,
+        family="lrp_composite",
+        title="ε + γ + box",
+        summary=(
+            "Zennit's EpsilonGammaBox: the box rule (z^B, bounded to the input's range) on "
+            "the input, gamma on the other convolutions, epsilon on dense layers."
+        ),
+        paper="Montavon et al. 2019, in Explainable AI, LNCS 11700",
     ),
 ]
 

@@ -69,6 +69,14 @@ class DeepLIFT(ReverseAnalyzer):
     """
 
     name = "deep_lift"
+    family = "reference"
+    title = "DeepLIFT"
+    summary = (
+        "Contributions of each input's difference from a reference (0 by default) to the "
+        "score's difference, by multipliers passed back layer by layer; they sum to that "
+        "difference."
+    )
+    paper = "Shrikumar et al. 2017, ICML (arXiv 1704.02685)"
     # Eval-mode BatchNorm folded into its convolution: one linear unit, as in the paper.
     fuse_batchnorm: ClassVar[bool] = True
 
@@ -180,6 +188,13 @@ class DeepLIFTWrapper(DeepLIFT):
     """DeepLIFT under iNNvestigate 1.0.9's name for the original DeepLIFT (same parameters)."""
 
     name = "deep_lift.wrapper"
+    family = "reference"
+    title = "DeepLIFT (wrapper)"
+    summary = (
+        "DeepLIFT under iNNvestigate 1.0.9's name for the original DeepLIFT (the same method)."
+    )
+    paper = "Shrikumar et al. 2017, ICML (arXiv 1704.02685)"
+    innvestigate = "DeepLIFTWrapper"
 
 
 class DeepLiftShap(Averaged):
@@ -205,6 +220,13 @@ class DeepLiftShap(Averaged):
     """
 
     name = "deep_lift_shap"
+    family = "reference"
+    title = "DeepLift SHAP"
+    summary = (
+        "DeepLIFT averaged over a set of reference samples (a background of the data): an "
+        "estimate of SHAP values."
+    )
+    paper = "Lundberg & Lee 2017, NeurIPS (arXiv 1705.07874)"
     is_trainable = True
     default_inner = "deep_lift"
 

@@ -85,6 +85,14 @@ class DeepTaylor(ComposedAnalyzer):
     """
 
     name = "deep_taylor"
+    family = "deep_taylor"
+    title = "Deep Taylor"
+    summary = (
+        "z+ on every layer, starting from the positive part of the score: a first-order "
+        "Taylor expansion at a root point; positive relevance only."
+    )
+    paper = "Montavon et al. 2017, Pattern Recognition 65 (arXiv 1512.02479)"
+    innvestigate = "DeepTaylor"
     relevance_start = True
     fuse_batchnorm = True
 
@@ -118,5 +126,12 @@ ANALYZERS: list[Any] = [
         Bounds of the input (both required): scalars or tensors broadcastable to the input.
     """,
         _bounded,
+        family="deep_taylor",
+        title="Deep Taylor, bounded",
+        summary=(
+            "Deep Taylor with the input layer bounded to the input's range [low, high] (z^B rule)."
+        ),
+        paper="Montavon et al. 2017, Pattern Recognition 65 (arXiv 1512.02479)",
+        innvestigate="BoundedDeepTaylor",
     ),
 ]

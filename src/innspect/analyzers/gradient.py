@@ -52,6 +52,14 @@ class GradientAnalyzer(ReverseAnalyzer):
     """
 
     name = "gradient"
+    family = "gradient"
+    title = "gradient"
+    summary = (
+        "How much a small change of each input element changes the score: sensitivity, not "
+        "contribution, so often noisy and spread over the background."
+    )
+    paper = "Simonyan et al. 2014 (arXiv 1312.6034)"
+    innvestigate = "Gradient"
 
     def __init__(self, model: nn.Module, *, postprocess: str | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
@@ -68,6 +76,11 @@ class InputTimesGradient(GradientAnalyzer):
     """Input times the gradient (element-wise)."""
 
     name = "input_t_gradient"
+    family = "gradient"
+    title = "input × gradient"
+    summary = "Gradient times the input's value: only non-zero inputs (inked pixels) get relevance."
+    paper = "Shrikumar et al. 2016 (arXiv 1605.01713)"
+    innvestigate = "InputTimesGradient"
 
     def __init__(self, model: nn.Module, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
@@ -140,12 +153,28 @@ class Deconvnet(_RectifierVariant):
     """Deconvnet (Zeiler & Fergus 2014): at each ReLU the backward signal is rectified."""
 
     name = "deconvnet"
+    family = "gradient"
+    title = "Deconvnet"
+    summary = (
+        "The backward signal is rectified at every ReLU, ignoring the forward pass's masks: "
+        "shows patterns the network responds to, largely independent of the class."
+    )
+    paper = "Zeiler & Fergus 2014, ECCV (arXiv 1311.2901)"
+    innvestigate = "Deconvnet"
 
 
 class GuidedBackprop(_RectifierVariant):
     """Guided backprop (Springenberg et al. 2015): rectified signal times the ReLU mask."""
 
     name = "guided_backprop"
+    family = "gradient"
+    title = "guided backprop"
+    summary = (
+        "Like Deconvnet, but the signal also passes only where the forward ReLU was active: "
+        "sharp, yet known to be weakly class-specific."
+    )
+    paper = "Springenberg et al. 2015, ICLR workshop (arXiv 1412.6806)"
+    innvestigate = "GuidedBackprop"
     guided = True
 
 
@@ -159,6 +188,13 @@ class GradientBaseline(Analyzer):
     """
 
     name = "gradient.baseline"
+    family = "gradient"
+    title = "gradient (autograd)"
+    summary = (
+        "The same gradient computed with plain autograd, a cross-check of the engine: it must"
+        " look exactly like 'gradient'."
+    )
+    innvestigate = "BaselineGradient"
 
     def __init__(self, model: nn.Module, *, postprocess: str | None = None, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
@@ -208,4 +244,4 @@ class GradientBaseline(Analyzer):
         )
 
 
-ANALYZERS = [GradientAnalyzer, InputTimesGradient, Deconvnet, GuidedBackprop, GradientBaseline]
+ANALYZERS = [GradientAnalyzer, GradientBaseline, InputTimesGradient, Deconvnet, GuidedBackprop]

@@ -114,6 +114,10 @@ class LRP(ComposedAnalyzer):
     """
 
     name = "lrp"
+    family = "lrp_rule"
+    title = "LRP (default: z)"
+    summary = "LRP without a rule given, which is the z-rule (iNNvestigate raises instead)."
+    paper = "Bach et al. 2015, PLoS ONE 10(7): e0130140"
     relevance_start = True
     fuse_batchnorm = True
     # Stabiliser of the z-rule on add / average pooling (None: iNNvestigate's SafeDivide).
@@ -257,7 +261,11 @@ def _until_idx(epsilon: float = 0.1, until_layer_idx: int | None = None) -> dict
     return options
 
 
-def _alpha_beta_variant(name: str, alpha: float, beta: float, bias: bool) -> Preset:
+def _alpha_beta_variant(
+    name: str, alpha: float, beta: float, bias: bool, **described: str
+) -> Preset:
+    """AlphaBeta(alpha, beta) with the bias included or ignored; ``described``: the
+    preset's title, summary and iNNvestigate name."""
     kept = "included" if bias else "ignored"
     other = name[: -len("_IB")] if not bias else f"{name}_IB"
     return Preset(
@@ -267,6 +275,9 @@ def _alpha_beta_variant(name: str, alpha: float, beta: float, bias: bool) -> Pre
         lambda: {"rule": AlphaBeta(alpha=alpha, beta=beta, bias=bias)},
         fixed={"alpha": alpha, "beta": beta, "bias": bias},
         hint=f"use {other} or lrp.alpha_beta(alpha=..., beta=..., bias=...)",
+        family="lrp_rule",
+        paper=LRP.paper,
+        **described,
     )
 
 
@@ -276,6 +287,14 @@ PRESETS: list[Preset] = [
         LRP,
         "LRP-Z: the basic rule, bias included (bias=False: lrp.z_IB).",
         lambda bias=True: {"rule": Z(bias=bias)},
+        family="lrp_rule",
+        title="z",
+        summary=(
+            "The z-rule (LRP-0): each input gets relevance in proportion to its contribution "
+            "x_i w_ij to the neuron's value, bias included."
+        ),
+        paper="Bach et al. 2015, PLoS ONE 10(7): e0130140",
+        innvestigate="LRPZ",
     ),
     Preset(
         "lrp.z_IB",
@@ -284,12 +303,25 @@ PRESETS: list[Preset] = [
         lambda: {"rule": "ZIgnoreBias"},
         fixed={"bias": False},
         hint="use lrp.z for the bias included",
+        family="lrp_rule",
+        title="z, bias ignored",
+        summary="The z-rule with the bias left out of the denominator.",
+        paper="Bach et al. 2015, PLoS ONE 10(7): e0130140",
+        innvestigate="LRPZIgnoreBias",
     ),
     Preset(
         "lrp.epsilon",
         LRP,
         "LRP-epsilon: denominator z + epsilon * sign(z).",
         lambda epsilon=1e-7, bias=True: {"rule": Epsilon(epsilon=epsilon, bias=bias)},
+        family="lrp_rule",
+        title="ε",
+        summary=(
+            "The z-rule with a small stabiliser in the denominator (epsilon=1e-7) that "
+            "absorbs weak or contradictory contributions."
+        ),
+        paper="Bach et al. 2015, PLoS ONE 10(7): e0130140",
+        innvestigate="LRPEpsilon",
     ),
     Preset(
         "lrp.epsilon_IB",
@@ -298,15 +330,36 @@ PRESETS: list[Preset] = [
         lambda epsilon=1e-7: {"rule": Epsilon(epsilon=epsilon, bias=False)},
         fixed={"bias": False},
         hint="use lrp.epsilon for the bias included",
+        family="lrp_rule",
+        title="ε, bias ignored",
+        summary="Epsilon with the bias left out of the denominator.",
+        paper="Bach et al. 2015, PLoS ONE 10(7): e0130140",
+        innvestigate="LRPEpsilonIgnoreBias",
     ),
     Preset(
         "lrp.w_square",
         LRP,
         "LRP with the w^2 rule on every linear layer.",
         lambda: {"rule": "WSquare"},
+        family="lrp_rule",
+        title="w²",
+        summary=(
+            "Relevance shared in proportion to squared weights, whatever the input: a map of "
+            "where the network looks in general."
+        ),
+        paper="Montavon et al. 2017, Pattern Recognition 65 (arXiv 1512.02479)",
+        innvestigate="LRPWSquare",
     ),
     Preset(
-        "lrp.flat", LRP, "LRP with the flat rule on every linear layer.", lambda: {"rule": Flat()}
+        "lrp.flat",
+        LRP,
+        "LRP with the flat rule on every linear layer.",
+        lambda: {"rule": Flat()},
+        family="lrp_rule",
+        title="flat",
+        summary="Relevance spread uniformly over each neuron's receptive field.",
+        paper="Lapuschkin et al. 2019, Nature Communications 10: 1096",
+        innvestigate="LRPFlat",
     ),
     Preset(
         "lrp.alpha_beta",
@@ -315,11 +368,51 @@ PRESETS: list[Preset] = [
         lambda alpha=None, beta=None, bias=True: {
             "rule": AlphaBeta(alpha=alpha, beta=beta, bias=bias)
         },
+        family="lrp_rule",
+        title="α-β (α=2, β=1)",
+        summary=(
+            "Positive contributions counted alpha times, negative ones beta times (the demo "
+            "uses alpha=2, beta=1, as lrp.alpha_2_beta_1)."
+        ),
+        paper="Bach et al. 2015, PLoS ONE 10(7): e0130140",
+        innvestigate="LRPAlphaBeta",
     ),
-    _alpha_beta_variant("lrp.alpha_2_beta_1", 2, 1, True),
-    _alpha_beta_variant("lrp.alpha_2_beta_1_IB", 2, 1, False),
-    _alpha_beta_variant("lrp.alpha_1_beta_0", 1, 0, True),
-    _alpha_beta_variant("lrp.alpha_1_beta_0_IB", 1, 0, False),
+    _alpha_beta_variant(
+        "lrp.alpha_2_beta_1",
+        2,
+        1,
+        True,
+        title="α2β1",
+        summary="Alpha-beta with alpha=2, beta=1, bias included.",
+        innvestigate="LRPAlpha2Beta1",
+    ),
+    _alpha_beta_variant(
+        "lrp.alpha_2_beta_1_IB",
+        2,
+        1,
+        False,
+        title="α2β1, bias ignored",
+        summary="Alpha-beta with alpha=2, beta=1, bias ignored.",
+        innvestigate="LRPAlpha2Beta1IgnoreBias",
+    ),
+    _alpha_beta_variant(
+        "lrp.alpha_1_beta_0",
+        1,
+        0,
+        True,
+        title="α1β0",
+        summary="Alpha-beta with alpha=1, beta=0: only positive contributions, bias included.",
+        innvestigate="LRPAlpha1Beta0",
+    ),
+    _alpha_beta_variant(
+        "lrp.alpha_1_beta_0_IB",
+        1,
+        0,
+        False,
+        title="α1β0, bias ignored",
+        summary="Alpha-beta with alpha=1, beta=0, bias ignored.",
+        innvestigate="LRPAlpha1Beta0IgnoreBias",
+    ),
     Preset(
         "lrp.z_plus",
         LRP,
@@ -327,6 +420,14 @@ PRESETS: list[Preset] = [
         lambda: {"rule": "ZPlus"},
         fixed={"bias": False},
         hint="z+ ignores the bias; use lrp.alpha_1_beta_0 to keep it",
+        family="lrp_rule",
+        title="z+",
+        summary=(
+            "z+: only positive contributions count, bias ignored (Deep Taylor's rule for ReLU"
+            " layers)."
+        ),
+        paper="Montavon et al. 2017, Pattern Recognition 65 (arXiv 1512.02479)",
+        innvestigate="LRPZPlus",
     ),
     Preset(
         "lrp.z_plus_fast",
@@ -335,18 +436,33 @@ PRESETS: list[Preset] = [
         lambda: {"rule": "ZPlusFast"},
         fixed={"bias": False},
         hint="z+ ignores the bias; use lrp.alpha_1_beta_0 to keep it",
+        family="lrp_rule",
+        title="z+ fast",
+        summary="z+ for non-negative inputs: positive weights times the raw input.",
+        paper="Montavon et al. 2017, Pattern Recognition 65 (arXiv 1512.02479)",
+        innvestigate="LRPZPlusFast",
     ),
     Preset(
         "lrp.sequential_preset_a",
         LRP,
         "Preset A: dense layers Epsilon(0.1), convolutions Alpha1Beta0 (bias included).",
         _sequential(1, 0, False),
+        family="lrp_composite",
+        title="preset A",
+        summary="Preset A: epsilon on dense layers, alpha1-beta0 on convolutions.",
+        paper="Kohlbrenner et al. 2020, IJCNN (arXiv 1910.09840)",
+        innvestigate="LRPSequentialPresetA",
     ),
     Preset(
         "lrp.sequential_preset_b",
         LRP,
         "Preset B: dense layers Epsilon(0.1), convolutions Alpha2Beta1 (bias included).",
         _sequential(2, 1, False),
+        family="lrp_composite",
+        title="preset B",
+        summary="Preset B: epsilon on dense layers, alpha2-beta1 on convolutions.",
+        paper="Kohlbrenner et al. 2020, IJCNN (arXiv 1910.09840)",
+        innvestigate="LRPSequentialPresetB",
     ),
     Preset(
         "lrp.sequential_preset_a_flat",
@@ -355,6 +471,11 @@ PRESETS: list[Preset] = [
         _sequential(1, 0, True),
         fixed={"input_layer_rule": "Flat"},
         hint="the _flat presets put Flat on the input layer; use the preset without _flat",
+        family="lrp_composite",
+        title="preset A, flat input",
+        summary="Preset A with the flat rule on the input layer.",
+        paper="Kohlbrenner et al. 2020, IJCNN (arXiv 1910.09840)",
+        innvestigate="LRPSequentialPresetAFlat",
     ),
     Preset(
         "lrp.sequential_preset_b_flat",
@@ -363,6 +484,11 @@ PRESETS: list[Preset] = [
         _sequential(2, 1, True),
         fixed={"input_layer_rule": "Flat"},
         hint="the _flat presets put Flat on the input layer; use the preset without _flat",
+        family="lrp_composite",
+        title="preset B, flat input",
+        summary="Preset B with the flat rule on the input layer.",
+        paper="Kohlbrenner et al. 2020, IJCNN (arXiv 1910.09840)",
+        innvestigate="LRPSequentialPresetBFlat",
     ),
     Preset(
         "lrp.sequential_preset_b_flat_until_idx",
@@ -371,6 +497,13 @@ PRESETS: list[Preset] = [
         _until_idx,
         fixed={"input_layer_rule": "Flat"},
         hint="the _flat presets put Flat on the input layer; use the preset without _flat",
+        family="lrp_composite",
+        title="preset B, flat to layer 1",
+        summary=(
+            "Preset B with the flat rule on the first linear layers (the demo: "
+            "until_layer_idx=1, the first two)."
+        ),
+        paper="Kohlbrenner et al. 2020, IJCNN (arXiv 1910.09840)",
     ),
 ]
 

@@ -34,6 +34,10 @@ class InputAnalyzer(_OutputFree):
     """The input itself."""
 
     name = "input"
+    family = "gradient"
+    title = "input"
+    summary = "The input itself: a reminder of what it looks like, not an explanation."
+    innvestigate = "Input"
 
     def _compute(self, x: torch.Tensor) -> torch.Tensor:
         return x.detach().clone()
@@ -51,6 +55,10 @@ class RandomAnalyzer(_OutputFree):
     """
 
     name = "random"
+    family = "gradient"
+    title = "random (baseline)"
+    summary = "Gaussian noise: the baseline every method should beat in the perturbation test."
+    innvestigate = "Random"
 
     def __init__(
         self, model: nn.Module, *, stddev: float = 1.0, seed: int | None = None, **kwargs: Any

@@ -53,6 +53,13 @@ PRESETS: list[Preset] = [
         "AttnLRP (Achtibat et al. 2024): epsilon on linear layers, the softmax, matmul, "
         "product and LayerNorm rules of the paper.",
         lambda epsilon=ATTN_EPSILON: {"composite": attention_composite(epsilon, cp=False)},
+        family="lrp_composite",
+        title="AttnLRP",
+        summary=(
+            "AttnLRP: LRP for transformers, with rules for the softmax, matrix products of "
+            "two signals and LayerNorm that keep relevance conserved through attention."
+        ),
+        paper="Achtibat et al. 2024, ICML (arXiv 2402.05602)",
     ),
     Preset(
         "lrp.cp",
@@ -60,6 +67,13 @@ PRESETS: list[Preset] = [
         "CP-LRP (Ali et al. 2022): as lrp.attn with the attention probabilities held "
         "constant (conservative).",
         lambda epsilon=ATTN_EPSILON: {"composite": attention_composite(epsilon, cp=True)},
+        family="lrp_composite",
+        title="CP-LRP",
+        summary=(
+            "CP-LRP: LRP for transformers with the attention weights held constant, so "
+            "relevance flows through the values only."
+        ),
+        paper="Ali et al. 2022, ICML (arXiv 2202.07304)",
     ),
 ]
 

@@ -75,6 +75,13 @@ class Occlusion(Analyzer):
     """
 
     name = "occlusion"
+    family = "occlusion"
+    title = "occlusion"
+    summary = (
+        "How much the score drops when a window of the input is replaced by a baseline, "
+        "averaged over the windows that cover each element."
+    )
+    paper = "Zeiler & Fergus 2014, ECCV (arXiv 1311.2901)"
 
     def __init__(
         self,

@@ -37,6 +37,9 @@ class Preset:
         ``lrp.alpha_2_beta_1``).
     hint
         What to use instead, for the refusals.
+    family, title, summary, paper, innvestigate
+        How the method describes itself (``Analyzer``'s attributes of the same names);
+        ``family`` and ``paper`` default to the base's.
     """
 
     name: str
@@ -45,6 +48,11 @@ class Preset:
     derive: Callable[..., dict[str, Any]] = field(default=lambda: {})
     fixed: dict[str, Any] = field(default_factory=dict)
     hint: str = ""
+    family: str | None = None
+    title: str = ""
+    summary: str = ""
+    paper: str | None = None
+    innvestigate: str = ""
 
 
 def preset_class(preset: Preset) -> type:
@@ -86,6 +94,11 @@ def preset_class(preset: Preset) -> type:
         "__doc__": preset.doc,
         "__module__": base.__module__,
         "preset": preset,
+        "family": preset.family or base.family,
+        "title": preset.title or preset.name,
+        "summary": preset.summary or preset.doc.strip().splitlines()[0],
+        "paper": base.paper if preset.paper is None else preset.paper,
+        "innvestigate": preset.innvestigate,
     }
     return type(class_name, (base,), namespace)
 

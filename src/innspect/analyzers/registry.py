@@ -54,6 +54,12 @@ def list_analyzers() -> list[str]:
     return sorted(_ANALYZERS)
 
 
+def registered() -> list[str]:
+    """Names of all registered analyzers in registration order (method families in the
+    order ``innspect.analyzers`` registers them, each in its ``ANALYZERS`` order)."""
+    return list(_ANALYZERS)
+
+
 def analyzer_class(name: str) -> type[Analyzer]:
     """The class registered as ``name`` (KeyError listing the known names otherwise)."""
     if name not in _ANALYZERS:
@@ -64,8 +70,12 @@ def analyzer_class(name: str) -> type[Analyzer]:
 
 
 def describe_analyzers() -> dict[str, str]:
-    """Each name with the first line of its class docstring."""
-    return {
-        name: (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        for name, cls in sorted(_ANALYZERS.items())
-    }
+    """Each name with its one-sentence ``summary`` (else its docstring's first line)."""
+    return {name: _summary(cls) for name, cls in sorted(_ANALYZERS.items())}
+
+
+def _summary(cls: type) -> str:
+    summary = getattr(cls, "summary", "")
+    if summary:
+        return summary
+    return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""

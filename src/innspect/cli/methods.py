@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import inspect
 
+from innspect.analyzers.api import Analyzer
+from innspect.analyzers.composed import ComposedAnalyzer
+from innspect.analyzers.families import grouped
+from innspect.analyzers.parameters import analyzer_parameters
 from innspect.analyzers.registry import analyzer_class, create_analyzer, describe_analyzers
+from innspect.analyzers.reverse import ReverseAnalyzer
 from innspect.cli.common import CLIError, parse_options, resolve_methods
 from innspect.loading.models import load_model
 
 HELP = "list the analyzers and their options"
-_COMMON_OPTIONS = {"neuron_selection_mode"}
+_SHARED_BASES = (Analyzer, ReverseAnalyzer, ComposedAnalyzer)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -37,11 +42,17 @@ def run(args: argparse.Namespace) -> int:
 
     descriptions = describe_analyzers()
     width = max(len(name) for name in descriptions) + 2
-    for name, description in descriptions.items():
-        print(f"{name:<{width}}{description}")
-        options = own_options(analyzer_class(name))
-        if options:
-            print(f"{'':<{width}}options: {', '.join(options)}")
+    for family, names in grouped(list(descriptions)):
+        print(f"{family.title}\n{'-' * len(family.title)}")
+        for name in names:
+            cls = analyzer_class(name)
+            print(f"{name:<{width}}{descriptions[name]}")
+            options = own_options(cls)
+            if options:
+                print(f"{'':<{width}}options: {', '.join(options)}")
+            if cls.paper:
+                print(f"{'':<{width}}paper: {cls.paper}")
+        print()
     print(
         "\nEvery analyzer also takes neuron_selection_mode ('max_activation', 'index', 'all');"
         " pass options with `innspect analyze --option KEY=VALUE`."
@@ -50,19 +61,31 @@ def run(args: argparse.Namespace) -> int:
 
 
 def own_options(cls: type) -> list[str]:
-    """The class's own constructor options as ``name=default`` (or ``name (required)``)."""
-    signature = inspect.signature(cls.__init__)
-    options = []
-    for index, (name, parameter) in enumerate(signature.parameters.items()):
-        if index < 2 or name in _COMMON_OPTIONS or name.startswith("reverse_"):
+    """The method's own constructor options as ``name=default`` (or ``name (required)``):
+    the class's and its bases' up to the shared ones (``Analyzer``, ``ReverseAnalyzer``,
+    ``ComposedAnalyzer``: selection and reverse options every method takes)."""
+    options: dict[str, str] = {}
+    shared = analyzer_parameters(Analyzer)[0]
+    # A preset's own options are all it takes beyond the shared ones (it fixes the rest).
+    bases = cls.__mro__[:1] if hasattr(cls, "preset") else cls.__mro__
+    for klass in bases:
+        if klass in _SHARED_BASES or not issubclass(klass, Analyzer):
+            break
+        if "__init__" not in klass.__dict__:
             continue
-        if parameter.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
-            continue
-        if parameter.default is inspect.Parameter.empty:
-            options.append(f"{name} (required)")
-        else:
-            options.append(f"{name}={parameter.default!r}")
-    return options
+        signature = inspect.signature(klass.__init__)
+        for index, (name, parameter) in enumerate(signature.parameters.items()):
+            if index < 2 or name in shared or name.startswith("reverse_"):
+                continue
+            if parameter.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
+                continue
+            if name in options:
+                continue
+            if parameter.default is inspect.Parameter.empty:
+                options[name] = f"{name} (required)"
+            else:
+                options[name] = f"{name}={parameter.default!r}"
+    return list(options.values())
 
 
 def _plan(args: argparse.Namespace) -> int:

@@ -5,36 +5,34 @@ from __future__ import annotations
 
 from typing import Any
 
-# File name (iNNvestigate key) -> (innspect analyzer name, options).
-INNVESTIGATE_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
-    "InputTimesGradient": ("input_t_gradient", {}),
-    "Gradient": ("gradient", {}),
-    "Deconvnet": ("deconvnet", {}),
-    "GuidedBackprop": ("guided_backprop", {}),
-    "IntegratedGradients": ("integrated_gradients", {}),
-    # Random noise in iNNvestigate too: only its loose tolerance can be checked.
-    "SmoothGrad": ("smoothgrad", {"seed": 1}),
-    "LRPZ": ("lrp.z", {}),
+from innspect.analyzers.registry import analyzer_class, registered
+
+# test-data-innvestigate's configurations that are not an analyzer with its default
+# options: iNNvestigate key -> (innspect analyzer name, options).
+CONFIGURED_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "LRPZ_Flat_input_layer_rule": ("lrp.z", {"input_layer_rule": "Flat"}),
     "LRPZ_boxed_input_layer_rule": ("lrp.z", {"input_layer_rule": [-10, 10]}),
-    "LRPZIgnoreBias": ("lrp.z_IB", {}),
-    "LRPZPlus": ("lrp.z_plus", {}),
-    "LRPZPlusFast": ("lrp.z_plus_fast", {}),
-    "LRPAlpha1Beta0": ("lrp.alpha_1_beta_0", {}),
-    "LRPAlpha1Beta0IgnoreBias": ("lrp.alpha_1_beta_0_IB", {}),
-    "LRPAlpha2Beta1": ("lrp.alpha_2_beta_1", {}),
-    "LRPAlpha2Beta1IgnoreBias": ("lrp.alpha_2_beta_1_IB", {}),
-    "LRPEpsilon": ("lrp.epsilon", {}),
-    "LRPEpsilonIgnoreBias": ("lrp.epsilon_IB", {}),
-    "LRPFlat": ("lrp.flat", {}),
-    "LRPWSquare": ("lrp.w_square", {}),
-    "LRPSequentialPresetA": ("lrp.sequential_preset_a", {}),
-    "LRPSequentialPresetB": ("lrp.sequential_preset_b", {}),
-    "LRPSequentialPresetAFlat": ("lrp.sequential_preset_a_flat", {}),
-    "LRPSequentialPresetBFlat": ("lrp.sequential_preset_b_flat", {}),
-    "DeepTaylor": ("deep_taylor", {}),
+    # Random noise in iNNvestigate too: only its loose tolerance can be checked.
+    "SmoothGrad": ("smoothgrad", {"seed": 1}),
     "BoundedDeepTaylor": ("deep_taylor.bounded", {"low": -128, "high": 128}),
 }
+
+
+def _innvestigate_methods() -> dict[str, tuple[str, dict[str, Any]]]:
+    """iNNvestigate key -> (innspect analyzer name, options): every analyzer that names its
+    iNNvestigate counterpart (``Analyzer.innvestigate``, default options), then the
+    configured ones."""
+    methods: dict[str, tuple[str, dict[str, Any]]] = {}
+    for name in registered():
+        key = analyzer_class(name).__dict__.get("innvestigate", "")  # its own, not inherited
+        if key:
+            methods[key] = (name, {})
+    methods.update(CONFIGURED_METHODS)
+    return methods
+
+
+INNVESTIGATE_METHODS = _innvestigate_methods()
+"""File name (iNNvestigate key) -> (innspect analyzer name, options)."""
 
 # iNNvestigate 2.1.2's tests of these files: np.allclose(actual, reference, rtol, atol).
 INNVESTIGATE_TOLERANCES = (1e-2, 1e-8)

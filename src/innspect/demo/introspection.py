@@ -16,7 +16,7 @@ from torch import nn
 
 from innspect.demo.data import Digits
 from innspect.graph.graph import ModelGraph
-from innspect.introspect.collect import default_layers
+from innspect.introspect.layers import default_layers
 from innspect.introspect.pipeline import IntrospectionSettings, run_introspection
 from innspect.util.files import atomic_path
 

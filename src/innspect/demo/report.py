@@ -9,7 +9,7 @@ import json
 import os
 from typing import Any
 
-from innspect.demo.catalogue import FAMILY_INTRODUCTIONS
+from innspect.analyzers.families import FAMILIES
 from innspect.demo.introspection import introspection_html
 from innspect.util.files import write_text
 
@@ -100,7 +100,7 @@ def _family_section(
             f'<td class="num">{_number(row["time_per_image_ms"], 2)}</td>'
             f'<td class="num">{_number(row["conservation_error"], 1, scientific=True)}</td></tr>'
         )
-    intro = FAMILY_INTRODUCTIONS.get(family["key"], "")
+    intro = next((f.introduction for f in FAMILIES if f.key == family["key"]), "")
     return (
         f"<h3>{e(family['title'])}</h3>"
         + (f"<p>{e(intro)}</p>" if intro else "")

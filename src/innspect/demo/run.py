@@ -274,8 +274,7 @@ def empty_map_note(
 
 def family_groups(names: list[str], catalogue: Catalogue) -> list[tuple[str, list[str]]]:
     """(family title, method names) in the families' order."""
-    declared = {plan.name: plan.family for plan in catalogue.methods}
-    return [(family.title, members) for family, members in grouped(names, declared)]
+    return [(family.title, members) for family, members in grouped(names)]
 
 
 def n_panels(groups: list[tuple[str, list[str]]]) -> int:

@@ -9,8 +9,9 @@ Optional dependencies (scikit-learn, umap-learn, minisom, networkx, scipy) come 
 ``pip install 'innspect[introspect]'`` and are imported only by the functions that need them.
 """
 
-from innspect.introspect.collect import NapReducer, collect, default_layers
+from innspect.introspect.collect import NapReducer, collect
 from innspect.introspect.corpus import corpus_batches, read_corpus_csv, read_processed_corpus
+from innspect.introspect.layers import default_layers
 from innspect.introspect.layout import (
     LAYOUT_METHODS,
     distribute_in_circle,

@@ -67,6 +67,14 @@ class PatternNet(ComposedAnalyzer):
     """
 
     name = "pattern.net"
+    family = "pattern"
+    title = "PatternNet"
+    summary = (
+        "The signal direction each layer detects (its pattern, learned from data), propagated"
+        " back: what in the input the network responds to."
+    )
+    paper = "Kindermans et al. 2018, ICLR (arXiv 1705.05598)"
+    innvestigate = "PatternNet"
     is_trainable = True
     relevance_start = True
     fuse_batchnorm = True
@@ -216,6 +224,14 @@ class PatternAttribution(PatternNet):
     """
 
     name = "pattern.attribution"
+    family = "pattern"
+    title = "Pattern Attribution"
+    summary = (
+        "Weights times patterns, propagated back: each input's contribution along the signal "
+        "direction the network detects."
+    )
+    paper = "Kindermans et al. 2018, ICLR (arXiv 1705.05598)"
+    innvestigate = "PatternAttribution"
 
     def _pattern_weight(self, pattern: torch.Tensor, op: LinearOp) -> torch.Tensor:
         return pattern * op.weight.detach()
