@@ -1,203 +1,34 @@
-"""LRP rules for linear layers (Linear, ConvNd, ConvTransposeNd, unfused BatchNorm).
+"""LRP rules for linear layers (Linear, ConvNd, ConvTransposeNd, unfused BatchNorm): Z,
+Epsilon, WSquare, Flat, AlphaBeta, ZPlus, ZPlusFast, Bounded (z^B) and Gamma, each a
+``LinearRule`` (``rules/linear_rule.py``), and the names they go by.
 
-Every rule is "a modified forward, a division, and the transposed operation": it is
-written once on top of :class:`~innspect.graph.linear_ops.LinearOp` and serves every
-layer type. Rules that only need the layer's own ``z`` reuse the recorded output, so
-they cost one transposed operation and no extra forward.
-
-Stabilisers
------------
-``stabilizer=None`` (iNNvestigate's convention): the denominator gets ``1e-7`` added
-where it is exactly zero and is left alone elsewhere. A float ``stabilizer`` (Zennit's
-convention): ``z + stabilizer * sign(z)`` everywhere, with ``sign(0) = +1``.
+Rules that only need the layer's own ``z`` reuse the recorded output, so they cost one
+transposed operation and no extra forward (Bach et al. 2015, PLoS ONE 10(7): e0130140;
+z+, w^2 and z^B: Montavon et al. 2017, Pattern Recognition 65; Gamma: Montavon et al.
+2019, in Explainable AI, LNCS 11700).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
-from innspect.engine.reverse import Mapping, NodeContext
+from innspect.engine.reverse import NodeContext
 from innspect.graph.linear_ops import LinearOp
-
-SAFE_DIVIDE_EPSILON = 1e-7  # iNNvestigate's SafeDivide (Keras' K.epsilon())
-
-
-def sign0(z: torch.Tensor) -> torch.Tensor:
-    """Sign of ``z`` with sign(0) = +1."""
-    return torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
-
-
-def stabilize(z: torch.Tensor, stabilizer: float | None) -> torch.Tensor:
-    """The denominator ``z`` made safe for division (see the module docstring)."""
-    if stabilizer is None:
-        return torch.where(z == 0, SAFE_DIVIDE_EPSILON, z).to(z.dtype)
-    return signed_shift(z, stabilizer)
-
-
-def divide_by_stabilized(
-    relevance: torch.Tensor,
-    denominator: torch.Tensor,
-    stabilizer: float | None,
-    nonnegative: bool = False,
-) -> torch.Tensor:
-    """``relevance / stabilize(denominator)``, computed in the memory of ``denominator``.
-
-    The caller hands over ``denominator`` (a temporary of its own): on the first layers of
-    an image network every full-size temporary costs tens of MB and a pass over memory.
-    ``nonnegative``: the caller knows ``denominator >= 0``, so the signed shift is a plain
-    ``+ stabilizer`` (one pass instead of three).
-    """
-    if stabilizer is None:
-        denominator.masked_fill_(denominator == 0, SAFE_DIVIDE_EPSILON)
-    elif nonnegative:
-        denominator.add_(stabilizer)
-    else:
-        shift = denominator.new_tensor(stabilizer)  # a Python float would be float32
-        denominator.add_(torch.where(denominator >= 0, shift, -shift))
-    return divide_into(relevance, denominator)
-
-
-def divide_into(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-    """``numerator / denominator``, written into ``denominator`` when shapes and dtypes allow."""
-    if (
-        numerator.shape == denominator.shape
-        and numerator.dtype == denominator.dtype
-        and not (numerator.requires_grad or denominator.requires_grad)
-    ):
-        return torch.div(numerator, denominator, out=denominator)
-    return numerator / denominator
-
-
-def signed_shift(z: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """``z + epsilon * sign(z)`` with sign(0) = +1, in one temporary (the layer outputs of
-    an image network are large, and each extra temporary costs an allocation and a pass)."""
-    shifted = torch.where(z >= 0, z.new_tensor(epsilon), z.new_tensor(-epsilon))
-    return shifted.add_(z)
-
-
-def check_stabilizer(stabilizer: float | None) -> float | None:
-    """Validate a stabiliser option: None or a positive number."""
-    if stabilizer is None:
-        return None
-    if isinstance(stabilizer, bool) or not isinstance(stabilizer, int | float):
-        raise TypeError(f"stabilizer must be None or a number, got {type(stabilizer).__name__}")
-    if stabilizer <= 0:
-        raise ValueError(f"stabilizer must be > 0 (or None), got {stabilizer}")
-    return float(stabilizer)
-
-
-class LinearRule(Mapping):
-    """Base class of the rules applied to a linear node.
-
-    Subclasses implement ``relevance(op, x, z, relevance)`` and list their
-    constructor arguments in ``config_keys`` (for ``get_config``).
-    """
-
-    rule_name: ClassVar[str] = "LinearRule"
-    config_keys: ClassVar[tuple[str, ...]] = ()
-    # Rules that build modified copies of the weight (W+, W-, w^2) work on large dense
-    # layers piece by piece, so a copy never takes more than this (VGG's first dense layer
-    # alone is 400 MB) and each piece is still in cache when its transpose reads it.
-    copies_weight: ClassVar[bool] = False
-    block_bytes: ClassVar[int] = 16 * 2**20
-    # A rule makes several temporaries the size of the layer's output; on the first layers
-    # of an image network (VGG: 51 MB per tensor at batch 4) it runs a few samples at a
-    # time, so its temporaries stay under this size. Rules whose options hold per-sample
-    # tensors (Bounded) set ``splits_batch = False``.
-    splits_batch: ClassVar[bool] = True
-    sample_bytes: ClassVar[int] = 32 * 2**20
-
-    def __call__(self, ctx: NodeContext) -> Sequence[torch.Tensor | None]:
-        op = ctx.linear_op
-        inputs = ctx.inputs
-        x = inputs[0].detach()
-        z = ctx.output.detach()
-        hints = self._hints(ctx)
-        blocks = op.output_blocks(self.block_bytes) if self.copies_weight else None
-        if blocks is not None:
-            result = None
-            for index, piece in blocks:
-                part = self.relevance(piece, x, z[..., index], ctx.signal[..., index], **hints)
-                result = part if result is None else result.add_(part)
-        else:
-            result = self._by_sample_chunks(op, x, z, ctx.signal, hints)
-        return [result] + [None] * (len(inputs) - 1)
-
-    def _by_sample_chunks(self, op, x, z, signal, hints) -> torch.Tensor:
-        """The rule on the whole batch, or on chunks of samples when the output is large."""
-        per_sample = z[:1].numel() * z.element_size()
-        chunk = max(1, self.sample_bytes // max(per_sample, 1))
-        if not self.splits_batch or z.dim() < 2 or chunk >= z.shape[0]:
-            return self.relevance(op, x, z, signal, **hints)
-        result = torch.empty_like(x)
-        for start in range(0, z.shape[0], chunk):
-            rows = slice(start, start + chunk)
-            result[rows] = self.relevance(op, x[rows], z[rows], signal[rows], **hints)
-        return result
-
-    def _hints(self, ctx: NodeContext) -> dict[str, Any]:
-        """Extra knowledge from the graph a rule can use (e.g. that its input is >= 0)."""
-        return {}
-
-    def relevance(
-        self, op: LinearOp, x: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor
-    ) -> torch.Tensor:
-        """Relevance at the layer input given the relevance at its output ``z``."""
-        raise NotImplementedError
-
-    def get_config(self) -> dict[str, Any]:
-        """``{"rule": name, **arguments}``: enough to rebuild the rule (``rule_from_config``)."""
-        config: dict[str, Any] = {"rule": self.rule_name}
-        for key in self.config_keys:
-            value = getattr(self, key)
-            if isinstance(value, torch.Tensor):
-                value = value.detach().cpu().tolist()
-            config[key] = value
-        return config
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.config_keys)
-        return f"{type(self).__name__}({args})"
-
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self) -> int:
-        return hash(type(self))
-
-
-# -- helpers on a LinearOp ----------------------------------------------------------------
-def _bias_term(op: LinearOp, z: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | float:
-    """``bias`` broadcast against the layer output, or 0."""
-    if bias is None:
-        return 0.0
-    return op.bias_broadcast(bias.to(z.dtype), z)
-
-
-def _without_bias(op: LinearOp, z: torch.Tensor) -> torch.Tensor:
-    """``x W`` recovered from the recorded ``z = x W + b`` (no extra forward)."""
-    if op.bias is None:
-        return z
-    return z - _bias_term(op, z, op.bias.detach())
-
-
-def _difference(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
-    """``a - b`` for optional vectors (None is 0); None when the difference is all zeros."""
-    if a is None and b is None:
-        return None
-    difference = (a if a is not None else 0) - (b if b is not None else 0)
-    return difference if bool(difference.any()) else None
-
-
-def _positive(t: torch.Tensor) -> torch.Tensor:
-    return t.clamp(min=0)
-
-
-def _negative(t: torch.Tensor) -> torch.Tensor:
-    return t.clamp(max=0)
+from innspect.rules.linear_rule import (
+    LinearRule,
+    bias_term,
+    check_stabilizer,
+    difference,
+    divide_by_stabilized,
+    divide_into,
+    negative_part,
+    positive_part,
+    signed_shift,
+    stabilize,
+    without_bias,
+)
 
 
 # -- the rules ----------------------------------------------------------------------------
@@ -220,7 +51,7 @@ class Z(LinearRule):
         self.stabilizer = check_stabilizer(stabilizer)
 
     def _denominator(self, op: LinearOp, z: torch.Tensor) -> torch.Tensor:
-        return stabilize(z if self.bias else _without_bias(op, z), self.stabilizer)
+        return stabilize(z if self.bias else without_bias(op, z), self.stabilizer)
 
     def relevance(self, op, x, z, relevance):
         # z is the recorded output: no extra forward, one transposed operation.
@@ -253,7 +84,7 @@ class Epsilon(Z):
         self.epsilon = float(epsilon)
 
     def _denominator(self, op: LinearOp, z: torch.Tensor) -> torch.Tensor:
-        return signed_shift(z if self.bias else _without_bias(op, z), self.epsilon)
+        return signed_shift(z if self.bias else without_bias(op, z), self.epsilon)
 
 
 class WSquare(LinearRule):
@@ -360,7 +191,7 @@ class AlphaBeta(LinearRule):
         if not self.bias:
             return None, b
         if self.split_bias:
-            return _positive(b), _positive(b)  # b - b- = b+
+            return positive_part(b), positive_part(b)  # b - b- = b+
         return b, None
 
     def _hints(self, ctx: NodeContext) -> dict[str, Any]:
@@ -371,15 +202,15 @@ class AlphaBeta(LinearRule):
         # freed or reused as soon as it is spent (on the first layers of an image network
         # each one is tens of MB).
         weight = op.weight.detach()
-        w_pos = _positive(weight)
+        w_pos = positive_part(weight)
         # W- only when a term uses it: for a dense layer of VGG each copy is 400 MB.
-        w_neg = _negative(weight) if self.beta or not nonnegative else None
+        w_neg = negative_part(weight) if self.beta or not nonnegative else None
         if nonnegative is None:
             nonnegative = not bool((x < 0).any())
-        x_pos = x if nonnegative else _positive(x)
-        x_neg = None if nonnegative else _negative(x)
+        x_pos = x if nonnegative else positive_part(x)
+        x_neg = None if nonnegative else negative_part(x)
         if w_neg is None and x_neg is not None:
-            w_neg = _negative(weight)
+            w_neg = negative_part(weight)
         bias_act, inhibitor_loses = self._bias_vectors(op)
         # The activator's bias goes into the forward (free in a convolution kernel).
         act = op.forward(x_pos, w_pos, bias_act)  # x+ W+ + b_act
@@ -388,9 +219,9 @@ class AlphaBeta(LinearRule):
         inhibitor = None
         if self.beta:
             inhibitor = torch.sub(z, act)  # z - act - b_inh_loses, with act's bias put back
-            correction = _difference(bias_act, inhibitor_loses)
+            correction = difference(bias_act, inhibitor_loses)
             if correction is not None:
-                inhibitor += _bias_term(op, z, correction)
+                inhibitor += bias_term(op, z, correction)
         if x_neg is None:
             # x >= 0: x * (alpha W+^T s_act - beta W-^T s_inh), one product with x. With no
             # bias or Zennit's b+, the activator x W+ + b_act is >= 0 by construction.
@@ -451,7 +282,7 @@ class ZPlusFast(LinearRule):
         self.stabilizer = check_stabilizer(stabilizer)
 
     def relevance(self, op, x, z, relevance):
-        w_pos = _positive(op.weight.detach())
+        w_pos = positive_part(op.weight.detach())
         s = relevance / stabilize(op.forward(x, w_pos, None), self.stabilizer)
         return x * op.transpose(s, w_pos, x)
 
@@ -504,11 +335,11 @@ class Bounded(LinearRule):
 
     def relevance(self, op, x, z, relevance):
         weight = op.weight.detach()
-        w_pos, w_neg = _positive(weight), _negative(weight)
+        w_pos, w_neg = positive_part(weight), negative_part(weight)
         low, high = _bound_tensor(self.low, x, "low"), _bound_tensor(self.high, x, "high")
         # x W comes from the recorded z; only the two bound terms need a forward.
         denominator = (
-            _without_bias(op, z) - op.forward(low, w_pos, None) - op.forward(high, w_neg, None)
+            without_bias(op, z) - op.forward(low, w_pos, None) - op.forward(high, w_neg, None)
         )
         s = relevance / stabilize(denominator, self.stabilizer)
         return (
@@ -561,16 +392,16 @@ class Gamma(LinearRule):
         if not self.bias or op.bias is None:
             return None, None
         b = op.bias.detach()
-        return b + self.gamma * _positive(b), b + self.gamma * _negative(b)
+        return b + self.gamma * positive_part(b), b + self.gamma * negative_part(b)
 
     def relevance(self, op, x, z, relevance):
         weight = op.weight.detach()
-        w_up = weight + self.gamma * _positive(weight)
+        w_up = weight + self.gamma * positive_part(weight)
         b_up, b_down = self._biases(op)
         if not self.generalized:
             s = relevance / stabilize(op.forward(x, w_up, b_up), self.stabilizer)
             return x * op.transpose(s, w_up, x)
-        w_down = weight + self.gamma * _negative(weight)
+        w_down = weight + self.gamma * negative_part(weight)
         mask_pos = (z > 0).to(z.dtype)
         mask_neg = (z < 0).to(z.dtype)
         if not bool((x < 0).any()):
@@ -579,7 +410,7 @@ class Gamma(LinearRule):
             s_pos = relevance * mask_pos / stabilize(den_pos, self.stabilizer)
             s_neg = relevance * mask_neg / stabilize(den_neg, self.stabilizer)
             return x * (op.transpose(s_pos, w_up, x) + op.transpose(s_neg, w_down, x))
-        x_pos, x_neg = _positive(x), _negative(x)
+        x_pos, x_neg = positive_part(x), negative_part(x)
         den_pos = op.forward(x_pos, w_up, b_up) + op.forward(x_neg, w_down, None)
         den_neg = op.forward(x_pos, w_down, b_down) + op.forward(x_neg, w_up, None)
         s_pos = relevance * mask_pos / stabilize(den_pos, self.stabilizer)

@@ -14,7 +14,7 @@ from innspect.engine.reverse import Mapping, NodeContext, Unsupported
 from innspect.graph.graph import NodeInfo
 from innspect.graph.ops import Kind, family, is_difference, is_sum
 from innspect.rules.basic import GRADIENT, PassThrough
-from innspect.rules.lrp import check_stabilizer, stabilize
+from innspect.rules.linear_rule import check_stabilizer, stabilize
 from innspect.rules.modern import (
     ATTN_EPSILON,
     MatmulRule,

@@ -19,7 +19,7 @@ from innspect.engine.reverse import Mapping, NodeContext
 from innspect.errors import NotAnalyzableModelError
 from innspect.graph.graph import ModelGraph
 from innspect.graph.ops import Kind, family, is_gate, op_name
-from innspect.rules.lrp import signed_shift
+from innspect.rules.linear_rule import signed_shift
 
 ATTN_EPSILON = 1e-6  # LXT's stabiliser
 
