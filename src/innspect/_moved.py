@@ -83,7 +83,7 @@ NAMES: dict[str, dict[str, str]] = {
     "innspect.analyzers.io": {
         "ModelInputs": "innspect.engine.inputs",
         "model_inputs": "innspect.engine.inputs",
-        "select_output": "innspect.engine.inputs",
+        "select_output": "innspect.graph.outputs",
         "target_gradient": "innspect.engine.selection",
         "check_target": "innspect.engine.selection",
     },

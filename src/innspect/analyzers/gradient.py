@@ -11,11 +11,12 @@ from innspect.analyzers.api import Analyzer, Explanation
 from innspect.analyzers.composed import ComposedAnalyzer
 from innspect.analyzers.plan import Composite, Site, always, family, kind
 from innspect.analyzers.reverse import ReverseAnalyzer
-from innspect.engine.inputs import ModelInputs, select_output
+from innspect.engine.inputs import ModelInputs
 from innspect.engine.reverse import Mapping, Unsupported
 from innspect.graph.capture import eval_view
 from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.graph.ops import Kind, rectifier_bound
+from innspect.graph.outputs import select_output
 from innspect.rules.basic import (
     GRADIENT,
     DeconvnetReLU,

@@ -8,7 +8,6 @@ puts attributions back into the same structure. ``target_gradient`` turns ``targ
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from innspect.errors import InputError, OutputSelectionError
+from innspect.errors import InputError
 from innspect.graph.capture import CallSpec, bind_call
 from innspect.util.tensors import all_finite, nonfinite_counts
 
@@ -228,43 +227,3 @@ def to_tensor(
             "them before analysis"
         )
     return x, was_numpy
-
-
-def select_output(result: Any, output: Any) -> torch.Tensor:
-    """The explained tensor of a model's returned value (a tensor, tuple, dict or
-    dataclass), chosen as ``ModelGraph`` chooses it: ``output`` an index, key, path tuple or
-    callable; by default the only tensor, else ``"logits"``."""
-    if callable(output):
-        return output(result)
-    leaves = dict(_value_leaves(result, ()))
-    if output is None:
-        if len(leaves) == 1:
-            return next(iter(leaves.values()))
-        if ("logits",) in leaves:
-            return leaves[("logits",)]
-        raise OutputSelectionError(
-            f"the model returns {len(leaves)} tensors; choose the one to explain with output=..."
-            f" (one of {', '.join(repr(p[0] if len(p) == 1 else p) for p in leaves)})"
-        )
-    path = tuple(output) if isinstance(output, tuple | list) else (output,)
-    if path not in leaves:
-        raise OutputSelectionError(
-            f"output={output!r} is not returned by the model; choose one of "
-            f"{', '.join(repr(p[0] if len(p) == 1 else p) for p in leaves)}"
-        )
-    return leaves[path]
-
-
-def _value_leaves(value: Any, path: tuple[Any, ...]) -> Any:
-    if isinstance(value, torch.Tensor):
-        yield path, value
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        for item in dataclasses.fields(value):
-            yield from _value_leaves(getattr(value, item.name), (*path, item.name))
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _value_leaves(item, (*path, key))
-    elif isinstance(value, tuple | list):
-        fields = getattr(value, "_fields", None)
-        for index, item in enumerate(value):
-            yield from _value_leaves(item, (*path, fields[index] if fields else index))

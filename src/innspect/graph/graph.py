@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -11,9 +10,10 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.utils import _pytree
 
 from innspect.errors import InputError, NotAnalyzableModelError, OutputSelectionError
-from innspect.graph import canonize
+from innspect.graph import canonize, liveness, outputs
 from innspect.graph.capture import GRAPH_LOCK, CallSpec, bind_call, capture, unwrap
 from innspect.graph.linear_ops import LinearOp, linear_op_from_function, linear_op_from_module
 from innspect.graph.ops import (
@@ -21,7 +21,6 @@ from innspect.graph.ops import (
     aten_name,
     classify,
     is_nonnegative_op,
-    is_plain_relu,
     is_product,
     is_relu,
     is_sum,
@@ -216,14 +215,12 @@ class ModelGraph:
         result = output_node.args[0]
         spec = getattr(self.module, "_out_spec", None)
         if spec is not None and isinstance(result, tuple | list):
-            from torch.utils import _pytree
-
             # torch.export flattens the returned structure; its spec rebuilds dict keys.
             result = _pytree.tree_unflatten(list(result), spec)
         if isinstance(result, tuple | list) and len(result) == 1:
             result = result[0]
         self.output_structure = result
-        self.output_leaves: list[tuple[tuple[Any, ...], fx.Node]] = list(_leaves(result, ()))
+        self.output_leaves = outputs.graph_leaves(result)
         self.output_fn: Callable[[Any], torch.Tensor] | None = None
         if not self.output_leaves:
             raise NotAnalyzableModelError("the model returns no tensor computed by its graph")
@@ -232,40 +229,19 @@ class ModelGraph:
             self.output_node: fx.Node | None = None
             self.output_nodes = list(dict.fromkeys(n for _, n in self.output_leaves))
             return
-        paths = dict(self.output_leaves)
-        if output is None:
-            if len(paths) == 1:
-                chosen = next(iter(paths.values()))
-            elif ("logits",) in paths:
-                chosen = paths[("logits",)]
-            else:
-                raise OutputSelectionError(
-                    f"the model returns {len(paths)} tensors; choose the one to explain with "
-                    f"output=... (one of {self.output_choices()}, or a callable on the result)"
-                )
-        else:
-            path = tuple(output) if isinstance(output, tuple | list) else (output,)
-            if path not in paths:
-                raise OutputSelectionError(
-                    f"output={output!r} is not returned by the model; choose one of "
-                    f"{self.output_choices()} (or a callable on the result)"
-                )
-            chosen = paths[path]
-        self.output_node = chosen
-        self.output_nodes = [chosen]
+        self.output_node = outputs.choose(self.output_leaves, output)
+        self.output_nodes = [self.output_node]
 
     def output_choices(self) -> str:
         """The valid ``output=`` values, for messages."""
-        return ", ".join(
-            repr(path[0] if len(path) == 1 else path) for path, _ in self.output_leaves
-        )
+        return outputs.choices(self.output_leaves)
 
     def output_value(self, values: Any) -> torch.Tensor:
         """The explained output from node values (``values[node]``), tracking autograd."""
         if self.output_node is not None:
             return values[self.output_node]
         assert self.output_fn is not None
-        result = self.output_fn(_rebuild(self.output_structure, values))
+        result = self.output_fn(outputs.rebuild(self.output_structure, values))
         if not isinstance(result, torch.Tensor) or result.dim() == 0:
             got = (
                 f"shape {tuple(result.shape)}"
@@ -366,7 +342,7 @@ class ModelGraph:
         self._bottlenecks: set[fx.Node] | None = None
         self._inplace_relus: set[fx.Node] | None = None
         self._inplace_adds: dict[fx.Node, int] | None = None
-        self.free_after = _last_uses(self.nodes, set(self.output_nodes) | sources)
+        self.free_after = liveness.last_uses(self.nodes, set(self.output_nodes) | sources)
         self._nonnegative: dict[fx.Node, bool] = {}
 
     def _display_name(self, node: fx.Node, module_uses: dict[str, int]) -> str:
@@ -487,54 +463,16 @@ class ModelGraph:
         return self._nonnegative[node]
 
     def inplace_relus(self) -> set[fx.Node]:
-        """ReLU nodes a freeing forward may run in place, as the model's own in-place ReLUs do.
-
-        The ReLU must be the only reader of its input, and the input must come from a layer
-        whose autograd backward does not read its output (linear, batchnorm, a sum): then
-        overwriting it is safe with and without autograd, and saves a full-size allocation.
-        """
+        """ReLU nodes a freeing forward may run in place (``liveness.inplace_relus``)."""
         if self._inplace_relus is None:
-            self._inplace_relus = set()
-            # Outputs and attributed nodes are read after the forward: never overwritten.
-            kept = set(self.output_nodes) | set(self.source_nodes)
-            for info in self.nodes:
-                sources = info.node.all_input_nodes
-                if (
-                    not is_plain_relu(info.node, info.module)
-                    or len(sources) != 1
-                    or info.node in kept
-                ):
-                    continue
-                if _overwritable(self.infos.get(sources[0]), kept):
-                    self._inplace_relus.add(info.node)
+            self._inplace_relus = liveness.inplace_relus(self)
         return self._inplace_relus
 
     def inplace_adds(self) -> dict[fx.Node, int]:
-        """Additions a freeing forward may run in place, as ``out += identity`` in a ResNet
-        block does: add node -> the position (0 or 1) of the term it may overwrite.
-
-        The term must be read by this addition only and come from a layer that always
-        allocates its output (linear, batchnorm, a sum), so that it aliases nothing else;
-        outputs and attributed nodes are never overwritten. Whether shapes and dtypes allow
-        it, and that no autograd graph holds the term, is checked when the forward runs.
-        """
+        """Additions a freeing forward may run in place, with the term each may overwrite
+        (``liveness.inplace_adds``)."""
         if self._inplace_adds is None:
-            self._inplace_adds = {}
-            kept = set(self.output_nodes) | set(self.source_nodes)
-            for info in self.nodes:
-                node = info.node
-                if (
-                    not is_sum(node)
-                    or op_name(node).rstrip("_") != "add"
-                    or len(node.args) != 2
-                    or node.kwargs
-                    or node in kept
-                ):
-                    continue
-                for position, term in enumerate(node.args):
-                    if isinstance(term, fx.Node) and _overwritable(self.infos.get(term), kept):
-                        self._inplace_adds[node] = position
-                        break
+            self._inplace_adds = liveness.inplace_adds(self)
         return self._inplace_adds
 
     def bottleneck_nodes(self) -> set[fx.Node]:
@@ -601,21 +539,6 @@ _KEEPS_ACTIVATION = {Kind.IDENTITY, Kind.SCALE, Kind.REARRANGE}
 _SIGN_PRESERVING = {Kind.MAX_POOL, Kind.REARRANGE, Kind.IDENTITY, Kind.LINEAR_NO_PARAM}
 
 
-def _overwritable(source: NodeInfo | None, kept: set[fx.Node]) -> bool:
-    """Whether a freeing forward may overwrite ``source``'s output in its one reader: it has
-    one reader, is not kept, and comes from a layer that always allocates its output and
-    whose autograd backward does not read it (linear, batchnorm, a sum)."""
-    return (
-        source is not None
-        and len(source.node.users) == 1
-        and source.node not in kept
-        and (
-            source.kind in (Kind.LINEAR, Kind.BATCHNORM)
-            or (source.kind is Kind.LINEAR_NO_PARAM and is_sum(source.node))
-        )
-    )
-
-
 def bottlenecks_in_order(
     nodes: list[NodeInfo], output: fx.Node | Sequence[fx.Node]
 ) -> set[fx.Node]:
@@ -650,20 +573,6 @@ def _is_shape_query(node: fx.Node) -> bool:
 _ATEN_SHAPE_QUERIES = {"sym_size", "sym_numel", "sym_stride", "sym_storage_offset"}
 
 
-def _last_uses(nodes: list[NodeInfo], kept: set[fx.Node]) -> dict[fx.Node, list[fx.Node]]:
-    """For each node, the values that can be dropped once it has run (a plain forward);
-    ``kept`` (outputs, attributed nodes) are never dropped."""
-    last_user: dict[fx.Node, fx.Node] = {}
-    for info in nodes:
-        for arg in info.node.all_input_nodes:
-            last_user[arg] = info.node
-    free_after: dict[fx.Node, list[fx.Node]] = {}
-    for value, user in last_user.items():
-        if value not in kept:
-            free_after.setdefault(user, []).append(value)
-    return free_after
-
-
 def _ancestors(nodes: list[fx.Node]) -> set[fx.Node]:
     stack, seen = list(nodes), set()
     while stack:
@@ -672,56 +581,3 @@ def _ancestors(nodes: list[fx.Node]) -> set[fx.Node]:
             seen.add(current)
             stack.extend(current.all_input_nodes)
     return seen
-
-
-def _leaves(structure: Any, path: tuple[Any, ...]) -> Iterator[tuple[tuple[Any, ...], fx.Node]]:
-    """(path, node) of every node in a returned structure: tuples, lists, dicts, dataclasses
-    (fx records a returned dataclass as a node calling its class with keyword arguments)."""
-    if isinstance(structure, fx.Node):
-        target = structure.target
-        if structure.op == "call_function" and dataclasses.is_dataclass(target):
-            for key, value in structure.kwargs.items():
-                yield from _leaves(value, (*path, key))
-        else:
-            yield path, structure
-    elif isinstance(structure, dict):
-        for key, value in structure.items():
-            yield from _leaves(value, (*path, key))
-    elif isinstance(structure, tuple | list):
-        fields = getattr(structure, "_fields", None)  # a namedtuple: its field names too
-        for index, value in enumerate(structure):
-            yield from _leaves(value, (*path, fields[index] if fields else index))
-
-
-def _rebuild(structure: Any, values: Any) -> Any:
-    """The returned structure with every node replaced by ``values[node]``."""
-    if isinstance(structure, fx.Node):
-        if structure.op == "call_function" and dataclasses.is_dataclass(structure.target):
-            kwargs = {k: _rebuild(v, values) for k, v in structure.kwargs.items()}
-            return structure.target(**kwargs)
-        return values[structure]
-    if isinstance(structure, dict):
-        return _Returned((k, _rebuild(v, values)) for k, v in structure.items())
-    if isinstance(structure, tuple | list):
-        items = [_rebuild(v, values) for v in structure]
-        if hasattr(structure, "_fields"):
-            return type(structure)(*items)
-        return type(structure)(items)
-    return structure
-
-
-class _Returned(dict):
-    """A returned dict as an ``output=`` callable sees it. fx records a returned dict
-    subclass (Hugging Face's ``ModelOutput``) as a plain dict, so this one also answers
-    ``result.logits`` and ``result[0]`` as ModelOutput does."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __getitem__(self, key: Any) -> Any:
-        if isinstance(key, int) and key not in self:
-            return list(self.values())[key]
-        return super().__getitem__(key)
