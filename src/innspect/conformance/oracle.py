@@ -7,6 +7,10 @@ network of the heatmapping.org Deep Taylor tutorial, as ported in tensorflow-lrp
 transposed operation, i.e. the gradient) and ``relprop`` (the LRP rule), and a
 ``Network`` runs them in order and in reverse.
 
+One module on purpose (about 700 lines): it is read top to bottom, as the tutorial is, and
+the oracle's independence from the engine is easier to see when nothing of it lives
+elsewhere.
+
 Notation: ``x`` is a layer's input, ``W`` / ``b`` its weights and bias,
 ``z_j = sum_i x_i w_ij + b_j`` its output, ``R_j`` the relevance arriving at output ``j``.
 Every rule for a linear layer is "a modified forward, a division, the transposed

@@ -1,4 +1,11 @@
-"""ModelGraph: the captured, canonicalised graph of a model plus what each node is."""
+"""ModelGraph: the captured, canonicalised graph of a model plus what each node is.
+
+One class (about 580 lines with ``NodeInfo``): every layer above asks the graph about its
+nodes (kind, signal inputs, whether a value is non-negative, the layer that follows a
+linear one, the bottlenecks, each layer's ``LinearOp``), and the answers share the facts
+built once at capture. What the model returns is ``graph/outputs.py``, what a freeing
+forward may free or overwrite ``graph/liveness.py``.
+"""
 
 from __future__ import annotations
 
