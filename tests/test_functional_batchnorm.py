@@ -108,7 +108,7 @@ def test_torch_export_batchnorm_is_folded_and_mapped(models, method: str) -> Non
     graph = ours.graph(x)
     assert any("aten" in str(info.node.target) for info in graph.nodes)
     # One batch norm left to map (the other folded): as F.batch_norm, or as the module the
-    # export fallback turns the layer's ATen call back into (capture._layers_as_modules).
+    # export fallback turns the layer's ATen call back into (capture._calls_as_model_layers).
     assert _batchnorm_nodes(ours, x) in (["batch_norm"], ["BatchNorm2d"])
     expected = innspect.create_analyzer(method, plain).analyze(x)
     torch.testing.assert_close(ours.analyze(x), expected, rtol=1e-12, atol=1e-15)

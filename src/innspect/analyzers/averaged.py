@@ -75,6 +75,9 @@ class Averaged(Analyzer):
         Rows (points of samples) pushed through the model at once.
     verbose
         Show a progress bar.
+    postprocess
+        None, "abs" or "square": the inner method's postprocess (the gradient's), applied
+        at each point before the average (iNNvestigate).
     """
 
     default_inner = "gradient"
@@ -92,6 +95,7 @@ class Averaged(Analyzer):
         batch_size: int = 64,
         verbose: bool = False,
         allow_nonfinite: bool = False,
+        postprocess: str | None = None,
         **inner_options: Any,
     ) -> None:
         if "subanalyzer" in inner_options:
@@ -111,6 +115,8 @@ class Averaged(Analyzer):
         self.batch_size = check_int("batch_size", batch_size, 1)
         self.verbose = check_flag("verbose", verbose)
         self.inner_name = self.default_inner if inner is None else inner
+        if postprocess is not None:  # iNNvestigate's option: applied to each point's result
+            inner_options["postprocess"] = postprocess
         self._inner = self._make_inner(model, output, attribute_to, inner_options)
 
     def _make_inner(
@@ -338,7 +344,6 @@ class IntegratedGradients(Averaged):
         steps: int = 64,
         reference_inputs: Any = 0.0,
         method: str = "riemann_left",
-        postprocess: str | None = None,
         **kwargs: Any,
     ) -> None:
         if "augment_by_n" in kwargs:
@@ -346,8 +351,6 @@ class IntegratedGradients(Averaged):
                 "integrated_gradients takes steps= for the number of points on the path "
                 "(iNNvestigate passes steps to its PathIntegrator as augment_by_n)"
             )
-        if postprocess is not None:
-            kwargs["postprocess"] = postprocess
         super().__init__(model, **kwargs)
         self.steps = check_int("steps", steps, 1, MAX_POINTS)
         if method not in IG_METHODS:
@@ -450,12 +453,9 @@ class SmoothGrad(Averaged):
         augment_by_n: int = 64,
         noise_scale: float = 1.0,
         nt_type: str = "smoothgrad",
-        postprocess: str | None = None,
         seed: int | None = None,
         **kwargs: Any,
     ) -> None:
-        if postprocess is not None:
-            kwargs["postprocess"] = postprocess
         super().__init__(model, **kwargs)
         self.augment_by_n = check_int("augment_by_n", augment_by_n, 1, MAX_POINTS)
         self.noise_scale = check_number("noise_scale", noise_scale, minimum=0.0)

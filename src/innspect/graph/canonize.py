@@ -20,15 +20,9 @@ from torch import fx, nn
 
 from innspect.errors import InputError
 from innspect.graph.linear_ops import functional_batchnorm_scale_shift
-from innspect.graph.ops import aten_name
+from innspect.graph.ops import aten_name, out_of_place
 
 _ORIGINAL_TARGETS = "_innspect_original_targets"
-_INPLACE_OPERATORS = {
-    operator.iadd: operator.add,
-    operator.isub: operator.sub,
-    operator.imul: operator.mul,
-    operator.itruediv: operator.truediv,
-}
 
 
 def original_target(gm: fx.GraphModule, target: str) -> str:
@@ -61,28 +55,19 @@ def remove_inplace(gm: fx.GraphModule) -> None:
     """Rewrite in-place operations as out-of-place ones.
 
     The reverse pass needs every recorded tensor as it was produced (e.g. a convolution's
-    output before an ``inplace=True`` ReLU overwrote it).
+    output before an ``inplace=True`` ReLU overwrote it). In-place functions, methods and
+    ATen ops (``x += y``, ``x.relu_()``, torch.export's ``aten.add_.Tensor``) become their
+    out-of-place twins (``ops.out_of_place``); ``inplace=True`` arguments and modules are
+    switched off.
     """
     for node in list(gm.graph.nodes):
         mutated = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
         changed = False
-        if node.op == "call_function" and node.target in _INPLACE_OPERATORS:
-            node.target = _INPLACE_OPERATORS[node.target]
-            changed = True
-        elif node.op == "call_function" and node.kwargs.get("inplace"):
+        if node.op == "call_function" and node.kwargs.get("inplace"):
             node.kwargs = {**node.kwargs, "inplace": False}
             changed = True
-        elif node.op == "call_function" and _aten_out_of_place(node.target) is not None:
-            # torch.export's ATen in-place ops (aten.add_.Tensor from `x += y`).
-            node.target = _aten_out_of_place(node.target)
-            changed = True
-        elif node.op == "call_function" and getattr(node.target, "__name__", "").endswith("_"):
-            out_of_place = getattr(torch, node.target.__name__[:-1], None)
-            if out_of_place is not None and not node.target.__name__.startswith("_"):
-                node.target = out_of_place
-                changed = True
-        elif node.op == "call_method" and _is_inplace_method(str(node.target)):
-            node.target = str(node.target)[:-1]
+        elif (twin := out_of_place(node)) is not None:
+            node.target = twin
             changed = True
         elif node.op == "call_module":
             module = gm.get_submodule(node.target)
@@ -93,24 +78,6 @@ def remove_inplace(gm: fx.GraphModule) -> None:
                 changed = True
         if changed and mutated is not None:
             _forward_uses_after(node, mutated)
-
-
-def _aten_out_of_place(target: object) -> object | None:
-    """``aten.add.Tensor`` for ``aten.add_.Tensor``; None for anything else."""
-    name = aten_name(target)
-    if name is None or not name.endswith("_") or name.startswith("_"):
-        return None
-    packet = getattr(torch.ops.aten, name[:-1], None)
-    return getattr(packet, getattr(target, "_overloadname", "default"), None)
-
-
-def _is_inplace_method(name: str) -> bool:
-    return (
-        name.endswith("_")
-        and not name.startswith("_")
-        and hasattr(torch.Tensor, name[:-1])
-        and callable(getattr(torch.Tensor, name[:-1]))
-    )
 
 
 class _FusedLinear(nn.Linear):

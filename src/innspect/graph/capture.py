@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from innspect.errors import InputError, NotAnalyzableModelError
-from innspect.graph import attention
+from innspect.graph import attention, ops
 
 
 class _GraphLock:
@@ -631,7 +631,7 @@ def _export(view: nn.Module, args: tuple, kwargs: dict[str, Any]) -> fx.GraphMod
     except Exception:  # noqa: BLE001 - a model that fixes its batch size: a static export
         exported = torch.export.export(view, args, kwargs or None, strict=False)
     module = exported.module()
-    _layers_as_modules(module, view)
+    _calls_as_model_layers(module, view)
     attention.inline_exported_attention(module)
     guards = getattr(module, "_guards_fn", None)
     if isinstance(guards, nn.Module):
@@ -663,40 +663,30 @@ class _ExportGuards(nn.Module):
             ) from error
 
 
-# ATen operators torch.export writes for a torch.nn layer, and the layer's tensors they read.
-_LAYER_OPERATORS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
-    "aten.batch_norm.default": (
-        nn.modules.batchnorm._BatchNorm,
-        ("weight", "bias", "running_mean", "running_var"),
-    ),
-    "aten.conv1d.default": (nn.Conv1d, ("weight", "bias")),
-    "aten.conv2d.default": (nn.Conv2d, ("weight", "bias")),
-    "aten.conv3d.default": (nn.Conv3d, ("weight", "bias")),
-    "aten.linear.default": (nn.Linear, ("weight", "bias")),
-}
-
-
-def _layers_as_modules(gm: fx.GraphModule, view: nn.Module) -> None:
-    """Turn ATen calls that are exactly one torch.nn layer's forward back into module calls.
+def _calls_as_model_layers(gm: fx.GraphModule, view: nn.Module) -> None:
+    """Turn ATen calls that are exactly one of the model's torch.nn layers' forward back into
+    calls of that layer.
 
     torch.export records ``nn.BatchNorm2d`` as ``aten.batch_norm`` on its tensors; as a module
     node again it is folded and mapped like on the fx path (and Conv/Linear likewise). Only
-    calls whose innermost module (``nn_module_stack``) is such a layer, unsubclassed, reading
-    that layer's own parameters, are rewritten.
+    calls of the operations table's layers (``ops.layer_call``) whose innermost module
+    (``nn_module_stack``) is such a layer, unsubclassed, reading that layer's own tensors,
+    are rewritten; layers without tensors (pooling) stay calls, as nothing shows the call is
+    the layer's forward rather than a functional call inside it.
     """
     for node in list(gm.graph.nodes):
-        entry = _LAYER_OPERATORS.get(str(node.target)) if node.op == "call_function" else None
+        entry = ops.layer_call(node)
         stack = node.meta.get("nn_module_stack")
-        if entry is None or not stack or not node.args:
+        if entry is None or not entry.tensors or not stack or not node.args:
             continue
-        layer_type, tensor_names = entry
+        tensor_names = entry.tensors
         path = list(stack.values())[-1][0]
         try:
             layer = view.get_submodule(path)
         except AttributeError:
             continue
         if (
-            not isinstance(layer, layer_type)
+            not isinstance(layer, entry.module)
             or not type(layer).__module__.startswith("torch.nn.")
             or getattr(layer, "padding_mode", "zeros") != "zeros"  # padding is a node of its own
             or layer.training

@@ -1,20 +1,37 @@
-"""The operations table: what each operation of a captured graph is, in one place.
+"""The operations table: every fact about an operation, one row.
 
-Every operation innspect knows is one ``Op`` entry of ``OPERATIONS``: its module types,
-its functions, its method and ATen names (torch.export gives ATen operators, classified by
-their overload packet's name), its ``Kind`` (what the reverse mappings care about), a
-finer ``family`` that rules and composites select on (dense, conv, relu, average, sum...),
-which arguments carry the signal and whether its output is non-negative by construction.
-A new operation is one entry here and works with every method that has a mapping for its
-kind.
+Each row (``Op``) of ``OPERATIONS`` holds, for one operation or a group innspect treats
+alike:
+
+- how graphs spell it: module types (matched with ``isinstance``), functions (fx
+  ``call_function`` targets), method and ATen names (torch.export and TorchScript graphs
+  hold ATen operators, classified by their overload packet's name), and qualified names of
+  optional packages' functions;
+- what it is: its ``Kind`` (what the reverse mappings dispatch on), a finer ``family`` that
+  rules and composites select on, which arguments carry the signal, which enter with a
+  minus sign, whether its output is non-negative by construction, and whether a product of
+  two signals holds it constant (a gate);
+- how an ATen call of it reads back (``Aten``): the torch function computing the overload
+  from the same positional arguments, and, for a layer's forward, the ``Layer`` it is (its
+  nn class, the stored tensors it reads, how to build it from the call).
+
+The maps capture, canonicalisation and TorchScript conversion use (``ATEN_TO_TORCH``,
+``LAYER_CALLS``, the in-place twins of ``out_of_place``) are derived from the rows at
+import. Adding an operation is one row; its default relevance rule follows from its kind
+(``rules/lrp_nodes.py`` maps by kind), and so do the other methods' mappings.
+
+The module is longer than most: it is one table and the lookups over it, read together.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +61,49 @@ class Kind(str, Enum):
 
 
 @dataclass(frozen=True)
+class Layer:
+    """A torch.nn layer whose eval-mode forward is one ATen call (on its own tensors, if any).
+
+    Attributes
+    ----------
+    module
+        The layer class (a common base where the call serves several: ``_BatchNorm``).
+    tensors
+        The layer's tensors the call reads after its input, in ATen's argument order; ATen's
+        argument names are the layer's attribute names.
+    build
+        A new layer from the call's arguments after the input (stored tensors as tensors)
+        and the input's rank (None if unknown); None where the call is not such a layer's
+        forward (a training-mode batch norm, no weight).
+    """
+
+    module: type[nn.Module]
+    tensors: tuple[str, ...]
+    build: Callable[[Sequence[Any], int | None], nn.Module | None]
+
+
+@dataclass(frozen=True)
+class Aten:
+    """One ATen overload of an operation, as torch.export and TorchScript conversion write it.
+
+    Attributes
+    ----------
+    overload
+        ``"packet.overload"`` of ``torch.ops.aten``, e.g. ``"conv2d.default"``. Its in-place
+        twin (``aten.add_.Tensor`` of ``aten.add.Tensor``) is derived, not listed.
+    function
+        The torch function computing it from the same positional arguments, which
+        TorchScript conversion puts in its place (None: the call stays ATen).
+    layer
+        The nn layer whose forward the call is when it reads that layer's tensors.
+    """
+
+    overload: str
+    function: Callable[..., Any] | None = None
+    layer: Layer | None = None
+
+
+@dataclass(frozen=True)
 class Op:
     """One operation: how it appears in a graph and what it is.
 
@@ -52,7 +112,8 @@ class Op:
     family
         Finer than ``kind``: "dense", "conv", "batchnorm", "relu", "rectifier" (clamps
         ``min(max(x, 0), t)``), "activation", "max_pool", "average", "sum", "product",
-        "upsample", "rearrange", "identity", "embedding", "output_activation".
+        "upsample", "rearrange", "identity", "embedding", "output_activation". Several rows
+        may share a family.
     kind
         The node category the reverse mappings dispatch on.
     modules, functions, names
@@ -63,15 +124,29 @@ class Op:
         Weights, biases and statistics of linear layers never do.
     nonnegative
         The output is >= 0 whatever the input (ReLU and its clamps).
+    qualnames
+        ``module.function`` names of optional packages' functions, matched without
+        importing them (torchvision is not a core dependency).
+    gate
+        A product of two signals holds this output constant (the gate rule): gates in
+        [0, 1] and the reciprocal norms of hand-written normalisations.
+    negated
+        Positions of the arguments that enter with a minus sign (``sub``'s second term).
+    aten
+        ATen overloads with their torch function and layer (``Aten``).
     """
 
     family: str
     kind: Kind
     modules: tuple[type, ...] = ()
-    functions: tuple = ()
+    functions: tuple[Callable[..., Any], ...] = ()
     names: tuple[str, ...] = ()
     signal_args: tuple[int, ...] | None = None
     nonnegative: bool = False
+    qualnames: tuple[str, ...] = ()
+    gate: bool = False
+    negated: tuple[int, ...] = ()
+    aten: tuple[Aten, ...] = ()
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -87,8 +162,114 @@ _CONVS = (
     nn.ConvTranspose3d,
 )
 
+# Builders of ``Layer``: a new layer from an ATen call's arguments after the input (stored
+# tensors as tensors, the call's constants as written) and the input's rank.
+
+
+def _parameter(tensor: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(tensor.detach(), requires_grad=tensor.requires_grad)
+
+
+def _dense_layer(args: Sequence[Any], rank: int | None) -> nn.Module | None:
+    weight, bias = (*args, None, None)[:2]
+    if weight is None:
+        return None
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    layer.weight = _parameter(weight)
+    if bias is not None:
+        layer.bias = _parameter(bias)
+    return layer
+
+
+def _conv_layer(module: type[nn.Module], args: Sequence[Any], rank: int | None) -> nn.Module | None:
+    weight, bias, stride, padding, dilation, groups = (*args, *[None] * 6)[:6]
+    if weight is None:
+        return None
+    groups = groups or 1
+    layer = module(
+        weight.shape[1] * groups,
+        weight.shape[0],
+        tuple(weight.shape[2:]),
+        stride=stride or 1,
+        padding=padding or 0,
+        dilation=dilation or 1,
+        groups=groups,
+        bias=bias is not None,
+    )
+    layer.weight = _parameter(weight)
+    if bias is not None:
+        layer.bias = _parameter(bias)
+    return layer
+
+
+def _batch_norm_layer(args: Sequence[Any], rank: int | None) -> nn.Module | None:
+    """An eval-mode batch norm with fixed statistics (the methods fold it into the layer
+    before it); the input's rank picks BatchNorm1d, 2d or 3d."""
+    weight, bias, mean, var, training, _, eps = (*args, *[None] * 7)[:7]
+    if training or mean is None or var is None:
+        return None  # batch statistics: not a fixed map
+    module = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 5: nn.BatchNorm3d}.get(rank, nn.BatchNorm2d)
+    layer = module(
+        mean.shape[0], eps=float(eps if eps is not None else 1e-5), affine=weight is not None
+    )
+    if weight is not None:
+        layer.weight = nn.Parameter(weight.detach())
+    if bias is not None:
+        layer.bias = nn.Parameter(bias.detach())
+    layer.running_mean = mean.detach().clone()
+    layer.running_var = var.detach().clone()
+    return layer.eval()
+
+
+# Pooling calls become modules too: Zennit's composites, which innspect follows, treat pooling
+# modules (z-rule for averages) and functional pooling (the gradient) differently.
+def _max_pool2d_layer(args: Sequence[Any], rank: int | None) -> nn.Module:
+    def make(
+        kernel: Any,
+        stride: Sequence[int] = (),
+        padding: Any = 0,
+        dilation: Any = 1,
+        ceil_mode: bool = False,
+    ) -> nn.Module:
+        return nn.MaxPool2d(kernel, tuple(stride) or kernel, padding, dilation, ceil_mode=ceil_mode)
+
+    return make(*args)
+
+
+def _avg_pool2d_layer(args: Sequence[Any], rank: int | None) -> nn.Module:
+    def make(
+        kernel: Any,
+        stride: Sequence[int] = (),
+        padding: Any = 0,
+        ceil_mode: bool = False,
+        count_include_pad: bool = True,
+        divisor: int | None = None,
+    ) -> nn.Module:
+        return nn.AvgPool2d(
+            kernel, tuple(stride) or kernel, padding, ceil_mode, count_include_pad, divisor
+        )
+
+    return make(*args)
+
+
+def _adaptive_avg_pool2d_layer(args: Sequence[Any], rank: int | None) -> nn.Module:
+    return nn.AdaptiveAvgPool2d(*args)
+
+
+_WEIGHT_BIAS = ("weight", "bias")
+_BATCH_NORM_TENSORS = ("weight", "bias", "running_mean", "running_var")
+
+
 OPERATIONS: tuple[Op, ...] = (
-    Op("dense", Kind.LINEAR, (nn.Linear,), (F.linear,), ("linear",), signal_args=(0,)),
+    Op(
+        "dense",
+        Kind.LINEAR,
+        (nn.Linear,),
+        (F.linear,),
+        ("linear",),
+        signal_args=(0,),
+        aten=(Aten("linear.default", F.linear, Layer(nn.Linear, _WEIGHT_BIAS, _dense_layer)),),
+    ),
     Op(
         "conv",
         Kind.LINEAR,
@@ -96,6 +277,23 @@ OPERATIONS: tuple[Op, ...] = (
         (F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d),
         _names("conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d"),
         signal_args=(0,),
+        aten=(
+            Aten(
+                "conv1d.default",
+                F.conv1d,
+                Layer(nn.Conv1d, _WEIGHT_BIAS, functools.partial(_conv_layer, nn.Conv1d)),
+            ),
+            Aten(
+                "conv2d.default",
+                F.conv2d,
+                Layer(nn.Conv2d, _WEIGHT_BIAS, functools.partial(_conv_layer, nn.Conv2d)),
+            ),
+            Aten(
+                "conv3d.default",
+                F.conv3d,
+                Layer(nn.Conv3d, _WEIGHT_BIAS, functools.partial(_conv_layer, nn.Conv3d)),
+            ),
+        ),
     ),
     Op(
         "batchnorm",
@@ -104,6 +302,15 @@ OPERATIONS: tuple[Op, ...] = (
         (F.batch_norm,),
         _names("batch_norm _native_batch_norm_legit_no_training"),
         signal_args=(0,),
+        # F.batch_norm orders its arguments differently: only the layer reads the call back.
+        aten=(
+            Aten(
+                "batch_norm.default",
+                layer=Layer(
+                    nn.modules.batchnorm._BatchNorm, _BATCH_NORM_TENSORS, _batch_norm_layer
+                ),
+            ),
+        ),
     ),
     Op(
         "relu",
@@ -112,6 +319,7 @@ OPERATIONS: tuple[Op, ...] = (
         (F.relu, torch.relu, torch.relu_, F.relu_),
         _names("relu relu_"),
         nonnegative=True,
+        aten=(Aten("relu.default", torch.relu),),
     ),
     # Clamps to [0, t]: rectifiers whose forward mask is 0 < x < t (see rectifier_bound).
     Op(
@@ -121,6 +329,15 @@ OPERATIONS: tuple[Op, ...] = (
         (F.relu6,),
         _names("relu6"),
         nonnegative=True,
+    ),
+    # Gates: activations in [0, 1] that a product of two signals holds constant.
+    Op(
+        "activation",
+        Kind.ACTIVATION,
+        (nn.Sigmoid, nn.Hardsigmoid),
+        (torch.sigmoid, F.sigmoid, F.hardsigmoid),
+        _names("sigmoid hardsigmoid"),
+        gate=True,
     ),
     Op(
         "activation",
@@ -135,11 +352,9 @@ OPERATIONS: tuple[Op, ...] = (
             nn.SiLU,
             nn.Mish,
             nn.Tanh,
-            nn.Sigmoid,
             nn.Softplus,
             nn.Hardtanh,
             nn.Hardswish,
-            nn.Hardsigmoid,
             nn.Softsign,
             nn.Tanhshrink,
         ),
@@ -154,22 +369,18 @@ OPERATIONS: tuple[Op, ...] = (
             F.softplus,
             F.hardtanh,
             F.hardswish,
-            F.hardsigmoid,
             F.softsign,
             F.tanhshrink,
             torch.tanh,
-            torch.sigmoid,
             F.tanh,
-            F.sigmoid,
             F.logsigmoid,
             torch.clamp,
             torch.clip,
             torch.clamp_min,
         ),
         _names(
-            "sigmoid tanh hardtanh hardtanh_ leaky_relu leaky_relu_ elu selu celu gelu silu "
-            "silu_ mish softplus hardswish hardswish_ hardsigmoid softsign log_sigmoid clamp "
-            "clip clamp_min"
+            "tanh hardtanh hardtanh_ leaky_relu leaky_relu_ elu selu celu gelu silu silu_ mish "
+            "softplus hardswish hardswish_ softsign log_sigmoid clamp clip clamp_min"
         ),
     ),
     Op(
@@ -196,6 +407,9 @@ OPERATIONS: tuple[Op, ...] = (
             "max_pool1d max_pool2d max_pool3d max_pool2d_with_indices max_pool3d_with_indices "
             "adaptive_max_pool1d adaptive_max_pool2d adaptive_max_pool3d amax"
         ),
+        aten=(
+            Aten("max_pool2d.default", F.max_pool2d, Layer(nn.MaxPool2d, (), _max_pool2d_layer)),
+        ),
     ),
     Op(
         "average",
@@ -221,14 +435,27 @@ OPERATIONS: tuple[Op, ...] = (
             "avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d "
             "adaptive_avg_pool3d _adaptive_avg_pool2d _adaptive_avg_pool3d mean"
         ),
+        aten=(
+            Aten("avg_pool2d.default", F.avg_pool2d, Layer(nn.AvgPool2d, (), _avg_pool2d_layer)),
+            Aten(
+                "adaptive_avg_pool2d.default",
+                F.adaptive_avg_pool2d,
+                Layer(nn.AdaptiveAvgPool2d, (), _adaptive_avg_pool2d_layer),
+            ),
+            Aten("mean.dim", torch.mean),
+        ),
     ),
     # Sums of signals (residual connections); with one input-dependent term, a shift.
     Op(
         "sum",
         Kind.LINEAR_NO_PARAM,
         (),
-        (torch.add, torch.sub, operator.add, operator.sub),
-        _names("add add_ sub sub_"),
+        (torch.add, operator.add),
+        _names("add add_"),
+        aten=(Aten("add.Tensor", torch.add),),
+    ),
+    Op(
+        "sum", Kind.LINEAR_NO_PARAM, (), (torch.sub, operator.sub), _names("sub sub_"), negated=(1,)
     ),
     Op(
         "linear_no_param",
@@ -301,6 +528,14 @@ OPERATIONS: tuple[Op, ...] = (
             "_upsample_nearest_exact3d movedim swapaxes swapdims unbind roll flip pixel_shuffle pixel_unshuffle "
             "channel_shuffle"
         ),
+        # Swin's patch merging: pad, then four strided slices concatenated.
+        qualnames=("torchvision.models.swin_transformer._patch_merging_pad",),
+        aten=(
+            Aten("flatten.using_ints", torch.flatten),
+            Aten("view.default", torch.reshape),
+            Aten("reshape.default", torch.reshape),
+            Aten("cat.default", torch.cat),
+        ),
     ),
     Op(
         "identity",
@@ -311,6 +546,9 @@ OPERATIONS: tuple[Op, ...] = (
             "dropout feature_dropout alpha_dropout clone contiguous alias _to_copy to "
             "lift_fresh_copy float double type_as"
         ),
+        # Stochastic depth (EfficientNet, ConvNeXt, Swin): the identity in eval mode.
+        qualnames=("torchvision.ops.stochastic_depth.stochastic_depth",),
+        aten=(Aten("dropout.default", F.dropout),),
     ),
     Op("upsample", Kind.REARRANGE, (nn.Upsample,), (F.interpolate, F.upsample)),
     Op("embedding", Kind.EMBEDDING, (nn.Embedding,), (F.embedding,), ("embedding",)),
@@ -322,6 +560,7 @@ OPERATIONS: tuple[Op, ...] = (
         (nn.Softmax, nn.Softmax2d),
         (F.softmax, torch.softmax),
         _names("softmax _softmax"),
+        gate=True,
     ),
     Op(
         "output_activation",
@@ -363,51 +602,30 @@ OPERATIONS: tuple[Op, ...] = (
         _names("rms_norm normalize"),
         signal_args=(0,),
     ),
-    Op("reciprocal", Kind.OTHER, (), (torch.rsqrt, torch.reciprocal), _names("rsqrt reciprocal")),
+    Op(
+        "reciprocal",
+        Kind.OTHER,
+        (),
+        (torch.rsqrt, torch.reciprocal),
+        _names("rsqrt reciprocal"),
+        gate=True,
+    ),
     # x ** c, c ** x: element-wise in their one signal (GPT-2's written-out tanh GELU has
     # x ** 3); x ** y is no activation (classify) and gets no LRP rule.
     Op("power", Kind.ACTIVATION, (), (torch.pow, operator.pow, torch.square), _names("pow square")),
-    # Positions set to a constant (attention masks): the signal passes where kept.
-    Op("masked_fill", Kind.IDENTITY, (), (torch.masked_fill,), _names("masked_fill")),
+    # Positions set to a constant (attention masks): the signal passes where kept; innspect
+    # writes attention masks out as its own function (graph/attention.py).
+    Op(
+        "masked_fill",
+        Kind.IDENTITY,
+        (),
+        (torch.masked_fill,),
+        _names("masked_fill"),
+        qualnames=("innspect.graph.attention.attention_mask",),
+    ),
 )
 
-# Functions of optional packages, by qualified name (torchvision is not a core dependency).
-_BY_QUALNAME: dict[str, Op] = {
-    # Stochastic depth (EfficientNet, ConvNeXt, Swin): the identity in eval mode.
-    "torchvision.ops.stochastic_depth.stochastic_depth": next(
-        op for op in OPERATIONS if op.family == "identity"
-    ),
-    # Swin's patch merging: pad, then four strided slices concatenated (a rearrangement).
-    "torchvision.models.swin_transformer._patch_merging_pad": next(
-        op for op in OPERATIONS if op.family == "rearrange"
-    ),
-    # innspect's own decomposition of attention masks (graph/attention.py).
-    "innspect.graph.attention.attention_mask": next(
-        op for op in OPERATIONS if op.family == "masked_fill"
-    ),
-}
-
-# Operations whose output a product of two signals treats as a constant weight (gate rule):
-# gates in [0, 1] and the reciprocal norms of hand-written normalisations.
-GATE_FAMILIES = {"softmax", "reciprocal"}
-GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid)
-GATE_NAMES = {"sigmoid", "hardsigmoid"}
-
-_BY_FUNCTION: dict[object, Op] = {}
-_BY_NAME: dict[str, Op] = {}
-for _op in OPERATIONS:
-    for _function in _op.functions:
-        _BY_FUNCTION.setdefault(_function, _op)
-    for _name in _op.names:
-        _BY_NAME.setdefault(_name, _op)
-_BY_FAMILY: dict[str, Op] = {op.family: op for op in OPERATIONS}
-
 UPSAMPLE_NEAREST_MODES = {"nearest", "nearest-exact"}
-
-
-def modules_of(*families: str) -> tuple[type, ...]:
-    """The module types of the given families, e.g. ``modules_of("dense", "conv")``."""
-    return tuple(t for family in families for t in _BY_FAMILY[family].modules)
 
 
 def aten_name(target: object) -> str | None:
@@ -415,6 +633,110 @@ def aten_name(target: object) -> str | None:
     if getattr(target, "namespace", None) != "aten":
         return None
     return getattr(getattr(target, "overloadpacket", None), "__name__", None)
+
+
+def _in_place_stem(name: str) -> str | None:
+    """'add' for 'add_': the name without its in-place mark; None if it has none (private
+    names such as '_foo_' are no in-place forms)."""
+    return name[:-1] if name.endswith("_") and not name.startswith("_") else None
+
+
+def out_of_place(target: object) -> object | None:
+    """The out-of-place twin of an in-place operation; None for anything else.
+
+    ``target`` is a node (call_function or call_method) or its target: a Tensor method name
+    ('add_' -> 'add'), an ATen overload (``aten.add_.Tensor`` -> ``aten.add.Tensor``), an
+    augmented assignment of ``operator`` (``operator.iadd`` -> ``operator.add``) or a torch
+    function (``torch.relu_`` -> ``torch.relu``). One rule for all: the name without its
+    in-place mark (a trailing '_', operator's leading 'i'), where that names an operation.
+    Modules built with ``inplace=True`` and ``inplace=True`` arguments are the caller's.
+    """
+    if isinstance(target, fx.Node):
+        if target.op not in ("call_function", "call_method"):
+            return None
+        target = target.target
+    if isinstance(target, str):  # a Tensor method
+        stem = _in_place_stem(target)
+        return stem if stem is not None and callable(getattr(torch.Tensor, stem, None)) else None
+    name = getattr(target, "__name__", "")
+    if name.startswith("i") and getattr(operator, name, None) is target:
+        twin = getattr(operator, name[1:], None)
+        return twin if callable(twin) else None
+    packet = aten_name(target)
+    if packet is not None:
+        stem = _in_place_stem(packet)
+        twins = getattr(torch.ops.aten, stem, None) if stem is not None else None
+        return getattr(twins, getattr(target, "_overloadname", "default"), None)
+    stem = _in_place_stem(name)
+    return getattr(torch, stem, None) if stem is not None else None
+
+
+def _aten_overload(spelling: str) -> Any:
+    """``torch.ops.aten.conv2d.default`` for 'conv2d.default'; None where torch lacks it."""
+    packet, _, overload = spelling.partition(".")
+    return getattr(getattr(torch.ops.aten, packet, None), overload, None)
+
+
+def _in_place_twin(overload: Any) -> Any:
+    """``aten.add_.Tensor`` for ``aten.add.Tensor`` (None if there is none): the overload
+    whose ``out_of_place`` twin is this one."""
+    twins = getattr(torch.ops.aten, f"{aten_name(overload)}_", None)
+    twin = getattr(twins, overload._overloadname, None)
+    return twin if twin is not None and out_of_place(twin) is overload else None
+
+
+# The lookups, derived from the rows once. ATEN_TO_TORCH: ATen overloads -> the torch
+# function computing them from the same positional arguments, in-place overloads included
+# (innspect keeps every recorded value as it was produced, so TorchScript's `out += x` and
+# `relu_` become their out-of-place twins' functions). LAYER_CALLS: ATen overloads -> the
+# nn layer whose forward such a call is.
+_BY_FUNCTION: dict[object, Op] = {}
+_BY_NAME: dict[str, Op] = {}
+_BY_QUALNAME: dict[str, Op] = {}
+_BY_FAMILY: dict[str, list[Op]] = {}
+ATEN_TO_TORCH: dict[Any, Callable[..., Any]] = {}
+LAYER_CALLS: dict[Any, Layer] = {}
+for _op in OPERATIONS:
+    for _function in _op.functions:
+        _BY_FUNCTION.setdefault(_function, _op)
+    for _name in _op.names:
+        _BY_NAME.setdefault(_name, _op)
+    for _qualname in _op.qualnames:
+        _BY_QUALNAME.setdefault(_qualname, _op)
+    _BY_FAMILY.setdefault(_op.family, []).append(_op)
+    for _aten in _op.aten:
+        _overload = _aten_overload(_aten.overload)
+        if _overload is None:
+            continue  # not in this torch (tests/test_operations_table.py names it)
+        if _aten.function is not None:
+            ATEN_TO_TORCH[_overload] = _aten.function
+            _twin = _in_place_twin(_overload)
+            if _twin is not None:
+                ATEN_TO_TORCH[_twin] = _aten.function
+        if _aten.layer is not None:
+            LAYER_CALLS[_overload] = _aten.layer
+
+# Families whose every row is a gate (sigmoids are gates among other activations).
+GATE_FAMILIES = {name for name, rows in _BY_FAMILY.items() if all(op.gate for op in rows)}
+
+
+def modules_of(*families: str) -> tuple[type, ...]:
+    """The module types of the given families, e.g. ``modules_of("dense", "conv")``."""
+    return tuple(t for family in families for op in _BY_FAMILY[family] for t in op.modules)
+
+
+def torch_function(target: object) -> Callable[..., Any] | None:
+    """The torch function computing an ATen overload from the same positional arguments
+    (``F.conv2d`` for ``aten.conv2d.default``); None for anything else."""
+    return ATEN_TO_TORCH.get(target) if aten_name(target) is not None else None
+
+
+def layer_call(node: fx.Node) -> Layer | None:
+    """The nn layer whose forward the node's ATen call can be (``Layer``); None otherwise.
+    Whether it is depends on its arguments: the caller checks them."""
+    if node.op != "call_function" or aten_name(node.target) is None:
+        return None
+    return LAYER_CALLS.get(node.target)
 
 
 def op_name(node: fx.Node) -> str:
@@ -461,9 +783,8 @@ def family(node: fx.Node, module: nn.Module | None) -> str:
 def is_gate(node: fx.Node, module: nn.Module | None) -> bool:
     """Whether the node computes a gate (sigmoid, hard sigmoid, softmax) or a reciprocal
     (``rsqrt``), a factor the gate rule of a product holds constant."""
-    if node.op == "call_module":
-        return isinstance(module, GATE_MODULES) or family(node, module) in GATE_FAMILIES
-    return op_name(node).rstrip("_") in GATE_NAMES or family(node, module) in GATE_FAMILIES
+    op = op_of(node, module)
+    return op is not None and op.gate
 
 
 def is_relu(node: fx.Node, module: nn.Module | None) -> bool:
@@ -529,25 +850,26 @@ def is_nonnegative_op(node: fx.Node, module: nn.Module | None) -> bool:
     return rectifier_bound(node, module) is not None
 
 
+def _function_or_method(node: fx.Node) -> Op | None:
+    return op_of(node, None) if node.op in ("call_function", "call_method") else None
+
+
 def is_sum(node: fx.Node) -> bool:
     """``add`` or ``sub`` in any form (function, operator, method, ATen)."""
-    return node.op in ("call_function", "call_method") and op_name(node).rstrip("_") in _SUM_NAMES
+    op = _function_or_method(node)
+    return op is not None and op.family == "sum"
 
 
 def is_difference(node: fx.Node) -> bool:
     """``sub`` in any form: the second term enters with a minus sign."""
-    return is_sum(node) and op_name(node).rstrip("_") in ("sub", "rsub")
+    op = _function_or_method(node)
+    return op is not None and op.family == "sum" and 1 in op.negated
 
 
 def is_product(node: fx.Node) -> bool:
     """``mul`` or ``div`` in any form (function, operator, method, ATen)."""
-    return (
-        node.op in ("call_function", "call_method") and op_name(node).rstrip("_") in _PRODUCT_NAMES
-    )
-
-
-_SUM_NAMES = {"add", "sub"}
-_PRODUCT_NAMES = {"mul", "div", "truediv"}
+    op = _function_or_method(node)
+    return op is not None and op.family == "product"
 
 
 def _upsample_kind(mode: str | None) -> Kind:
