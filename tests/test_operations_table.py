@@ -60,6 +60,15 @@ def _spelling(overload: Any) -> str:
     return f"{ops.aten_name(overload)}.{overload._overloadname}"
 
 
+def _name(target: Any) -> str:
+    """A stable test id (str() of a builtin holds its address, which differs between
+    pytest-xdist workers)."""
+    if isinstance(target, str):
+        return target
+    module = getattr(target, "__module__", None) or type(target).__module__
+    return f"{module}.{getattr(target, '__name__', str(target))}"
+
+
 def _aten_entries() -> list[tuple[ops.Op, ops.Aten]]:
     return [(op, entry) for op in ops.OPERATIONS for entry in op.aten]
 
@@ -147,7 +156,7 @@ def test_training_batch_norm_is_no_layer() -> None:
         ("add_", "add"),
         ("mul_", "mul"),
     ],
-    ids=str,
+    ids=_name,
 )
 def test_out_of_place_twins(target: Any, twin: Any) -> None:
     assert ops.out_of_place(target) == twin
@@ -163,7 +172,7 @@ def test_out_of_place_twins(target: Any, twin: Any) -> None:
 @pytest.mark.parametrize(
     "target",
     [aten.add.Tensor, aten._softmax.default, torch.relu, operator.add, "add", "__iadd__", "_foo_"],
-    ids=str,
+    ids=_name,
 )
 def test_out_of_place_operations_have_no_twin(target: Any) -> None:
     assert ops.out_of_place(target) is None

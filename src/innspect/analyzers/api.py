@@ -35,7 +35,7 @@ from innspect.errors import (
     NonFiniteRelevanceError,
     OutputSelectionError,
 )
-from innspect.graph.capture import GRAPH_LOCK
+from innspect.graph.lock import GRAPH_LOCK
 from innspect.util.tensors import all_finite, model_device_dtype, nonfinite_counts
 
 

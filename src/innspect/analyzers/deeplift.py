@@ -25,8 +25,8 @@ from innspect.engine.forward import run_forward_with_reference
 from innspect.engine.inputs import ModelInputs
 from innspect.engine.reverse import Mapping, Unsupported
 from innspect.errors import InputError, NotAnalyzableModelError
-from innspect.graph.capture import GRAPH_LOCK
 from innspect.graph.graph import ModelGraph, NodeInfo
+from innspect.graph.lock import GRAPH_LOCK
 from innspect.graph.ops import Kind
 from innspect.rules.basic import RECOMPUTED_GRADIENT, LinearGradient
 from innspect.rules.deeplift import LinearSplit, MaxPoolDelta, Rescale, RevealCancel

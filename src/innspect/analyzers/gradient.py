@@ -13,10 +13,10 @@ from innspect.analyzers.plan import Composite, Site, always, family, kind
 from innspect.analyzers.reverse import ReverseAnalyzer
 from innspect.engine.inputs import ModelInputs
 from innspect.engine.reverse import Mapping, Unsupported
-from innspect.graph.capture import eval_view
 from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.graph.ops import Kind, rectifier_bound
 from innspect.graph.outputs import select_output
+from innspect.graph.views import eval_view
 from innspect.rules.basic import (
     GRADIENT,
     DeconvnetReLU,
@@ -222,7 +222,7 @@ class GradientBaseline(Analyzer):
         bound = dict(inputs.call.bound)
         values = {**{n: bound[n] for n in inputs.call.fixed}, **given, **leaves}
         order = inputs.order or inputs.names
-        # The eval view of the model: its training flags are never touched (capture.eval_view).
+        # The eval view of the model: its training flags are never touched (views.eval_view).
         model = eval_view(self.model)
         with torch.enable_grad():
             if inputs.call.keyword:

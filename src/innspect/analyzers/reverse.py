@@ -25,9 +25,10 @@ from innspect.engine.inputs import ModelInputs
 from innspect.engine.reverse import Mapping, ReverseOptions, reverse_walk
 from innspect.engine.selection import OutputSelection
 from innspect.errors import InputError, OutputActivationError
-from innspect.graph.capture import GRAPH_LOCK, refuse_hooks
 from innspect.graph.graph import ModelGraph, NodeInfo
+from innspect.graph.lock import GRAPH_LOCK
 from innspect.graph.ops import Kind, classify
+from innspect.graph.views import refuse_hooks
 from innspect.rules.strategy import DEFAULT_STRATEGY, EngineStrategy, computes_gradient, realize
 
 

@@ -34,10 +34,10 @@ from torch import nn
 
 from innspect.engine.forward import run_forward
 from innspect.engine.reducers import Observation, Reducer
-from innspect.engine.selection import target_gradient
+from innspect.engine.selection import resolve
 from innspect.errors import InputError
-from innspect.graph.capture import GRAPH_LOCK
 from innspect.graph.graph import ModelGraph, NodeInfo
+from innspect.graph.lock import GRAPH_LOCK
 from innspect.util.batches import iter_batches, num_batches
 from innspect.util.files import write_npz
 from innspect.util.progress import progress
@@ -167,24 +167,17 @@ def target_start(output: torch.Tensor, target: Target) -> torch.Tensor:
 
     None: the largest output per sample (iNNvestigate's "max_activation"); an int: that
     output (flattened index); output weights or a callable ``f(y) -> (N,)``: as for
-    analyzers' ``target=`` (:func:`innspect.engine.inputs.target_gradient`, the one place
-    that evaluates them).
+    analyzers' ``target=``. Resolved by ``engine.selection``, as every analyzer's call is.
     """
-    y = output.detach()
-    flat = y.reshape(y.shape[0], -1)
-    if target is None or isinstance(target, int | np.integer):
-        if target is None:
-            index = flat.argmax(dim=1, keepdim=True)
-        elif not 0 <= int(target) < flat.shape[1]:
-            raise InputError(
-                f"target {int(target)} is out of range: the model has {flat.shape[1]} outputs"
-            )
-        else:
-            index = torch.full((flat.shape[0], 1), int(target), device=y.device)
-        return torch.zeros_like(flat).scatter_(1, index, 1.0).reshape(y.shape)
-    if isinstance(target, torch.Tensor | np.ndarray) or callable(target):
-        return target_gradient(output, target)[0]
-    raise InputError(f"target must be None, an int, a tensor or a callable, got {target!r}")
+    if target is None:
+        selection = resolve(output, "max_activation")
+    elif isinstance(target, int | np.integer) and not isinstance(target, bool):
+        selection = resolve(output, "index", int(target))
+    elif isinstance(target, torch.Tensor | np.ndarray) or callable(target):
+        selection = resolve(output, "max_activation", target=target)
+    else:
+        raise InputError(f"target must be None, an int, a tensor or a callable, got {target!r}")
+    return selection.start(output, torch.ones_like)
 
 
 def collect(
@@ -277,7 +270,7 @@ def _observe(
     gradients: bool,
 ) -> None:
     x = batch.x
-    # The graph's layers are eval views (capture.eval_view): no training flag is touched;
+    # The graph's layers are eval views (views.eval_view): no training flag is touched;
     # the shared lock keeps captures in other threads out while modules run.
     with GRAPH_LOCK.shared(), torch.set_grad_enabled(gradients):
         if gradients:

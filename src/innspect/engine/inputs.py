@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from innspect.errors import InputError
-from innspect.graph.capture import CallSpec, bind_call
+from innspect.graph.call import CallSpec, bind_call
 from innspect.util.tensors import all_finite, nonfinite_counts
 
 """What ``target=`` takes: output weights or a callable ``f(y) -> (N,)``."""

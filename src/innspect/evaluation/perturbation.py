@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from innspect.analyzers.api import Analyzer
-from innspect.graph.capture import GRAPH_LOCK, eval_view
+from innspect.graph.lock import GRAPH_LOCK
+from innspect.graph.views import eval_view
 from innspect.util.progress import progress
 from innspect.util.tensors import model_device_dtype
 
@@ -363,7 +364,7 @@ class PerturbationAnalysis:
                 yield tensor(batch, True), None
 
     def _outputs(self, x: torch.Tensor) -> torch.Tensor:
-        # The eval view: the user's training flags are never touched (capture.eval_view).
+        # The eval view: the user's training flags are never touched (views.eval_view).
         with torch.no_grad(), GRAPH_LOCK.shared():
             output = eval_view(self.model)(x)
         return output.reshape(output.shape[0], -1)

@@ -1,315 +1,31 @@
 """Capture: turn a user's nn.Module into a torch.fx graph without touching the module.
 
-Three promises live here (docs/reliability.md):
-
-- **The user's module is never modified, not even its ``training`` flags.** innspect traces
-  and runs an *eval view* of the model (``eval_view``): a mirror of its module tree in eval
-  mode that shares every parameter, buffer and hook with the original.
-- **Capture is safe with threads.** torch.fx patches ``nn.Module.__call__`` and
-  ``__getattr__`` for the whole process while it traces, so any module called by another
-  thread meanwhile is recorded into the wrong graph. ``capture`` holds ``GRAPH_LOCK``
-  exclusively; every analysis holds it shared while it runs modules, so analyses run in
-  parallel with each other but never during a capture, and nothing stays patched.
-- **Hooks never make innspect explain another function than ``model(x)``**
-  (``refuse_hooks``).
-
-The graph's inputs are the forward arguments the caller passes (``CallSpec``); arguments
-with defaults that the caller leaves out (timm ViT's ``attn_mask=None, is_causal=False``)
-are bound to their defaults at capture time, as the model's own call would use them.
+torch.fx traces an eval view of the model (``graph/views.py``) under ``GRAPH_LOCK`` held
+exclusively (``graph/lock.py``: fx patches ``nn.Module`` for the whole process while it
+traces); attention is written out while tracing (``graph/attention.py``). Where fx fails
+and an example input is given, torch.export is tried, and its ATen calls that are one of
+the model's layers become calls of that layer again (the operations table says which).
+The graph's inputs are the forward arguments the caller passes (``graph/call.py``).
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import copy
-import dataclasses
-import inspect
 import io
 import logging
 import sys
-import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from innspect.errors import InputError, NotAnalyzableModelError
+from innspect.errors import NotAnalyzableModelError
 from innspect.graph import attention, ops
-
-
-class _GraphLock:
-    """A readers-writer lock: analyses share it, a capture holds it alone.
-
-    Reentrant for both sides, and a thread holding it shared may take it exclusively (an
-    analysis capturing its graph on first use): its shared holds are handed back while it
-    waits, so two threads upgrading at once cannot deadlock. Waiting writers block new
-    readers, so a capture is not starved by a stream of analyses.
-    """
-
-    def __init__(self) -> None:
-        self._condition = threading.Condition()
-        self._readers = 0
-        self._writer: int | None = None
-        self._writer_depth = 0
-        self._writers_waiting = 0
-        self._local = threading.local()
-
-    def _depth(self) -> int:
-        return getattr(self._local, "depth", 0)
-
-    @contextlib.contextmanager
-    def shared(self) -> Iterator[None]:
-        """Hold the lock shared: modules may run, no capture may start."""
-        me = threading.get_ident()
-        with self._condition:
-            if self._writer == me:
-                owned = False  # already exclusive: nothing to wait for
-            else:
-                if self._depth() == 0:
-                    while self._writer is not None or self._writers_waiting:
-                        self._condition.wait()
-                self._readers += 1
-                self._local.depth = self._depth() + 1
-                owned = True
-        try:
-            yield
-        finally:
-            if owned:
-                with self._condition:
-                    self._readers -= 1
-                    self._local.depth -= 1
-                    self._condition.notify_all()
-
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        """Hold the lock alone: no module of any analysis runs meanwhile."""
-        me = threading.get_ident()
-        with self._condition:
-            if self._writer == me:
-                self._writer_depth += 1
-                held = 0
-            else:
-                held = self._depth()
-                self._readers -= held  # hand back this thread's shared holds while waiting
-                self._writers_waiting += 1
-                self._condition.notify_all()
-                while self._writer is not None or self._readers:
-                    self._condition.wait()
-                self._writers_waiting -= 1
-                self._writer, self._writer_depth = me, 1
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._writer_depth -= 1
-                if self._writer_depth == 0:
-                    self._writer = None
-                    self._readers += held
-                self._condition.notify_all()
-
-
-GRAPH_LOCK = _GraphLock()
-"""Held shared by every analysis while it runs modules and exclusively by every capture."""
-
-# The attributes of nn.Module every Module instance owns (parameters, buffers, hooks...):
-# a view shares these dicts with the original; other containers it copies.
-_MODULE_INTERNALS = frozenset(vars(nn.Module()))
-
-
-# Containers a view copies (not subclasses such as fx's immutable_list, which stay shared).
-_MUTABLE_CONTAINERS = (dict, list, set, collections.OrderedDict, collections.defaultdict)
-
-
-def eval_view(model: nn.Module) -> nn.Module:
-    """A mirror of ``model``'s module tree in eval mode, sharing parameters, buffers and hooks.
-
-    Each module is a shallow copy with ``training=False`` whose children are views too, so
-    running or tracing the view never reads or writes the user's ``training`` flags (another
-    thread may be training the model meanwhile). Forward hooks run from the user's own
-    dicts, but may only observe (``refuse_hooks``). Plain dict/list/set attributes are copied,
-    so state a module writes while it is traced (timm's LeViT caches its attention biases in
-    a dict, which would hold fx ``Proxy`` objects) stays in the view.
-    """
-    memo: dict[int, nn.Module] = {}
-
-    def view(module: nn.Module) -> nn.Module:
-        if id(module) in memo:
-            return memo[id(module)]
-        if isinstance(module, torch.jit.ScriptModule):
-            # Compiled code reads its flags from C++: a view cannot change them.
-            if any(m.training for m in module.modules()):
-                raise NotAnalyzableModelError(
-                    f"the TorchScript submodule '{paths.get(id(module), '?')}' is in training "
-                    "mode, which innspect cannot switch off without changing it; call .eval() "
-                    "on it before analysis"
-                )
-            return module
-        # Not copy.copy: GraphModule's __copy__/__reduce__ rebuild and re-own its graph.
-        clone = object.__new__(type(module))
-        memo[id(module)] = clone
-        state = clone.__dict__
-        state.update(module.__dict__)
-        for key, value in module.__dict__.items():
-            if key not in _MODULE_INTERNALS and type(value) in _MUTABLE_CONTAINERS:
-                state[key] = copy.copy(value)
-                containers.append(state[key])
-            elif type(value) is tuple and any(isinstance(v, nn.Module) for v in value):
-                tuples.append((state, key))
-        children = type(module._modules)()
-        for name, child in module._modules.items():
-            children[name] = None if child is None else view(child)
-        state["_modules"] = children
-        for key in ("_forward_hooks", "_forward_pre_hooks"):
-            state[key] = _ObservingHooks(module.__dict__[key], paths.get(id(module), "?"))
-        state["training"] = False  # set directly: a custom __setattr__ must not see it
-        return clone
-
-    model = unwrap(model)
-    paths = {id(m): path for path, m in model.named_modules()}
-    containers: list[dict | list | set] = []
-    tuples: list[tuple[dict, str]] = []
-    root = view(model)
-    # Modules also kept in plain lists or dicts (``self.stages = [self.a, self.b]``) must be
-    # the views too: fx finds a called module by identity in the traced tree.
-    for container in containers:
-        if isinstance(container, dict):
-            for key, value in container.items():
-                if id(value) in memo:
-                    container[key] = memo[id(value)]
-        elif isinstance(container, list):
-            container[:] = [memo.get(id(value), value) for value in container]
-    for state, key in tuples:
-        state[key] = tuple(memo.get(id(value), value) for value in state[key])
-    return root
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module a wrapper only forwards to (DataParallel, DistributedDataParallel,
-    ``torch.compile``): the same function, which torch.fx can trace."""
-    while True:
-        if isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif _is_compiled(model):
-            model = model._orig_mod
-        else:
-            return model
-
-
-def _is_compiled(model: nn.Module) -> bool:
-    dynamo = sys.modules.get("torch._dynamo")  # a compiled model means dynamo is loaded
-    return dynamo is not None and isinstance(model, dynamo.eval_frame.OptimizedModule)
-
-
-def refuse_hooks(model: nn.Module) -> None:
-    """Raise if a hook would make innspect explain another function than ``model(x)``.
-
-    innspect's behaviour (docs/reliability.md): forward hooks and pre-hooks on the layers the
-    graph keeps whole (torch.nn layers) run on every analysis with the real tensors, as in
-    ``model(x)``, and must only observe (``eval_view`` refuses one that returns a value when
-    it runs). Refused here: hooks on the model itself (fx traces its ``forward``, not its
-    ``__call__``) and on blocks traced through (their hooks would run once, at capture, on
-    fx proxies), backward hooks (they would change the gradient methods only) and global
-    module hooks.
-    """
-    from torch.nn.modules import module as module_globals
-
-    for name, hooks in (
-        ("a global forward hook", module_globals._global_forward_hooks),
-        ("a global forward pre-hook", module_globals._global_forward_pre_hooks),
-        ("a global backward hook", module_globals._global_backward_hooks),
-        ("a global backward pre-hook", module_globals._global_backward_pre_hooks),
-    ):
-        if hooks:
-            raise NotAnalyzableModelError(
-                f"{name} is registered (torch.nn.modules.module.register_module_*); innspect "
-                "would not explain the same function as model(x). Remove it (handle.remove()) "
-                "during the analysis."
-            )
-    tracer = _LeafTracer()
-    for path, module in unwrap(model).named_modules():
-        kept_whole = bool(path) and tracer.is_leaf_module(module, path)
-        for kind, hooks, allowed in (
-            ("forward hook", module._forward_hooks, kept_whole),
-            ("forward pre-hook", module._forward_pre_hooks, kept_whole),
-            ("backward hook", module._backward_hooks, False),
-            ("backward pre-hook", module._backward_pre_hooks, False),
-        ):
-            if hooks and not allowed:
-                where = f"module '{path}'" if path else "the model itself"
-                raise NotAnalyzableModelError(
-                    f"{where} ({type(module).__name__}) has a {kind} "
-                    f"({_hook_name(next(iter(hooks.values())))}); innspect would not explain "
-                    "the same function as model(x) (only forward hooks that observe, on torch.nn "
-                    "layers, are run). Remove the hook (handle.remove()) before analysis, or move "
-                    "what it computes into the module's forward."
-                )
-
-
-def _hooked_module(model: nn.Module) -> str | None:
-    """The path of the first module with a forward hook or pre-hook, if any."""
-    for path, module in unwrap(model).named_modules():
-        if module._forward_hooks or module._forward_pre_hooks:
-            return path
-    return None
-
-
-def _hook_name(hook: object) -> str:
-    return getattr(hook, "__qualname__", type(hook).__name__)
-
-
-class _ObservingHooks(dict):
-    """A live view of a module's forward (pre-)hooks whose hooks may only observe.
-
-    nn.Module's call reads the hooks through ``items()``/``__bool__``; this view reads the
-    user's dict each time (hooks added later run too) and wraps each hook so that one
-    returning a value (replacing the layer's input or output) raises instead.
-    """
-
-    def __init__(self, hooks: dict, owner: str) -> None:
-        super().__init__()
-        self._hooks = hooks
-        self._owner = owner
-
-    def __bool__(self) -> bool:
-        return bool(self._hooks)
-
-    def __len__(self) -> int:
-        return len(self._hooks)
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self._hooks)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._hooks
-
-    def __getitem__(self, key: object):  # type: ignore[no-untyped-def]
-        return self._observing(self._hooks[key])
-
-    def keys(self):  # type: ignore[no-untyped-def]
-        return self._hooks.keys()
-
-    def values(self):  # type: ignore[no-untyped-def]
-        return [self._observing(hook) for hook in self._hooks.values()]
-
-    def items(self):  # type: ignore[no-untyped-def]
-        return [(key, self._observing(hook)) for key, hook in self._hooks.items()]
-
-    def _observing(self, hook):  # type: ignore[no-untyped-def]
-        owner = self._owner
-
-        def observe(*args, **kwargs):  # type: ignore[no-untyped-def]
-            if hook(*args, **kwargs) is not None:
-                raise NotAnalyzableModelError(
-                    f"a hook on module '{owner}' ({_hook_name(hook)}) changes the layer's input "
-                    "or output; innspect runs hooks that observe only. Remove it (handle."
-                    "remove()) before analysis, or move what it computes into the forward."
-                )
-
-        return observe
+from innspect.graph.call import CallSpec
+from innspect.graph.lock import GRAPH_LOCK
+from innspect.graph.views import eval_view, hooked_module, refuse_hooks
 
 
 @contextlib.contextmanager
@@ -368,127 +84,6 @@ class _LeafTracer(fx.Tracer):
             self._writing_out -= 1
 
 
-@dataclass(frozen=True)
-class CallSpec:
-    """How the model is called: which forward arguments are inputs, which keep defaults.
-
-    Attributes
-    ----------
-    names
-        The forward arguments the caller passes, in the order of the forward's parameters.
-    keyword
-        Whether they are passed by keyword (``analyze({...})``) or by position.
-    bound
-        ``(name, value)`` for the parameters that are not inputs: those the caller leaves
-        out (their defaults) and those it fixes to a Python value (``fixed``).
-    parameters
-        Every parameter name of the forward, in order (for messages and placeholders).
-    fixed
-        Names of the parameters the caller passes as Python values (None, numbers,
-        strings: ``{"return_dict": False}``); captured as constants, never inputs.
-    """
-
-    names: tuple[str, ...]
-    keyword: bool = False
-    bound: tuple[tuple[str, Any], ...] = ()
-    parameters: tuple[str, ...] = ()
-    fixed: tuple[str, ...] = ()
-
-    def with_fixed(self, values: dict[str, Any]) -> CallSpec:
-        """This call with ``values`` (given by the caller) as constants instead of inputs."""
-        if not values:
-            return self
-        bound = {**dict(self.bound), **values}
-        return dataclasses.replace(
-            self,
-            names=tuple(n for n in self.names if n not in values),
-            bound=tuple((p, bound[p]) for p in self.parameters if p in bound),
-            fixed=tuple(p for p in self.parameters if p in values or p in self.fixed),
-        )
-
-    def key(self) -> tuple[Any, ...]:
-        """What a capture depends on, comparable without comparing tensors by value."""
-        bound = tuple(
-            (n, ("tensor", id(v)) if isinstance(v, torch.Tensor) else v) for n, v in self.bound
-        )
-        return (self.names, self.keyword, bound)
-
-    def describe(self) -> str:
-        """'forward(a, b, c=None)' for messages."""
-        defaults = dict(self.bound)
-        return (
-            "forward("
-            + ", ".join(f"{p}={defaults[p]!r}" if p in defaults else p for p in self.parameters)
-            + ")"
-        )
-
-
-_VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-
-
-def _forward_parameters(model: nn.Module) -> list[inspect.Parameter] | None:
-    """The forward's named parameters (without self, ``*args`` and ``**kwargs``, which are
-    never inputs); None when the signature cannot be read or has only ``*args``/``**kwargs``."""
-    try:
-        signature = inspect.signature(model.forward)
-    except (TypeError, ValueError):
-        return None
-    parameters = [p for p in signature.parameters.values() if p.kind not in _VARIADIC]
-    return parameters or None
-
-
-def bind_call(
-    model: nn.Module, n_positional: int | None = None, keywords: Sequence[str] | None = None
-) -> CallSpec:
-    """The CallSpec of calling ``model`` with ``n_positional`` arguments or with ``keywords``.
-
-    With neither, every parameter without a default is an input. Raises InputError for an
-    unknown keyword, too many positional inputs or a missing input without default.
-    """
-    parameters = _forward_parameters(model)
-    if parameters is None:  # *args / **kwargs: the inputs are what the caller passes
-        if keywords is not None:
-            return CallSpec(tuple(keywords), keyword=True, parameters=tuple(keywords))
-        names = tuple(f"input{i}" for i in range(n_positional or 1))
-        return CallSpec(names, parameters=names)
-    all_names = tuple(p.name for p in parameters)
-    positional = [
-        p
-        for p in parameters
-        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    ]
-    if keywords is not None:
-        unknown = [k for k in keywords if k not in all_names]
-        if unknown:
-            raise InputError(
-                f"unknown input {unknown[0]!r}: the model's forward takes "
-                f"{', '.join(all_names) or 'no arguments'}"
-            )
-        passed = set(keywords)
-    elif n_positional is not None:
-        if n_positional > len(positional):
-            raise InputError(
-                f"{n_positional} inputs given but the model's forward takes "
-                f"{len(positional)} positional arguments ({', '.join(all_names)})"
-            )
-        passed = {p.name for p in positional[:n_positional]}
-    else:
-        passed = {p.name for p in parameters if p.default is inspect.Parameter.empty}
-    bound = []
-    for p in parameters:
-        if p.name in passed:
-            continue
-        if p.default is inspect.Parameter.empty:
-            raise InputError(
-                f"input {p.name!r} is missing: the model's forward takes "
-                f"{', '.join(all_names)} and {p.name!r} has no default; pass it "
-                "(a tuple of inputs by position, or a dict by name)"
-            )
-        bound.append((p.name, p.default))
-    names = tuple(p.name for p in parameters if p.name in passed)
-    return CallSpec(names, keyword=keywords is not None, bound=tuple(bound), parameters=all_names)
-
-
 def capture(
     model: nn.Module,
     example_input: torch.Tensor | Sequence[Any] | None = None,
@@ -534,7 +129,7 @@ def capture(
                 }
             else:
                 args, kwargs = tuple(values), {}
-            hooked = _hooked_module(model)
+            hooked = hooked_module(model)
             if hooked is not None:
                 raise NotAnalyzableModelError(
                     f"torch.fx could not trace {type(view).__name__} ({_brief(fx_error)}), and the "

@@ -21,8 +21,10 @@ from torch.utils import _pytree
 
 from innspect.errors import InputError, NotAnalyzableModelError, OutputSelectionError
 from innspect.graph import canonize, liveness, outputs
-from innspect.graph.capture import GRAPH_LOCK, CallSpec, bind_call, capture, unwrap
+from innspect.graph.call import CallSpec, bind_call
+from innspect.graph.capture import capture
 from innspect.graph.linear_ops import LinearOp, linear_op_from_function, linear_op_from_module
+from innspect.graph.lock import GRAPH_LOCK
 from innspect.graph.ops import (
     Kind,
     aten_name,
@@ -34,6 +36,7 @@ from innspect.graph.ops import (
     op_name,
     operation_name,
 )
+from innspect.graph.views import unwrap
 
 
 @dataclass
@@ -96,7 +99,7 @@ class ModelGraph:
     ) -> None:
         self.model = model
         self.call = call if call is not None else bind_call(unwrap(model))
-        # The graph's layers are eval views of the model's (capture.eval_view): running them
+        # The graph's layers are eval views of the model's (views.eval_view): running them
         # never reads or changes the user's training flags.
         self.module = capture(model, example_input, self.call)
         self.module.training = False
@@ -513,7 +516,7 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
     It writes the user's ``training`` flags, so it is not thread-safe (docs/reliability.md);
     innspect itself no longer uses it. A captured graph needs nothing (its layers are eval
-    views); to call the model itself, call ``capture.eval_view(model)``. Kept so that code
+    views); to call the model itself, call ``views.eval_view(model)``. Kept so that code
     written against it keeps working until it moves to ``eval_view``.
     """
     training = [m for m in model.modules() if m.training]
