@@ -214,3 +214,17 @@ def test_inner_options_and_the_inner_method_survive_save_and_load(tmp_path) -> N
     loaded = innspect.Analyzer.load_npz(tmp_path / "a.npz", model)
     assert loaded.inner.name == "lrp.epsilon"
     torch.testing.assert_close(loaded.analyze(x), analyzer.analyze(x))
+
+
+def test_the_inner_methods_options_are_shared_out_by_the_command_line() -> None:
+    """`innspect analyze --method smoothgrad --option inner=lrp.epsilon --option epsilon=0.5`
+    (and explain_dataset): the inner method's options go to the wrapper that passes them on."""
+    from innspect.analyzers.parameters import options_for_methods
+
+    per_method = options_for_methods(
+        ["smoothgrad", "gradient"], {"inner": "lrp.epsilon", "epsilon": 0.5}, 0, None
+    )
+    assert per_method["smoothgrad"] == {"inner": "lrp.epsilon", "epsilon": 0.5, "seed": 0}
+    assert per_method["gradient"] == {}
+    with pytest.raises(OptionError, match="'epsilon' is not an option of smoothgrad"):
+        options_for_methods(["smoothgrad"], {"epsilon": 0.5}, 0, None)  # the gradient has none

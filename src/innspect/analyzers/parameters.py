@@ -40,6 +40,20 @@ def analyzer_parameters(cls: type, inherited: bool = True) -> tuple[set[str], se
     return accepted, required, var_keyword
 
 
+def _accepted(cls: type, options: dict[str, Any]) -> set[str]:
+    """The options ``cls`` takes; for a method averaged over points (integrated gradients,
+    SmoothGrad) also those of the inner method it averages (``inner=``), which it passes on."""
+    accepted = analyzer_parameters(cls)[0]
+    default_inner = getattr(cls, "default_inner", None)
+    if default_inner is not None and "inner" in accepted:
+        try:
+            inner = analyzer_class(options.get("inner") or default_inner)
+        except (KeyError, TypeError):
+            return accepted  # the analyzer refuses the name itself, with its own message
+        accepted = accepted | analyzer_parameters(inner)[0]
+    return accepted
+
+
 # Options every analyzer takes (iNNvestigate's): not worth listing in an error message.
 _EVERY_ANALYZER = {"neuron_selection_mode", "disable_model_checks", "allow_lambda_layers"}
 
@@ -52,7 +66,7 @@ def options_for_methods(
 
     An option no chosen method takes is an error listing the options they do take.
     """
-    accepted = {m: analyzer_parameters(analyzer_class(m))[0] for m in methods}
+    accepted = {m: _accepted(analyzer_class(m), options) for m in methods}
     for key in options:
         if not any(key in accepted[m] for m in methods):
             # Listed: the methods' own options, not those every analyzer takes (neuron
