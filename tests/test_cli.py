@@ -633,3 +633,22 @@ def test_methods_file_adds_names_and_options_go_where_they_are_taken(tmp_path, w
     assert summary["methods"] == {"lrp.epsilon": {"epsilon": 0.5}, "gradient": {}, "lrp.z": {}}
     expected = innspect.create_analyzer("lrp.epsilon", model, epsilon=0.5).analyze(tensors[0][None])
     np.testing.assert_allclose(np.load(out / "sample_lrp.epsilon.npy"), expected[0], atol=1e-6)
+
+
+def test_help_loads_no_plotting_or_demo_code() -> None:
+    """`innspect --help` imports every subcommand module to build the parser: they keep what
+    loads matplotlib (the demo, introspection, the report) inside their run functions."""
+    code = (
+        "import sys\n"
+        "from innspect.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in ('matplotlib', 'innspect.demo', 'innspect.introspect') "
+        "if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert result.stdout.strip().splitlines()[-1] == "[]"

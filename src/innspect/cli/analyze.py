@@ -27,14 +27,11 @@ from innspect.analyzers.parameters import options_for_methods
 from innspect.analyzers.registry import create_analyzer
 from innspect.cli.common import CLIError, parse_options, resolve_methods
 from innspect.cli.dataset import add_dataset_arguments, run_dataset
-from innspect.cli.report import thumbnail, write_comparison, write_report
 from innspect.errors import OutputActivationError
 from innspect.loading.inputs import check_channels, default_preprocess, input_files, load_input
 from innspect.loading.models import load_model, read_labels
 from innspect.util.files import atomic_path, write_text
 from innspect.util.progress import progress
-from innspect.viz import heatmap
-from innspect.viz.overlay import overlay_rgb, spatial_map, write_overlay
 
 HELP = "explain a model's output on images or arrays"
 DESCRIPTION = """\
@@ -154,6 +151,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Imported when the subcommand runs (here and below): they load matplotlib, which
+    # `innspect --help` need not.
+    from innspect.cli.report import thumbnail, write_comparison, write_report
+    from innspect.viz.overlay import overlay_rgb
+
     if (args.backend, args.address, args.workers) != (None, None, None) or args.gpus_per_worker:
         return run_dataset(args)
     import torch
@@ -320,6 +322,7 @@ def _write_method_files(
     labels: list[str] | None,
 ) -> np.ndarray | None:
     """Write the .npy, heatmap and overlay files; return the overlay's map (original pixels)."""
+    from innspect.viz.overlay import spatial_map, write_overlay
 
     stem = f"{name}_{method}"
     values = None
@@ -396,6 +399,7 @@ def _unique(stem: str, used: set[str]) -> str:
 
 def heatmap_rgb(attribution: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 heatmap of one sample's attribution (channels first, or 1-D, or 2-D)."""
+    from innspect.viz import heatmap
 
     if attribution.ndim == 1:
         attribution = attribution[None, None]  # a feature vector: one row of pixels

@@ -6,7 +6,6 @@ import argparse
 import importlib
 
 from innspect.cli.common import CLIError
-from innspect.demo import run_demo
 
 # import name, pip name, extra that installs it
 _NEEDS = (
@@ -33,7 +32,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo."""
-
     # The demo trains and explains (innspect[demo]) and draws NAP maps with the SOM layout
     # (minisom) and scipy's interpolation and clustering (innspect[introspect]).
     for module, pip_name, extra in _NEEDS:
@@ -44,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
                 f"the demo needs {pip_name} ({error}): pip install 'innspect[{extra}]' "
                 "(the demo uses the extras demo and introspect)"
             ) from error
+
+    # Imported when the subcommand runs, its extras checked: it loads matplotlib, which
+    # `innspect --help` need not.
+    from innspect.demo import run_demo
 
     run_demo(args.out, fast=args.fast, verbose=True, debug=args.debug)
     return 0

@@ -12,12 +12,6 @@ from typing import Any
 
 from innspect.cli.backend import add_backend_arguments, check_backend
 from innspect.cli.common import CLIError
-from innspect.introspect.pipeline import (
-    INNTROSPECT_KEYS,
-    IntrospectionSettings,
-    load_config,
-    run_introspection,
-)
 
 HELP = "what the network learned: NAPs and topographic maps of its layers"
 DESCRIPTION = """\
@@ -94,6 +88,13 @@ _FLAGS = (
 
 def run(args: argparse.Namespace) -> int:
     """Run ``innspect introspect`` with parsed arguments; returns the exit status."""
+    # Imported when the subcommand runs: it loads matplotlib, which `innspect --help` need not.
+    from innspect.introspect.pipeline import (
+        INNTROSPECT_KEYS,
+        IntrospectionSettings,
+        load_config,
+        run_introspection,
+    )
 
     check_backend(args)
     values: dict[str, Any] = {}
