@@ -110,26 +110,32 @@ def test_every_integration_method_equals_captum(method: str, case: str) -> None:
         x = torch.rand(
             2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(4)
         )
-        steps = 6
     else:
         model = _sigmoid_mlp().eval()
         x = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-        steps = 9
+    steps = 8  # Riemann weights 1 / 8 and 1 / 16: exact in float32 (see below)
     neurons = _selected(model, x)
     ours = innspect.create_analyzer(
         "integrated_gradients", model, steps=steps, method=method, batch_size=256
     ).analyze(x)
-    theirs = CaptumIG(model).attribute(
-        x, baselines=torch.zeros_like(x), target=neurons, n_steps=steps, method=method
-    )
-    # Captum rounds its Riemann points (torch.linspace) and every method's weights
-    # (torch.tensor(step_sizes)) to float32, the default dtype; innspect keeps float64. The
-    # difference is that rounding: a relative 1e-8, far below what a wrong point or weight
-    # gives (an off-by-one Riemann point changes the result by about 1 / steps).
-    rtol = 1e-6
-    torch.testing.assert_close(
-        ours, theirs.detach(), rtol=rtol, atol=1e-9 * float(theirs.abs().max())
-    )
+    # Where Captum is imprecise: it computes its Riemann points (torch.linspace) in torch's
+    # default dtype, and multiplies every gradient by float32 weights
+    # (torch.tensor(step_sizes).float(), captum/attr/_core/integrated_gradients.py), even for
+    # a float64 model. With float64 as the default dtype its points are exact, and with 8
+    # steps its Riemann weights (1/8, 1/16) are exact in float32: those must agree to float64
+    # rounding. Gauss-Legendre weights are not representable in float32, so Captum's result
+    # carries their rounding (a relative 6e-8 at most); innspect's Gauss-Legendre points and
+    # weights are checked exactly against the hand-written average above.
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        theirs = CaptumIG(model).attribute(
+            x, baselines=torch.zeros_like(x), target=neurons, n_steps=steps, method=method
+        )
+    finally:
+        torch.set_default_dtype(default)
+    rtol = 1e-7 if method == "gausslegendre" else 1e-10
+    torch.testing.assert_close(ours, theirs.detach(), rtol=rtol, atol=1e-13)
 
 
 def test_gauss_legendre_is_far_more_complete_than_riemann_at_the_same_cost() -> None:
