@@ -290,10 +290,6 @@ class Analyzer(Persistent):
         device, dtype = model_device_dtype(self.model)
         return to_tensor(X, device, dtype)
 
-    @staticmethod
-    def _from_tensor(x: torch.Tensor, to_numpy: bool) -> Any:
-        return x.detach().cpu().numpy() if to_numpy else x.detach()
-
     def _explain(
         self, inputs: ModelInputs, neuron_selection: Any, target: Any = None
     ) -> Explanation:
@@ -345,6 +341,15 @@ def _with_integer_input_hint(error: InputError, inputs: ModelInputs) -> InputErr
         "X.astype(np.float32)), or for token ids attribute to the embedding's output with "
         "attribute_to='<embedding module path>'"
     )
+
+
+def floating_value(method: str, name: str, value: Any) -> torch.Tensor:
+    """``value``, an attributed input or node's, if it is a floating tensor; else the
+    InputError of a method that needs one (averaging over points, a reference, occlusion)."""
+    if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
+        dtype = getattr(value, "dtype", type(value).__name__)
+        raise InputError(f"{method} needs floating-point values; {name!r} is {dtype}")
+    return value
 
 
 def no_float_input_message(inputs: ModelInputs, embeddings: Sequence[str] = ()) -> str:

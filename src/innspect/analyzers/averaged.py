@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from innspect.analyzers.api import Analyzer, Explanation
+from innspect.analyzers.api import Analyzer, Explanation, floating_value
 from innspect.analyzers.baselines import broadcast_baseline
 from innspect.analyzers.options import MAX_POINTS, check_flag, check_int, check_number
 from innspect.analyzers.registry import analyzer_class
 from innspect.analyzers.reverse import ReverseAnalyzer
 from innspect.engine.inputs import ModelInputs
-from innspect.errors import InputError, OptionError
+from innspect.errors import OptionError
 from innspect.util.progress import progress
 
 
@@ -168,12 +168,7 @@ class Averaged(Analyzer):
         output, clean = inner.clean_pass(graph, feed)
         sources = graph.source_nodes
         for node in sources:
-            value = clean[node]
-            if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
-                raise InputError(
-                    f"{self.name} needs a floating-point input, got {graph.source_names[node]!r} "
-                    f"of dtype {getattr(value, 'dtype', type(value).__name__)}"
-                )
+            floating_value(self.name, graph.source_names[node], clean[node])
         selection = self._resolve(output, neuron_selection, target)
         n = output.shape[0]
         call: dict[str, Any] = {}  # per-call state of the point makers (a noise generator)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from innspect.analyzers.api import Explanation
+from innspect.analyzers.api import Explanation, floating_value
 from innspect.analyzers.averaged import Averaged, Points
 from innspect.analyzers.baselines import broadcast_baseline
 from innspect.analyzers.options import check_int
@@ -159,12 +159,7 @@ class DeepLIFT(ReverseAnalyzer):
             feed.update({node: clean[node].detach() for node in inner})
         reference_feed = dict(feed)
         for node in graph.source_nodes:
-            value = feed[node]
-            if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
-                raise InputError(
-                    f"{self.name} needs floating-point inputs; '{graph.source_names[node]}' "
-                    f"is {getattr(value, 'dtype', type(value).__name__)}"
-                )
+            value = floating_value(self.name, graph.source_names[node], feed[node])
             given = None if references is None else references.get(node)
             reference_feed[node] = (
                 self.reference(value)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from innspect.analyzers.api import Analyzer, Explanation
+from innspect.analyzers.api import Analyzer, Explanation, floating_value
 from innspect.analyzers.baselines import broadcast_baseline
 from innspect.analyzers.gradient import GradientAnalyzer
 from innspect.engine.inputs import ModelInputs
@@ -190,9 +190,7 @@ class Occlusion(Analyzer):
         attributions = {}
         for source in graph.source_nodes:
             name = graph.source_names[source]
-            x = clean[source]
-            if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
-                raise InputError(f"occlusion needs floating-point values; '{name}' is {x.dtype}")
+            x = floating_value(self.name, name, clean[source])
             attributions[name] = self._occlude(engine, graph, feed, source, x, selection, layout)
         first = next(iter(attributions.values()))
         return Explanation(first, selection.selected, selection.scores, attributions=attributions)

@@ -9,6 +9,7 @@ import inspect
 from typing import Any
 
 from innspect.analyzers.api import Analyzer
+from innspect.analyzers.averaged import Averaged
 from innspect.analyzers.registry import analyzer_class
 from innspect.errors import OptionError
 
@@ -44,10 +45,9 @@ def _accepted(cls: type, options: dict[str, Any]) -> set[str]:
     """The options ``cls`` takes; for a method averaged over points (integrated gradients,
     SmoothGrad) also those of the inner method it averages (``inner=``), which it passes on."""
     accepted = analyzer_parameters(cls)[0]
-    default_inner = getattr(cls, "default_inner", None)
-    if default_inner is not None and "inner" in accepted:
+    if issubclass(cls, Averaged) and "inner" in accepted:
         try:
-            inner = analyzer_class(options.get("inner") or default_inner)
+            inner = analyzer_class(options.get("inner") or cls.default_inner)
         except (KeyError, TypeError):
             return accepted  # the analyzer refuses the name itself, with its own message
         accepted = accepted | analyzer_parameters(inner)[0]

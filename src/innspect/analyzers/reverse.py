@@ -250,12 +250,9 @@ class ReverseAnalyzer(Analyzer):
             record = run_forward(graph, feed, self._autograd_nodes)
         return self._walk(graph, record, selection)
 
-    def explain_record(
-        self, record: ForwardRecord, selection: Selecting, graph: ModelGraph | None = None
-    ) -> Explanation:
+    def explain_record(self, record: ForwardRecord, selection: Selecting) -> Explanation:
         """The walk from a record made by ``forward_record`` (freed as the walk goes)."""
-        graph = graph or self.graph()
-        return self._walk(graph, record, selection)
+        return self._walk(self.graph(), record, selection)
 
     def _walk(
         self,
