@@ -310,7 +310,7 @@ def test_batchnorm_after_conv_is_folded_like_by_hand() -> None:
         ("lrp", {"rule": 42}, TypeError, "cannot use 42 as an LRP rule"),
         ("lrp", {"rule": []}, ValueError, "empty list"),
         ("lrp", {"until_layer_idx": 1}, ValueError, "go together"),
-        ("lrp", {"until_layer_idx": -1, "until_layer_rule": "Flat"}, ValueError, "int >= 0"),
+        ("lrp", {"until_layer_idx": -1, "until_layer_rule": "Flat"}, ValueError, "must be >= 0"),
         ("lrp", {"input_layer_rule": "Bogus"}, ValueError, "input_layer_rule"),
         ("lrp.epsilon", {"epsilon": 0}, ValueError, "epsilon must be > 0"),
         ("lrp.alpha_beta", {}, ValueError, "needs alpha or beta"),

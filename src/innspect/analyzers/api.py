@@ -8,16 +8,18 @@ reverse walk derive from ``innspect.analyzers.reverse.ReverseAnalyzer``.
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import functools
+import inspect
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from innspect.analyzers.options import check_flag
 from innspect.analyzers.persistence import Persistent
 from innspect.analyzers.plan import Plan
 from innspect.engine.inputs import ModelInputs, attribute_names, model_inputs, to_tensor
@@ -33,9 +35,11 @@ from innspect.errors import (
     InputError,
     NeuronSelectionError,
     NonFiniteRelevanceError,
+    OptionError,
     OutputSelectionError,
 )
 from innspect.graph.lock import GRAPH_LOCK
+from innspect.util.checks import check_axis, check_flag
 from innspect.util.tensors import all_finite, model_device_dtype, nonfinite_counts
 
 
@@ -151,9 +155,22 @@ class Analyzer(Persistent):
             if args:
                 raise TypeError(f"{cls.__name__}: pass options by keyword, e.g. epsilon=0.1")
             # The outermost __init__ sees the options the user gave: they are the config.
-            if "_options" not in self.__dict__:
-                self._options = dict(options)
-            init(self, model, **options)
+            if "_options" in self.__dict__:
+                init(self, model, **options)
+                return
+            self._options = dict(options)
+            try:
+                init(self, model, **options)
+            except TypeError as error:
+                message = unknown_option_message(cls, options)
+                if message is None:
+                    raise
+                raise OptionError(message) from error
+            except OptionError as error:
+                # Named once, with the method: "lrp.epsilon: epsilon must be ...".
+                if str(error).startswith(f"{cls.name}:"):
+                    raise
+                raise OptionError(f"{cls.name}: {error}") from error
 
         cls.__init__ = recording_init  # type: ignore[method-assign]
 
@@ -199,7 +216,7 @@ class Analyzer(Persistent):
         self.output = output
         self.attribute_to = attribute_to
         self._attribute_names = attribute_names(attribute_to)
-        self.attribute_sum_axis = None if attribute_sum_axis is None else int(attribute_sum_axis)
+        self.attribute_sum_axis = check_axis("attribute_sum_axis", attribute_sum_axis)
         self.allow_nonfinite = check_flag("allow_nonfinite", allow_nonfinite)
         self._options = getattr(self, "_options", {})
 
@@ -220,19 +237,22 @@ class Analyzer(Persistent):
             Output weights or a callable ``f(y) -> (N,)`` (see the class), for this call.
         """
         _refuse_meta(self.model, X)
-        inputs = self._inputs(X)
-        explanation = self._checked_explain(inputs, neuron_selection, target)
+        with autograd_enabled():
+            inputs = self._inputs(X)
+            explanation = self._checked_explain(inputs, neuron_selection, target)
         return inputs.restore(explanation.attributions, self.attribute_to)
 
     def explain(self, X: Any, neuron_selection: Any = None, target: Any = None) -> Explanation:
         """Like ``analyze`` but returns an Explanation with the selected neurons and scores."""
         _refuse_meta(self.model, X)
-        return self._checked_explain(self._inputs(X), neuron_selection, target)
+        with autograd_enabled():
+            return self._checked_explain(self._inputs(X), neuron_selection, target)
 
     def _checked_explain(
         self, inputs: ModelInputs, neuron_selection: Any, target: Any
     ) -> Explanation:
         """``_explain`` holding the graph lock shared, with clear errors around it."""
+        self._check_sum_axis(inputs)
         with GRAPH_LOCK.shared():  # no capture in any thread while this one runs modules
             try:
                 explanation = self._explain(inputs, neuron_selection, target)
@@ -240,6 +260,23 @@ class Analyzer(Persistent):
                 raise _with_integer_input_hint(error, inputs) from error
         self._check_finite(explanation)
         return explanation
+
+    def _check_sum_axis(self, inputs: ModelInputs) -> None:
+        """``attribute_sum_axis`` must exist in every attributed input, checked before the
+        computation rather than after it (nodes named by ``attribute_to`` are checked when
+        their attributions are summed)."""
+        axis = self.attribute_sum_axis
+        if axis is None:
+            return
+        names = self._attribute_names or inputs.default_sources()
+        for name, value in inputs.by_name().items():
+            if name in names and isinstance(value, torch.Tensor):
+                if not -value.dim() <= axis < value.dim():
+                    raise OptionError(
+                        f"{self.name}: attribute_sum_axis={axis} but input {name!r} has "
+                        f"{value.dim()} axes (shape {tuple(value.shape)}; valid: "
+                        f"{-value.dim()} .. {value.dim() - 1})"
+                    )
 
     def _check_finite(self, explanation: Explanation) -> None:
         """NaN or infinite attributions are an error unless ``allow_nonfinite=True``."""
@@ -303,10 +340,85 @@ class Analyzer(Persistent):
         check_selection_arguments(self.neuron_selection_mode, neuron_selection, target)
         return target
 
-    def _resolve(self, output: torch.Tensor, neuron_selection: Any, target: Any) -> OutputSelection:
+    def _resolve(
+        self, output: torch.Tensor, neuron_selection: Any, target: Any, inputs: ModelInputs
+    ) -> OutputSelection:
         """The call's selection on the explained ``output`` (``engine.selection.resolve``
-        in this analyzer's mode)."""
-        return resolve(output, self.neuron_selection_mode, neuron_selection, target)
+        in this analyzer's mode), which must have one row per sample of ``inputs``."""
+        unbatched = [
+            (name, tuple(value.shape))
+            for name, value in inputs.by_name().items()
+            if isinstance(value, torch.Tensor) and value.dim() == 1
+        ]
+        if unbatched and output.dim() >= 1 and output.shape[0] != inputs.batch_size:
+            name, shape = unbatched[0]
+            raise InputError(
+                f"input {name!r} of shape {shape} has no batch axis (the model returned "
+                f"{tuple(output.shape)} for it): the first axis must be the samples; for one "
+                f"sample pass X[None], shape (1, {shape[0]})"
+            )
+        return resolve(
+            output, self.neuron_selection_mode, neuron_selection, target, inputs.batch_size
+        )
+
+
+@contextlib.contextmanager
+def autograd_enabled() -> Iterator[None]:
+    """Autograd on for the analysis, whatever the caller's mode: under
+    ``torch.inference_mode()`` or ``torch.no_grad()`` every gradient would be missing and
+    the reverse methods would return zeros. The caller's mode is restored on exit."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def analyzer_parameters(cls: type, inherited: bool = True) -> tuple[set[str], set[str], bool]:
+    """(accepted option names, required names, takes ``**kwargs``) of ``cls.__init__``.
+
+    The first two parameters (self, model) are not options. With ``inherited``, options that
+    ``**kwargs`` forwards to base classes count as accepted.
+    """
+    signature = inspect.signature(cls.__init__)
+    accepted: set[str] = set()
+    required: set[str] = set()
+    var_keyword = False
+    for index, (name, parameter) in enumerate(signature.parameters.items()):
+        if index < 2:  # self, model
+            continue
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            var_keyword = True
+        elif parameter.kind is not inspect.Parameter.VAR_POSITIONAL:
+            accepted.add(name)
+            if parameter.default is inspect.Parameter.empty:
+                required.add(name)
+    if var_keyword and inherited:
+        for base in cls.__mro__[1:]:
+            if "__init__" in base.__dict__ and issubclass(base, Analyzer):
+                base_accepted, _, _ = analyzer_parameters(base)
+                accepted |= base_accepted
+    return accepted, required, var_keyword
+
+
+def unknown_option_message(cls: type, options: dict[str, Any]) -> str | None:
+    """For a constructor that failed with a TypeError: the message for the first option that
+    ``cls`` does not take ("'epsilom' is not an option of lrp.epsilon; did you mean
+    'epsilon'? valid options: ..."), or None when every option is taken (the TypeError is
+    about something else). A class that passes unknown options to an inner analyzer
+    (``forwards_options_to_inner``) leaves them to that analyzer."""
+    if getattr(cls, "forwards_options_to_inner", False):
+        return None
+    accepted = analyzer_parameters(cls)[0]
+    unknown = [name for name in options if name not in accepted]
+    if not unknown:
+        return None
+    shared = analyzer_parameters(Analyzer)[0]
+    close = difflib.get_close_matches(unknown[0], sorted(accepted), n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    own = sorted(n for n in accepted - shared if not n.startswith("reverse_"))
+    return (
+        f"'{unknown[0]}' is not an option of {getattr(cls, 'name', cls.__name__)}; {hint}"
+        f"valid options: {', '.join(own) or 'none'} (and the reverse_* options and those "
+        "every analyzer takes; see `innspect methods`)"
+    )
 
 
 def _refuse_meta(model: nn.Module, X: Any) -> None:

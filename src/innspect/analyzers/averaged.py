@@ -14,6 +14,7 @@ Points go through the model in batches of ``batch_size`` rows, never one sample 
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,13 +23,13 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from innspect.analyzers.api import Analyzer, Explanation, floating_value
+from innspect.analyzers.api import Analyzer, Explanation, analyzer_parameters, floating_value
 from innspect.analyzers.baselines import broadcast_baseline
-from innspect.analyzers.options import MAX_POINTS, check_flag, check_int, check_number
 from innspect.analyzers.registry import analyzer_class
 from innspect.analyzers.reverse import ReverseAnalyzer
 from innspect.engine.inputs import ModelInputs
 from innspect.errors import OptionError
+from innspect.util.checks import MAX_POINTS, check_flag, check_int, check_number
 from innspect.util.progress import progress
 
 
@@ -81,6 +82,8 @@ class Averaged(Analyzer):
     """
 
     default_inner = "gradient"
+    # Options this class does not take go to the inner method (which names them if wrong).
+    forwards_options_to_inner = True
 
     def __init__(
         self,
@@ -133,6 +136,17 @@ class Averaged(Analyzer):
                 "give gradient, input_t_gradient, guided_backprop, deconvnet, an lrp.* "
                 "method, deep_taylor, deep_lift or a pattern.* method"
             )
+        unknown = [key for key in options if key not in analyzer_parameters(cls)[0]]
+        if unknown:
+            valid = analyzer_parameters(type(self))[0] | analyzer_parameters(cls)[0]
+            shared = analyzer_parameters(Analyzer)[0]
+            close = difflib.get_close_matches(unknown[0], sorted(valid), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            listed = ", ".join(sorted(v for v in valid - shared if not v.startswith("reverse_")))
+            raise OptionError(
+                f"{self.name}: '{unknown[0]}' is not an option of {self.name} nor of its "
+                f"inner method {cls.name}; {hint}valid options: {listed}"
+            )
         # Every point explains the selection resolved here, on the clean input; the inner
         # analyzer's own mode is never used. Non-finite values are checked on the result.
         return cls(model, output=output, attribute_to=attribute_to, allow_nonfinite=True, **options)
@@ -169,7 +183,7 @@ class Averaged(Analyzer):
         sources = graph.source_nodes
         for node in sources:
             floating_value(self.name, graph.source_names[node], clean[node])
-        selection = self._resolve(output, neuron_selection, target)
+        selection = self._resolve(output, neuron_selection, target, inputs)
         n = output.shape[0]
         call: dict[str, Any] = {}  # per-call state of the point makers (a noise generator)
         points = {

@@ -19,7 +19,6 @@ from torch import fx, nn
 from innspect.analyzers.api import Explanation, floating_value
 from innspect.analyzers.averaged import Averaged, Points
 from innspect.analyzers.baselines import broadcast_baseline
-from innspect.analyzers.options import check_int
 from innspect.analyzers.reverse import ReverseAnalyzer, Selecting
 from innspect.engine.forward import run_forward_with_reference
 from innspect.engine.inputs import ModelInputs
@@ -30,6 +29,7 @@ from innspect.graph.lock import GRAPH_LOCK
 from innspect.graph.ops import Kind
 from innspect.rules.basic import RECOMPUTED_GRADIENT, LinearGradient
 from innspect.rules.deeplift import LinearSplit, MaxPoolDelta, Rescale, RevealCancel
+from innspect.util.checks import check_int
 
 NONLINEAR_MODES = ("rescale", "reveal_cancel")
 MAX_POOLING_MODES = ("gradient", "delta")

@@ -230,7 +230,7 @@ class GradientBaseline(Analyzer):
             else:
                 result = model(*[values[name] for name in order])
             output = select_output(result, self.output)
-            selection = self._resolve(output, neuron_selection, target)
+            selection = self._resolve(output, neuron_selection, target, inputs)
             # The plain autograd objective: the start signal's dot product with the output.
             objective = (output * selection.start(output, torch.ones_like)).sum()
             grads = torch.autograd.grad(objective, [leaves[n] for n in names], allow_unused=True)

@@ -30,10 +30,12 @@ from innspect.analyzers.plan import (
     where,
 )
 from innspect.analyzers.presets import Preset
+from innspect.errors import OptionError
 from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.graph.ops import Kind
 from innspect.graph.ops import family as node_family
 from innspect.rules.lrp import AlphaBeta, Bounded, Epsilon, Flat, LinearRule, Z, as_rule
+from innspect.util.checks import check_int
 
 Condition = Callable[[NodeInfo], bool]
 
@@ -222,12 +224,17 @@ class LRP(ComposedAnalyzer):
                 "until_layer_idx and until_layer_rule go together: give both (e.g. "
                 "until_layer_idx=2, until_layer_rule='Flat') or neither"
             )
-        if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
-            raise ValueError(f"until_layer_idx must be an int >= 0, got {idx!r}")
-        return idx, as_rule(rule)
+        return check_int("until_layer_idx", idx, 0), as_rule(rule)
 
     def _check_plan(self, graph: ModelGraph) -> None:
         linear = graph.linear_nodes()
+        until = getattr(self, "until_layer_idx", None)  # composites built on LRP have none
+        if until is not None and until >= len(linear):
+            raise OptionError(
+                f"{self.name}: until_layer_idx={until} but the model has "
+                f"{len(linear)} linear layers (indices 0 .. {len(linear) - 1}: "
+                f"{', '.join(i.name for i in linear)})"
+            )
         if self._rule_count is not None and self._rule_count != len(linear):
             raise ValueError(
                 f"rule has {self._rule_count} entries but the model has {len(linear)} "

@@ -23,12 +23,12 @@ from innspect.graph.ops import Kind, is_sum
 from innspect.rules.lrp import Epsilon
 from innspect.rules.lrp_nodes import ZRuleNoParam, modern_node_mapping
 from innspect.rules.modern import ATTN_EPSILON
+from innspect.util.checks import check_number
 
 
 def attention_composite(epsilon: float = ATTN_EPSILON, cp: bool = False) -> Composite:
     """The composite of ``lrp.attn`` (``cp=False``) or ``lrp.cp`` (``cp=True``)."""
-    if not epsilon > 0:
-        raise ValueError(f"epsilon must be > 0, got {epsilon}")
+    epsilon = check_number("epsilon", epsilon, positive=True)
     name = "lrp.cp" if cp else "lrp.attn"
 
     def default(site: Site) -> Any:

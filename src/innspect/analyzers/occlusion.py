@@ -186,7 +186,7 @@ class Occlusion(Analyzer):
         inputs = self._inputs(inputs)
         target = self._call_target(neuron_selection, target)
         engine, graph, feed, layout, (output, clean) = self._first_pass(inputs)
-        selection = self._resolve(output, neuron_selection, target)
+        selection = self._resolve(output, neuron_selection, target, inputs)
         attributions = {}
         for source in graph.source_nodes:
             name = graph.source_names[source]

@@ -18,7 +18,6 @@ import torch
 from torch import fx, nn
 
 from innspect.analyzers.api import Analyzer, Explanation, no_float_input_message
-from innspect.analyzers.options import check_flag, check_range
 from innspect.analyzers.plan import Plan, build_plan
 from innspect.engine.forward import ForwardRecord, run_forward
 from innspect.engine.inputs import ModelInputs
@@ -30,6 +29,7 @@ from innspect.graph.lock import GRAPH_LOCK
 from innspect.graph.ops import Kind, classify
 from innspect.graph.views import refuse_hooks
 from innspect.rules.strategy import DEFAULT_STRATEGY, EngineStrategy, computes_gradient, realize
+from innspect.util.checks import check_flag, check_range
 
 
 class ReverseAnalyzer(Analyzer):
@@ -233,7 +233,7 @@ class ReverseAnalyzer(Analyzer):
         return self.explain_feed(
             graph,
             graph.feed(inputs.values),
-            lambda output: self._resolve(output, neuron_selection, target),
+            lambda output: self._resolve(output, neuron_selection, target, inputs),
         )
 
     def explain_feed(

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import inspect
 
-from innspect.analyzers.api import Analyzer
+from innspect.analyzers.api import Analyzer, analyzer_parameters
 from innspect.analyzers.composed import ComposedAnalyzer
 from innspect.analyzers.families import grouped
-from innspect.analyzers.parameters import analyzer_parameters
 from innspect.analyzers.registry import analyzer_class, create_analyzer, describe_analyzers
 from innspect.analyzers.reverse import ReverseAnalyzer
 from innspect.cli.common import CLIError, parse_options, resolve_methods

@@ -14,9 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from innspect.analyzers.api import Analyzer
+from innspect.analyzers.api import Analyzer, analyzer_parameters
 from innspect.analyzers.families import family_of
-from innspect.analyzers.parameters import analyzer_parameters
 from innspect.analyzers.registry import analyzer_class, describe_analyzers, list_analyzers
 from innspect.errors import InnspectError
 

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from innspect.analyzers.api import analyzer_parameters
 from innspect.analyzers.options import jsonable
-from innspect.analyzers.parameters import analyzer_parameters, options_for_methods
+from innspect.analyzers.parameters import options_for_methods
 from innspect.analyzers.registry import analyzer_class, create_analyzer
 from innspect.distributed.ray_backend import run_jobs
 from innspect.distributed.shards import FORMAT, ShardIndex, write_shard

@@ -51,6 +51,11 @@ class ModelInputs:
     def names(self) -> tuple[str, ...]:
         return self.call.names
 
+    @property
+    def batch_size(self) -> int:
+        """The number of samples (every tensor input's first axis; they agree)."""
+        return next(v.shape[0] for v in self.values if isinstance(v, torch.Tensor))
+
     def by_name(self) -> dict[str, Any]:
         return dict(zip(self.call.names, self.values, strict=True))
 
@@ -191,6 +196,11 @@ def to_tensor(
     what = "input" if name is None else f"input {name!r}"
     if isinstance(X, torch.Tensor):
         x, was_numpy = X, False
+        if x.is_inference():
+            # A tensor made under torch.inference_mode() cannot take part in autograd; a
+            # copy made outside inference mode can (and the caller's tensor is untouched).
+            with torch.inference_mode(False):
+                x = x.clone()
         if dtype is not None and x.is_floating_point() and x.dtype != dtype:
             raise InputError(
                 f"{what} dtype {x.dtype} does not match the model's {dtype}; "

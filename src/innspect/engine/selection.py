@@ -11,6 +11,7 @@ weights ``w`` (Zennit's ``attr_output``: ``t = sum(w * y)``) or a callable ``f(y
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,16 +24,94 @@ from innspect.errors import NeuronSelectionError, OutputSelectionError
 Target = torch.Tensor | np.ndarray | Callable[[torch.Tensor], torch.Tensor]
 
 
-def check_target(target: Any) -> Target | None:
-    """Validate ``target=`` at creation: None, output weights (array-like) or a callable."""
-    if target is None or callable(target) or isinstance(target, torch.Tensor | np.ndarray):
+@dataclass(frozen=True)
+class ClassTarget:
+    """``target=`` given as class indices (Captum's convention: ``target=3``, a list of ints
+    or an integer tensor, one index for the batch or one per sample), explained like
+    ``neuron_selection_mode="index"`` on an output of shape ``(N, C)``."""
+
+    indices: torch.Tensor  # int64 on the CPU, 0-d or (N,)
+
+
+def check_target(target: Any) -> Target | ClassTarget | None:
+    """Validate ``target=`` at creation: None, class indices (ints), output weights (a
+    floating array or number) or a callable.
+
+    Integers are class indices, never weights: ``target=3`` explains class 3, as in Captum,
+    not ``3 * sum(y)``.
+    """
+    if target is None or callable(target) or isinstance(target, ClassTarget):
         return target
-    if isinstance(target, list | tuple | float | int):
-        return np.asarray(target, dtype=np.float64)  # weights restored from a saved config
+    if isinstance(target, bool) or (
+        isinstance(target, torch.Tensor | np.ndarray) and target.dtype in (torch.bool, np.bool_)
+    ):
+        raise OutputSelectionError(
+            f"target must be class indices (ints), output weights (floating point) or a "
+            f"callable, got booleans {target!r}; for a mask of outputs pass it as floats "
+            "(mask.float())"
+        )
+    if isinstance(target, torch.Tensor):
+        if target.is_floating_point():
+            return target
+        if target.is_complex():
+            raise OutputSelectionError("target weights must be real, got a complex tensor")
+        return _class_target(target.detach().cpu().numpy())
+    if isinstance(target, numbers.Integral):
+        return _class_target(np.asarray(int(target)))
+    if isinstance(target, list | tuple | float | np.ndarray | numbers.Real):
+        try:
+            array = np.asarray(target)
+        except ValueError as error:
+            raise OutputSelectionError(f"target {target!r} is not a regular array") from error
+        if array.dtype.kind in "iu":
+            return _class_target(array)
+        if array.dtype.kind == "f":
+            return array.astype(np.float64) if not isinstance(target, np.ndarray) else target
+        raise OutputSelectionError(
+            f"target must be class indices (ints), output weights (floating point) or a "
+            f"callable, got an array of {array.dtype}"
+        )
     raise OutputSelectionError(
-        f"target must be a tensor of output weights or a callable f(output) -> (N,), got "
-        f"{type(target).__name__}"
+        f"target must be class indices (ints), a tensor of output weights or a callable "
+        f"f(output) -> (N,), got {type(target).__name__}"
     )
+
+
+def _class_target(array: np.ndarray) -> ClassTarget:
+    """Integer ``target=`` as class indices: one for the batch or one per sample."""
+    if array.ndim > 1:
+        raise OutputSelectionError(
+            f"target as class indices takes one int or one per sample, got shape "
+            f"{array.shape}; for weights on the outputs pass a floating tensor"
+        )
+    if (array < 0).any():
+        raise OutputSelectionError(f"target class index {int(array.min())} is negative")
+    return ClassTarget(torch.as_tensor(array.astype(np.int64)))
+
+
+def check_explained_output(output: Any, n_samples: int | None) -> None:
+    """The explained output must be a floating tensor with one row per sample: a scalar, an
+    integer output (``argmax``) or rows that are not the samples have nothing to explain."""
+    if not isinstance(output, torch.Tensor):
+        return
+    if output.dim() == 0:
+        raise OutputSelectionError(
+            "the model's explained output is a scalar (shape ()): innspect explains each "
+            "sample's output, so return one row per sample (N, ...), e.g. without summing "
+            "over the batch in forward"
+        )
+    if not (output.is_floating_point() or output.is_complex()):
+        raise OutputSelectionError(
+            f"the model's explained output is {output.dtype} (shape {tuple(output.shape)}), "
+            "which has no gradient (an argmax or a class label?): return the logits and "
+            "choose the class with target= or neuron_selection"
+        )
+    if n_samples is not None and output.shape[0] != n_samples:
+        raise OutputSelectionError(
+            f"the model returned {output.shape[0]} rows (output shape "
+            f"{tuple(output.shape)}) for {n_samples} samples: the first axis of the input "
+            "must be the batch and the output must keep it; for a single sample pass X[None]"
+        )
 
 
 def target_gradient(output: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,11 +141,18 @@ def target_gradient(output: torch.Tensor, target: Target) -> tuple[torch.Tensor,
             )
         if not bool(torch.isfinite(value.detach()).all()):
             raise OutputSelectionError("the target callable returned NaN or infinite values")
+        grad = None
         if value.requires_grad:
             (grad,) = torch.autograd.grad(value.sum(), leaf, allow_unused=True)
-        else:
-            grad = None
-        return (torch.zeros_like(y) if grad is None else grad.detach()), value.detach()
+        if grad is None:
+            # A value cut from the output (.detach(), .item(), numpy, a constant) would
+            # explain nothing: every attribution would be zero.
+            raise OutputSelectionError(
+                "the target callable's value does not depend on the output it was given "
+                "(no gradient): compute it from that argument with torch operations, "
+                "without .detach(), .item(), numpy or torch.no_grad()"
+            )
+        return grad.detach(), value.detach()
     weights = torch.as_tensor(np.asarray(target) if isinstance(target, np.ndarray) else target)
     weights = weights.to(device=y.device, dtype=y.dtype)
     try:
@@ -291,10 +377,24 @@ class OutputSelection:
 
 
 def resolve(
-    output: torch.Tensor, mode: str, neuron_selection: Any = None, target: Target | None = None
+    output: torch.Tensor,
+    mode: str,
+    neuron_selection: Any = None,
+    target: Target | ClassTarget | None = None,
+    n_samples: int | None = None,
 ) -> OutputSelection:
-    """The selection of a call on the explained ``output`` (checked arguments first)."""
+    """The selection of a call on the explained ``output`` (checked arguments first; with
+    ``n_samples``, the output must have one row per sample)."""
     check_selection_arguments(mode, neuron_selection, target)
+    check_explained_output(output, n_samples)
+    if isinstance(target, ClassTarget):
+        if output.dim() != 2:
+            raise OutputSelectionError(
+                f"target as class indices needs an output of shape (N, classes), got "
+                f"{tuple(output.shape)}; for this output pass floating weights of its shape "
+                "or a callable f(y) -> (N,)"
+            )
+        mode, neuron_selection, target = "index", target.indices, None
     if target is not None:
         grad, scores = target_gradient(output, target)
         return OutputSelection(None, scores, target, grad)

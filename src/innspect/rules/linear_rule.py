@@ -22,6 +22,7 @@ import torch
 
 from innspect.engine.reverse import Mapping, NodeContext
 from innspect.graph.linear_ops import LinearOp
+from innspect.util.checks import check_number
 
 SAFE_DIVIDE_EPSILON = 1e-7  # iNNvestigate's SafeDivide (Keras' K.epsilon())
 
@@ -83,11 +84,7 @@ def check_stabilizer(stabilizer: float | None) -> float | None:
     """Validate a stabiliser option: None or a positive number."""
     if stabilizer is None:
         return None
-    if isinstance(stabilizer, bool) or not isinstance(stabilizer, int | float):
-        raise TypeError(f"stabilizer must be None or a number, got {type(stabilizer).__name__}")
-    if stabilizer <= 0:
-        raise ValueError(f"stabilizer must be > 0 (or None), got {stabilizer}")
-    return float(stabilizer)
+    return check_number("stabilizer", stabilizer, positive=True)
 
 
 class LinearRule(Mapping):

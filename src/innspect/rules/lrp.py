@@ -29,6 +29,7 @@ from innspect.rules.linear_rule import (
     stabilize,
     without_bias,
 )
+from innspect.util.checks import check_number
 
 
 # -- the rules ----------------------------------------------------------------------------
@@ -74,14 +75,11 @@ class Epsilon(Z):
     config_keys = ("epsilon", "bias")
 
     def __init__(self, epsilon: float = 1e-7, bias: bool = True) -> None:
-        if isinstance(epsilon, bool) or not isinstance(epsilon, int | float):
-            raise TypeError(f"epsilon must be a number, got {type(epsilon).__name__}")
-        if epsilon <= 0:
-            raise ValueError(
-                f"epsilon must be > 0, got {epsilon}; use the Z rule for an unstabilised division"
-            )
+        # inf would zero every relevance and NaN would poison it: finite and > 0 (the Z rule
+        # is the unstabilised division).
+        epsilon = check_number("epsilon", epsilon, positive=True)
         super().__init__(bias=bias)
-        self.epsilon = float(epsilon)
+        self.epsilon = epsilon
 
     def _denominator(self, op: LinearOp, z: torch.Tensor) -> torch.Tensor:
         return signed_shift(z if self.bias else without_bias(op, z), self.epsilon)
@@ -125,9 +123,8 @@ def infer_alpha_beta(alpha: float | None, beta: float | None) -> tuple[float, fl
     """Check (alpha, beta) or infer the missing one from alpha - beta = 1."""
     if alpha is None and beta is None:
         raise ValueError("AlphaBeta needs alpha or beta (alpha - beta = 1), e.g. alpha=2, beta=1")
-    for label, value in (("alpha", alpha), ("beta", beta)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise TypeError(f"{label} must be a number, got {type(value).__name__}")
+    alpha = None if alpha is None else check_number("alpha", alpha)
+    beta = None if beta is None else check_number("beta", beta)
     if alpha is None:
         alpha = beta + 1
     if beta is None:
@@ -379,11 +376,7 @@ class Gamma(LinearRule):
         stabilizer: float | None = None,
         generalized: bool = False,
     ) -> None:
-        if isinstance(gamma, bool) or not isinstance(gamma, int | float):
-            raise TypeError(f"gamma must be a number, got {type(gamma).__name__}")
-        if gamma < 0:
-            raise ValueError(f"gamma must be >= 0, got {gamma}")
-        self.gamma = float(gamma)
+        self.gamma = check_number("gamma", gamma, minimum=0.0)
         self.bias = bool(bias)
         self.stabilizer = check_stabilizer(stabilizer)
         self.generalized = bool(generalized)

@@ -1,0 +1,160 @@
+"""Issue 26 (reliability, third round): what a hostile user found, each as a test that failed
+before the fix. Inference mode, ``target=`` as class indices, inputs without a batch axis,
+outputs and targets that explain nothing, options checked at creation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import innspect
+from innspect.errors import InputError, NeuronSelectionError, OptionError, OutputSelectionError
+
+# One method of each family computed by a different code path.
+FAMILIES = [
+    ("gradient", {}),
+    ("input_t_gradient", {}),
+    ("integrated_gradients", {"steps": 4}),
+    ("smoothgrad", {"augment_by_n": 3, "seed": 1}),
+    ("deep_lift", {}),
+    ("lrp.epsilon", {}),
+    ("lrp.alpha_2_beta_1", {}),
+    ("guided_backprop", {}),
+    ("occlusion", {"window_shape": (2,)}),
+]
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4)).double()
+
+
+def _x() -> torch.Tensor:
+    return torch.randn(3, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+
+@pytest.mark.parametrize(("name", "options"), FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_inference_mode_gives_the_same_answer_as_outside(name: str, options: dict) -> None:
+    model, x = _mlp(), _x()
+    analyzer = innspect.create_analyzer(name, model, **options)
+    expected = analyzer.analyze(x)
+    assert expected.abs().sum() > 0
+    with torch.inference_mode():
+        inside = analyzer.analyze(x)  # every reverse method returned zeros here
+        made_inside = x.clone()  # an inference tensor: requires_grad_ on it raised
+    torch.testing.assert_close(inside, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(analyzer.analyze(made_inside), expected, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(analyzer.analyze(x), expected, rtol=1e-12, atol=1e-12)
+    assert torch.is_inference_mode_enabled() is False  # the caller's mode is restored
+
+
+@pytest.mark.parametrize(("name", "options"), FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_an_int_target_is_a_class_index_as_in_captum(name: str, options: dict) -> None:
+    model, x = _mlp(), _x()
+    by_index = innspect.create_analyzer(name, model, neuron_selection_mode="index", **options)
+    analyzer = innspect.create_analyzer(name, model, **options)
+    for target, classes in [
+        (3, [3, 3, 3]),
+        ([0, 2, 1], [0, 2, 1]),
+        (torch.tensor([1, 1, 3]), [1, 1, 3]),
+        (torch.tensor(2), [2, 2, 2]),
+    ]:
+        expected = by_index.analyze(x, neuron_selection=classes)
+        torch.testing.assert_close(analyzer.analyze(x, target=target), expected)
+    # Analyzer-level target too, and it survives a saved configuration.
+    fixed = innspect.create_analyzer(name, model, target=3, **options)
+    torch.testing.assert_close(fixed.analyze(x), by_index.analyze(x, neuron_selection=3))
+
+
+def test_target_forms_that_cannot_be_classes_or_weights_are_refused() -> None:
+    analyzer = innspect.create_analyzer("gradient", _mlp())
+    x = _x()
+    with pytest.raises(NeuronSelectionError, match="out of range"):
+        analyzer.analyze(x, target=4)
+    with pytest.raises(OutputSelectionError, match="negative"):
+        analyzer.analyze(x, target=-1)
+    with pytest.raises(OutputSelectionError, match="one int or one per sample"):
+        analyzer.analyze(x, target=[[0, 1]])
+    with pytest.raises(OutputSelectionError, match="booleans"):
+        analyzer.analyze(x, target=torch.ones(3, 4, dtype=torch.bool))
+    with pytest.raises(OutputSelectionError, match="do not broadcast"):
+        analyzer.analyze(x, target=torch.ones(3, 5, dtype=torch.float64))
+    # Floating weights keep their meaning: t = sum(w * y).
+    weights = torch.zeros(3, 4, dtype=torch.float64)
+    weights[:, 2] = 1.0
+    torch.testing.assert_close(analyzer.analyze(x, target=weights), analyzer.analyze(x, target=2))
+
+
+def test_class_indices_need_an_output_with_a_class_axis() -> None:
+    conv = nn.Conv2d(1, 3, 3).double()
+    with pytest.raises(OutputSelectionError, match=r"shape \(N, classes\)"):
+        innspect.create_analyzer("gradient", conv).analyze(
+            torch.randn(2, 1, 5, 5).double(), target=1
+        )
+
+
+def test_a_rank1_input_without_batch_axis_is_refused_naming_the_shape() -> None:
+    analyzer = innspect.create_analyzer("lrp.epsilon", _mlp())
+    with pytest.raises(InputError, match=r"no batch axis.*X\[None\], shape \(1, 6\)"):
+        analyzer.analyze(_x()[0])
+
+
+class _Argmax(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _mlp()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).argmax(dim=1)
+
+
+class _Total(_Argmax):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).sum()
+
+
+@pytest.mark.parametrize("name", ["gradient", "lrp.epsilon", "integrated_gradients"])
+def test_outputs_and_targets_without_gradient_are_errors_not_zeros(name: str) -> None:
+    with pytest.raises(OutputSelectionError, match="argmax"):
+        innspect.create_analyzer(name, _Argmax()).analyze(_x())
+    with pytest.raises(OutputSelectionError, match="scalar"):
+        innspect.create_analyzer(name, _Total()).analyze(_x())
+    analyzer = innspect.create_analyzer(name, _mlp())
+    with pytest.raises(OutputSelectionError, match="does not depend on the output"):
+        analyzer.analyze(_x(), target=lambda y: torch.ones(y.shape[0], dtype=y.dtype))
+    with pytest.raises(OutputSelectionError, match="does not depend on the output"):
+        analyzer.analyze(_x(), target=lambda y: y[:, 0].detach())
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("lrp.epsilon", {"attribute_sum_axis": 1.7}, "attribute_sum_axis must be an int"),
+        ("lrp.epsilon", {"attribute_sum_axis": "x"}, "attribute_sum_axis must be an int"),
+        ("integrated_gradients", {"steps": True}, "steps must be an integer, got True"),
+        ("lrp.epsilon", {"epsilon": float("inf")}, "epsilon must be > 0 and finite"),
+        ("lrp.epsilon", {"epsilon": float("nan")}, "epsilon must be > 0 and finite"),
+        ("lrp.alpha_beta", {"alpha": float("inf")}, "alpha must be a finite number"),
+        ("lrp.epsilon", {"epsilom": 1.0}, "did you mean 'epsilon'"),
+        ("integrated_gradients", {"stpes": 3}, "did you mean 'steps'"),
+        ("smoothgrad", {"epsilon": 1.0}, "nor of its inner method gradient"),
+        ("smoothgrad", {"inner": "lrp.epsilon", "epsilon": 0.0}, "epsilon must be > 0"),
+    ],
+)
+def test_options_are_checked_at_creation_with_the_method_name(
+    name: str, options: dict, message: str
+) -> None:
+    with pytest.raises(OptionError, match=message) as raised:
+        innspect.create_analyzer(name, _mlp(), **options)
+    assert "Traceback" not in str(raised.value)
+
+
+def test_out_of_range_options_are_refused_before_the_computation() -> None:
+    model = _mlp()
+    with pytest.raises(OptionError, match=r"attribute_sum_axis=7 but input 'input' has 2 axes"):
+        innspect.create_analyzer("lrp.epsilon", model, attribute_sum_axis=7).analyze(_x())
+    preset = "lrp.sequential_preset_b_flat_until_idx"
+    with pytest.raises(OptionError, match="until_layer_idx=99 but the model has 2 linear layers"):
+        innspect.create_analyzer(preset, model, until_layer_idx=99).analyze(_x())
