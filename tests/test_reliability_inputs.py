@@ -138,7 +138,7 @@ def test_bad_neuron_selections_are_named(selection, message: str) -> None:
         ("gradient", {"reverse_keep_tensors": "no"}, "must be True or False"),
         ("integrated_gradients", {"steps": 2.5}, "steps must be an integer, got 2.5"),
         ("integrated_gradients", {"steps": 10**12}, "steps must be >= 1 and <= 1,000,000"),
-        ("smoothgrad", {"noise_scale": float("nan")}, "noise_scale must be a finite number"),
+        ("smoothgrad", {"noise_scale": float("nan")}, "noise_scale must be >= 0 and finite"),
         ("smoothgrad", {"augment_by_n": "8"}, "augment_by_n must be an integer"),
         ("smoothgrad", {"batch_size": 0}, "batch_size must be >= 1"),
     ],

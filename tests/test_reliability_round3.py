@@ -6,10 +6,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import innspect
-from innspect.errors import InputError, NeuronSelectionError, OptionError, OutputSelectionError
+from innspect.errors import (
+    InputError,
+    NeuronSelectionError,
+    OptionError,
+    OutputActivationError,
+    OutputSelectionError,
+)
 
 # One method of each family computed by a different code path.
 FAMILIES = [
@@ -158,3 +165,45 @@ def test_out_of_range_options_are_refused_before_the_computation() -> None:
     preset = "lrp.sequential_preset_b_flat_until_idx"
     with pytest.raises(OptionError, match="until_layer_idx=99 but the model has 2 linear layers"):
         innspect.create_analyzer(preset, model, until_layer_idx=99).analyze(_x())
+
+
+class _Head(nn.Module):
+    """A linear layer and a head that turns its logits into probabilities in disguise."""
+
+    def __init__(self, head) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 4)
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.fc(x))
+
+
+PROBABILITY_HEADS = {
+    "clamped": lambda y: F.softmax(y, 1).clamp(1e-6, 1),
+    "special": lambda y: torch.special.softmax(y, 1),
+    "softmin": lambda y: F.softmin(y, 1),
+    "log_of_softmax": lambda y: torch.log(F.softmax(y, 1)),
+    "cat_of_softmaxes": lambda y: torch.cat([F.softmax(y[:, :2], 1), F.softmax(y[:, 2:], 1)], 1),
+    "where": lambda y: torch.where(y > 0, F.softmax(y, 1), 0.0),
+    "hardsigmoid": nn.Hardsigmoid(),
+    "written_softmax": lambda y: torch.exp(y) / torch.exp(y).sum(1, keepdim=True),
+    "written_sigmoid": lambda y: 1 / (1 + torch.exp(-y)),
+}
+
+
+@pytest.mark.parametrize("head", sorted(PROBABILITY_HEADS))
+@pytest.mark.parametrize("name", ["gradient", "lrp.epsilon", "integrated_gradients"])
+def test_probabilities_in_disguise_are_refused_as_output_activations(head: str, name: str):
+    model = _Head(PROBABILITY_HEADS[head])
+    with pytest.raises(OutputActivationError, match="model_wo_softmax|return the logits"):
+        innspect.create_analyzer(name, model).analyze(torch.randn(2, 6))
+
+
+def test_model_wo_softmax_removes_every_branch_or_says_why_it_cannot() -> None:
+    x = torch.randn(2, 6)
+    cat = _Head(PROBABILITY_HEADS["cat_of_softmaxes"])
+    torch.testing.assert_close(innspect.model_wo_softmax(cat)(x), cat.fc(x))
+    for head in ("clamped", "softmin", "written_softmax"):
+        with pytest.raises(OutputActivationError, match="return the logits"):
+            innspect.model_wo_softmax(_Head(PROBABILITY_HEADS[head]))

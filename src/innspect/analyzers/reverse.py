@@ -418,8 +418,11 @@ class ReverseAnalyzer(Analyzer):
 
 
 def _activation_error(activation: NodeInfo) -> OutputActivationError:
+    what = activation.operation
+    if activation.kind is not Kind.OUTPUT_ACTIVATION and "sigmoid" not in what.lower():
+        what = f"a softmax or sigmoid written out (exp(...) in a {what})"
     return OutputActivationError(
-        f"the model's output passes through {activation.operation} at node "
+        f"the model's output passes through {what} at node "
         f"'{activation.name}'; explanations need the pre-activation output. Use "
         "innspect.model_wo_softmax(model) or model_wo_output_activation(model)"
     )

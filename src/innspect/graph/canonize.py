@@ -488,9 +488,7 @@ def _fold_into_functional_conv(
 def strip_output_activation(gm: fx.GraphModule, output_node: fx.Node) -> fx.GraphModule:
     """Make the graph return the input of its final activation instead of its output."""
     activation_input = output_node.args[0]
-    for node in gm.graph.nodes:
-        if node.op == "output":
-            node.replace_input_with(output_node, activation_input)
+    output_node.replace_all_uses_with(activation_input)
     gm.graph.erase_node(output_node)
     gm.graph.eliminate_dead_code()
     gm.recompile()

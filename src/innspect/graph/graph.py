@@ -492,22 +492,45 @@ class ModelGraph:
         return self._bottlenecks
 
     def output_activation(self, node: fx.Node | None = None) -> NodeInfo | None:
-        """The final softmax / log-softmax / sigmoid of the explained output (or of the
-        returned tensor ``node``), looking back through nodes that keep it probabilities:
-        identities, shifts, scalings and rearrangements of one tensor (``Flatten``,
-        ``100 * softmax(x)``, ``softmax(x)[:, :5]``)."""
+        """The final softmax / softmin / log-softmax / sigmoid of the explained output (or
+        of the returned tensor ``node``), looking back through nodes that keep it
+        probabilities: identities, shifts, scalings, clamps, logs, selections (``where``)
+        and rearrangements, of one tensor or several (``Flatten``, ``100 * softmax(x)``,
+        ``softmax(x)[:, :5]``, ``softmax(x).clamp(...)``, ``cat`` of softmaxes). A softmax
+        or sigmoid written out (``exp(y) / exp(y).sum()``, ``1 / (1 + exp(-y))``) counts."""
         if node is None:
             node = self.output_node
         if node is None:  # a callable output: the analyzer checks the tensors it reads
             return None
-        info = self.infos[node]
-        while info.kind in _KEEPS_ACTIVATION and len(info.signal_inputs) == 1:
-            info = self.infos[info.signal_inputs[0]]
-        if info.kind is Kind.OUTPUT_ACTIVATION:
-            return info
-        if info.kind is Kind.ACTIVATION and info.operation.lower() in {"sigmoid", "logsigmoid"}:
-            return info
+        pending, seen = [node], set()
+        while pending:
+            info = self.infos[pending.pop()]
+            if info.node in seen:
+                continue
+            seen.add(info.node)
+            if info.kind is Kind.OUTPUT_ACTIVATION:
+                return info
+            operation = bare_operation(info.operation)
+            if info.kind is Kind.ACTIVATION and operation in _PROBABILITY_ACTIVATIONS:
+                return info
+            if self._written_out_probability(info):
+                return info
+            if info.kind in _KEEPS_ACTIVATION or operation in KEEPS_PROBABILITIES:
+                pending.extend(info.signal_inputs)
         return None
+
+    def _written_out_probability(self, info: NodeInfo) -> bool:
+        """A division whose denominator is computed from an ``exp`` within a few steps: a
+        softmax ``exp(y) / sum(exp(y))`` or a sigmoid ``1 / (1 + exp(-y))`` by hand."""
+        if bare_operation(info.operation) not in _DIVISIONS:
+            return False
+        denominators = info.node.args[1:] if len(info.node.args) > 1 else info.node.args
+        frontier = [a for a in denominators if isinstance(a, fx.Node) and a in self.infos]
+        for _ in range(3):  # exp -> sum / add -> div, with a negation or a shift between
+            if any(bare_operation(self.infos[n].operation) == "exp" for n in frontier):
+                return True
+            frontier = [a for n in frontier for a in self.infos[n].signal_inputs]
+        return False
 
 
 @contextlib.contextmanager
@@ -529,6 +552,11 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
             module.training = True
 
 
+def bare_operation(operation: str) -> str:
+    """An operation's name without its namespace: "Tensor.clamp" -> "clamp"."""
+    return operation.rpartition(".")[2].lower()
+
+
 def _node_args(node: fx.Node) -> list[fx.Node]:
     found: list[fx.Node] = []
     fx.node.map_arg((node.args, node.kwargs), found.append)
@@ -546,6 +574,11 @@ def _refine_kind(kind: Kind, node: fx.Node, n_args: int, n_dependent: int) -> Ki
 
 
 _KEEPS_ACTIVATION = {Kind.IDENTITY, Kind.SCALE, Kind.REARRANGE}
+# Element-wise operations after which probabilities are still (monotone functions of) the
+# probabilities: a clamp away from 0, a log, a selection between them.
+KEEPS_PROBABILITIES = {"clamp", "clip", "clamp_min", "clamp_max", "log", "log2", "log10", "where"}
+_PROBABILITY_ACTIVATIONS = {"sigmoid", "logsigmoid", "hardsigmoid"}
+_DIVISIONS = {"div", "truediv", "reciprocal", "rtruediv"}
 _SIGN_PRESERVING = {Kind.MAX_POOL, Kind.REARRANGE, Kind.IDENTITY, Kind.LINEAR_NO_PARAM}
 
 

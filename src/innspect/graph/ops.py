@@ -558,16 +558,16 @@ OPERATIONS: tuple[Op, ...] = (
         "softmax",
         Kind.OUTPUT_ACTIVATION,
         (nn.Softmax, nn.Softmax2d),
-        (F.softmax, torch.softmax),
-        _names("softmax _softmax"),
+        (F.softmax, torch.softmax, torch.special.softmax),
+        _names("softmax _softmax special_softmax"),
         gate=True,
     ),
     Op(
         "output_activation",
         Kind.OUTPUT_ACTIVATION,
-        (nn.LogSoftmax,),
-        (F.log_softmax, torch.log_softmax),
-        _names("log_softmax _log_softmax"),
+        (nn.LogSoftmax, nn.Softmin),
+        (F.log_softmax, torch.log_softmax, torch.special.log_softmax, F.softmin),
+        _names("log_softmax _log_softmax special_log_softmax softmin"),
     ),
     # Modern architectures (SPEC "Modern architectures"): products of two signals, the
     # normalisations, and the factors a product holds constant (gates, 1 / norm).
