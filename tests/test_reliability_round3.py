@@ -207,3 +207,40 @@ def test_model_wo_softmax_removes_every_branch_or_says_why_it_cannot() -> None:
     for head in ("clamped", "softmin", "written_softmax"):
         with pytest.raises(OutputActivationError, match="return the logits"):
             innspect.model_wo_softmax(_Head(PROBABILITY_HEADS[head]))
+
+
+class _Scaled(nn.Module):
+    """A forward that reads a Python attribute and a batch norm's eps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3)
+        self.bn = nn.BatchNorm2d(3)
+        self.head = nn.Linear(3 * 4 * 4, 4)
+        self.scale = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.bn(self.conv(x))).flatten(1) * self.scale)
+
+
+@pytest.mark.parametrize("name", ["lrp.epsilon", "lrp.alpha_2_beta_1", "deep_lift", "occlusion"])
+@pytest.mark.parametrize("change", ["submodule", "bn_eps", "python_attribute"])
+def test_an_analyzer_follows_changes_to_the_module_tree(name: str, change: str) -> None:
+    torch.manual_seed(0)
+    model = _Scaled().double().eval()
+    with torch.no_grad():
+        model.bn.running_var.uniform_(0.01, 0.1)
+    x = torch.randn(2, 1, 6, 6, dtype=torch.float64)
+    options = {"window_shape": (1, 2, 2)} if name == "occlusion" else {}
+    analyzer = innspect.create_analyzer(name, model, **options)
+    before = analyzer.analyze(x)
+    if change == "submodule":
+        model.head = nn.Linear(3 * 4 * 4, 4).double()
+    elif change == "bn_eps":
+        model.bn.eps = 0.5
+    else:
+        model.scale = 3.0
+    after = analyzer.analyze(x)
+    fresh = innspect.create_analyzer(name, model, **options).analyze(x)
+    assert (after - before).abs().max() > 1e-6  # the change matters to the explanation
+    torch.testing.assert_close(after, fresh, rtol=1e-10, atol=1e-12)

@@ -24,6 +24,7 @@ from innspect.engine.inputs import ModelInputs
 from innspect.engine.reverse import Mapping, ReverseOptions, reverse_walk
 from innspect.engine.selection import OutputSelection
 from innspect.errors import InputError, OutputActivationError
+from innspect.graph.canonize import structure_stamp
 from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.graph.lock import GRAPH_LOCK
 from innspect.graph.ops import Kind, classify
@@ -111,7 +112,11 @@ class ReverseAnalyzer(Analyzer):
         return graph
 
     def _kept_graph(self, inputs: ModelInputs | None) -> ModelGraph | None:
-        """The graph already captured, if it serves ``inputs``."""
+        """The graph already captured, if it serves ``inputs`` and the model's module tree
+        is still the one captured (a replaced submodule, ``bn.eps`` or an attribute that
+        ``forward`` reads changed: captured again, docs/reliability.md)."""
+        if self._graph is not None and structure_stamp(self.model) != self._structure:
+            self._graph = None
         if self._graph is not None:
             if inputs is None or inputs.key() == self._graph_key:
                 return self._graph
@@ -160,6 +165,7 @@ class ReverseAnalyzer(Analyzer):
         )
         self._graph = graph
         self._graph_key = inputs.key() if inputs is not None else None
+        self._structure = structure_stamp(self.model)
         return graph
 
     def _check_sources(self, graph: ModelGraph, inputs: ModelInputs) -> None:

@@ -218,6 +218,32 @@ def stamp(values: Any) -> tuple:
     return values
 
 
+def structure_stamp(model: nn.Module) -> tuple:
+    """What a captured graph assumed of the module tree beyond its tensors: each submodule
+    (path, object, class) and its public plain-valued attributes (``bn.eps``, a ``scale`` or
+    flag that ``forward`` reads). Equal stamps: the graph still computes the model.
+    Tensors are ``stamp``'s and ``Fold``'s job; ``training`` is left out (the graph runs
+    the eval view whatever the flag), and so are private attributes (torch's own state)."""
+    return tuple(
+        (path, id(module), type(module), _plain_attributes(module))
+        for path, module in model.named_modules(remove_duplicate=False)
+    )
+
+
+def _plain_attributes(module: nn.Module) -> tuple:
+    return tuple(
+        (key, repr(value))  # repr: a NaN attribute still equals itself
+        for key, value in sorted(vars(module).items())
+        if not key.startswith("_") and key != "training" and _is_plain(value)
+    )
+
+
+def _is_plain(value: Any) -> bool:
+    if value is None or isinstance(value, bool | int | float | str):
+        return True
+    return isinstance(value, tuple) and all(_is_plain(v) for v in value)
+
+
 @dataclass
 class Fold:
     """A folded weight and bias, and how to remake them when the model's tensors change.

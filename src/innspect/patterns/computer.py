@@ -18,6 +18,7 @@ from innspect.distributed.reduce import reduce_on_ray
 from innspect.engine.collect import Statistics, collect
 from innspect.engine.reducers import Reducer
 from innspect.errors import InputError
+from innspect.graph.canonize import structure_stamp
 from innspect.graph.graph import ModelGraph
 from innspect.graph.ops import Kind
 from innspect.loading.models import checked_model_spec
@@ -67,6 +68,14 @@ class PatternComputer:
             # A model without linear layers gets no patterns (PatternNet is then the
             # gradient's walk started from the output value), as in iNNvestigate.
             self._graph = ModelGraph(self.model, example_input, fuse_batchnorm=True)
+            self._structure = structure_stamp(self.model)
+        elif structure_stamp(self.model) != self._structure:
+            # Statistics gathered on other layers cannot be mixed with these.
+            raise InputError(
+                "the model's modules changed since this PatternComputer captured it (a "
+                "submodule replaced, or an attribute such as bn.eps changed): make a new "
+                "PatternComputer for the changed model"
+            )
         else:
             self._graph.refresh()  # the model may have changed since (a training step)
         return self._graph
