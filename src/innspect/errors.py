@@ -67,3 +67,8 @@ def first_line(error: BaseException) -> str:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class ModelChangedError(InnspectError, RuntimeError):
+    """The model's weights or statistics changed during every attempt of an analysis (a
+    training step in another thread): the explanation would mix two models."""

@@ -9,9 +9,12 @@ reverse walk derive from ``innspect.analyzers.reverse.ReverseAnalyzer``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import difflib
 import functools
 import inspect
+import itertools
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,10 +36,12 @@ from innspect.engine.selection import (
 )
 from innspect.errors import (
     InputError,
+    ModelChangedError,
     NeuronSelectionError,
     NonFiniteRelevanceError,
     OptionError,
     OutputSelectionError,
+    first_line,
 )
 from innspect.graph.lock import GRAPH_LOCK
 from innspect.util.checks import check_axis, check_flag
@@ -254,12 +259,61 @@ class Analyzer(Persistent):
         """``_explain`` holding the graph lock shared, with clear errors around it."""
         self._check_sum_axis(inputs)
         with GRAPH_LOCK.shared():  # no capture in any thread while this one runs modules
+            explanation = self._explain_unchanged(inputs, neuron_selection, target)
+        self._check_finite(explanation)
+        return explanation
+
+    def _explain_unchanged(
+        self, inputs: ModelInputs, neuron_selection: Any, target: Any
+    ) -> Explanation:
+        """``_explain`` on a model whose tensors did not change while it ran.
+
+        Beside a training thread an optimizer step may land between the forward pass and
+        the walk back (autograd then fails: "modified by an inplace operation") or between
+        two layers (the result would mix two models, silently). Every parameter and buffer's
+        object and version are compared before and after: a call that saw a change is run
+        again; after a few such runs (training steps faster than the analysis) a copy of the
+        model taken between two changes is explained. Either way the result is the
+        explanation of the model as it was at some point of training
+        (docs/reliability.md)."""
+        for _ in range(_ATTEMPTS):
+            before = ModelState(self.model)
             try:
                 explanation = self._explain(inputs, neuron_selection, target)
             except InputError as error:
+                if not before.unchanged():
+                    continue
                 raise _with_integer_input_hint(error, inputs) from error
-        self._check_finite(explanation)
-        return explanation
+            except RuntimeError:
+                if not before.unchanged():
+                    continue
+                raise
+            if before.unchanged():
+                return explanation
+        twin = type(self)(self._snapshot(), **self._options)
+        return twin._explain(inputs, neuron_selection, target)
+
+    def _snapshot(self) -> nn.Module:
+        """A copy of the model whose tensors did not change while it was copied."""
+        for _ in range(_ATTEMPTS):
+            before = ModelState(self.model)
+            try:
+                copied = copy.deepcopy(self.model)
+            except Exception as error:  # noqa: BLE001 - any object the model holds
+                raise ModelChangedError(
+                    f"{self.name}: the model changed during each of {_ATTEMPTS} attempts (a "
+                    "training step in another thread) and cannot be copied to explain a "
+                    f"snapshot ({first_line(error)}): hold one lock around optimizer.step() "
+                    "and the analysis"
+                ) from error
+            if before.unchanged():
+                return copied
+        raise ModelChangedError(
+            f"{self.name}: the model's weights or statistics changed during each of "
+            f"{_ATTEMPTS} attempts and while it was copied (a training step or a train-mode "
+            "forward in another thread): explain a copy made between steps "
+            "(copy.deepcopy(model)), or hold one lock around optimizer.step() and the analysis"
+        )
 
     def _check_sum_axis(self, inputs: ModelInputs) -> None:
         """``attribute_sum_axis`` must exist in every attributed input, checked before the
@@ -369,6 +423,45 @@ def autograd_enabled() -> Iterator[None]:
     the reverse methods would return zeros. The caller's mode is restored on exit."""
     with torch.inference_mode(False), torch.enable_grad():
         yield
+
+
+_ATTEMPTS = 3  # runs of a call beside a training thread before it explains a copy
+
+
+class ModelState:
+    """What the model's tensors are now, to tell later whether they changed.
+
+    Each parameter and buffer's object and version (bumped by every in-place write: an
+    optimizer step, a train-mode forward's running statistics, ``load_state_dict``). When
+    other threads run, also a copy of the values: torch bumps a version after the write,
+    so a check that falls between the two would miss the change; the values do not.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.versions = self._versions()
+        self.values = None
+        if threading.active_count() > 1:
+            with torch.no_grad():
+                self.values = [t.detach().clone() for t in self._tensors()]
+
+    def _tensors(self) -> Iterator[torch.Tensor]:
+        return itertools.chain(self.model.parameters(), self.model.buffers())
+
+    def _versions(self) -> tuple[tuple[int, int], ...]:
+        return tuple((id(t), t._version) for t in self._tensors())
+
+    def unchanged(self) -> bool:
+        """Whether every tensor is the same object, version and (with threads) value."""
+        if self._versions() != self.versions:
+            return False
+        if self.values is None:
+            return True
+        with torch.no_grad():
+            return all(
+                torch.equal(t, copied)
+                for t, copied in zip(self._tensors(), self.values, strict=True)
+            )
 
 
 def analyzer_parameters(cls: type, inherited: bool = True) -> tuple[set[str], set[str], bool]:

@@ -273,6 +273,9 @@ class Fold:
     def refresh(self) -> None:
         """Remake the folded weight and bias from the model's current tensors, in place."""
         values = self.read()
+        # Stamped before the values are used: a change meanwhile (an optimizer step in
+        # another thread) shows as stale at the next check instead of as up to date.
+        source_stamp = stamp(values)
         weight, bias, args, kwargs, _ = values
         changed = (
             "a layer with a batch norm folded in changed shape since the graph was captured "
@@ -289,7 +292,7 @@ class Fold:
         with torch.no_grad():
             self.weight.copy_(new_weight)
             self.bias.copy_(new_bias)
-        self.source_stamp = stamp(values)
+        self.source_stamp = source_stamp
 
     @classmethod
     def made(
@@ -299,9 +302,10 @@ class Fold:
     ) -> Fold:
         """A fold made now from what ``read`` gives."""
         values = read()
+        source_stamp = stamp(values)  # before the values are used (see refresh)
         weight, bias, args, kwargs, _ = values
         folded = _folded(weight, bias, *functional_batchnorm_scale_shift(args, kwargs), transposed)
-        return cls(read, transposed, *folded, source_stamp=stamp(values))
+        return cls(read, transposed, *folded, source_stamp=source_stamp)
 
 
 def _batches_tracked(module: object) -> tuple:

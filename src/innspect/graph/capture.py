@@ -14,6 +14,7 @@ import contextlib
 import io
 import logging
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -51,8 +52,29 @@ class _LeafTracer(fx.Tracer):
     """
 
     _writing_out = 0  # > 0 while a decomposition runs: its nodes are tagged
+    _thread: int | None = None  # the thread tracing
+
+    # fx patches nn.Module.__call__ and __getattr__ for the whole process while it traces:
+    # a training thread calling its model meanwhile would be traced into this graph (its
+    # parameters read as proxies). Calls from other threads run as if nothing were patched.
+    def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
+        self._thread = threading.get_ident()
+        try:
+            return super().trace(root, concrete_args)
+        finally:
+            self._thread = None
+
+    def _other_thread(self) -> bool:
+        return threading.get_ident() != self._thread
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
+        if self._other_thread():
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        if self._other_thread():
+            return forward(*args, **kwargs)
         if isinstance(m, nn.MultiheadAttention):
             return self._written_out(attention.multihead_attention, m, m.out_proj, *args, **kwargs)
         if isinstance(m, nn.TransformerEncoderLayer):

@@ -375,12 +375,15 @@ class ModelGraph:
         """The LinearOp of a linear or batchnorm node (built once, until ``refresh`` finds
         the layer's tensors changed)."""
         if info.linear_op is None:
+            # Stamped before it is built: a change while it is built (an optimizer step in
+            # another thread) then shows as stale at the next refresh, not as up to date.
+            source_stamp = self._linear_op_stamp(info)
             if info.module is not None:
                 op = linear_op_from_module(info.module)
             else:
                 args, kwargs = self._functional_linear_args(info)
                 op = linear_op_from_function(info.node.target, (None, *args), kwargs)
-            info.linear_op, info.linear_op_stamp = op, self._linear_op_stamp(info)
+            info.linear_op, info.linear_op_stamp = op, source_stamp
         return info.linear_op
 
     def _linear_op_stamp(self, info: NodeInfo) -> tuple:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import sys
 
 import torch
 from torch import fx, nn
@@ -105,8 +104,12 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def _is_compiled(model: nn.Module) -> bool:
-    dynamo = sys.modules.get("torch._dynamo")  # a compiled model means dynamo is loaded
-    return dynamo is not None and isinstance(model, dynamo.eval_frame.OptimizedModule)
+    # By class, not through torch._dynamo: another thread (an optimizer's first step) may
+    # be importing that module right now, half initialised.
+    return any(
+        cls.__name__ == "OptimizedModule" and cls.__module__.startswith("torch._dynamo")
+        for cls in type(model).__mro__
+    )
 
 
 def refuse_hooks(model: nn.Module) -> None:
