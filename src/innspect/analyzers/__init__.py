@@ -4,6 +4,8 @@ registers every method family it holds."""
 
 from innspect.analyzers import (
     averaged,
+    cam,
+    cam_methods,
     composites,
     deeplift,
     deeptaylor,
@@ -17,3 +19,4 @@ from innspect.analyzers.registry import register_all
 
 for _family in (misc, gradient, averaged, lrp, composites, modern, deeptaylor, deeplift, occlusion):
     register_all(_family.ANALYZERS)
+register_all(cam.ANALYZERS + cam_methods.ANALYZERS)

@@ -85,6 +85,13 @@ FAMILIES: tuple[Family, ...] = (
         "Occlusion (Zeiler & Fergus 2014) measures how much the score drops when part of the "
         "input is hidden: no gradient, only forward passes.",
     ),
+    Family(
+        "cam",
+        "Class activation maps",
+        "Class activation maps (Zhou et al. 2016, Selvaraju et al. 2017) weight the channels of "
+        "one layer's feature map (a CNN's last spatial map, or a transformer's patch tokens on "
+        "their grid) and upsample the sum to the input: coarse maps of where the evidence is.",
+    ),
     Family("other", "Other methods"),
 )
 _BY_KEY = {family.key: family for family in FAMILIES}

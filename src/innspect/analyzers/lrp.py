@@ -229,7 +229,8 @@ class LRP(ComposedAnalyzer):
     def _check_plan(self, graph: ModelGraph) -> None:
         linear = graph.linear_nodes()
         until = getattr(self, "until_layer_idx", None)  # composites built on LRP have none
-        if until is not None and until >= len(linear):
+        # A model without linear layers has nothing to give the rule (a pooling-only model).
+        if until is not None and linear and until >= len(linear):
             raise OptionError(
                 f"{self.name}: until_layer_idx={until} but the model has "
                 f"{len(linear)} linear layers (indices 0 .. {len(linear) - 1}: "

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from innspect.analyzers.registry import create_analyzer
+from innspect.analyzers.api import analyzer_parameters
+from innspect.analyzers.registry import analyzer_class, create_analyzer
 from innspect.conformance.files import (
     LAYERWISE,
     START_NODE,
@@ -61,12 +62,10 @@ def innspect_implementation(
     """innspect's analyzer ``method``: the attribution and, where the analyzer walks the
     graph node by node, every node's relevance (``reverse_keep_tensors=True``)."""
 
-    try:
-        analyzer = create_analyzer(method, model, reverse_keep_tensors=True, **options)
-    except TypeError as error:
-        if "reverse_keep_tensors" not in str(error):
-            raise
-        analyzer = create_analyzer(method, model, **options)  # wrappers keep no relevances
+    # Wrappers and methods without a reverse walk keep no relevances.
+    keeps = "reverse_keep_tensors" in analyzer_parameters(analyzer_class(method))[0]
+    keep = {"reverse_keep_tensors": True} if keeps else {}
+    analyzer = create_analyzer(method, model, **keep, **options)
     if analyzer.is_trainable and "patterns" not in options:
         # pattern.net / pattern.attribution: patterns learned on the reference input itself,
         # so generating and checking a file learn the same ones.

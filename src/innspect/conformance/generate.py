@@ -55,7 +55,9 @@ LAYER_TOLERANCES = (1e-7, 1e-10)
 MODEL_TOLERANCES = (1e-4, 1e-7)
 # Options some analyzers need to run at all (the same choices as the demo).
 NAMED_OPTIONS: dict[str, dict[str, Any]] = {
-    "lrp.sequential_preset_b_flat_until_idx": {"until_layer_idx": 1},
+    # Flat on the first linear layer: every layer model has one (1 would be out of range on
+    # the one-layer models, which the analyzer refuses).
+    "lrp.sequential_preset_b_flat_until_idx": {"until_layer_idx": 0},
     "lrp.alpha_beta": {"alpha": 2.0, "beta": 1.0},
 }
 
