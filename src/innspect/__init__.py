@@ -28,6 +28,7 @@ from innspect.errors import (
     UnsupportedNodeError,
 )
 from innspect.graph.strip import model_wo_output_activation, model_wo_softmax
+from innspect.loading.keras import load_keras
 from innspect.util.version import VERSION as __version__  # noqa: F401
 
 _moved.install()  # the import paths of innspect 0.1 (deprecated)
@@ -52,6 +53,7 @@ __all__ = [
     "describe_analyzers",
     "explain_dataset",
     "list_analyzers",
+    "load_keras",
     "model_wo_output_activation",
     "model_wo_softmax",
 ]

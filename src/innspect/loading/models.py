@@ -26,6 +26,7 @@ from torch import nn
 from innspect.errors import InputError, LoadingError, OutputActivationError, first_line
 from innspect.graph.strip import model_wo_softmax
 from innspect.graph.torchscript import torchscript_to_fx
+from innspect.loading.keras import load_keras
 
 
 @dataclass
@@ -46,9 +47,11 @@ def load_model(
 ) -> LoadedModel:
     """The model named by ``spec``, in eval mode.
 
-    ``spec`` is a TorchScript file, ``torchvision:NAME`` or ``package.module:factory`` (a
-    callable returning the nn.Module, importable from the installed packages or the current
-    folder); ``weights`` a state dict file loaded with ``torch.load(weights_only=True)``.
+    ``spec`` is a TorchScript file, ``keras:FILE`` (a Keras ``.h5`` / ``.keras`` model read
+    by ``load_keras``, inputs in Keras's layout; a bare path ending in ``.h5`` or ``.keras``
+    too), ``torchvision:NAME`` or ``package.module:factory`` (a callable returning the
+    nn.Module, importable from the installed packages or the current folder); ``weights`` a
+    state dict file loaded with ``torch.load(weights_only=True)``.
     TorchScript is converted to a torch.fx graph (innspect analyzes graphs, and TorchScript
     cannot be traced), which needs ``example``. ``seed`` seeds the random initial weights;
     ``strip_softmax`` removes a final softmax / log-softmax (``model_wo_softmax``).
@@ -57,7 +60,10 @@ def load_model(
     if seed is not None:
         torch.manual_seed(seed)
     class_names = None
-    if os.path.isfile(spec):
+    keras_file = _keras_path(spec)
+    if keras_file is not None:
+        model = load_keras(keras_file)
+    elif os.path.isfile(spec):
         model = _load_torchscript(Path(spec), example)
     elif spec.startswith("torchvision:"):
         model, class_names = _torchvision_model(spec.split(":", 1)[1])
@@ -65,10 +71,10 @@ def load_model(
         model = _factory_model(spec)
     else:
         raise LoadingError(
-            f"model file not found: {spec} (give a TorchScript file, torchvision:NAME or "
-            "package.module:factory)"
+            f"model file not found: {spec} (give a TorchScript file, keras:FILE.h5, "
+            "torchvision:NAME or package.module:factory)"
         )
-    random_weights = weights is None and not os.path.isfile(spec)
+    random_weights = weights is None and not os.path.isfile(spec) and keras_file is None
     if weights is not None:
         load_weights(model, weights)
     if random_weights:
@@ -80,6 +86,15 @@ def load_model(
         except OutputActivationError as error:
             raise LoadingError(f"--strip-softmax: {error}") from error
     return LoadedModel(model, class_names, random_weights)
+
+
+def _keras_path(spec: str) -> str | None:
+    """The Keras file ``spec`` names (``keras:FILE``, or a path ending in .h5 / .keras)."""
+    if spec.startswith("keras:"):
+        return spec.split(":", 1)[1]
+    if spec.lower().endswith((".h5", ".hdf5", ".keras")) and os.path.exists(spec):
+        return spec
+    return None
 
 
 def read_labels(path: str) -> list[str]:
@@ -239,7 +254,8 @@ def _few(items: list[str], limit: int = 3) -> str:
 @dataclass(frozen=True)
 class ModelSpec:
     """How a worker builds the model: ``spec`` as ``innspect analyze --model`` takes it
-    (a TorchScript file, ``torchvision:NAME`` or ``package.module:factory``) plus a state
+    (a TorchScript file, ``keras:FILE``, ``torchvision:NAME`` or ``package.module:factory``;
+    workers read a Keras file themselves) plus a state
     dict file loaded with ``weights_only=True``. Never a pickled module."""
 
     spec: str
