@@ -500,6 +500,16 @@ def _group_section(group: str, args: argparse.Namespace, given: list[str]) -> st
         return module.section(this, args.models, args.batch, args.size, args.repeats)
     if group == "averaged":
         return module.section(this, args.batch, args.size, args.repeats)
+    if group == "keras":
+        return module.section(args.repeats)
+    if group == "cam":
+        models = args.models if "--models" in given else ["resnet50", "vit_b_16"]
+        batch = args.batch if "--batch" in given else 8
+        return module.section(this, models, batch, args.size, args.repeats, args.cam_perturb_batch)
+    if group == "evaluation":
+        models = args.models if "--models" in given else ["small_cnn", "resnet50"]
+        batch = args.batch if "--batch" in given else 16
+        return module.section(this, batch, args.size, args.repeats, models)
     if group == "introspect":
         models = args.models if "--models" in given else ["resnet50"]
         return module.section(
@@ -522,7 +532,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--only",
-        choices=("patterns", "introspect", "deeplift", "scale", "modern", "averaged"),
+        choices=(
+            "patterns",
+            "introspect",
+            "deeplift",
+            "scale",
+            "modern",
+            "averaged",
+            "keras",
+            "cam",
+            "evaluation",
+        ),
         help="run one group only, written to RESULTS-<group>.md unless --out is given",
     )
     parser.add_argument("--pattern-batch", type=int, default=16, help="batch of --only patterns")
@@ -540,6 +560,9 @@ def main(argv: list[str] | None = None) -> None:
         "--introspect-channels", type=int, default=2048, help="layout size of --only introspect"
     )
     parser.add_argument("--scale-samples", type=int, default=512, help="samples of --only scale")
+    parser.add_argument(
+        "--cam-perturb-batch", type=int, default=1, help="batch of --only cam's Score/Ablation-CAM"
+    )
     parser.add_argument("--scale-shard", type=int, default=64, help="shard size of --only scale")
     args = parser.parse_args(argv)
     started = time.perf_counter()

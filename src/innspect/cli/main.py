@@ -29,6 +29,7 @@ SUBCOMMANDS: dict[str, str] = {
     "patterns": "innspect.cli.patterns",
     "references": "innspect.cli.references",
     "introspect": "innspect.cli.introspect",
+    "evaluate": "innspect.cli.evaluate",
 }
 
 

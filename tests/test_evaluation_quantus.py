@@ -1,0 +1,618 @@
+"""innspect.evaluation against Quantus 0.6.0, metric by metric, on a small CNN and a random
+resnet18: the deterministic metrics equal Quantus's values, the stochastic ones too when
+given the same draws (reproduced from Quantus's calls to numpy's global generator).
+
+Quantus feeds torch models float32 (``torch.Tensor(x)``), so the comparison is in float32;
+its attributions are normalised per sample here (``normalise_axes``) because Quantus's
+default divides the whole batch by one maximum (docs/evaluation.md). numpy 2 removed
+``np.trapz``, which Quantus's AUC helper calls: the tests give it ``np.trapezoid``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import quantus  # noqa: E402  (a test dependency: pyproject [test])
+import torch
+from torch import nn
+
+from innspect import evaluation as ev
+
+PER_SAMPLE = {"normalise_axes": (1, 2, 3)}
+QUANTUS = {"normalise_func_kwargs": PER_SAMPLE, "disable_warnings": True, "return_aggregate": False}
+
+
+@pytest.fixture(autouse=True)
+def _numpy_trapz(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(np, "trapz", np.trapezoid, raising=False)
+    warnings.filterwarnings("ignore", module="quantus")
+
+
+def small_cnn(channels: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(channels, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4 * 6 * 6, 5),
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def case() -> dict:
+    torch.manual_seed(1)
+    mask = torch.zeros(4, 1, 12, 12)
+    mask[:, :, 2:7, 3:9] = 1
+    mask[3] = 0  # an empty mask: NaN in both
+    return {
+        "model": small_cnn(),
+        "x": torch.rand(4, 3, 12, 12),
+        "y": torch.tensor([0, 1, 2, 3]),
+        "a": torch.randn(4, 3, 12, 12),
+        "a1": torch.randn(4, 1, 12, 12),  # one channel: broadcast over x's three
+        "mask": mask,
+    }
+
+
+def quantus_scores(metric, model, x, y, a, **kwargs) -> np.ndarray:
+    values = metric(
+        model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a.numpy(), device="cpu", **kwargs
+    )
+    return np.asarray(values, dtype=np.float64)
+
+
+def assert_same(ours: torch.Tensor, theirs: np.ndarray, atol: float = 1e-5) -> None:
+    np.testing.assert_allclose(ours.numpy(), theirs, rtol=0, atol=atol, equal_nan=True)
+
+
+PERTURBATION_CASES = [
+    # (ours, quantus, options, attribution key, what to compare)
+    (ev.PixelFlipping, quantus.PixelFlipping, {"features_in_step": 16}, "a", "curves"),
+    (
+        ev.PixelFlipping,
+        quantus.PixelFlipping,
+        {"features_in_step": 36, "perturb_baseline": "white"},
+        "a",
+        "curves",
+    ),
+    (
+        ev.PixelFlipping,
+        quantus.PixelFlipping,
+        {"features_in_step": 16, "perturb_baseline": 0.25, "softmax": False},
+        "a",
+        "curves",
+    ),
+    (
+        ev.RegionPerturbation,
+        quantus.RegionPerturbation,
+        {"patch_size": 5, "regions_evaluation": 6},
+        "a",
+        "curves",
+    ),
+    (
+        ev.RegionPerturbation,
+        quantus.RegionPerturbation,
+        {"patch_size": 4, "order": "lerf"},
+        "a1",
+        "curves",
+    ),
+    (ev.Selectivity, quantus.Selectivity, {"patch_size": 5}, "a", "curves"),
+    (ev.Selectivity, quantus.Selectivity, {"patch_size": 3}, "a1", "curves"),
+    (
+        ev.FaithfulnessEstimate,
+        quantus.FaithfulnessEstimate,
+        {"features_in_step": 16},
+        "a",
+        "scores",
+    ),
+    (ev.NonSensitivity, quantus.NonSensitivity, {"eps": 1e-3}, "sparse", "scores"),
+    (
+        ev.Completeness,
+        quantus.Completeness,
+        {"normalise": True, "rtol": 0, "atol": 0},
+        "a",
+        "scores",
+    ),
+]
+
+
+@pytest.mark.parametrize(("ours", "theirs", "options", "key", "field"), PERTURBATION_CASES)
+def test_perturbation_metrics_equal_quantus(case, ours, theirs, options, key, field) -> None:
+    model, x, y = case["model"], case["x"], case["y"]
+    # non-sensitivity needs attributions that are exactly 0 on some features
+    a = case["a"].abs() * (case["a"].abs() > 1) if key == "sparse" else case[key]
+    result = ours(**options)(model, x, y, a)
+    quantus_options = {k: v for k, v in options.items() if k not in ("softmax", "rtol", "atol")}
+    softmax = options.get("softmax")
+    theirs_values = quantus_scores(
+        theirs(**quantus_options, **QUANTUS), model, x, y, a,
+        **({} if softmax is None else {"softmax": softmax}),
+    )  # fmt: skip
+    assert_same(getattr(result, field), theirs_values)
+
+
+def test_pixel_flipping_area_equals_quantus_auc_per_sample(case) -> None:
+    model, x, y, a = case["model"], case["x"], case["y"], case["a"]
+    result = ev.PixelFlipping(features_in_step=16)(model, x, y, a)
+    theirs = quantus.PixelFlipping(features_in_step=16, return_auc_per_sample=True, **QUANTUS)
+    assert_same(result.scores, quantus_scores(theirs, model, x, y, a))
+
+
+def test_irof_equals_quantus_per_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Quantus's IROF only runs on one-channel images (its mask has one channel and its
+    # perturbation asserts equal shapes), and pads the curves of a batch to the longest
+    # one, so each sample runs alone there. Its curve is read where it integrates it.
+    from quantus.metrics.faithfulness import irof as quantus_irof
+
+    curves: list[np.ndarray] = []
+    integrate = quantus_irof.utils.calculate_auc
+
+    def spy(values, **kwargs):
+        curves.append(np.asarray(values, dtype=np.float64)[0])
+        return integrate(values, **kwargs)
+
+    monkeypatch.setattr(quantus_irof.utils, "calculate_auc", spy)
+    model = small_cnn(channels=1)
+    torch.manual_seed(2)
+    x, y, a = torch.rand(3, 1, 12, 12), torch.tensor([0, 4, 2]), torch.randn(3, 1, 12, 12)
+    result = ev.IROF(perturb_baseline="black")(model, x, y, a)
+    theirs = np.concatenate(
+        [
+            quantus_scores(
+                quantus.IROF(perturb_baseline="black", **QUANTUS),
+                model,
+                x[i : i + 1],
+                y[i : i + 1],
+                a[i : i + 1],
+            )  # fmt: skip
+            for i in range(3)
+        ]
+    )
+    for i in range(3):
+        count = int((~torch.isnan(result.curves[i])).sum())
+        assert count == len(curves[i])  # the same superpixels
+        np.testing.assert_allclose(result.curves[i, :count].numpy(), curves[i], rtol=0, atol=1e-6)
+    # The areas add ~144 points, each differing by float32 rounding of the model's outputs
+    # (rows batched differently): equal to 1e-5 relative.
+    np.testing.assert_allclose(result.scores.numpy(), theirs, rtol=1e-5)
+
+
+LOCALISATION_CASES = [
+    (ev.PointingGame, quantus.PointingGame, {}),
+    (ev.AttributionLocalisation, quantus.AttributionLocalisation, {}),
+    (
+        ev.AttributionLocalisation,
+        quantus.AttributionLocalisation,
+        {"positive_attributions": True, "abs": False},
+    ),
+    (ev.TopKIntersection, quantus.TopKIntersection, {"k": 20}),
+    (ev.TopKIntersection, quantus.TopKIntersection, {"k": 20, "concept_influence": True}),
+    (ev.RelevanceRankAccuracy, quantus.RelevanceRankAccuracy, {}),
+    (ev.RelevanceMassAccuracy, quantus.RelevanceMassAccuracy, {}),
+    (ev.AUC, quantus.AUC, {}),
+]
+
+
+@pytest.mark.parametrize(("ours", "theirs", "options"), LOCALISATION_CASES)
+def test_localisation_metrics_equal_quantus(case, ours, theirs, options) -> None:
+    x, y, a, mask = case["x"], case["y"], case["a1"], case["mask"]
+    result = ours(**options)(None, x, y, a, mask=mask)
+    expected = quantus_scores(
+        theirs(**options, **QUANTUS), case["model"], x, y, a, s_batch=mask.numpy()
+    )
+    assert np.isnan(result.scores[3])
+    if ours is ev.PointingGame:
+        # Quantus writes NaN for the empty mask into a boolean array: it reads back as a hit
+        assert expected[3] == 1.0
+        expected[3] = np.nan
+    assert_same(result.scores, expected)
+
+
+def test_focus_equals_quantus(case) -> None:
+    labels = torch.tensor([[1, 0, 0, 1], [0, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 1]])
+    x, y, a = case["x"], case["y"], case["a1"]
+    result = ev.Focus()(None, x, y, a, mosaic_labels=labels)
+    theirs = quantus_scores(
+        quantus.Focus(**QUANTUS), case["model"], x, y, a, custom_batch=labels.numpy()
+    )
+    assert_same(result.scores, theirs)
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "options"),
+    [
+        (ev.Sparseness, quantus.Sparseness, {}),
+        (ev.Complexity, quantus.Complexity, {}),
+        (ev.EffectiveComplexity, quantus.EffectiveComplexity, {"eps": 0.3}),
+        (ev.Sparseness, quantus.Sparseness, {"normalise": False}),
+    ],
+)
+def test_complexity_metrics_equal_quantus(case, ours, theirs, options) -> None:
+    x, y, a = case["x"], case["y"], case["a"]
+    result = ours(**options)(None, x, y, a)
+    assert_same(result.scores, quantus_scores(theirs(**options, **QUANTUS), case["model"], x, y, a))
+
+
+def test_faithfulness_correlation_equals_quantus_given_its_subsets(case) -> None:
+    model, x, y, a = case["model"], case["x"], case["y"], case["a"]
+    n, features, runs, size = 4, a[0].numel(), 20, 30
+    # Quantus per run: one np.random.choice per sample, then the perturbation draws N
+    # uniform values for its (unused) "uniform" baseline.
+    np.random.seed(7)  # noqa: NPY002 (Quantus draws from the global generator)
+    indices = np.zeros((n, runs, size), dtype=np.int64)
+    for run in range(runs):
+        for i in range(n):
+            indices[i, run] = np.random.choice(features, size, replace=False)  # noqa: NPY002 (Quantus draws from the global generator)
+        np.random.uniform(size=n)  # noqa: NPY002 (Quantus draws from the global generator)
+    np.random.seed(7)  # noqa: NPY002 (Quantus draws from the global generator)
+    theirs = quantus_scores(
+        quantus.FaithfulnessCorrelation(nr_runs=runs, subset_size=size, **QUANTUS), model, x, y, a
+    )
+    ours = ev.FaithfulnessCorrelation(nr_runs=runs, subset_size=size)
+    assert_same(ours(model, x, y, a, indices=torch.as_tensor(indices)).scores, theirs)
+
+
+def test_monotonicity_correlation_equals_quantus_given_its_baselines(case) -> None:
+    model, x, y, a = case["model"], case["x"], case["y"], case["a"]
+    steps, repeats = a[0].numel() // 48, 5
+    np.random.seed(3)  # Quantus: one uniform value per sample for each group and repeat  # noqa: NPY002 (Quantus draws from the global generator)
+    values = np.zeros((4, steps, repeats))
+    for step in range(steps):
+        for k in range(repeats):
+            values[:, step, k] = np.random.uniform(size=4)  # noqa: NPY002 (Quantus draws from the global generator)
+    np.random.seed(3)  # noqa: NPY002 (Quantus draws from the global generator)
+    theirs = quantus_scores(
+        quantus.MonotonicityCorrelation(nr_samples=repeats, features_in_step=48, **QUANTUS),
+        model, x, y, a,
+    )  # fmt: skip
+    ours = ev.MonotonicityCorrelation(nr_samples=repeats, features_in_step=48)
+    result = ours(model, x, y, a, baseline_values=torch.as_tensor(values))
+    assert_same(result.scores, theirs)
+
+
+def test_quantus_monotonicity_never_changes_its_input(case) -> None:
+    """Quantus 0.6.0 replaces the baseline's features by the baseline again: its curve is flat
+    and every attribution is 'monotonic'. Ours adds the input's values (the paper)."""
+    model, x, y, a = case["model"], case["x"], case["y"], case["a"]
+    theirs = quantus_scores(quantus.Monotonicity(features_in_step=48, **QUANTUS), model, x, y, a)
+    assert theirs.all()
+    ours = ev.Monotonicity(features_in_step=48)(model, x, y, a)
+    assert (ours.curves.diff(dim=1) != 0).any(dim=1).all()  # our input does change
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("ours", "theirs", "options", "field"),
+    [
+        (ev.PixelFlipping, quantus.PixelFlipping, {"features_in_step": 128}, "curves"),
+        (ev.RegionPerturbation, quantus.RegionPerturbation, {"patch_size": 8}, "curves"),
+        (ev.Selectivity, quantus.Selectivity, {"patch_size": 8}, "curves"),
+        (
+            ev.FaithfulnessEstimate,
+            quantus.FaithfulnessEstimate,
+            {"features_in_step": 256},
+            "scores",
+        ),
+    ],
+)
+def test_resnet18_equals_quantus(ours, theirs, options, field) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x, y, a = torch.rand(2, 3, 32, 32), torch.tensor([3, 7]), torch.randn(2, 3, 32, 32)
+    result = ours(**options)(model, x, y, a)
+    expected = quantus_scores(theirs(**options, **QUANTUS), model, x, y, a)
+    assert_same(getattr(result, field), expected)
+
+
+ROBUSTNESS_CASES = [
+    # (ours, quantus, options, Quantus's noise for one step of (4, features))
+    (ev.MaxSensitivity, quantus.MaxSensitivity, {}, ("uniform", -0.2, 0.2)),
+    (ev.AvgSensitivity, quantus.AvgSensitivity, {}, ("uniform", -0.2, 0.2)),
+    (
+        ev.MaxSensitivity,
+        quantus.MaxSensitivity,
+        {"normalise": True, "abs": True},
+        ("uniform", -0.2, 0.2),
+    ),
+    (ev.LocalLipschitzEstimate, quantus.LocalLipschitzEstimate, {}, ("normal", 0.0, 0.1)),
+    (ev.RelativeInputStability, quantus.RelativeInputStability, {}, ("uniform", 0.02, 0.2)),
+    (ev.RelativeOutputStability, quantus.RelativeOutputStability, {}, ("uniform", 0.02, 0.2)),
+    (
+        ev.RelativeRepresentationStability,
+        quantus.RelativeRepresentationStability,
+        {},
+        ("uniform", 0.02, 0.2),
+    ),
+    (
+        ev.RelativeRepresentationStability,
+        quantus.RelativeRepresentationStability,
+        {"layer_names": ["1", "3"]},
+        ("uniform", 0.02, 0.2),
+    ),
+]
+
+
+@pytest.mark.parametrize(("ours", "theirs", "options", "draw"), ROBUSTNESS_CASES)
+def test_robustness_metrics_equal_quantus_given_its_noise(
+    case, ours, theirs, options, draw
+) -> None:
+    import innspect
+
+    model, x, y = case["model"], case["x"], case["y"]
+    gradient = innspect.create_analyzer("gradient", model, neuron_selection_mode="index")
+
+    def explain(model, inputs, targets, **kwargs):
+        return gradient.analyze(
+            torch.as_tensor(inputs), neuron_selection=torch.as_tensor(targets)
+        ).numpy()
+
+    a = gradient.analyze(x, neuron_selection=y)
+    steps, (kind, first, second) = 5, draw
+    np.random.seed(3)  # noqa: NPY002 (Quantus draws from the global generator)
+    noise = np.stack(
+        [getattr(np.random, kind)(first, second, size=(4, x[0].numel())) for _ in range(steps)]  # noqa: NPY002
+    )
+    np.random.seed(3)  # noqa: NPY002
+    expected = quantus_scores(
+        theirs(nr_samples=steps, **options, **QUANTUS), model, x, y, a, explain_func=explain
+    )
+    noise = torch.as_tensor(noise.reshape(steps, *x.shape), dtype=torch.float32)
+    result = ours("gradient", nr_samples=steps, **options)(model, x, y, a, noise=noise)
+    # relative: output stability divides by tiny output changes (values ~1e4)
+    np.testing.assert_allclose(result.scores.numpy(), expected, rtol=1e-5, atol=1e-6)
+    # re-explaining x itself (no attributions given) and in small batches changes nothing
+    again = ours("gradient", nr_samples=steps, batch_size=3, **options)(model, x, y, noise=noise)
+    np.testing.assert_allclose(again.scores.numpy(), result.scores.numpy(), rtol=1e-5)
+
+
+def _quantus_gradient(model, inputs, targets, method="gradient", **kwargs):
+    import innspect
+
+    analyzer = innspect.create_analyzer(method, model, neuron_selection_mode="index")
+    inputs = torch.as_tensor(inputs, dtype=torch.float32)  # SmoothMPRT adds float64 noise
+    return analyzer.analyze(inputs, neuron_selection=torch.as_tensor(targets)).numpy()
+
+
+@pytest.mark.parametrize("order", ["top_down", "bottom_up", "independent"])
+def test_mprt_equals_quantus(case, order) -> None:
+    model, x, y = case["model"], case["x"], case["y"]
+    a = _quantus_gradient(model, x.numpy(), y.numpy())
+    theirs = quantus.MPRT(layer_order=order, **QUANTUS)(
+        model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a, device="cpu",
+        explain_func=_quantus_gradient,
+    )  # fmt: skip
+    result = ev.MPRT("gradient", layer_order=order)(model, x, y, torch.as_tensor(a))
+    layers = [name for name in theirs if name != "original"]
+    assert result.labels == layers
+    assert_same(result.curves, np.array([theirs[name] for name in layers]).T, atol=1e-9)
+
+
+def test_mprt_with_batch_norm_and_lrp_equals_quantus() -> None:
+    """Our MPRT keeps one analyzer for the randomised copy (its folded batch norms are
+    remade as the weights change); Quantus explains each layer's model afresh."""
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 5),
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        model[1].running_mean.normal_(0, 0.2)
+        model[1].running_var.uniform_(0.5, 1.5)
+    x, y = torch.rand(3, 3, 8, 8), torch.tensor([0, 2, 4])
+    a = _quantus_gradient(model, x.numpy(), y.numpy(), method="lrp.epsilon")
+    theirs = quantus.MPRT(**QUANTUS)(
+        model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a, device="cpu",
+        explain_func=_quantus_gradient, explain_func_kwargs={"method": "lrp.epsilon"},
+    )  # fmt: skip
+    result = ev.MPRT("lrp.epsilon")(model, x, y, torch.as_tensor(a))
+    layers = [name for name in theirs if name != "original"]
+    assert result.labels == layers == ["4", "1", "0"]
+    assert_same(result.curves, np.array([theirs[name] for name in layers]).T, atol=1e-9)
+
+
+def test_random_logit_equals_quantus_given_its_classes(case) -> None:
+    model, x, y = case["model"], case["x"], case["y"]
+    a = _quantus_gradient(model, x.numpy(), y.numpy())
+    theirs = quantus.RandomLogit(num_classes=5, **QUANTUS)(
+        model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a, device="cpu",
+        explain_func=_quantus_gradient,
+    )  # fmt: skip
+    # Quantus: np.random.seed(seed), then an index among the classes other than y, in order
+    np.random.seed(42)  # noqa: NPY002 (Quantus draws from the global generator)
+    index = np.random.randint(0, 4, 4)  # noqa: NPY002
+    off = torch.as_tensor(np.where(index < y.numpy(), index, index + 1))
+    result = ev.RandomLogit("gradient", num_classes=5)(
+        model, x, y, torch.as_tensor(a), off_classes=off
+    )
+    assert_same(result.scores, np.asarray(theirs))
+
+
+def test_smooth_mprt_equals_quantus_given_its_noise(case, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Quantus's SmoothMPRT explains with quantus.explain, not explain_func: it gets ours too
+    monkeypatch.setattr(quantus, "explain", _quantus_gradient)
+    model, x, y = case["model"], case["x"], case["y"]
+    a = _quantus_gradient(model, x.numpy(), y.numpy())
+    copies = 4
+    np.random.seed(5)  # noqa: NPY002 (Quantus draws from the global generator)
+    # the unchanged model first (Quantus's "original" entry), then each layer
+    draws = np.stack(
+        [np.stack([np.random.randn(*x.shape) for _ in range(copies - 1)]) for _ in range(3)]  # noqa: NPY002
+    )
+    np.random.seed(5)  # noqa: NPY002
+    theirs = quantus.SmoothMPRT(nr_samples=copies, **QUANTUS)(
+        model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a, device="cpu",
+        explain_func=_quantus_gradient,
+    )  # fmt: skip
+    ours = ev.SmoothMPRT("gradient", nr_samples=copies)
+    result = ours(model, x, y, torch.as_tensor(a), noise=torch.as_tensor(draws[1:]))
+    layers = [name for name in theirs if name != "original"]
+    assert result.labels == layers
+    assert_same(result.curves, np.array([theirs[name] for name in layers]).T, atol=1e-9)
+
+
+def _batch_level_case() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(432, 3)).eval()
+    x = torch.rand(12, 3, 12, 12) * 4 - 2
+    assert len(set(model(x).argmax(dim=1).tolist())) > 1  # the predictions differ
+    return model, x, torch.zeros(12, dtype=torch.long)
+
+
+def test_sufficiency_equals_quantus() -> None:
+    model, x, y = _batch_level_case()
+    # three groups of similar explanations, each already normalised (max 1, positive): the
+    # per-sample and Quantus's batch-wide normalisations then agree
+    base = torch.rand(3, 3, 12, 12)
+    a = base[torch.arange(12) % 3] + 0.05 * torch.rand(12, 3, 12, 12)
+    a = a / a.reshape(12, -1).amax(dim=1).reshape(-1, 1, 1, 1)
+    theirs = quantus.Sufficiency(disable_warnings=True, return_aggregate=False)
+    expected = quantus_scores(theirs, model, x, y, a, batch_size=12)
+    result = ev.Sufficiency()(model, x, y, a)
+    assert 0 < result.scores.mean() < 1
+    assert_same(result.scores, expected)
+
+
+def test_consistency_equals_quantus_with_its_discretisation() -> None:
+    model, x, y = _batch_level_case()
+    a = torch.randn(12, 3, 12, 12)
+    a[:, 0, 0, :5] = torch.sign(torch.randn(12, 1)).repeat(1, 5)  # two sign patterns
+    theirs = quantus.Consistency(
+        abs=False, normalise=False, disable_warnings=True, return_aggregate=False
+    )
+    expected = quantus_scores(theirs, model, x, y, a, batch_size=12)
+    ours = ev.Consistency(discretise_func="first_n_sign", abs=False, normalise=False)
+    result = ours(model, x, y, a)
+    assert 0 < result.scores.mean() < 1
+    assert_same(result.scores, expected)
+
+
+def test_quantus_input_invariance_does_not_shift_every_feature(monkeypatch) -> None:
+    """Quantus 0.6.0 shifts the input through ``perturb_batch`` with flat indices, which
+    leaves some features unshifted, so even the gradient (invariant by Kindermans et al.)
+    fails its test; ours shifts every feature (test_evaluation_metrics)."""
+    from quantus.metrics.axiomatic import input_invariance
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(400, 5)).eval()
+    x, y = torch.rand(4, 3, 12, 12), torch.tensor([0, 1, 2, 3])
+    shifts = []
+    perturb = input_invariance.perturb_batch
+
+    def spy(**kwargs):
+        out = perturb(**kwargs)
+        shifts.append(out - kwargs["arr"])
+        return out
+
+    monkeypatch.setattr(input_invariance, "perturb_batch", spy)
+    a = _quantus_gradient(model, x.numpy(), y.numpy())
+    theirs = quantus.InputInvariance(disable_warnings=True)(
+        model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a, device="cpu",
+        explain_func=_quantus_gradient,
+    )  # fmt: skip
+    assert (shifts[0] == 0).any() and (shifts[0] == -1).mean() > 0.9
+    assert not all(theirs)
+    assert (
+        ev.InputInvariance("gradient")(model, x, y, torch.as_tensor(a)).scores.tolist() == [1.0] * 4
+    )
+
+
+def test_road_equals_quantus_on_one_channel_without_noise() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(144, 3)).eval()
+    x = torch.rand(6, 1, 12, 12) * 2 - 1
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    a = (x * model[1].weight[y].reshape(6, 1, 12, 12)).detach()  # input x gradient
+    percentages = [5, 20, 50, 80]
+    theirs = quantus.ROAD(percentages=percentages, noise=0.0, **QUANTUS)
+    expected = theirs(
+        model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a.numpy(), device="cpu"
+    )
+    result = ev.ROAD(percentages=percentages, noise=0.0)(model, x, y, a)
+    accuracy = result.curves.mean(dim=0).tolist()
+    assert accuracy == [expected[p] for p in percentages]
+    assert accuracy[0] > accuracy[-1]  # removing the relevant pixels breaks the prediction
+
+
+def test_road_imputation_equals_quantus_and_its_multichannel_failure() -> None:
+    from quantus.functions.perturb_func import noisy_linear_imputation
+
+    from innspect.evaluation.road import linear_imputation
+
+    rng = np.random.default_rng(0)
+    image = rng.random((3, 9, 9))
+    index = rng.choice(81, 30, replace=False)
+    removed = np.zeros(81, dtype=bool)
+    removed[index] = True
+    ours = image.reshape(3, -1).copy()
+    ours[:, removed] = linear_imputation(image, removed)
+    theirs = noisy_linear_imputation(image, index, noise=0.0)
+    np.testing.assert_allclose(ours.reshape(3, 9, 9), theirs, rtol=0, atol=1e-12)
+    # Quantus indexes pixels with indices over channels x pixels: 3-channel inputs fail
+    model = nn.Sequential(nn.Flatten(), nn.Linear(432, 3)).eval()
+    x = torch.rand(2, 3, 12, 12)
+    with pytest.raises(IndexError):
+        quantus.ROAD(percentages=[50], noise=0.0, disable_warnings=True)(
+            model=model, x_batch=x.numpy(), y_batch=np.array([0, 1]),
+            a_batch=np.random.default_rng(1).random((2, 3, 12, 12)), device="cpu",
+        )  # fmt: skip
+    assert ev.ROAD(percentages=[50])(
+        model, x, torch.tensor([0, 1]), torch.rand(2, 3, 12, 12)
+    ).curves.shape == (2, 1)
+
+
+@pytest.mark.parametrize("sizes", [[4], [3, 6]])
+def test_infidelity_equals_quantus(case, sizes) -> None:
+    model, x, y, a = case["model"], case["x"], case["y"], case["a"]
+    theirs = quantus.Infidelity(perturb_patch_sizes=sizes, n_perturb_samples=2, **QUANTUS)
+    expected = quantus_scores(theirs, model, x, y, a)
+    result = ev.Infidelity(perturb_patch_sizes=sizes)(model, x, y, a)
+    # squared errors of ~10 in float32 (Quantus) against float64 sums: 1e-6 relative
+    np.testing.assert_allclose(result.scores.numpy(), expected, rtol=1e-6)
+
+
+def test_quantus_infidelity_fails_when_patches_do_not_tile(case) -> None:
+    model, x, y, a = case["model"], case["x"], case["y"], case["a"]
+    with pytest.raises(IndexError):
+        quantus_scores(quantus.Infidelity(perturb_patch_sizes=[5], **QUANTUS), model, x, y, a)
+    assert ev.Infidelity(perturb_patch_sizes=[5])(model, x, y, a).scores.isfinite().all()
+
+
+@pytest.mark.parametrize("options", [{"nr_steps": 4}, {"nr_steps": 7, "normalise": False}])
+def test_continuity_equals_quantus(case, options) -> None:
+    model, x, y = case["model"], case["x"], case["y"]
+    a = _quantus_gradient(model, x.numpy(), y.numpy())
+    theirs = quantus.Continuity(**options, **QUANTUS)
+    expected = quantus_scores(
+        theirs, model, x, y, torch.as_tensor(a), explain_func=_quantus_gradient
+    )
+    result = ev.Continuity("gradient", **options)(model, x, y)
+    np.testing.assert_allclose(result.scores.numpy(), expected, rtol=1e-6)
+
+
+def test_quantus_continuity_fails_past_the_width(case) -> None:
+    # nr_steps=5 on 12 columns: steps of 5 from -7 reach +13, past the image; Quantus's
+    # np.take raises, ours translates the image out of view (all baseline)
+    model, x, y = case["model"], case["x"], case["y"]
+    a = _quantus_gradient(model, x.numpy(), y.numpy())
+    with pytest.raises(IndexError):
+        quantus_scores(
+            quantus.Continuity(nr_steps=5, **QUANTUS), model, x, y, torch.as_tensor(a),
+            explain_func=_quantus_gradient,
+        )  # fmt: skip
+    assert ev.Continuity("gradient", nr_steps=5)(model, x, y).curves.shape == (4, 5)
+
+
+def test_efficient_mprt_equals_quantus(case) -> None:
+    model, x, y = case["model"], case["x"], case["y"]
+    a = _quantus_gradient(model, x.numpy(), y.numpy())
+    theirs = quantus.EfficientMPRT(disable_warnings=True, return_aggregate=False)(
+        model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a, device="cpu",
+        explain_func=_quantus_gradient,
+    )  # fmt: skip
+    result = ev.EfficientMPRT("gradient")(model, x, y, torch.as_tensor(a))
+    np.testing.assert_allclose(result.scores.numpy(), np.asarray(theirs), rtol=1e-9, atol=1e-12)
