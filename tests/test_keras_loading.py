@@ -350,7 +350,12 @@ def test_cli_analyzes_a_keras_file(saved, tmp_path: Path) -> None:
     status = main([*argv, str(tmp_path / "sample.npy"), "--method", "gradient", "--out", str(out)])
     assert status == 0
     (result,) = out.glob("*gradient.npy")
-    assert np.load(result).shape[-3:] == x.shape[1:]
+    assert np.load(result).shape[-3:] == x.shape[1:]  # in Keras's layout, as given
+    # The heatmap is drawn with the channels first again: an H x W picture of the sample.
+    from PIL import Image
+
+    with Image.open(out / result.name.replace(".npy", ".png")) as heatmap:
+        assert heatmap.size == (x.shape[2], x.shape[1])
 
 
 # -- bad files ---------------------------------------------------------------------------------

@@ -28,7 +28,13 @@ from innspect.analyzers.registry import create_analyzer
 from innspect.cli.common import CLIError, parse_options, resolve_methods
 from innspect.cli.dataset import add_dataset_arguments, run_dataset
 from innspect.errors import OutputActivationError
-from innspect.loading.inputs import check_channels, default_preprocess, input_files, load_input
+from innspect.loading.inputs import (
+    as_channels_last,
+    check_channels,
+    default_preprocess,
+    input_files,
+    load_input,
+)
 from innspect.loading.models import load_model, read_labels
 from innspect.util.files import atomic_path, write_text
 from innspect.util.progress import progress
@@ -174,6 +180,11 @@ def _run(args: argparse.Namespace) -> int:
     model = loaded.module
     for sample in samples:
         check_channels(model, sample)
+    # A Keras model takes channels last: images are converted, .npy files read as written,
+    # and attributions drawn with their channels first again.
+    channels_last = bool(getattr(model, "channels_last_input", False))
+    if channels_last:
+        samples = [as_channels_last(sample) for sample in samples]
     labels = read_labels(args.labels) if args.labels else loaded.class_names
     options = parse_options(args.option)
     if args.patterns is not None:
@@ -257,15 +268,16 @@ def _run(args: argparse.Namespace) -> int:
             raise CLIError(f"{error} (from the command line: add --strip-softmax)") from error
         seconds = time.perf_counter() - started
         attribution = explanation.attribution.detach().cpu().numpy()[0]
+        drawn = np.moveaxis(attribution, -1, 0) if channels_last and attribution.ndim == 3 else None
         neuron = None if explanation.selected is None else int(explanation.selected[0])
         score = float(explanation.scores[0])
         overlay = _write_method_files(
-            out, result.name, method, attribution, sample, neuron, score, labels
+            out, result.name, method, attribution, sample, neuron, score, labels, drawn
         )
         if overlay is not None:
             cells[(index, method)] = thumbnail(overlay_rgb(sample.picture, overlay))
         else:
-            cells[(index, method)] = heatmap_rgb(attribution) / 255.0
+            cells[(index, method)] = heatmap_rgb(attribution if drawn is None else drawn) / 255.0
         result.methods[method] = {
             "neuron": neuron,
             "class_name": labels[neuron] if labels and neuron is not None else None,
@@ -320,8 +332,11 @@ def _write_method_files(
     neuron: int | None,
     score: float,
     labels: list[str] | None,
+    drawn: np.ndarray | None = None,
 ) -> np.ndarray | None:
-    """Write the .npy, heatmap and overlay files; return the overlay's map (original pixels)."""
+    """Write the .npy (as the model gave it), heatmap and overlay files (of ``drawn``, the
+    attribution with its channels first, when the model's layout is channels last); return
+    the overlay's map (original pixels)."""
     from innspect.viz.overlay import spatial_map, write_overlay
 
     stem = f"{name}_{method}"
@@ -330,8 +345,9 @@ def _write_method_files(
         with atomic_path(out / f"{stem}.npy") as tmp:
             with open(tmp, "wb") as handle:
                 np.save(handle, attribution)
-        write_heatmap_png(out / f"{stem}.png", attribution)
-        plane = spatial_map(attribution)
+        picture = attribution if drawn is None else drawn
+        write_heatmap_png(out / f"{stem}.png", picture)
+        plane = spatial_map(picture)
         if plane is not None and sample.geometry is not None and sample.picture is not None:
             crop = sample.geometry.crop
             if plane.shape == (crop[3], crop[2]):

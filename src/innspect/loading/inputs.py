@@ -5,6 +5,7 @@ failure is a ``LoadingError`` whose one-line message says what was wrong.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from dataclasses import dataclass
@@ -150,6 +151,19 @@ def load_input(path: str | os.PathLike, preprocess: str) -> LoadedInput:
         f"unsupported input {file}: use PNG/JPEG images or .npy arrays "
         f"({', '.join(INPUT_SUFFIXES)})"
     )
+
+
+def as_channels_last(sample: LoadedInput) -> LoadedInput:
+    """``sample`` for a model that takes channels last (a Keras model's layout): an image's
+    (C, H, W) tensor becomes (H, W, C); an .npy array is taken as the user wrote it, in that
+    layout, and its picture is read with the channels last."""
+    if sample.tensor.ndim != 3:
+        return sample
+    if sample.path.suffix.lower() in IMAGE_SUFFIXES:
+        return dataclasses.replace(sample, tensor=sample.tensor.permute(1, 2, 0).contiguous())
+    array = np.moveaxis(sample.tensor.numpy(), -1, 0)
+    picture, geometry = _array_picture(array)
+    return dataclasses.replace(sample, picture=picture, geometry=geometry)
 
 
 def _array_picture(array: np.ndarray) -> tuple[np.ndarray | None, Geometry | None]:

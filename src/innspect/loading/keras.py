@@ -173,6 +173,8 @@ def _build_root(
             step = next(s for s in builder.steps if s.output == t.slot)
             root.keras_softmax = step.fn.keywords.get("attr")
     root.input_layout = input_layout
+    # What a caller that holds images as (C, H, W) must convert (the command line).
+    root.channels_last_input = input_layout == "keras" and channels_last
     return root, builder
 
 
