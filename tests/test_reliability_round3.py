@@ -355,3 +355,70 @@ def test_analyses_beside_an_optimizer_thread_explain_the_model_as_it_was_at_a_mo
         ]
         distance = min(float((result - explanation(name, *m)).abs().max()) for m in moments)
         assert distance < 1e-10, (name, distance)
+
+
+def test_user_faults_on_the_command_line_exit_2_in_one_line(tmp_path, capsys) -> None:
+    import h5py
+    import numpy as np
+
+    from innspect.cli import main
+    from innspect.conformance.generate import generate_layer_references
+
+    (reference,), _ = generate_layer_references(tmp_path / "made", ["gradient"])
+    for case in ("config", "shape"):
+        folder = tmp_path / case
+        folder.mkdir()
+        copied = folder / reference.name
+        copied.write_bytes(reference.read_bytes())
+        with h5py.File(copied, "r+") as f:
+            if case == "config":
+                f.attrs["analyzer_config"] = "{not json"
+            else:
+                narrowed = np.asarray(f["input"])[..., :2]
+                del f["input"]
+                f["input"] = narrowed
+        assert main(["references", "check", str(folder)]) == 2
+        error = capsys.readouterr().err
+        assert "internal error" not in error and copied.name in error
+    binary = tmp_path / "config.json"
+    binary.write_bytes(bytes(range(256)))
+    assert main(["introspect", "--config", str(binary)]) == 2
+    assert "not a text file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["guided_backprop", "deconvnet"])
+def test_rectifier_methods_start_from_y_by_default_and_from_one_as_captum(name: str) -> None:
+    from captum.attr import Deconvolution, GuidedBackprop
+
+    model, x = _mlp(), _x()
+    with torch.no_grad():
+        logits = model(x)
+    classes = [0, 1, 2]
+    selected = logits[torch.arange(3), classes]
+    assert (selected < 0).any() and (selected > 0).any()  # both signs: the difference shows
+    ones = innspect.create_analyzer(name, model, start="ones", neuron_selection_mode="index")
+    from_y = innspect.create_analyzer(name, model, neuron_selection_mode="index")
+    captum = (GuidedBackprop if name == "guided_backprop" else Deconvolution)(model)
+    expected = captum.attribute(x, target=classes)
+    torch.testing.assert_close(ones.analyze(x, classes), expected, rtol=1e-12, atol=1e-12)
+    # iNNvestigate's start: Captum's map times y where y > 0; where y < 0 the walk starts
+    # from a negative signal, which the rectifiers cut: |y| times the map started from -1.
+    started_from_y = from_y.analyze(x, classes)
+    minus_one = torch.zeros_like(logits)
+    minus_one[torch.arange(3), classes] = -1.0
+    from_minus_one = innspect.create_analyzer(name, model, start="ones").analyze(
+        x, target=minus_one
+    )
+    positive = selected > 0
+    torch.testing.assert_close(
+        started_from_y[positive], (expected * selected[:, None])[positive], rtol=1e-12, atol=1e-12
+    )
+    torch.testing.assert_close(
+        started_from_y[~positive],
+        (from_minus_one * selected.abs()[:, None])[~positive],
+        rtol=1e-12,
+        atol=1e-12,
+    )
+    assert not torch.allclose(started_from_y[~positive], (expected * selected[:, None])[~positive])
+    with pytest.raises(OptionError, match="start must be"):
+        innspect.create_analyzer(name, model, start="one")

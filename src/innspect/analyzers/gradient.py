@@ -13,6 +13,7 @@ from innspect.analyzers.plan import Composite, Site, always, family, kind
 from innspect.analyzers.reverse import ReverseAnalyzer
 from innspect.engine.inputs import ModelInputs
 from innspect.engine.reverse import Mapping, Unsupported
+from innspect.errors import OptionError
 from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.graph.ops import Kind, rectifier_bound
 from innspect.graph.outputs import select_output
@@ -23,6 +24,7 @@ from innspect.rules.basic import (
     GuidedReLU,
     RectifiedGradient,
 )
+from innspect.util.checks import check_flag
 
 _POSTPROCESS = (None, "abs", "square")
 
@@ -134,6 +136,10 @@ class _RectifierVariant(ComposedAnalyzer):
         forward mask ``0 < x < t``; any other element-wise activation ``f`` gets the
         rectified signal times its local derivative, ``relu(R) * f'(x)`` (innspect's
         generalisation, the same for both methods).
+    start
+        "output" (default, iNNvestigate's): the walk starts from the selected output's value
+        ``y``, so the map is Captum's times ``y``: zero where ``y = 0`` and sign-flipped where
+        ``y < 0``. "ones" (Captum's): it starts from 1, as the gradient does.
     """
 
     guided = False
@@ -142,11 +148,17 @@ class _RectifierVariant(ComposedAnalyzer):
     # tensor per layer fewer.
     fuse_batchnorm = True
 
-    def __init__(self, model: nn.Module, *, strict: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, model: nn.Module, *, strict: bool = False, start: str = "output", **kwargs: Any
+    ) -> None:
         super().__init__(model, **kwargs)
-        if not isinstance(strict, bool):
-            raise TypeError(f"strict must be True or False, got {strict!r}")
-        self.strict = strict
+        self.strict = check_flag("strict", strict)
+        if start not in ("output", "ones"):
+            raise OptionError(
+                f"start must be 'output' (iNNvestigate) or 'ones' (Captum), got {start!r}"
+            )
+        self.start = start
+        self.relevance_start = start == "output"
         self.composite = rectifier_composite(self.name, self.guided, strict)
 
 

@@ -36,6 +36,7 @@ from innspect.conformance.files import (
     ReferenceDataError,
     read_reference_file,
 )
+from innspect.errors import first_line
 from innspect.util.progress import progress
 
 Implementation = Callable[[nn.Module, np.ndarray, str, dict[str, Any]], Any]
@@ -124,8 +125,15 @@ def check_case(
     atol = case.atol if atol is None else atol
     dtype = next((p.dtype for p in case.model.parameters()), torch.float64)
     x = case.input.astype(np.float64 if dtype == torch.float64 else np.float32)
-    with torch.no_grad():
-        output = case.model(torch.as_tensor(x)).detach().cpu().numpy()
+    try:
+        with torch.no_grad():
+            output = case.model(torch.as_tensor(x)).detach().cpu().numpy()
+    except (RuntimeError, ValueError, IndexError) as error:
+        # The file's model rebuilt fine: its input is what does not fit it.
+        raise ReferenceDataError(
+            f"{case.file}: model {case.model_label!r} cannot take the file's input of shape "
+            f"{x.shape} ({first_line(error)}); the file is damaged or was edited"
+        ) from error
     result = implementation(case.model, x, case.method, dict(case.options))
     attribution, relevances = result if isinstance(result, tuple) else (result, {})
     actual = {"output": output, "attribution": np.asarray(attribution)}

@@ -28,7 +28,7 @@ from torch import nn
 
 from innspect.conformance.layers import build_layer_model
 from innspect.conformance.names import innvestigate_method, innvestigate_tolerances
-from innspect.errors import InnspectError, LoadingError
+from innspect.errors import InnspectError, LoadingError, first_line
 from innspect.loading.models import load_model
 
 GENERATOR = "innspect"
@@ -90,8 +90,17 @@ def _method_and_tolerances(
     """(analyzer name, options, rtol, atol, made by innspect)."""
     key = str(_attr(f, "analyzer_name", file))
     if f.attrs.get("generator") == GENERATOR:
-        config = json.loads(str(_attr(f, "analyzer_config", file)))
-        options = config.get("options", {})
+        try:
+            config = json.loads(str(_attr(f, "analyzer_config", file)))
+        except ValueError as error:
+            raise ReferenceDataError(
+                f"{file}: attribute 'analyzer_config' is not JSON ({first_line(error)})"
+            ) from error
+        options = config.get("options", {}) if isinstance(config, dict) else None
+        if not isinstance(options, dict):
+            raise ReferenceDataError(
+                f"{file}: attribute 'analyzer_config' must be an object with 'options'"
+            )
         if isinstance(options.get("input_layer_rule"), list):
             options["input_layer_rule"] = tuple(options["input_layer_rule"])
         return key, options, float(_attr(f, "rtol", file)), float(_attr(f, "atol", file)), True

@@ -146,7 +146,13 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"config file {path} not found")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(
+            f"{path} is not a text file (not UTF-8 at byte {error.start}): a config is JSON "
+            "or TOML"
+        ) from error
     try:
         if path.suffix.lower() == ".toml":
             try:
