@@ -422,3 +422,52 @@ def test_rectifier_methods_start_from_y_by_default_and_from_one_as_captum(name: 
     assert not torch.allclose(started_from_y[~positive], (expected * selected[:, None])[~positive])
     with pytest.raises(OptionError, match="start must be"):
         innspect.create_analyzer(name, model, start="one")
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Sequential(nn.Linear(6, 5), nn.ReLU())
+        self.b = nn.Linear(3, 5)
+        self.head = nn.Linear(5, 4)
+
+    def forward(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.a(u) + self.b(v)))
+
+
+def test_raw_errors_of_round_three_are_clear(tmp_path) -> None:
+    from innspect.patterns import PatternComputer
+
+    model, x = _mlp(), _x()
+    indexed = innspect.create_analyzer("gradient", model, neuron_selection_mode="index")
+    with pytest.raises(NeuronSelectionError, match="meta device"):
+        indexed.analyze(x, neuron_selection=torch.tensor([1, 1, 1], device="meta"))
+    analyzer = innspect.create_analyzer("lrp.epsilon", model)
+    with pytest.raises(InputError, match="a file name is needed"):
+        analyzer.save_npz("")
+    with pytest.raises(OSError, match=r"cannot write /proc/x\.npz"):
+        analyzer.save_npz("/proc/x.npz")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    (tmp_path / "truncated.npz").write_bytes(b"PK\x03\x04garbage")
+    for name in ("empty.npz", "truncated.npz"):
+        with pytest.raises(InputError, match="cannot read patterns file"):
+            PatternComputer.load_npz(tmp_path / name, model)
+    two = _TwoInputs().double()
+    with pytest.raises(OptionError, match="several inputs use deep_lift"):
+        innspect.create_analyzer(
+            "deep_lift_shap", two, reference_inputs={"u": torch.zeros(3, 6), "v": torch.zeros(3, 3)}
+        )
+
+
+def test_deep_lift_takes_a_reference_per_input_by_name_as_integrated_gradients_does() -> None:
+    two = _TwoInputs().double()
+    inputs = {"u": torch.randn(2, 6).double(), "v": torch.randn(2, 3).double()}
+    references = {"u": torch.full((1, 6), 0.5).double(), "v": torch.full((1, 3), -0.2).double()}
+    analyzer = innspect.create_analyzer("deep_lift", two, reference_inputs=references)
+    explanation = analyzer.explain(inputs)
+    with torch.no_grad():
+        shift = two(**inputs) - two(references["u"].expand(2, 6), references["v"].expand(2, 3))
+    total = sum(a.sum(dim=1) for a in explanation.attributions.values())
+    # Summation-to-delta (Shrikumar et al. 2017) with each input's own reference.
+    torch.testing.assert_close(total, shift[torch.arange(2), explanation.selected])

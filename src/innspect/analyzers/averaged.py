@@ -24,7 +24,7 @@ import torch
 from torch import fx, nn
 
 from innspect.analyzers.api import Analyzer, Explanation, analyzer_parameters, floating_value
-from innspect.analyzers.baselines import broadcast_baseline
+from innspect.analyzers.baselines import named_baseline
 from innspect.analyzers.registry import analyzer_class
 from innspect.analyzers.reverse import ReverseAnalyzer
 from innspect.engine.inputs import ModelInputs
@@ -375,10 +375,7 @@ class IntegratedGradients(Averaged):
         )
 
     def _reference(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        ref = self.reference_inputs
-        if isinstance(ref, dict):
-            ref = ref.get(name, 0.0)
-        return broadcast_baseline(ref, x, f"reference_inputs for {name!r}")
+        return named_baseline(self.reference_inputs, x, name, "reference_inputs")
 
     def _points(self, node: fx.Node, x: torch.Tensor, name: str, call: dict[str, Any]) -> Points:
         ref = self._reference(x, name)

@@ -10,6 +10,14 @@ import torch
 from innspect.errors import InputError
 
 
+def named_baseline(value: Any, x: torch.Tensor, name: str, what: str) -> torch.Tensor:
+    """The baseline of the attributed input or node ``name``: ``value`` itself, or, for a
+    dict from names to baselines (several inputs), its entry (0 where it has none)."""
+    if isinstance(value, dict):
+        return broadcast_baseline(value.get(name, 0.0), x, f"{what} for {name!r}")
+    return broadcast_baseline(value, x, what)
+
+
 def broadcast_baseline(value: Any, x: torch.Tensor, what: str) -> torch.Tensor:
     """``value`` (number, array or tensor) broadcast to ``x``'s shape, dtype and device.
 

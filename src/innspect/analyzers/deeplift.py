@@ -18,12 +18,12 @@ from torch import fx, nn
 
 from innspect.analyzers.api import Explanation, floating_value
 from innspect.analyzers.averaged import Averaged, Points
-from innspect.analyzers.baselines import broadcast_baseline
+from innspect.analyzers.baselines import broadcast_baseline, named_baseline
 from innspect.analyzers.reverse import ReverseAnalyzer, Selecting
 from innspect.engine.forward import run_forward_with_reference
 from innspect.engine.inputs import ModelInputs
 from innspect.engine.reverse import Mapping, Unsupported
-from innspect.errors import InputError, NotAnalyzableModelError
+from innspect.errors import InputError, NotAnalyzableModelError, OptionError
 from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.graph.lock import GRAPH_LOCK
 from innspect.graph.ops import Kind
@@ -135,9 +135,10 @@ class DeepLIFT(ReverseAnalyzer):
         return source.kind in (Kind.LINEAR, Kind.BATCHNORM) and self._has_linear_op(source, graph)
 
     # -- the analysis -------------------------------------------------------------------------
-    def reference(self, x: torch.Tensor) -> torch.Tensor:
-        """The reference for ``x`` (``reference_inputs`` broadcast to its shape)."""
-        return broadcast_baseline(self.reference_inputs, x, "reference_inputs")
+    def reference(self, x: torch.Tensor, name: str = "input") -> torch.Tensor:
+        """The reference for ``x``, the attributed input or node ``name``
+        (``reference_inputs`` broadcast to its shape, or its entry in a dict by name)."""
+        return named_baseline(self.reference_inputs, x, name, "reference_inputs")
 
     def explain_feed(
         self,
@@ -162,7 +163,7 @@ class DeepLIFT(ReverseAnalyzer):
             value = floating_value(self.name, graph.source_names[node], feed[node])
             given = None if references is None else references.get(node)
             reference_feed[node] = (
-                self.reference(value)
+                self.reference(value, graph.source_names[node])
                 if given is None
                 else broadcast_baseline(given, value, "reference_inputs")
             )
@@ -241,7 +242,17 @@ class DeepLiftShap(Averaged):
         self.seed = seed
         self.references: torch.Tensor | None = None
         if reference_inputs is not None:
-            self.references = self._as_tensor(reference_inputs)
+            several = (
+                "deep_lift_shap averages over references for one input, given as (B, ...) "
+                "samples; for a model with several inputs use deep_lift with "
+                "reference_inputs={name: reference, ...}"
+            )
+            if isinstance(reference_inputs, dict):
+                raise OptionError(f"{several} (got a dict)")
+            try:
+                self.references = self._as_tensor(reference_inputs)
+            except InputError as error:  # ragged: arrays of several shapes
+                raise OptionError(f"{several} ({error})") from error
 
     def _as_tensor(self, value: Any) -> torch.Tensor:
         tensor, _ = self._to_tensor(value)

@@ -211,6 +211,10 @@ def neuron_indices(neuron_selection: Any, n_outputs: int) -> torch.Tensor:
     and wrap an unsigned 2**64 - 1 around to -1.
     """
     usage = "give an int for the whole batch or a sequence of ints, one per sample"
+    if isinstance(neuron_selection, torch.Tensor) and neuron_selection.device.type == "meta":
+        raise NeuronSelectionError(
+            f"neuron_selection is on the meta device (a shape without values); {usage}"
+        )
     if isinstance(neuron_selection, torch.Tensor):
         if (
             neuron_selection.is_floating_point()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +18,7 @@ from torch import nn
 from innspect.distributed.reduce import reduce_on_ray
 from innspect.engine.collect import Statistics, collect
 from innspect.engine.reducers import Reducer
-from innspect.errors import InputError
+from innspect.errors import InputError, first_line
 from innspect.graph.canonize import structure_stamp
 from innspect.graph.graph import ModelGraph
 from innspect.graph.ops import Kind
@@ -238,12 +239,19 @@ class PatternComputer:
         arrays = _read_npz(path)
         if "__patterns__" not in arrays:
             raise InputError(f"{path} is not a PatternComputer file (no '__patterns__' entry)")
-        meta = json.loads(str(arrays["__patterns__"]))
-        computer = cls(model, meta["pattern_type"])
-        computer.statistics = Statistics.from_arrays(arrays)
-        computer.compute_dtype = next(
-            (rs["pattern"].compute_dtype for rs in computer.statistics.values()), None
-        )
+        try:
+            meta = json.loads(str(arrays["__patterns__"]))
+            computer = cls(model, meta["pattern_type"])
+            computer.statistics = Statistics.from_arrays(arrays)
+            computer.compute_dtype = next(
+                (rs["pattern"].compute_dtype for rs in computer.statistics.values()), None
+            )
+        except InputError:
+            raise
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as error:
+            raise InputError(
+                f"{path} is damaged or not a PatternComputer file: {first_line(error)}"
+            ) from error
         return computer
 
 
@@ -253,8 +261,9 @@ def _read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
             return {k: data[k] for k in data.files}
     except FileNotFoundError:
         raise InputError(f"patterns file {path} does not exist") from None
-    except (OSError, ValueError) as error:
-        raise InputError(f"cannot read patterns file {path}: {error}") from error
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        # An empty, truncated or foreign file: numpy's own error says which.
+        raise InputError(f"cannot read patterns file {path}: {first_line(error)}") from error
 
 
 def load_patterns(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -14,6 +14,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from innspect.errors import InputError
+
 _UMASK_LOCK = threading.Lock()
 
 
@@ -48,8 +50,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     On error the temporary file is removed and the target is left as it was.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    if str(path) in ("", ".", "..") or target.name in ("", ".", ".."):
+        raise InputError(f"a file name is needed to write to, got {str(path)!r}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
+        )
+    except OSError as error:
+        # Named by the file the caller asked for, not by the temporary file beside it.
+        raise type(error)(
+            error.errno, f"cannot write {target}: {error.strerror or error}"
+        ) from error
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -81,6 +93,8 @@ def write_npz(path: str | os.PathLike, arrays: dict) -> Path:
 
     A ``.npz`` suffix is added when missing (as ``numpy.savez`` does); returns the path.
     """
+    if str(path) in ("", ".", ".."):
+        raise InputError(f"a file name is needed to write to, got {str(path)!r}")
     target = Path(path)
     if target.suffix != ".npz":
         target = target.with_name(target.name + ".npz")
