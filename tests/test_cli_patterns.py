@@ -115,3 +115,29 @@ def test_methods_plan_shows_the_pattern_layers(capsys) -> None:
     assert "PatternAttribution.pattern('0')" in out and "PatternAttribution.pattern('4')" in out
     assert main(["methods", "--plan", "pattern.net"]) == 2
     assert "--plan needs --model" in capsys.readouterr().err
+
+
+def test_a_resume_with_another_model_is_refused_and_random_weights_are_seeded(
+    setup, tmp_path, capsys
+) -> None:
+    weights, data_file, model, _ = setup
+    out = tmp_path / "patterns.npz"
+    assert _compute(weights, data_file, out) == 0
+    other = tmp_path / "other.pt"
+    torch.save({k: v + 1 for k, v in model.state_dict().items()}, other)
+    capsys.readouterr()
+    # "30 of 30 batches already done" and exit 0 before: the file belongs to other weights.
+    assert _compute(other, data_file, out) == 2
+    assert "model_fingerprint" in capsys.readouterr().err
+
+    def random_run(out_file: Path, seed: str) -> int:
+        return main(
+            ["patterns", "compute", "--model", FACTORY, "--data", str(data_file),
+             "--out", str(out_file), "--batch-size", "5", "--seed", seed]
+        )  # fmt: skip
+
+    assert random_run(tmp_path / "r.npz", "1") == 0
+    assert "random weights (seed 1)" in capsys.readouterr().err
+    assert random_run(tmp_path / "r.npz", "1") == 0  # the same random model: resumable
+    assert random_run(tmp_path / "r.npz", "2") == 2  # another one: refused
+    assert "model_fingerprint" in capsys.readouterr().err

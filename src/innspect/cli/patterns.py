@@ -21,7 +21,7 @@ import torch
 from innspect.cli.backend import add_backend_arguments, check_backend
 from innspect.cli.common import CLIError
 from innspect.loading.inputs import INPUT_SUFFIXES, load_input
-from innspect.loading.models import ModelSpec, load_model
+from innspect.loading.models import ModelSpec, load_model, model_fingerprint
 from innspect.loading.sources import as_source
 from innspect.patterns.computer import PatternComputer
 
@@ -50,6 +50,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     compute.add_argument("--model", required=True, metavar="SPEC", help="as for `analyze`")
     compute.add_argument("--weights", metavar="FILE", help="state dict for the model")
+    compute.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the random weights when no --weights are given (default: %(default)s)",
+    )
     compute.add_argument(
         "--data",
         required=True,
@@ -84,7 +90,14 @@ def run(args: argparse.Namespace) -> int:
     check_backend(args)
     source = _DataSource(Path(args.data), args.preprocess)
     n_batches = -(-len(source) // args.batch_size)
-    model = load_model(args.model, args.weights, example=source.sample(0)[None]).module
+    loaded = load_model(args.model, args.weights, example=source.sample(0)[None], seed=args.seed)
+    model = loaded.module
+    if loaded.random_weights:
+        print(
+            f"innspect: warning: no --weights given; {args.model} has random weights (seed "
+            f"{args.seed}), so its patterns describe a random network",
+            file=sys.stderr,
+        )
     out = Path(args.out)
     if out.suffix != ".npz":
         out = out.with_name(out.name + ".npz")
@@ -93,6 +106,10 @@ def run(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "data": str(Path(args.data).resolve()),
         "samples": len(source),
+        # The model the statistics belong to: a resumed run must add batches of the same one
+        # (another --model, --weights or --seed would mix two networks' statistics).
+        "model": args.model,
+        "model_fingerprint": model_fingerprint(model),
     }
     done = 0
     if args.backend == "ray":
@@ -148,7 +165,7 @@ def _run_ray(
         batch_size=args.batch_size,
         verbose=_has_tqdm(),
         backend="ray",
-        model_spec=ModelSpec(args.model, args.weights),
+        model_spec=ModelSpec(args.model, args.weights, args.seed),
         num_workers=args.workers,
         address=args.address,
     )
