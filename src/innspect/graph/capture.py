@@ -160,7 +160,7 @@ def capture(
                     "before analysis"
                 ) from fx_error
             try:
-                with _torch_logs_quiet():
+                with torch_logs_quiet():
                     return _export(view, args, kwargs)
             except Exception as export_error:  # noqa: BLE001
                 raise NotAnalyzableModelError(
@@ -190,15 +190,16 @@ def _brief(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _torch_logs_quiet() -> Iterator[None]:
+def torch_logs_quiet(drop: bool = False) -> Iterator[None]:
     """Keep a failed torch.export's graph dump and log records off the terminal.
 
     On failure torch.export prints the partial graph to ``sys.stderr`` (tens of kilobytes
     on a detection model) and logs guard text; the failure itself reaches the user through
     the exception (whose chain ``--debug`` shows). What a successful export writes (its
-    warnings) is passed on afterwards.
+    warnings) is passed on afterwards, unless ``drop``.
     """
-    loggers = [logging.getLogger(name) for name in ("torch._dynamo", "torch.export", "torch.fx")]
+    names = ("torch._dynamo", "torch.export", "torch._export", "torch.fx")
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
@@ -209,7 +210,8 @@ def _torch_logs_quiet() -> Iterator[None]:
     except BaseException:
         raise  # what torch printed on the way to this error is dropped with it
     else:
-        sys.stderr.write(held.getvalue())
+        if not drop:
+            sys.stderr.write(held.getvalue())
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)

@@ -17,6 +17,7 @@ from torch import fx
 
 from innspect.errors import NotAnalyzableModelError, first_line
 from innspect.graph import ops
+from innspect.graph.capture import torch_logs_quiet
 
 
 def torchscript_to_fx(scripted: torch.jit.ScriptModule, example: torch.Tensor) -> fx.GraphModule:
@@ -31,7 +32,9 @@ def torchscript_to_fx(scripted: torch.jit.ScriptModule, example: torch.Tensor) -
     try:
         from torch._export.converter import TS2EPConverter
 
-        with warnings.catch_warnings():
+        # Its shape-specialisation notices ("dimension inputs[0].shape[0] 0/1 specialized")
+        # are logged at WARNING: not for the user's terminal.
+        with warnings.catch_warnings(), torch_logs_quiet(drop=True):
             warnings.simplefilter("ignore")
             exported = TS2EPConverter(scripted, (example,)).convert().module()
     except Exception as error:  # noqa: BLE001
@@ -47,7 +50,9 @@ def torchscript_to_fx(scripted: torch.jit.ScriptModule, example: torch.Tensor) -
     if isinstance(output, tuple | list) and len(output) == 1:
         output = output[0]
     graph.output(output)
-    module = fx.GraphModule(exported, graph, class_name=type(scripted).__name__ or "Scripted")
+    # The scripted module's own class name (TorchScript keeps it), as the user wrote it.
+    name = getattr(scripted, "original_name", None) or type(scripted).__name__ or "Scripted"
+    module = fx.GraphModule(exported, graph, class_name=name)
     _calls_as_new_layers(module)
     for node in module.graph.nodes:
         function = ops.torch_function(node.target) if node.op == "call_function" else None
@@ -80,7 +85,7 @@ def _calls_as_new_layers(module: fx.GraphModule) -> None:
         built = layer.build([*values, *constants], rank)
         if built is None:
             continue
-        name = f"layer_{index}"
+        name = _owner(stored, layer.tensors) or f"layer_{index}"
         module.add_submodule(name, built)
         with module.graph.inserting_before(node):
             replacement = module.graph.call_module(name, (source,))
@@ -89,6 +94,21 @@ def _calls_as_new_layers(module: fx.GraphModule) -> None:
         replacement.meta = dict(node.meta)
         node.replace_all_uses_with(replacement)
         module.graph.erase_node(node)
+
+
+def _owner(stored: Any, names: Any) -> str | None:
+    """The scripted model's path of the layer whose tensors these are ("0" for "0.weight"
+    and "0.bias"), so nodes and parameters keep the user's names; None where the tensors
+    do not belong to one module under the layer's attribute names."""
+    owners = set()
+    for arg, name in zip(stored, names, strict=False):
+        if arg is None:
+            continue
+        owner, _, attribute = str(arg.target).rpartition(".")
+        if attribute != name or not owner:
+            return None
+        owners.add(owner)
+    return owners.pop() if len(owners) == 1 else None
 
 
 def _attribute(module: torch.nn.Module, target: str) -> torch.Tensor:

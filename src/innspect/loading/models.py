@@ -269,7 +269,9 @@ class ModelSpec:
 
 def model_fingerprint(model: nn.Module) -> str:
     """SHA-256 of the model's class name and its state dict (names, dtypes, shapes, bytes)."""
-    digest = hashlib.sha256(type(model).__qualname__.encode())
+    # The class by its name: a TorchScript file of the model loads as a GraphModule of the
+    # same name (its __qualname__ is fx's own), and must give the same fingerprint.
+    digest = hashlib.sha256(type(model).__name__.encode())
     for name, tensor in sorted(model.state_dict().items()):
         array = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{array.dtype}:{tuple(array.shape)}".encode())
