@@ -225,3 +225,26 @@ def test_inner_attributed_nodes_run_exact_passes() -> None:
                 total[:, :, i : i + 3, j : j + 3] += drop[:, None, None, None]
                 count[:, :, i : i + 3, j : j + 3] += 1
     torch.testing.assert_close(default, total / count, rtol=1e-5, atol=1e-5)
+
+
+def test_the_hostile_users_case_differs_from_captum_only_by_its_float32_division() -> None:
+    # Issue 26 item 15: window (3, 4, 4), strides (3, 3, 2) on (3, 13, 11), float64: innspect
+    # and Captum differed by 2.5e-8 (relative). Captum's last step is total.float() / counts
+    # (captum.attr._core.feature_ablation.format_result): the float64 sums of overlapping
+    # windows are rounded to float32 before the division. Without that cast the two are
+    # equal to the bit, so innspect's float64 value is the right one.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 11 * 9, 5))
+    model = model.double().eval()
+    x = torch.randn(2, 3, 13, 11, dtype=torch.float64)
+    window, strides = (3, 4, 4), (3, 3, 2)
+    explanation = innspect.create_analyzer(
+        "occlusion", model, window_shape=window, strides=strides, batch_size=1
+    ).explain(x)
+    options = {"sliding_window_shapes": window, "strides": strides, "target": explanation.selected}
+    with captum_keeps_float64():
+        exact = CaptumOcclusion(model).attribute(x, **options)
+    assert torch.equal(explanation.attribution, exact)
+    rounded = CaptumOcclusion(model).attribute(x, **options)
+    relative = float((rounded.double() - exact).norm() / exact.norm())
+    assert 0 < relative < 1e-7  # float32's rounding, nothing else
