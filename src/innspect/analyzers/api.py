@@ -446,7 +446,13 @@ class ModelState:
                 self.values = [t.detach().clone() for t in self._tensors()]
 
     def _tensors(self) -> Iterator[torch.Tensor]:
-        return itertools.chain(self.model.parameters(), self.model.buffers())
+        # A lazy module's parameters have no values until its first forward (which then
+        # replaces them: a change, seen by their objects).
+        return (
+            t
+            for t in itertools.chain(self.model.parameters(), self.model.buffers())
+            if not isinstance(t, nn.parameter.UninitializedTensorMixin)
+        )
 
     def _versions(self) -> tuple[tuple[int, int], ...]:
         return tuple((id(t), t._version) for t in self._tensors())
@@ -459,9 +465,19 @@ class ModelState:
             return True
         with torch.no_grad():
             return all(
-                torch.equal(t, copied)
+                _same_values(t, copied)
                 for t, copied in zip(self._tensors(), self.values, strict=True)
             )
+
+
+def _same_values(tensor: torch.Tensor, copied: torch.Tensor) -> bool:
+    """Equal values, NaN equal to NaN (a model with NaN weights has not changed)."""
+    if torch.equal(tensor, copied):
+        return True
+    return bool(
+        (tensor.is_floating_point() or tensor.is_complex())
+        and torch.allclose(tensor, copied, rtol=0.0, atol=0.0, equal_nan=True)
+    )
 
 
 def analyzer_parameters(cls: type, inherited: bool = True) -> tuple[set[str], set[str], bool]:

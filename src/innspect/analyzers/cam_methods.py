@@ -363,11 +363,9 @@ class FullGrad(ClassActivationMap):
 
 
 class _GuidedGradient(GuidedBackprop):
-    """Guided backprop from 1 at the explained output (grad-cam's
-    ``GuidedBackpropReLUModel``), not from its value as iNNvestigate's."""
+    """Guided backprop named as the method it serves (its messages say guided_grad_cam)."""
 
     name = "guided_grad_cam"
-    relevance_start = False
 
 
 class GuidedGradCAM(ClassActivationMap):
@@ -387,8 +385,11 @@ class GuidedGradCAM(ClassActivationMap):
             raise OptionError(
                 f"{self.name} multiplies a map at the input's resolution: upsample=True"
             )
+        # From 1 at the explained output (grad-cam's GuidedBackpropReLUModel), not from its
+        # value as iNNvestigate's guided backprop.
         self._guided = _GuidedGradient(
             model,
+            start="ones",
             output=self.output,
             attribute_to=self.attribute_to,
             disable_model_checks=self.disable_model_checks,
