@@ -27,7 +27,8 @@ class SoftmaxNet(nn.Module):
 
 
 class GatedNet(nn.Module):
-    """x * sigmoid(x): a product of two input-dependent tensors (no gradient-free mapping)."""
+    """x * sigmoid(y): a product of two input-dependent tensors (no gradient-free mapping).
+    Not x * sigmoid(x), which canonicalisation recognises as one SiLU node."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -35,7 +36,7 @@ class GatedNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.fc(x)
-        return hidden * torch.sigmoid(hidden)
+        return hidden * torch.sigmoid(hidden.flip(-1))
 
 
 class LoopNet(nn.Module):

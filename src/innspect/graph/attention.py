@@ -322,6 +322,25 @@ _SDPA_PARAMETERS = (
 )
 
 
+def _in_layout_of(graph: torch.fx.Graph, result: Any, fused: Any) -> Any:
+    """``result`` laid out in memory as the fused call's output ``fused`` (its example
+    value) was: torch's attention kernels return (N, H, L, E) stored as (N, L, H, E), and
+    torch.export drops a later ``.transpose(1, 2).contiguous()`` as a no-op on it, so the
+    ``view`` after it (DistilBERT) needs that layout from the written-out matmul too."""
+    if not isinstance(fused, torch.Tensor) or fused.dim() < 2 or fused.is_contiguous():
+        return result
+    strides = fused.stride()
+    order = sorted(range(fused.dim()), key=lambda d: (-strides[d], d))  # outermost first
+    if order == sorted(order):
+        return result
+    inverse = sorted(range(len(order)), key=order.__getitem__)
+    stored = graph.call_method("contiguous", (graph.call_method("permute", (result, *order)),))
+    laid_out = graph.call_method("permute", (stored, *inverse))
+    for node in (stored.args[0], stored, laid_out):
+        node.meta[WRITTEN_OUT] = True
+    return laid_out
+
+
 def inline_exported_attention(gm: torch.fx.GraphModule) -> None:
     """Write every ``aten.scaled_dot_product_attention`` node of a torch.export graph out as
     ``sdpa``'s plain operations, in place (Hugging Face models call the fused function, and
@@ -343,6 +362,7 @@ def inline_exported_attention(gm: torch.fx.GraphModule) -> None:
             written.meta[WRITTEN_OUT] = True  # graph_copy copies meta with each node
         with gm.graph.inserting_before(node):
             result = gm.graph.graph_copy(body, dict(zip(placeholders, tensors, strict=True)))
+            result = _in_layout_of(gm.graph, result, node.meta.get("val"))
         node.replace_all_uses_with(result)
         gm.graph.erase_node(node)
         found = True

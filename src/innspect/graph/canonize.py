@@ -20,7 +20,7 @@ from torch import fx, nn
 
 from innspect.errors import InputError
 from innspect.graph.linear_ops import functional_batchnorm_scale_shift
-from innspect.graph.ops import aten_name, out_of_place
+from innspect.graph.ops import aten_name, is_shape_query, out_of_place
 
 _ORIGINAL_TARGETS = "_innspect_original_targets"
 
@@ -98,27 +98,42 @@ class _FusedLinear(nn.Linear):
         return super().forward(x)
 
 
-def _fusable(
-    gm: fx.GraphModule, bn_node: fx.Node, linear_ranks: dict[fx.Node, int]
-) -> fx.Node | None:
-    """The linear node (convolution, or Linear on a 2-D input) a BatchNorm can fold into."""
+def _only_reader(producer: object, reader: fx.Node) -> bool:
+    """Whether ``reader`` is the only node reading ``producer``'s values: other users may
+    read its metadata (timm's ``BatchNormAct2d`` checks ``x.ndim``), whose value a fold
+    keeps, but not the un-normalised values themselves."""
+    if not isinstance(producer, fx.Node):
+        return False
+    return all(user is reader or is_shape_query(user) for user in producer.users)
+
+
+def _module_batchnorm(gm: fx.GraphModule, bn_node: fx.Node) -> nn.Module | None:
+    """The eval-mode batch norm module a call_module node calls, if one can be folded."""
     if bn_node.op != "call_module":
         return None
     bn = gm.get_submodule(bn_node.target)
     if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_var is None:
         return None
+    if bn._forward_hooks or bn._forward_pre_hooks:
+        return None  # a folded copy would not run the user's (observing) hooks
+    return bn
+
+
+def _fusable(
+    gm: fx.GraphModule, bn_node: fx.Node, linear_ranks: dict[fx.Node, int]
+) -> fx.Node | None:
+    """The linear module node (convolution, or Linear on a 2-D input) a BatchNorm module
+    can fold into."""
+    bn = _module_batchnorm(gm, bn_node)
+    if bn is None:
+        return None
     producer = bn_node.args[0] if bn_node.args else None
     if not isinstance(producer, fx.Node) or producer.op != "call_module":
         return None
-    if len(producer.users) != 1:
+    if not _only_reader(producer, bn_node):
         return None  # the un-normalised output is used elsewhere too
     layer = gm.get_submodule(producer.target)
-    if (
-        layer._forward_hooks
-        or layer._forward_pre_hooks
-        or bn._forward_hooks
-        or bn._forward_pre_hooks
-    ):
+    if layer._forward_hooks or layer._forward_pre_hooks:
         return None  # a folded copy would not run the user's (observing) hooks
     if isinstance(layer, nn.Linear):
         # Only provably right when the output is (N, features): see _linear_output_ranks.
@@ -138,9 +153,10 @@ def _linear_before_batchnorm(gm: fx.GraphModule) -> list[fx.Node]:
     """Linear module nodes whose only user is a BatchNorm1d module (fusion candidates)."""
     found = []
     for node in gm.graph.nodes:
-        if node.op != "call_module" or len(node.users) != 1:
+        readers = [u for u in node.users if not is_shape_query(u)]
+        if node.op != "call_module" or len(readers) != 1:
             continue
-        (user,) = node.users
+        (user,) = readers
         if (
             isinstance(gm.get_submodule(node.target), nn.Linear)
             and user.op == "call_module"
@@ -335,9 +351,13 @@ def fuse_batchnorm(
 ) -> tuple[dict[str, list[str]], list[Fold]]:
     """Fold every BatchNorm that directly follows a linear layer into a copy of that layer.
 
-    Convolutions (and groups=1 transposed convolutions) always fold. A Linear folds with a
-    BatchNorm1d only when one forward on ``example_input`` shows its output is 2-D; the
-    folded copy refuses inputs of another rank.
+    Convolutions (and groups=1 transposed convolutions) always fold, module or functional
+    (``F.conv3d`` on buffers or parameters), into a module or functional batch norm
+    (timm's ``BatchNormAct2d``). The layer's output may have other users that read only
+    its metadata (``x.ndim``, ``x.shape``: ``ops.is_shape_query``), never other readers
+    of its values. A Linear folds with a BatchNorm1d only when one forward on
+    ``example_input`` shows its output is 2-D; the folded copy refuses inputs of another
+    rank. (A functional ``F.linear`` is not folded: it has no such guard.)
 
     Returns, per new layer target, the original names of the layers folded into it, and
     the folds (``Fold.refresh`` remakes their values after the model's tensors change).
@@ -352,6 +372,8 @@ def fuse_batchnorm(
     for bn_node in list(gm.graph.nodes):
         if bn_node.op == "call_function" and bn_node.target is F.batch_norm:
             _fold_functional(gm, bn_node, fused, folds)
+            continue
+        if _fold_module_into_functional(gm, bn_node, folds):
             continue
         producer = _fusable(gm, bn_node, linear_ranks)
         if producer is None:
@@ -375,6 +397,34 @@ def fuse_batchnorm(
         bn_node.replace_all_uses_with(producer)
         gm.graph.erase_node(bn_node)
     return fused, folds
+
+
+def _fold_module_into_functional(gm: fx.GraphModule, bn_node: fx.Node, folds: list[Fold]) -> bool:
+    """Fold a BatchNorm module into the functional convolution before it (torchvision's
+    ``Conv3DSimple``, an ``nn.Conv3d`` subclass traced through to ``F.conv3d``); whether
+    it was folded."""
+    bn = _module_batchnorm(gm, bn_node)
+    producer = bn_node.args[0] if bn_node.args else None
+    if bn is None or not isinstance(producer, fx.Node) or producer.op != "call_function":
+        return False
+    if not _only_reader(producer, bn_node):
+        return False
+    fold = _fold_into_functional_conv(
+        gm,
+        producer,
+        bn.num_features,
+        lambda: (
+            (None, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps),
+            {},
+            _batches_tracked(bn),
+        ),
+    )
+    if fold is None:
+        return False
+    folds.append(fold)
+    bn_node.replace_all_uses_with(producer)
+    gm.graph.erase_node(bn_node)
+    return True
 
 
 def functional_batchnorm(gm: fx.GraphModule) -> None:
@@ -430,7 +480,7 @@ def _fold_functional(
 ) -> None:
     """Fold an ``F.batch_norm`` whose statistics are buffers into the convolution before it."""
     producer = bn_node.args[0] if bn_node.args else None
-    if not isinstance(producer, fx.Node) or len(producer.users) != 1:
+    if not isinstance(producer, fx.Node) or not _only_reader(producer, bn_node):
         return
     bn_args, bn_kwargs = bn_node.args, dict(bn_node.kwargs)
     # The module holding the statistics (timm's BatchNormAct2d), for its batch counter.
@@ -513,6 +563,89 @@ def _fold_into_functional_conv(
         kwargs["bias"] = nodes[1]
     conv.args, conv.kwargs = tuple(args), kwargs
     return fold
+
+
+_CONV_MODULES = {F.conv1d: nn.Conv1d, F.conv2d: nn.Conv2d, F.conv3d: nn.Conv3d}
+
+
+def conv_subclasses_as_layers(gm: fx.GraphModule) -> None:
+    """Turn functional convolutions that are the forward of an ``nn.ConvNd`` subclass back
+    into calls of a convolution module.
+
+    fx traces through convolution classes defined outside torch.nn (torchvision's
+    ``Conv3DSimple``), leaving ``F.conv3d`` on the layer's own weight. Zennit hooks such a
+    layer as the ``nn.Conv3d`` it is, so the Zennit-style composites must see a module.
+    The module is built from the call's own arguments (what the graph computes; a
+    ``padding_mode`` pad is a node of its own) and shares the layer's parameter objects,
+    so the graph follows the model's changes. A call on other tensors stays a function.
+    """
+    built: dict[str, tuple[tuple, nn.Module]] = {}
+    for node in list(gm.graph.nodes):
+        stack = node.meta.get("nn_module_stack")
+        if node.op != "call_function" or node.target not in _CONV_MODULES or not stack:
+            continue
+        path, owner = list(stack.values())[-1]
+        if not (
+            isinstance(owner, type)
+            and issubclass(owner, nn.modules.conv._ConvNd)
+            and not owner.__module__.startswith("torch.nn.")
+        ):
+            continue
+        layer = built[path][1] if path in built else _conv_layer(gm, node, path)
+        call = (node.args[1:], tuple(sorted(node.kwargs.items())))
+        if layer is None or built.setdefault(path, (call, layer))[0] != call:
+            continue  # not the layer's own tensors, or the same layer called otherwise
+        parent, _, child = path.rpartition(".")
+        gm.get_submodule(parent)._modules[child] = layer
+        tensors = node.all_input_nodes[1:]
+        node.op, node.target, node.args, node.kwargs = "call_module", path, (node.args[0],), {}
+        for tensor in tensors:
+            if not tensor.users:
+                gm.graph.erase_node(tensor)
+
+
+def _conv_layer(gm: fx.GraphModule, node: fx.Node, path: str) -> nn.Module | None:
+    """A convolution module computing ``node`` (a functional convolution reading exactly
+    the weight and bias of the module at ``path``) with those parameters; None otherwise."""
+    names = ("weight", "bias", "stride", "padding", "dilation", "groups")
+    values = dict(zip(names, node.args[1:], strict=False)) | dict(node.kwargs)
+    weight_arg, bias_arg = values.get("weight"), values.get("bias")
+    parent_path = path.rpartition(".")[0]
+    parent = gm.get_submodule(parent_path) if parent_path else gm
+    if not path or (parent is not gm and type(parent) is not nn.Module):
+        return None  # only fx's own containers are rewired, never a (view of a) user module
+    holder = gm.get_submodule(path)
+    held = {*holder._parameters, *holder._buffers, *holder._modules}
+    if held - {"weight", "bias"}:
+        return None  # the traced layer reads more of itself than a convolution does
+
+    def own(arg: object, name: str) -> bool:
+        return isinstance(arg, fx.Node) and arg.op == "get_attr" and arg.target == f"{path}.{name}"
+
+    if not own(weight_arg, "weight") or not (bias_arg is None or own(bias_arg, "bias")):
+        return None
+    weight, bias = _attribute(gm, weight_arg), _attribute(gm, bias_arg)
+    options = [values.get(n) for n in names[2:]]
+    if not isinstance(weight, nn.Parameter) or not isinstance(bias, nn.Parameter | None):
+        return None
+    if any(isinstance(v, fx.Node) for v in options):
+        return None
+    stride, padding, dilation, groups = options
+    groups = groups or 1
+    with torch.device("meta"):  # nothing allocated: the layer's own parameters are set below
+        layer = _CONV_MODULES[node.target](
+            weight.shape[1] * groups,
+            weight.shape[0],
+            tuple(weight.shape[2:]),
+            stride=1 if stride is None else stride,
+            padding=0 if padding is None else padding,
+            dilation=1 if dilation is None else dilation,
+            groups=groups,
+            bias=bias is not None,
+        )
+    layer.weight = weight
+    layer.bias = bias
+    return layer.train(False)
 
 
 def strip_output_activation(gm: fx.GraphModule, output_node: fx.Node) -> fx.GraphModule:

@@ -20,19 +20,20 @@ from torch import fx, nn
 from torch.utils import _pytree
 
 from innspect.errors import InputError, NotAnalyzableModelError, OutputSelectionError
-from innspect.graph import canonize, liveness, outputs
+from innspect.graph import activation_patterns, canonize, liveness, outputs
 from innspect.graph.call import CallSpec, bind_call
 from innspect.graph.capture import capture
 from innspect.graph.linear_ops import LinearOp, linear_op_from_function, linear_op_from_module
 from innspect.graph.lock import GRAPH_LOCK
 from innspect.graph.ops import (
     Kind,
-    aten_name,
     classify,
     is_nonnegative_op,
     is_product,
     is_relu,
+    is_shape_query,
     is_sum,
+    metadata_arguments,
     op_name,
     operation_name,
 )
@@ -105,6 +106,8 @@ class ModelGraph:
         self.module.training = False
         canonize.remove_inplace(self.module)
         canonize.addmm_as_linear(self.module)
+        canonize.conv_subclasses_as_layers(self.module)
+        activation_patterns.replace_activations(self.module)
         self.fused: dict[str, list[str]] = {}
         self.folds: list[canonize.Fold] = []
         self._match_placeholders()
@@ -317,22 +320,21 @@ class ModelGraph:
                 self.infos[a].depends_on_input for a in args if a in self.infos
             )
             kind = classify(node, module) if depends or node.op == "placeholder" else Kind.CONSTANT
-            signal_inputs = list(
-                dict.fromkeys(
-                    a
-                    for a in args
-                    if self.infos[a].depends_on_input and not self.infos[a].is_metadata
-                )
-            )
+            # Arguments read for their dtype or shape only (a cast's ``type_as(y)``).
+            read_for_metadata = metadata_arguments(node, module) if depends else set()
             dependent_args = [a for a in args if self.infos[a].depends_on_input]
+            # A shape-derived operand (metadata) is a constant for the products and sums.
+            signal_args = [
+                a
+                for a in dependent_args
+                if not self.infos[a].is_metadata and a not in read_for_metadata
+            ]
+            signal_inputs = list(dict.fromkeys(signal_args))
             # Shape queries (x.shape, x.size(0) and what is computed from them) depend on the
             # input but never carry a signal.
             metadata = depends and (
-                _is_shape_query(node)
-                or (bool(dependent_args) and all(self.infos[a].is_metadata for a in dependent_args))
+                is_shape_query(node) or (bool(dependent_args) and not signal_args)
             )
-            # A shape-derived operand (metadata) is a constant for the products and sums.
-            signal_args = [a for a in dependent_args if not self.infos[a].is_metadata]
             kind = _refine_kind(kind, node, len(args), len(signal_args))
             name = names[node]
             self.infos[node] = NodeInfo(
@@ -597,26 +599,16 @@ def bottlenecks_in_order(
     signal_nodes = [
         i for i in nodes if i.depends_on_input and not i.is_metadata and i.node in ancestors
     ]
-    members = {i.node for i in signal_nodes}
+    signal_of = {i.node: i.signal_inputs for i in signal_nodes}
     pending = 0
     found: set[fx.Node] = set()
     for info in signal_nodes:
         pending -= len(info.signal_inputs)
         if pending == 0:
             found.add(info.node)
-        pending += sum(1 for u in info.node.users if u in members)
+        # Users that read the node as a signal (not a cast's dtype source).
+        pending += sum(1 for u in info.node.users if info.node in signal_of.get(u, ()))
     return found
-
-
-def _is_shape_query(node: fx.Node) -> bool:
-    if node.op == "call_function" and node.target is getattr:
-        return node.args[1] in ("shape", "dtype", "device", "ndim")
-    if node.op == "call_function" and aten_name(node.target) in _ATEN_SHAPE_QUERIES:
-        return True  # torch.export with a dynamic batch dimension: aten.sym_size.int
-    return node.op == "call_method" and node.target in ("size", "dim", "numel")
-
-
-_ATEN_SHAPE_QUERIES = {"sym_size", "sym_numel", "sym_stride", "sym_storage_offset"}
 
 
 def _ancestors(nodes: list[fx.Node]) -> set[fx.Node]:

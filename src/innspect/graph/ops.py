@@ -132,6 +132,11 @@ class Op:
         [0, 1] and the reciprocal norms of hand-written normalisations.
     negated
         Positions of the arguments that enter with a minus sign (``sub``'s second term).
+    metadata_args
+        The arguments outside ``signal_args`` are read for their dtype, device or shape
+        only (a cast's ``type_as(y)``, ``view_as(y)``): they carry no signal. Elsewhere an
+        input-dependent argument outside ``signal_args`` (a weight computed from the input)
+        still carries one.
     aten
         ATen overloads with their torch function and layer (``Aten``).
     """
@@ -147,6 +152,7 @@ class Op:
     gate: bool = False
     negated: tuple[int, ...] = ()
     aten: tuple[Aten, ...] = ()
+    metadata_args: bool = False
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -382,6 +388,8 @@ OPERATIONS: tuple[Op, ...] = (
             "tanh hardtanh hardtanh_ leaky_relu leaky_relu_ elu selu celu gelu silu silu_ mish "
             "softplus hardswish hardswish_ softsign log_sigmoid clamp clip clamp_min"
         ),
+        # Written out in primitives, recognised at canonicalisation (activation_patterns).
+        qualnames=("innspect.graph.activation_patterns.quick_gelu",),
     ),
     Op(
         "max_pool",
@@ -521,8 +529,8 @@ OPERATIONS: tuple[Op, ...] = (
         ),
         _names(
             "view _unsafe_view reshape flatten unflatten permute transpose t squeeze unsqueeze "
-            "cat concat stack split split_with_sizes chunk slice select narrow expand expand_as "
-            "repeat repeat_interleave view_as reshape_as pad constant_pad_nd reflection_pad1d reflection_pad2d "
+            "cat concat stack split split_with_sizes chunk slice select narrow expand "
+            "repeat repeat_interleave pad constant_pad_nd reflection_pad1d reflection_pad2d "
             "replication_pad1d replication_pad2d upsample_nearest1d upsample_nearest2d "
             "upsample_nearest3d _upsample_nearest_exact1d _upsample_nearest_exact2d "
             "_upsample_nearest_exact3d movedim swapaxes swapdims unbind roll flip pixel_shuffle pixel_unshuffle "
@@ -537,6 +545,14 @@ OPERATIONS: tuple[Op, ...] = (
             Aten("cat.default", torch.cat),
         ),
     ),
+    # Shaped like another tensor: only the first argument's values pass.
+    Op(
+        "rearrange",
+        Kind.REARRANGE,
+        names=_names("expand_as view_as reshape_as"),
+        signal_args=(0,),
+        metadata_args=True,
+    ),
     Op(
         "identity",
         Kind.IDENTITY,
@@ -544,8 +560,11 @@ OPERATIONS: tuple[Op, ...] = (
         (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout),
         _names(
             "dropout feature_dropout alpha_dropout clone contiguous alias _to_copy to "
-            "lift_fresh_copy float double type_as"
+            "lift_fresh_copy float double half bfloat16 type_as"
         ),
+        # A cast has one signal: ``type_as(y)`` and ``to(y)`` read only y's dtype and device.
+        signal_args=(0,),
+        metadata_args=True,
         # Stochastic depth (EfficientNet, ConvNeXt, Swin): the identity in eval mode.
         qualnames=("torchvision.ops.stochastic_depth.stochastic_depth",),
         aten=(Aten("dropout.default", F.dropout),),
@@ -848,6 +867,37 @@ def is_nonnegative_op(node: fx.Node, module: nn.Module | None) -> bool:
     if op is not None and op.nonnegative:
         return True
     return rectifier_bound(node, module) is not None
+
+
+_ATEN_SHAPE_QUERIES = {"sym_size", "sym_numel", "sym_stride", "sym_storage_offset"}
+
+
+def is_shape_query(node: fx.Node) -> bool:
+    """Whether the node reads only a tensor's metadata (``x.shape``, ``x.ndim``, ``x.dtype``,
+    ``x.size()``, ``x.dim()``, torch.export's ``sym_size``): its value is no tensor and
+    carries no signal."""
+    if node.op == "call_function" and node.target is getattr:
+        return node.args[1] in ("shape", "dtype", "device", "ndim")
+    if node.op == "call_function" and aten_name(node.target) in _ATEN_SHAPE_QUERIES:
+        return True  # torch.export with a dynamic batch dimension: aten.sym_size.int
+    return node.op == "call_method" and node.target in ("size", "dim", "numel")
+
+
+def metadata_arguments(node: fx.Node, module: nn.Module | None) -> set[fx.Node]:
+    """The argument nodes read for their dtype, device or shape only, never their values
+    (``x.type_as(y)``, ``x.to(y)``, ``x.view_as(y)``: ``y``), per the row's ``metadata_args``.
+    Such an argument carries no signal even when it depends on the input."""
+    op = op_of(node, module)
+    if op is None or not op.metadata_args or op.signal_args is None or node.op == "call_module":
+        return set()
+    signal: list[fx.Node] = []
+    for position in op.signal_args:
+        if position < len(node.args):
+            fx.node.map_arg(node.args[position], signal.append)
+    fx.node.map_arg(node.kwargs.get("input"), signal.append)  # a signal passed by keyword
+    every: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), every.append)
+    return set(every) - set(signal)
 
 
 def _function_or_method(node: fx.Node) -> Op | None:
