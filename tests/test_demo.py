@@ -22,6 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 OUTPUTS = (
     "analysis_grid.png",
     "perturbation.png",
+    "evaluation_ranks.png",
     "results.csv",
     "results.json",
     "index.html",
@@ -163,9 +164,42 @@ def test_demo_page_opens_in_a_headless_browser_with_every_image(demo_dir: Path) 
     images = images_in_page(demo_dir / "index.html")
     introspection = json.loads((demo_dir / "results.json").read_text())["introspection"]
     maps = {layer["contrastive_topomaps"] for layer in introspection["layers"]}
-    expected = {"analysis_grid.png", "perturbation.png"} | maps
+    expected = {"analysis_grid.png", "perturbation.png", "evaluation_ranks.png"} | maps
     assert expected <= {source for source, _ in images}
     assert all(loaded for _, loaded in images), images
+
+
+def test_every_method_is_ranked_by_faithfulness_complexity_and_mprt(demo_dir: Path) -> None:
+    """The section "which method is most faithful": every method the demo ran, each metric
+    ranked in its direction, rows by mean rank, the figure of the size the page gives."""
+    from innspect.demo.evaluation import METRIC_OPTIONS
+
+    results = json.loads((demo_dir / "results.json").read_text())
+    evaluation = results["evaluation"]
+    ranking = evaluation["ranking"]
+    assert sorted(r["method"] for r in ranking) == sorted(m["method"] for m in results["methods"])
+    assert [m["name"] for m in evaluation["metrics"]] == list(METRIC_OPTIONS)
+    assert {"pixel_flipping", "faithfulness_correlation", "sparseness", "mprt"} <= set(
+        METRIC_OPTIONS
+    )
+    mean_ranks = [r["mean_rank"] for r in ranking]
+    assert mean_ranks == sorted(mean_ranks)
+    for metric in evaluation["metrics"]:
+        name, higher = metric["name"], metric["higher_is_better"]
+        cells = [r["scores"][name] for r in ranking if r["scores"][name]["mean"] is not None]
+        best = [c["mean"] for c in cells if c["rank"] == 1]
+        means = [c["mean"] for c in cells]
+        assert best and best[0] == (max(means) if higher else min(means))
+    # the random baseline is no better than most methods on average
+    assert [r["method"] for r in ranking].index("random") >= len(ranking) // 2
+    with Image.open(demo_dir / evaluation["file"]) as image:
+        image.load()
+        assert image.size == (evaluation["width"], evaluation["height"])
+    page = (demo_dir / "index.html").read_text()
+    assert "Which method is most faithful on this model" in page
+    assert page.index(ranking[0]["method"]) < page.index(
+        ranking[-1]["method"], page.index("mean rank")
+    )
 
 
 def test_the_saved_model_is_explained_by_innspect_analyze(demo_dir: Path, tmp_path) -> None:

@@ -2,12 +2,17 @@
 
 Explains the inputs with every method, scores every explanation with every metric
 (``innspect.evaluation``: Quantus's catalogue) and writes ``results.csv`` (per method and
-metric: mean, 95 % interval, rank) and ``results.json`` (the same and every per-sample score).
+metric: mean, 95 % interval, rank), ``results.json`` (the same and every per-sample score), the
+figures of ``innspect.evaluation.plots`` (``curves_<family>.png``, ``ranks.png``) and, with
+``--report``, a self-contained ``index.html``. ``--mask DIR`` gives the localisation metrics one
+mask per input: the file of the same stem in DIR (``.npy``, or an image whose non-zero pixels
+are the object).
 """
 
 from __future__ import annotations
 
 import argparse
+import html
 import inspect
 import json
 import logging
@@ -15,6 +20,8 @@ import math
 import warnings
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from innspect.cli.common import CLIError, parse_options, resolve_methods
 from innspect.loading.inputs import check_channels, default_preprocess, input_files, load_input
@@ -26,14 +33,20 @@ DESCRIPTION = """\
 Explain the inputs with every method and score each explanation with every metric.
 
 Writes to --out: results.csv (per method and metric: mean over the inputs, 95 % interval,
-rank among the methods) and results.json (the same, the explained classes and every
-per-input score). Metrics take Quantus's names (docs/evaluation.md); --option KEY=VALUE goes to
-every metric that takes KEY.
+rank among the methods), results.json (the same, the explained classes and every per-input
+score), ranks.png (methods x metrics: mean and rank per cell, rows by mean rank),
+curves_<family>.png for metrics with curves (pixel flipping, ROAD, MPRT...) and, with --report,
+index.html. Metrics take Quantus's names (docs/evaluation.md); --option KEY=VALUE goes to every
+metric that takes KEY. Localisation metrics (pointing_game, relevance_mass_accuracy...) need
+--mask DIR: for each input the file of the same stem in DIR, a .npy array or an image (non-zero
+pixels are the object), shaped like the input (H x W or 1 x H x W is broadcast over channels).
 
 examples:
   innspect evaluate --model torchvision:resnet18 --weights resnet18.pth --input photos/ \\
       --method gradient lrp.epsilon_plus_flat random \\
-      --metric pixel_flipping sparseness mprt --option features_in_step=224
+      --metric pixel_flipping sparseness mprt --option features_in_step=224 --report
+  innspect evaluate --model m.pt --input images/ --mask masks/ --method gradient \\
+      --metric pointing_game relevance_mass_accuracy
 """
 OUT_DEFAULT = "innspect-evaluation"
 
@@ -81,6 +94,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of random weights and metrics' draws"
     )
+    parser.add_argument(
+        "--mask",
+        metavar="DIR",
+        help="masks for the localisation metrics: per input, the .npy or image of the same stem",
+    )
+    parser.add_argument(
+        "--report", action="store_true", help="also write index.html, a self-contained page"
+    )
     parser.add_argument("--out", default=OUT_DEFAULT, help="output folder (default: %(default)s)")
 
 
@@ -115,6 +136,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from innspect.evaluation import create_metric, evaluate, metric_class
+    from innspect.evaluation.plots import write_figures
 
     methods = resolve_methods(args.method, args.methods)
     for name in args.metric:
@@ -128,30 +150,97 @@ def _run(args: argparse.Namespace) -> int:
         for name in takers:
             per_metric[name][key] = value
     metrics = [create_metric(name, **per_metric[name]) for name in args.metric]
+    needing = [m.name for m in metrics if m.needs_mask]
+    if needing and args.mask is None:
+        raise CLIError(f"{', '.join(needing)} need(s) --mask DIR: one mask per input")
 
     preprocess = args.preprocess or default_preprocess(args.model)
     files, _ = input_files(args.input)
     samples = [load_input(file, preprocess) for file in files]
-    model = load_model(args.model, args.weights, example=samples[0].tensor[None], seed=args.seed)
-    model = model.module
+    loaded = load_model(args.model, args.weights, example=samples[0].tensor[None], seed=args.seed)
+    model = loaded.module
     for sample in samples:
         check_channels(model, sample)
     shapes = {tuple(sample.tensor.shape) for sample in samples}
     if len(shapes) > 1:
         raise CLIError(f"the inputs must share one shape to be scored together, got {shapes}")
     x = torch.stack([sample.tensor for sample in samples])
+    mask = None
+    if args.mask is not None:
+        mask = torch.from_numpy(np.stack([load_mask(args.mask, f, x.shape[1:]) for f in files]))
     torch.manual_seed(args.seed)  # methods that draw (random, smoothgrad) repeat
-    table = evaluate(model, x, methods=methods, metrics=metrics, target=args.target, seed=args.seed)
+    table = evaluate(
+        model, x, methods=methods, metrics=metrics, target=args.target, mask=mask, seed=args.seed
+    )
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise CLIError(f"cannot create the output folder {out}: {error}") from error
     table.to_csv(out / "results.csv")
-    write_text(out / "results.json", json.dumps(_json(table, files), indent=1))
+    figures = write_figures(table, out)
+    data = _json(table, files)
+    data["figures"] = figures
+    data["options"] = {name: per_metric[name] for name in args.metric}
+    data["random_weights"] = loaded.random_weights
+    write_text(out / "results.json", json.dumps(data, indent=1))
+    if args.report:
+        # cli.report loads matplotlib (through innspect.viz): imported when it is needed
+        from innspect.cli.report import _STYLE, _data_uri
+
+        page = render_report(out, table, data, args, style=_STYLE, data_uri=_data_uri)
+        write_text(out / "index.html", page)
     print(table)
-    print(f"wrote {out / 'results.csv'} and {out / 'results.json'}")
+    written = ["results.csv", "results.json", *figures] + (["index.html"] * args.report)
+    print(f"wrote {', '.join(written)} to {out}")
     return 0
+
+
+MASK_SUFFIXES = (".npy", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def load_mask(folder: str, input_file: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """The boolean mask of one input: the file of the same stem in ``folder`` (an .npy array,
+    or an image whose non-zero pixels are the object), checked against the input's ``shape``
+    (C, H, W, or any rank); (H, W) and (1, H, W) masks are broadcast over the channels."""
+    directory = Path(folder)
+    if not directory.is_dir():
+        raise CLIError(f"--mask {folder}: not a folder (give a folder of one mask per input)")
+    candidates = [directory / (input_file.stem + s) for s in MASK_SUFFIXES]
+    found = [c for c in candidates if c.is_file()]
+    if not found:
+        raise CLIError(
+            f"no mask for {input_file.name} in {directory}: expected {input_file.stem}.npy or "
+            f"{input_file.stem}.png (a mask per input, named after it)"
+        )
+    file = found[0]
+    try:
+        if file.suffix == ".npy":
+            mask = np.load(file, allow_pickle=False)
+        else:
+            from PIL import Image
+
+            with Image.open(file) as image:
+                mask = np.asarray(image.convert("L"))
+    except (OSError, ValueError) as error:
+        raise CLIError(f"cannot read the mask {file}: {error}") from error
+    mask = np.asarray(mask)
+    given = mask.shape
+    if mask.ndim == len(shape) - 1:
+        mask = mask[None]  # (H, W) for (C, H, W): one channel, broadcast
+    fits = mask.ndim == len(shape) and all(
+        m == s or (i == 0 and m == 1)
+        for i, (m, s) in enumerate(zip(mask.shape, shape, strict=True))
+    )
+    if not fits:
+        raise CLIError(
+            f"the mask {file} has shape {tuple(given)} but its input "
+            f"{input_file.name} has shape {tuple(shape)}: give a mask of the input's shape, "
+            f"{tuple(shape[1:])} or {(1, *shape[1:])}"
+        )
+    if not np.isfinite(mask.astype(np.float64)).all():
+        raise CLIError(f"the mask {file} holds NaN or infinite values")
+    return np.broadcast_to(mask != 0, shape).copy()
 
 
 def _finite(value: Any) -> Any:
@@ -176,3 +265,83 @@ def _json(table: Any, files: list[Path]) -> dict[str, Any]:
         "results": rows,
         "scores": scores,
     }
+
+
+def render_report(
+    folder: Path, table: Any, data: dict[str, Any], args: argparse.Namespace, **shared: Any
+) -> str:
+    """The report page: settings, the ranked table, every figure embedded (it can be moved or
+    mailed on its own). ``shared``: the style and picture embedding of ``innspect analyze``'s
+    page (``style``, ``data_uri``)."""
+    e = html.escape
+    if data["random_weights"]:
+        weights = f"random initial weights (seed {args.seed}): the scores mean little"
+    elif args.weights:
+        weights = f"weights <code>{e(args.weights)}</code>"
+    else:
+        weights = "the weights in the model file"
+    ranks = {metric: table.ranks(metric) for metric in table.metrics}
+    head = "".join(f"<th>{e(metric)}{_arrow(table, metric)}</th>" for metric in table.metrics)
+    body = []
+    for method in table.methods:
+        cells = []
+        for metric in table.metrics:
+            mean, low, high, n = mean_interval_of(table, method, metric)
+            interval = "" if math.isnan(low) else f" <small>[{low:.3g}, {high:.3g}]</small>"
+            rank = ranks[metric].get(method)
+            rank_text = f" <b>#{rank}</b>" if rank is not None else ""
+            cells.append(f'<td class="num">{mean:.4g}{interval}{rank_text}</td>')
+        body.append(f"<tr><td><code>{e(method)}</code></td>{''.join(cells)}</tr>")
+    options = "".join(
+        f"<tr><td><code>{e(metric)}</code></td><td>"
+        + (", ".join(f"<code>{e(k)}={e(repr(v))}</code>" for k, v in opts.items()) or "defaults")
+        + "</td></tr>"
+        for metric, opts in data["options"].items()
+    )
+    figures = "".join(
+        f"<h2>{e(name.removesuffix('.png').replace('_', ' '))}</h2>"
+        f'<img src="{shared["data_uri"](folder / name)}" alt="{e(name)}">'
+        for name in data["figures"]
+    )
+    inputs = ", ".join(
+        f"<code>{e(Path(file).name)}</code> (class {target})"
+        for file, target in zip(data["inputs"], data["targets"], strict=True)
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>innspect evaluate: {e(args.model)}</title>
+<style>{shared["style"]}</style>
+</head>
+<body>
+<h1>innspect evaluate</h1>
+<p>Model <code>{e(args.model)}</code> with {weights}. {len(data["inputs"])} input(s), explained
+and scored for the class given: {inputs}.</p>
+<p class="note">Each cell: the mean score over the inputs, its 95&nbsp;% interval (Student's t)
+and the method's rank among the methods for that metric (#1 best; &uarr; higher is better,
+&darr; lower is better). The metrics follow Quantus 0.6.0 and their papers
+(docs/evaluation.md lists where innspect differs).</p>
+<h2>Results</h2>
+<table><thead><tr><th>method</th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>
+<h2>Metric options</h2>
+<table><thead><tr><th>metric</th><th>options</th></tr></thead><tbody>{options}</tbody></table>
+{figures}
+<p class="muted">Written by <code>innspect evaluate</code>; results.csv and results.json
+(every per-input score) are in the same folder as this page.</p>
+</body>
+</html>
+"""
+
+
+def mean_interval_of(table: Any, method: str, metric: str) -> tuple[float, float, float, int]:
+    """Mean, 95 % interval and count of one cell (``evaluation.table.mean_interval``)."""
+    from innspect.evaluation.table import mean_interval
+
+    return mean_interval(table.scores(method, metric))
+
+
+def _arrow(table: Any, metric: str) -> str:
+    direction = table.results[table.methods[0]][metric].higher_is_better
+    return {True: " &uarr;", False: " &darr;"}.get(direction, "")

@@ -1,7 +1,8 @@
 """The built-in demo: train a digits CNN, explain it with every applicable analyzer, report.
 
-``run_demo(out_dir)`` writes analysis_grid.png, perturbation.png, results.csv, results.json and
-index.html to ``out_dir`` (each atomically) and returns the results it wrote.
+``run_demo(out_dir)`` writes analysis_grid.png, perturbation.png, evaluation_ranks.png,
+results.csv, results.json and index.html to ``out_dir`` (each atomically) and returns the
+results it wrote.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from innspect.analyzers.families import FAMILIES, grouped, title_of
 from innspect.demo import report
 from innspect.demo.catalogue import Catalogue, build_catalogue
 from innspect.demo.data import IMAGE_SIZE, load_digits_dataset, one_per_class
+from innspect.demo.evaluation import run_evaluation_demo
 from innspect.demo.introspection import run_introspection_demo
 from innspect.demo.model import N_CLASSES, digits_cnn, train
 from innspect.demo.plots import (
@@ -222,6 +224,9 @@ def _run(out: Path, fast: bool, verbose: bool, debug: bool) -> dict[str, Any]:
     results["files"]["perturbation"].update(
         dict(zip(("width", "height"), perturbation_size(n_panels(groups)), strict=True))
     )
+    _log("evaluating every method (faithfulness, complexity, MPRT)", verbose)
+    analyzers = {plan.name: plan.analyzer for plan in catalogue.methods}
+    results["evaluation"] = run_evaluation_demo(model, grid_images, analyzers, out)
     results["introspection"] = run_introspection_demo(model, data, out, fast, verbose)
     results["seconds"] = time.perf_counter() - started
     report.write_csv(out / "results.csv", rows)

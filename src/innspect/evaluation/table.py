@@ -102,7 +102,10 @@ class EvaluationTable:
         return records
 
     def ranks(self, metric: str) -> dict[str, int]:
-        """Rank of each method by its mean score on ``metric`` (1 = best; NaN means last)."""
+        """Rank of each method by its mean score on ``metric`` (1 = best; NaN means last).
+
+        Equal means share a rank, the best of their places ("1224" ranking): the order of
+        the methods asked must not decide between equal scores."""
         direction = self.results[self.methods[0]][metric].higher_is_better
         if direction is None:
             return {}
@@ -114,7 +117,8 @@ class EvaluationTable:
                 return math.inf
             return -value if direction else value
 
-        return {m: i + 1 for i, m in enumerate(sorted(self.methods, key=key))}
+        keys = {m: key(m) for m in self.methods}
+        return {m: 1 + sum(keys[o] < keys[m] for o in self.methods) for m in self.methods}
 
     def to_csv(self, path: str | os.PathLike | None = None) -> str:
         """The ``rows`` as CSV text; written (atomically) to ``path`` when given."""
