@@ -150,8 +150,7 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise InputError(
-            f"{path} is not a text file (not UTF-8 at byte {error.start}): a config is JSON "
-            "or TOML"
+            f"{path} is not a text file (not UTF-8 at byte {error.start}): a config is JSON or TOML"
         ) from error
     try:
         if path.suffix.lower() == ".toml":

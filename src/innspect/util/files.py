@@ -54,9 +54,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise InputError(f"a file name is needed to write to, got {str(path)!r}")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(
-            dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
-        )
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     except OSError as error:
         # Named by the file the caller asked for, not by the temporary file beside it.
         raise type(error)(
