@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from innspect.analyzers.families import title_of
 from innspect.analyzers.options import jsonable
 from innspect.analyzers.parameters import options_for_methods
 from innspect.analyzers.registry import create_analyzer
-from innspect.cli.common import CLIError, parse_options, resolve_methods
+from innspect.cli.common import CLIError, parse_options, quiet_unless_debug, resolve_methods
 from innspect.cli.dataset import add_dataset_arguments, run_dataset
 from innspect.errors import OutputActivationError
 from innspect.loading.inputs import (
@@ -147,13 +145,7 @@ class InputResult:
 
 def run(args: argparse.Namespace) -> int:
     """Explain every input with every chosen method and write the files."""
-    if args.debug:
-        return _run(args)
-    # Torch's own warnings and log lines are noise for a command-line user (--debug keeps them).
-    logging.getLogger("torch").setLevel(logging.CRITICAL)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return _run(args)
+    return quiet_unless_debug(_run, args)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 import difflib
-from collections.abc import Sequence
+import logging
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +61,14 @@ def resolve_methods(names: Sequence[str], methods_file: str | None) -> list[str]
         if name not in result:
             result.append(name)
     return result
+
+
+def quiet_unless_debug(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """``run(args)`` with torch's warnings and log lines held back: noise for a command-line
+    user (``--debug`` keeps them)."""
+    if args.debug:
+        return run(args)
+    logging.getLogger("torch").setLevel(logging.CRITICAL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return run(args)

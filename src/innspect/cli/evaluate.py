@@ -15,15 +15,13 @@ import argparse
 import html
 import inspect
 import json
-import logging
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from innspect.cli.common import CLIError, parse_options, resolve_methods
+from innspect.cli.common import CLIError, parse_options, quiet_unless_debug, resolve_methods
 from innspect.loading.inputs import check_channels, default_preprocess, input_files, load_input
 from innspect.loading.models import load_model
 from innspect.util.files import write_text
@@ -122,12 +120,7 @@ def metric_keys(name: str) -> set[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Explain, score and write the results."""
-    if args.debug:
-        return _run(args)
-    logging.getLogger("torch").setLevel(logging.CRITICAL)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return _run(args)
+    return quiet_unless_debug(_run, args)
 
 
 def _run(args: argparse.Namespace) -> int:
