@@ -504,3 +504,27 @@ def test_hard_sigmoid_follows_the_files_keras_version(tmp_path: Path) -> None:
         torch.testing.assert_close(
             innspect.load_keras(tmp_path / "hs.h5")(x), (0.2 * x + 0.5).clamp(0, 1)
         )
+
+
+def test_evaluate_scores_a_keras_file_from_the_command_line(saved, tmp_path: Path) -> None:
+    """``innspect evaluate --model keras:FILE``: the sample in Keras's layout, as analyze."""
+    model, folder = saved["image"]
+    (x,) = _inputs(model, seed=3)
+    np.save(tmp_path / "a.npy", x[0])
+    np.save(tmp_path / "b.npy", x[1])
+    out = tmp_path / "scores"
+    argv = ["evaluate", "--model", f"keras:{folder / 'image.h5'}", "--input"]
+    argv += [str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--method", "gradient"]
+    argv += ["--metric", "sparseness", "--out", str(out)]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    # The same scores as the library on the loaded model, inputs in Keras's layout.
+    from innspect.evaluation import Sparseness
+
+    loaded = innspect.load_keras(folder / "image.h5")
+    batch = torch.as_tensor(x[:2])
+    targets = torch.as_tensor(results["targets"])
+    analyzer = innspect.create_analyzer("gradient", loaded, neuron_selection_mode="index")
+    attributions = analyzer.analyze(batch, neuron_selection=targets)
+    expected = Sparseness()(loaded, batch, targets, attributions).scores
+    np.testing.assert_allclose(results["scores"]["gradient"]["sparseness"], expected, rtol=1e-6)
