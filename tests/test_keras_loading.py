@@ -528,3 +528,36 @@ def test_evaluate_scores_a_keras_file_from_the_command_line(saved, tmp_path: Pat
     attributions = analyzer.analyze(batch, neuron_selection=targets)
     expected = Sparseness()(loaded, batch, targets, attributions).scores
     np.testing.assert_allclose(results["scores"]["gradient"]["sparseness"], expected, rtol=1e-6)
+
+
+def test_an_inntrospect_config_naming_a_keras_file_runs_as_written(saved, tmp_path: Path) -> None:
+    """iNNtrospect's configs name the Keras model file itself (``model_path: model.h5``) and
+    Keras layer names; both work unchanged, and the profiles are the layer's mean output."""
+    from innspect.introspect import Naps
+    from innspect.introspect.collect import collect
+
+    model, folder = saved["image"]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for k, group in enumerate(["a", "b", "a", "b"]):
+        batch = rng.normal(size=(3, 9, 10, 3)).astype(np.float32)  # Keras's layout
+        np.save(corpus / f"batch{k}.npy", batch)
+        rows.append(f"batch{k}.npy,{group}")
+    (corpus / "corpus.csv").write_text("\n".join(rows) + "\n")
+    config = {
+        "model_path": str(folder / "image.h5"),
+        "data_path": str(corpus),
+        "processed_corpus_path": str(tmp_path / "out"),
+        "layer_names_of_interest": ["conv_s2"],
+        "layout": "graph",
+        "projection": "pca",
+        "projection_samples": 2,
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    assert main(["introspect", "--config", str(path)]) == 0
+    profiles = Naps.load(tmp_path / "out" / "naps")
+    expected = collect(innspect.load_keras(folder / "image.h5"), corpus, layers=["conv_s2"])
+    np.testing.assert_allclose(profiles["conv_s2"], expected["conv_s2"], rtol=1e-6, atol=1e-7)
