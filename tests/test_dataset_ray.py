@@ -253,3 +253,22 @@ def test_gpus_per_worker_goes_with_the_ray_backend(weights, data, tmp_path, caps
     )  # fmt: skip
     assert status == 2
     assert "--gpus-per-worker go with --backend ray" in capsys.readouterr().err
+
+
+def test_ray_workers_load_a_keras_file_themselves(cluster, tmp_path):
+    """``keras:FILE`` on Ray: each worker reads the tf.keras ``.h5`` with h5py alone and
+    writes the same bytes as the local backend (inputs in Keras's layout)."""
+    from tests.test_keras_references import _folder
+
+    spec = f"keras:{_folder() / 'cnn_seq.h5'}"
+    x = np.random.default_rng(1).normal(size=(20, 16, 16, 3)).astype(np.float32)
+    options = {"shard_size": 8, "batch_size": 4, "verbose": False}
+    explain_dataset(spec, x, ["gradient", "lrp.epsilon"], tmp_path / "local", **options)
+    explain_dataset(
+        spec, x, ["gradient", "lrp.epsilon"], tmp_path / "ray", backend="ray", num_workers=2,
+        **options,
+    )  # fmt: skip
+    local = json.loads((tmp_path / "local" / INDEX_NAME).read_text())
+    remote = json.loads((tmp_path / "ray" / INDEX_NAME).read_text())
+    assert remote["shards"] == local["shards"]  # same checksums: same bytes
+    assert read_shards(tmp_path / "ray")["gradient/attribution"].shape == x.shape
