@@ -13,7 +13,7 @@ import warnings
 from typing import Any
 
 import torch
-from torch import fx
+from torch import fx, nn
 
 from innspect.errors import NotAnalyzableModelError, first_line
 from innspect.graph import ops
@@ -29,6 +29,8 @@ def torchscript_to_fx(scripted: torch.jit.ScriptModule, example: torch.Tensor) -
     back to the torch functions innspect's graph classifier knows (so ReLUs stay ReLUs for
     deconvnet, guided backprop and LRP).
     """
+    # Read before the conversion, which inlines the scripted module's graphs in place.
+    stateless = _stateless_calls(scripted)
     try:
         from torch._export.converter import TS2EPConverter
 
@@ -54,6 +56,7 @@ def torchscript_to_fx(scripted: torch.jit.ScriptModule, example: torch.Tensor) -
     name = getattr(scripted, "original_name", None) or type(scripted).__name__ or "Scripted"
     module = fx.GraphModule(exported, graph, class_name=name)
     _calls_as_new_layers(module)
+    _stateless_calls_as_modules(module, stateless)
     for node in module.graph.nodes:
         function = ops.torch_function(node.target) if node.op == "call_function" else None
         if function is not None:
@@ -94,6 +97,73 @@ def _calls_as_new_layers(module: fx.GraphModule) -> None:
         replacement.meta = dict(node.meta)
         node.replace_all_uses_with(replacement)
         module.graph.erase_node(node)
+
+
+# Stateless torch.nn modules the converter inlines into one ATen call: their class (as
+# TorchScript keeps it), that call's name, and the module again from the scripted one's
+# attributes.
+_STATELESS: dict[str, tuple[str, Any]] = {
+    "ReLU": ("relu", lambda s: nn.ReLU()),
+    "ReLU6": ("hardtanh", lambda s: nn.ReLU6()),
+    "LeakyReLU": ("leaky_relu", lambda s: nn.LeakyReLU(s.negative_slope)),
+    "ELU": ("elu", lambda s: nn.ELU(s.alpha)),
+    "SiLU": ("silu", lambda s: nn.SiLU()),
+    "Sigmoid": ("sigmoid", lambda s: nn.Sigmoid()),
+    "Tanh": ("tanh", lambda s: nn.Tanh()),
+    "Softmax": ("softmax", lambda s: nn.Softmax(s.dim)),
+    "Flatten": ("flatten", lambda s: nn.Flatten(s.start_dim, s.end_dim)),
+}
+
+
+def _stateless_calls(scripted: torch.jit.ScriptModule, prefix: str = "") -> list[tuple[str, Any]]:
+    """(path, scripted submodule) of each call of a stateless module in execution order,
+    read from the forward graphs before TorchScript inlines them (``prim::CallMethod`` on a
+    ``prim::GetAttr``), nested modules followed."""
+    try:
+        graph = scripted.graph
+    except (AttributeError, RuntimeError):
+        return []
+    attributes: dict[Any, str] = {}
+    calls: list[tuple[str, Any]] = []
+    for node in graph.nodes():
+        if node.kind() == "prim::GetAttr":
+            attributes[node.output()] = node.s("name")
+        elif node.kind() == "prim::CallMethod" and node.s("name") == "forward":
+            attribute = attributes.get(next(node.inputs()))
+            child = getattr(scripted, attribute, None) if attribute else None
+            if not isinstance(child, torch.jit.ScriptModule):
+                continue
+            path = f"{prefix}{attribute}"
+            if getattr(child, "original_name", "") in _STATELESS:
+                calls.append((path, child))
+            else:
+                calls.extend(_stateless_calls(child, f"{path}."))
+    return calls
+
+
+def _stateless_calls_as_modules(module: fx.GraphModule, calls: list[tuple[str, Any]]) -> None:
+    """Give the ATen calls of stateless modules (a ReLU named ``act``) their module again,
+    under the scripted model's path, so nodes read as the user's layers. Matched by order
+    among the calls of the same operation, and only where every such call comes from such a
+    module (as many calls as module calls): otherwise the names are left out, never guessed."""
+    by_operation: dict[str, list[tuple[str, Any]]] = {}
+    for path, child in calls:
+        by_operation.setdefault(_STATELESS[child.original_name][0], []).append((path, child))
+    for operation, expected in by_operation.items():
+        found = [
+            node
+            for node in module.graph.nodes
+            if node.op == "call_function" and getattr(node.target, "_opname", None) == operation
+        ]
+        if len(found) != len(expected):
+            continue
+        for node, (path, child) in zip(found, expected, strict=True):
+            module.add_submodule(path, _STATELESS[child.original_name][1](child))
+            with module.graph.inserting_before(node):
+                replacement = module.graph.call_module(path, (node.args[0],))
+            replacement.meta = dict(node.meta)
+            node.replace_all_uses_with(replacement)
+            module.graph.erase_node(node)
 
 
 def _owner(stored: Any, names: Any) -> str | None:
