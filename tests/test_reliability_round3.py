@@ -39,6 +39,17 @@ FAMILIES = [
 ]
 
 
+# Beside a training thread: every family that runs on a ReLU network without data of its own
+# (pattern.* learn patterns first; class activation maps need a spatial layer).
+BESIDE_TRAINING = [
+    *FAMILIES,
+    ("deep_taylor", {}),
+    ("lrp.epsilon_plus", {}),
+    ("lrp.attn", {}),
+    ("input", {}),
+]
+
+
 def _mlp() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4)).double()
@@ -298,16 +309,31 @@ def test_a_half_imported_dynamo_does_not_break_an_analysis(monkeypatch) -> None:
         assert innspect.create_analyzer(name, model).analyze(x).abs().sum() > 0
 
 
+def _small_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 4)
+    ).double()
+
+
 @pytest.mark.slow
-def test_analyses_beside_an_optimizer_thread_explain_the_model_as_it_was_at_a_moment() -> None:
+@pytest.mark.parametrize("setup", ["mlp", "cnn"])
+def test_analyses_beside_an_optimizer_thread_explain_the_model_as_it_was_at_a_moment(
+    setup: str,
+) -> None:
     # Beside training, every call must succeed (autograd's "modified by an inplace
     # operation" failed about one call in 30) and explain the tensors as they were at one
     # moment: an optimizer step writes its parameters one after another, so that moment may
     # fall inside a step (the first k parameters updated): docs/reliability.md.
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 4)).double()
-    x = _x()
-    batch = torch.randn(32, 6, dtype=torch.float64)
+    if setup == "mlp":
+        model, methods = (
+            nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 4)).double(),
+            BESIDE_TRAINING,
+        )
+        x, batch = _x(), torch.randn(32, 6, dtype=torch.float64)
+    else:  # class activation maps need a spatial layer
+        model, methods = _small_cnn(), [("cam.grad", {}), ("cam.score", {})]
+        x, batch = torch.randn(3, 1, 6, 6).double(), torch.randn(32, 1, 6, 6).double()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     states = [copy.deepcopy(model.state_dict())]
     stop = threading.Event()
@@ -320,12 +346,12 @@ def test_analyses_beside_an_optimizer_thread_explain_the_model_as_it_was_at_a_mo
             optimizer.step()
             states.append(copy.deepcopy(model.state_dict()))
 
-    analyzers = {n: innspect.create_analyzer(n, model, **o) for n, o in FAMILIES}
+    analyzers = {n: innspect.create_analyzer(n, model, **o) for n, o in methods}
     results = []
     trainer = threading.Thread(target=train)
     trainer.start()
     try:
-        for _ in range(4):
+        for _ in range(3):
             for name, analyzer in analyzers.items():
                 first = len(states)
                 result = analyzer.analyze(x)
@@ -335,7 +361,7 @@ def test_analyses_beside_an_optimizer_thread_explain_the_model_as_it_was_at_a_mo
         trainer.join()
     assert len(states) > 5  # training did run beside the analyses
     keys = list(states[0])  # the order in which SGD writes them
-    frozen, options, explained = copy.deepcopy(model), dict(FAMILIES), {}
+    frozen, options, explained = copy.deepcopy(model), dict(methods), {}
 
     def explanation(name: str, step: int, updated: int) -> torch.Tensor:
         if (name, step, updated) not in explained:
