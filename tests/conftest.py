@@ -16,11 +16,16 @@ SHARED_REFERENCES = Path(
 
 def require_references(subdir: str) -> Path:
     """The reference folder; in CI (CI=true) its absence fails loudly instead of skipping."""
-    path = SHARED_REFERENCES / subdir
+    return require_shared(SHARED_REFERENCES / subdir, "INNSPECT_SHARED_REFERENCES")
+
+
+def require_shared(path: Path, variable: str) -> Path:
+    """A folder of ../shared/ (or where ``variable`` points); in CI (CI=true) its absence
+    fails loudly instead of skipping."""
     if not path.is_dir():
         message = (
             f"reference data {path} not found: CI must have ../shared/ beside the checkout "
-            "(or set INNSPECT_SHARED_REFERENCES)"
+            f"(or set {variable})"
         )
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)

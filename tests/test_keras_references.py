@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 import innspect
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, require_shared
 
 KERAS_REFERENCES = Path(
     os.environ.get("INNSPECT_SHARED_KERAS", REPO_ROOT.parent / "shared" / "keras")
@@ -39,15 +39,7 @@ RTOL, ATOL = 1e-2, 1e-5
 
 
 def _folder() -> Path:
-    if not KERAS_REFERENCES.is_dir():
-        message = (
-            f"Keras reference data {KERAS_REFERENCES} not found: CI must have ../shared/ beside "
-            "the checkout (or set INNSPECT_SHARED_KERAS)"
-        )
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return KERAS_REFERENCES
+    return require_shared(KERAS_REFERENCES, "INNSPECT_SHARED_KERAS")
 
 
 def _analyze(model: nn.Module, dataset: h5py.Dataset, x: np.ndarray, index: np.ndarray | None):
