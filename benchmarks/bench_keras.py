@@ -6,7 +6,8 @@ VGG16's 13 convolutions, 5 max poolings, Flatten and 3 dense layers, 138,357,544
 float32 weights (528 MiB), nothing downloaded. Rows: reading every weight into NumPy with
 h5py alone (the floor any loader pays), and ``innspect.load_keras`` (read, transpose the
 kernels to torch's layout, build the module). Target (issue 29): at most 2x the h5py read.
-Median of ``--repeats`` runs after one warm-up (the file is in the page cache for both).
+Median of ``--repeats`` runs of each, alternating, after one warm-up (the file is in the page
+cache for both).
 """
 
 from __future__ import annotations
@@ -86,14 +87,19 @@ def read_with_h5py(path: Path) -> int:
     return sum(a.size for a in arrays)
 
 
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up: page cache, imports
-    times = []
+def _paired_medians(first, second, repeats: int) -> tuple[float, float]:
+    """Median times of ``first`` and ``second`` run alternately (after one warm-up each), so
+    that both see the same machine: the page cache, other processes and the allocator's
+    state change over a run, and timing one after the other blocks gave one of them the
+    quieter half."""
+    first(), second()
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, kept in ((first, times[0]), (second, times[1])):
+            start = time.perf_counter()
+            fn()
+            kept.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def section(repeats: int, size: int = 224) -> str:
@@ -101,19 +107,20 @@ def section(repeats: int, size: int = 224) -> str:
         path = Path(folder) / "vgg16.h5"
         count = write_vgg16(path, size)
         megabytes = path.stat().st_size / 2**20
-        read = _median_time(lambda: read_with_h5py(path), repeats)
         model = innspect.load_keras(path)
         assert sum(p.numel() for p in model.parameters()) == count
         del model
-        load = _median_time(lambda: innspect.load_keras(path), repeats)
+        read, load = _paired_medians(
+            lambda: read_with_h5py(path), lambda: innspect.load_keras(path), repeats
+        )
     ratio = load / read
     verdict = "met" if ratio <= TARGET else "NOT met"
     return "\n".join(
         [
             "## Keras loading (VGG16-sized .h5)\n",
             f"tf.keras-2-style VGG16 `.h5` written with h5py ({count:,} random float32 weights, "
-            f"{megabytes:.0f} MiB, input {size}x{size}); median of {repeats} runs after a "
-            "warm-up.\n",
+            f"{megabytes:.0f} MiB, input {size}x{size}); median of {repeats} runs each, "
+            "alternating, after a warm-up.\n",
             "| step | seconds | x h5py read |",
             "| --- | ---: | ---: |",
             f"| h5py: read every weight | {read:.3f} | 1.00 |",

@@ -75,7 +75,12 @@ def image_model() -> keras.Model:
     merged = layers.Subtract(name="sub")([merged, d])
     m2 = layers.Multiply(name="mul")([layers.Activation("sigmoid", name="sig")(b), c])
     m3 = layers.Average(name="avg")([merged, m2])
-    m4 = layers.Maximum(name="max")([m3, layers.LeakyReLU(name="leaky")(d)])
+    # Keras's default PReLU has a slope per position; shared_axes=[1] one per (column, channel).
+    e = layers.PReLU(name="prelu_pos")(d)
+    e = layers.PReLU(shared_axes=[1], name="prelu_rows")(e)
+    e = layers.ReLU(threshold=0.2, name="relu_thr")(e)
+    e = layers.ReLU(threshold=0.1, max_value=0.5, name="relu_thr_max")(e)
+    m4 = layers.Maximum(name="max")([m3, layers.LeakyReLU(name="leaky")(d), e])
     m5 = layers.Minimum(name="min")([m4, layers.ReLU(max_value=6.0, name="relu6")(merged)])
     cat = layers.Concatenate(name="cat")([m5, layers.PReLU(shared_axes=[1, 2], name="prelu")(m3)])
     cat = layers.SpatialDropout2D(0.3, name="sdrop")(cat)
@@ -183,7 +188,14 @@ def dot_model() -> keras.Model:
     pooled = layers.GlobalMaxPooling1D(keepdims=True, name="gmp_keep")(
         layers.Softmax(name="sm")(first)
     )
-    return keras.Model([a, b], layers.Dense(2, name="out")(layers.Flatten(name="flat")(pooled)))
+    # Keras's batch_dot beyond rank 3, and of a rank-2 with a rank-3 input.
+    blocks = layers.Reshape((2, 2, 3), name="blocks")(a)
+    rank4 = layers.Dot(axes=3, name="dot_rank4")([blocks, blocks])  # (2, 2, 2, 2)
+    mean = layers.GlobalAveragePooling1D(name="mean")(a)  # (3,)
+    mixed = layers.Dot(axes=(1, 2), name="dot_mixed")([mean, b])  # (5,)
+    flat = [layers.Flatten(name=f"flat_{i}")(t) for i, t in enumerate((pooled, rank4))]
+    features = layers.Concatenate(name="features")([*flat, mixed])
+    return keras.Model([a, b], layers.Dense(2, name="out")(features))
 
 
 def channels_first_model() -> keras.Model:
@@ -280,6 +292,9 @@ def test_every_keras_layer_is_a_named_torch_layer(saved) -> None:
     assert isinstance(modules["logits"], torch.nn.Linear)
     assert isinstance(modules["leaky"], torch.nn.LeakyReLU)
     assert modules["leaky"].negative_slope == pytest.approx(0.3)  # Keras's default
+    assert isinstance(modules["prelu_pos"], torch.nn.PReLU)  # on the flattened positions
+    assert modules["prelu_pos"].num_parameters == 5 * 5 * 6
+    assert isinstance(modules["relu_thr"], torch.nn.Threshold)
     dw = modules["dw"]
     assert isinstance(dw, torch.nn.Conv2d) and dw.groups == 6 and dw.out_channels == 12
     nested = dict(innspect.load_keras(folder / "nested.h5").named_modules())

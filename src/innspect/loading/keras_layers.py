@@ -247,11 +247,17 @@ def _dot(model: nn.Module, xs: list[Any], axes: tuple[int, int], normalize: bool
     if normalize:
         a = F.normalize(a, dim=axes[0])
         b = F.normalize(b, dim=axes[1])
-    if a.dim() == 2:
+    if a.dim() == 2 and b.dim() == 2:
         return torch.sum(a * b, dim=1, keepdim=True)
+    # Keras's batch_dot: the batch axis kept, a's other axes then b's other axes.
     a = torch.movedim(a, axes[0], -1)
     b = torch.movedim(b, axes[1], 1)
-    return torch.matmul(a, b)
+    if a.dim() == 3 and b.dim() == 3:
+        return torch.matmul(a, b)
+    rows, cols = a.shape[1:-1], b.shape[2:]
+    product = torch.matmul(a.reshape(a.shape[0], -1, a.shape[-1]), b.flatten(2))
+    out = product.reshape(a.shape[0], *rows, *cols)
+    return out if out.dim() >= 2 else out.unsqueeze(1)
 
 
 class Affine(nn.Module):
@@ -440,8 +446,14 @@ def _relu_layer(b: Builder, layer: LayerSpec, xs: list[TensorInfo]) -> TensorInf
         module = nn.LeakyReLU(slope)
     elif threshold == 0.0 and slope == 0.0:
         module = nn.Hardtanh(0.0, float(max_value))
+    elif slope == 0.0:
+        # Keras: where(x > threshold, x, 0), then clip to [0, max_value] when one is given
+        # (keras/src/activations/activations.py, ReLU.static_call): torch's Threshold.
+        module = nn.Threshold(threshold, 0.0)
+        if max_value is not None:
+            module = nn.Sequential(module, nn.Hardtanh(0.0, float(max_value)))
     else:
-        raise _unsupported(layer, b.file, "a ReLU with a threshold")
+        raise _unsupported(layer, b.file, "a ReLU with both a threshold and a negative slope")
     return b.call(layer, module, xs[0])
 
 
@@ -477,15 +489,34 @@ def _prelu_layer(b: Builder, layer: LayerSpec, xs: list[TensorInfo]) -> TensorIn
     x = xs[0]
     if alpha.numel() == 1:
         module = nn.PReLU(1)
-    else:
-        # torch's PReLU has one slope per channel (axis 1): Keras's alpha must be shared over
-        # every other axis (shared_axes), i.e. shaped (1, ..., 1, C).
-        if alpha.dim() >= 2 and any(s != 1 for s in alpha.shape[:-1]):
-            raise _unsupported(layer, b.file, "a PReLU slope per position (set shared_axes)")
+    elif alpha.dim() < 2 or all(s == 1 for s in alpha.shape[:-1]):
+        # One slope per channel (shared_axes over every other axis): torch's PReLU, whose
+        # slopes are per channel on axis 1.
         x = b.want(x, True)
         module = nn.PReLU(alpha.shape[-1])
+    else:
+        return _prelu_per_position(b, layer, x, alpha)
     b.load(module, weight=alpha.reshape(-1).contiguous())
     return b.call(layer, module, x)
+
+
+def _prelu_per_position(
+    b: Builder, layer: LayerSpec, x: TensorInfo, alpha: torch.Tensor
+) -> TensorInfo:
+    """Keras's default PReLU (``shared_axes=None``): a slope per position, ``alpha`` shaped
+    as the input without its batch axis (1 on shared axes). Torch's PReLU takes one slope per
+    feature of a flat (N, features) input, so the input is flattened in Keras's layout, goes
+    through ``nn.PReLU(features)`` and gets its shape back: torch's own layers only."""
+    x = b.want(x, False)
+    shape = tuple(x.value.shape[1:])
+    if not x.known or alpha.dim() != len(shape):
+        raise _unsupported(layer, b.file, "a PReLU slope per position on an input of unknown size")
+    slopes = alpha.expand(shape).reshape(-1).contiguous()  # shared axes repeated
+    flat = b.op(_flatten, [x], cf=False, where=layer)
+    module = nn.PReLU(slopes.numel())
+    b.load(module, weight=slopes)
+    out = b.call(layer, module, flat)
+    return b.op(functools.partial(_reshape, shape=(-1, *shape)), [out], cf=False, where=layer)
 
 
 # -- core layers -------------------------------------------------------------------------------
@@ -873,8 +904,8 @@ def _dot_layer(b: Builder, layer: LayerSpec, xs: list[TensorInfo]) -> TensorInfo
     xs = [b.want(t, False) for t in xs]
     axes = layer.config.get("axes", -1)
     axes = (axes, axes) if isinstance(axes, int) else tuple(axes)
-    if len(xs) != 2 or xs[0].rank != xs[1].rank or xs[0].rank not in (2, 3):
-        raise _unsupported(layer, b.file, "a dot product of inputs other than two of rank 2 or 3")
+    if len(xs) != 2:
+        raise _unsupported(layer, b.file, f"a dot product of {len(xs)} inputs")
     axes = (int(axes[0]) % xs[0].rank, int(axes[1]) % xs[1].rank)
     fn = functools.partial(_dot, axes=axes, normalize=bool(layer.config.get("normalize")))
     return b.op(fn, xs, cf=False, where=layer)
