@@ -18,6 +18,7 @@ from innspect.distributed import ray_backend
 from innspect.distributed.dataset import explain_dataset
 from innspect.distributed.shards import INDEX_NAME, read_shards
 from innspect.errors import InputError
+from innspect.evaluation.dataset import evaluate_dataset
 
 ray = pytest.importorskip("ray") if os.environ.get("CI", "").lower() != "true" else None
 if ray is None:
@@ -272,3 +273,25 @@ def test_ray_workers_load_a_keras_file_themselves(cluster, tmp_path):
     remote = json.loads((tmp_path / "ray" / INDEX_NAME).read_text())
     assert remote["shards"] == local["shards"]  # same checksums: same bytes
     assert read_shards(tmp_path / "ray")["gradient/attribution"].shape == x.shape
+
+
+def test_evaluation_on_ray_writes_the_local_shards(cluster, weights, data, tmp_path):
+    """evaluate_dataset's shards (per-sample scores, a stochastic metric included, and their
+    summaries) have the same bytes from two Ray workers as from the local backend."""
+    settings = {
+        "weights": weights,
+        "batch_size": 8,
+        "shard_size": 16,
+        "verbose": False,
+        "metric_options": {"max_sensitivity": {"nr_samples": 2}},
+    }
+    few = data[:40]
+    metrics = ["sparseness", "max_sensitivity"]
+    local = evaluate_dataset(SPEC, few, ["gradient"], metrics, tmp_path / "local", **settings)
+    remote = evaluate_dataset(
+        SPEC, few, ["gradient"], metrics, tmp_path / "ray", backend="ray", num_workers=2,
+        **settings,
+    )  # fmt: skip
+    shards = [json.loads((d / INDEX_NAME).read_text())["shards"] for d in (local.out, remote.out)]
+    assert len(shards[0]) == 3 and shards[0] == shards[1]  # same checksums
+    assert remote.summaries == local.summaries

@@ -12,6 +12,7 @@ from innspect.evaluation import (
     road,
     robustness,
 )
+from innspect.evaluation.aggregate import ScoreSummary
 from innspect.evaluation.axiomatic import Completeness, InputInvariance, NonSensitivity
 from innspect.evaluation.complexity import Complexity, EffectiveComplexity, Sparseness
 from innspect.evaluation.conservation import ConservationReport, conservation_report
@@ -21,6 +22,7 @@ from innspect.evaluation.correlations import (
     MonotonicityCorrelation,
     SensitivityN,
 )
+from innspect.evaluation.dataset import DatasetEvaluation, evaluate_dataset
 from innspect.evaluation.faithfulness import (
     IROF,
     Infidelity,
@@ -89,9 +91,12 @@ __all__ = [
     "Consistency",
     "Continuity",
     "ConservationReport",
+    "DatasetEvaluation",
     "EffectiveComplexity",
     "EfficientMPRT",
     "EvaluationTable",
+    "ScoreSummary",
+    "evaluate_dataset",
     "FaithfulnessCorrelation",
     "FaithfulnessEstimate",
     "Focus",

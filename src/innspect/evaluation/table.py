@@ -21,6 +21,7 @@ from torch import nn
 from innspect.analyzers.api import Analyzer
 from innspect.analyzers.registry import create_analyzer
 from innspect.errors import InputError
+from innspect.evaluation.aggregate import ScoreSummary
 from innspect.evaluation.metric import (
     Metric,
     MetricResult,
@@ -32,27 +33,11 @@ from innspect.evaluation.metric import (
 from innspect.util.files import write_text
 from innspect.util.tensors import model_device_dtype
 
-# Two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom (standard tables);
-# above 30 the normal quantile is within 4 % of t's.
-_T95 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
-
 
 def mean_interval(scores: torch.Tensor) -> tuple[float, float, float, int]:
     """Mean, 95 % interval (low, high) and count of the finite scores (NaN interval for n<2)."""
-    values = scores[torch.isfinite(scores)].double()
-    n = values.numel()
-    if n == 0:
-        return math.nan, math.nan, math.nan, 0
-    mean = float(values.mean())
-    if n < 2:
-        return mean, math.nan, math.nan, n
-    quantile = _T95[n - 2] if n - 1 <= len(_T95) else 1.96
-    half = quantile * float(values.std(unbiased=True)) / math.sqrt(n)
-    return mean, mean - half, mean + half, n
+    summary = ScoreSummary.of(scores)
+    return (summary.mean, *summary.interval(), summary.n)
 
 
 @dataclass
@@ -188,12 +173,12 @@ def evaluate(
         labels = predict(model, x, softmax=False).argmax(dim=1)
     else:
         labels = as_labels(target, x.shape[0], x.device)
-    metric_objects = _metrics(metrics, metric_options or {})
+    metric_objects = make_metrics(metrics, metric_options or {})
     table = EvaluationTable([], [m.name for m in metric_objects], targets=labels.cpu())
     entries = methods.items() if isinstance(methods, Mapping) else _labelled(methods)
     extra = {"mask": mask, "mosaic_labels": mosaic_labels}
     for label, method in entries:
-        analyzer = _analyzer(model, method, (method_options or {}).get(label))
+        analyzer = method_analyzer(model, method, (method_options or {}).get(label))
         attributions = method if analyzer is None else _attributions(model, x, labels, analyzer)
         table.methods.append(label)
         table.results[label] = {}
@@ -218,7 +203,10 @@ def _labelled(methods: Sequence[str | Analyzer]) -> list[tuple[str, Any]]:
     return [(m if isinstance(m, str) else type(m).name, m) for m in methods]
 
 
-def _metrics(metrics: Sequence[str | Metric], options: Mapping[str, Mapping[str, Any]]):
+def make_metrics(
+    metrics: Sequence[str | Metric], options: Mapping[str, Mapping[str, Any]]
+) -> list[Metric]:
+    """Metric objects from names (with their options) or configured metrics; each once."""
     if isinstance(metrics, str | Metric):
         metrics = [metrics]
     made = []
@@ -235,8 +223,9 @@ def _metrics(metrics: Sequence[str | Metric], options: Mapping[str, Mapping[str,
     return made
 
 
-def _analyzer(model: nn.Module, method: Any, options: Any) -> Analyzer | None:
-    """The analyzer of a method (None for precomputed attributions)."""
+def method_analyzer(model: nn.Module, method: Any, options: Any) -> Analyzer | None:
+    """The analyzer of a method (None for precomputed attributions); names explain the
+    class given (``neuron_selection_mode="index"``)."""
     if isinstance(method, torch.Tensor):
         return None
     if isinstance(method, str):
