@@ -4,11 +4,20 @@
 ``--only introspect`` imports, imports the coverage package.)
 
 Every classification model of ``torchvision.models.list_models(module=torchvision.models)``,
-a fixed list of timm models, and Hugging Face BERT / ViT / GPT-2 / LLaMA in tiny random
-configurations (random weights, never downloaded). For every relevance method and the
-gradient family, one explanation of one random input: "ok" with finite results (and the
-time), or the refusal message. Writes docs/coverage.md. ``make coverage`` runs it (not part
-of ``make test``).
+a fixed list of timm models, torchvision's video models, and 28 Hugging Face families in tiny
+random configurations (random weights, never downloaded), in float64. For every relevance method
+and the gradient family, one explanation of one random input, and where a check exists, the
+check it passed (or "wrong" with the numbers in the notes):
+
+- ``gradient`` equals autograd's gradient of the same logit; ``input_t_gradient`` equals the
+  input times it (relative L2 <= 1e-6);
+- ``lrp.z`` equals input x gradient on piecewise-linear models (every input-dependent node of
+  the captured graph is linear, a ReLU, a max pooling or a rearrangement), as it must there;
+- ``lrp.cp`` conserves: on a copy of the model with every bias, batch-norm shift, position
+  embedding and class token set to zero, the relevance at the input sums to the logit (1e-6).
+
+Other cells say "finite" (no oracle here; the peers' tests check them on named models), or
+the refusal. Writes docs/coverage.md. ``make coverage`` runs it (not part of ``make test``).
 
     python benchmarks/model_coverage.py [--models vit_b_16 timm:levit_128s hf:bert] [--size 64]
 """
@@ -16,6 +25,7 @@ of ``make test``).
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -28,6 +38,7 @@ from tqdm import tqdm
 
 import innspect
 from innspect.errors import InnspectError, NonFiniteRelevanceError
+from innspect.graph.ops import Kind
 from innspect.util.files import write_text
 
 METHODS = {
@@ -68,7 +79,54 @@ TIMM_MODELS = (
     "dla34",
     "resnet18d",
 )
-HF_MODELS = ("bert", "vit", "gpt2", "llama")
+# Hugging Face families in tiny random configurations: (task, the family's own settings).
+_WIDTH = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+          "intermediate_size": 64, "max_position_embeddings": 64}  # fmt: skip
+_IMAGE = {"image_size": 32, "patch_size": 8, "num_labels": 10}
+HF_FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
+    # encoders, explained at the first token's classification logits
+    "bert": ("sequence", {}),
+    "roberta": ("sequence", {}),
+    "xlm-roberta": ("sequence", {}),
+    "distilbert": ("sequence", {"hidden_dim": 64}),
+    "albert": ("sequence", {"embedding_size": 32}),
+    "electra": ("sequence", {"embedding_size": 32}),
+    "deberta-v2": ("sequence", {}),
+    # decoders, explained at the last token's logits
+    "gpt2": ("causal", {}),
+    "gpt_neo": ("causal", {"attention_types": [[["global", "local"], 1]], "num_layers": 2}),
+    "gpt_neox": ("causal", {}),
+    "gptj": ("causal", {"rotary_dim": 8}),
+    "opt": ("causal", {"word_embed_proj_dim": 32, "ffn_dim": 64}),
+    "bloom": ("causal", {}),
+    "falcon": ("causal", {}),
+    "llama": ("causal", {"num_key_value_heads": 1}),
+    "mistral": ("causal", {"num_key_value_heads": 1, "sliding_window": 4}),
+    "qwen2": ("causal", {"num_key_value_heads": 1}),
+    "qwen3": ("causal", {"num_key_value_heads": 1, "head_dim": 16}),
+    "gemma": ("causal", {"num_key_value_heads": 1, "head_dim": 16}),
+    "phi": ("causal", {}),
+    "phi3": ("causal", {"num_key_value_heads": 1, "pad_token_id": 0}),
+    "stablelm": ("causal", {"num_key_value_heads": 1}),
+    # vision
+    "vit": ("image", _IMAGE),
+    "deit": ("image", _IMAGE),
+    "beit": ("image", _IMAGE),
+    "swin": (
+        "image",
+        {
+            "image_size": 32,
+            "patch_size": 4,
+            "embed_dim": 16,
+            "depths": [1, 1],
+            "num_heads": [1, 2],
+            "window_size": 4,
+            "num_labels": 10,
+        },
+    ),  # fmt: skip
+    "convnext": ("image", {"hidden_sizes": [8, 16], "depths": [1, 1], "num_labels": 10}),
+}
+HF_MODELS = tuple(HF_FAMILIES)
 
 
 @dataclass
@@ -92,6 +150,29 @@ def torchvision_case(name: str, size: int) -> Case:
     return Case("torchvision", name, build)
 
 
+# torchvision's video classifiers: (1, 3, 8, 64, 64) clips, S3D needs 16 frames of 224x224.
+# Left out for time: MViT v1/v2 (fixed 16x224x224 in float64) and swin3d_s/b (swin3d_t's
+# larger siblings).
+VIDEO_MODELS = {
+    "r3d_18": (8, 64),
+    "mc3_18": (8, 64),
+    "r2plus1d_18": (8, 64),
+    "swin3d_t": (8, 64),
+    "s3d": (16, 224),
+}
+
+
+def video_case(name: str) -> Case:
+    import torchvision
+
+    def build() -> tuple[torch.nn.Module, Any]:
+        frames, side = VIDEO_MODELS.get(name, (8, 64))
+        model = torchvision.models.get_model(name, weights=None).eval()
+        return model, torch.randn(1, 3, frames, side, side)
+
+    return Case("video", name, build)
+
+
 def timm_case(name: str) -> Case:
     def build() -> tuple[torch.nn.Module, Any]:
         import timm
@@ -103,54 +184,43 @@ def timm_case(name: str) -> Case:
     return Case("timm", name, build)
 
 
+def _module_path(model: torch.nn.Module, module: torch.nn.Module) -> str:
+    return next(path for path, m in model.named_modules() if m is module)
+
+
 def hf_case(name: str) -> Case:
-    """Tiny random configurations; text models explained at their token embeddings."""
+    """A tiny random configuration of the family; text models are explained at their token
+    embeddings (summed per token), decoders at the last token's logits."""
     import transformers as hf
 
-    tiny = {"num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
-    ids = {
-        "input_ids": torch.randint(0, 100, (1, 8)),
-        "attention_mask": torch.ones(1, 8, dtype=torch.long),
+    task, own = HF_FAMILIES[name]
+    classes = {
+        "sequence": hf.AutoModelForSequenceClassification,
+        "causal": hf.AutoModelForCausalLM,
+        "image": hf.AutoModelForImageClassification,
     }
-    last_token = {"output": lambda out: out.logits[:, -1], "attribute_sum_axis": -1}
-    builders: dict[str, tuple[Callable[[], torch.nn.Module], Any, dict[str, Any]]] = {
-        "bert": (
-            lambda: hf.BertForSequenceClassification(
-                hf.BertConfig(vocab_size=100, hidden_size=32, **tiny)
-            ),
-            ids,
-            {"attribute_to": "bert.embeddings.word_embeddings", "attribute_sum_axis": -1},
-        ),
-        "vit": (
-            lambda: hf.ViTForImageClassification(
-                hf.ViTConfig(image_size=32, patch_size=8, hidden_size=32, **tiny, num_labels=10)
-            ),
-            torch.randn(1, 3, 32, 32),
-            {"output": "logits"},
-        ),
-        "gpt2": (
-            lambda: hf.GPT2LMHeadModel(
-                hf.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2, n_positions=16)
-            ),
-            ids,
-            {"attribute_to": "transformer.wte", **last_token},
-        ),
-        "llama": (
-            lambda: hf.LlamaForCausalLM(
-                hf.LlamaConfig(
-                    vocab_size=100,
-                    hidden_size=32,
-                    **tiny,
-                    num_key_value_heads=2,
-                    max_position_embeddings=16,
-                )
-            ),
-            ids,
-            {"attribute_to": "model.embed_tokens", **last_token},
-        ),
-    }
-    make, example, options = builders[name]
-    return Case("hf", name, lambda: (make().eval(), example), options)
+    settings = {**({} if task == "image" else _WIDTH), **own}
+    if task == "image" and name not in ("swin", "convnext"):
+        settings.update({k: v for k, v in _WIDTH.items() if k != "vocab_size"})
+
+    case = Case("hf", name, lambda: build())
+
+    def build() -> tuple[torch.nn.Module, Any]:
+        config = hf.AutoConfig.for_model(name, **settings)
+        model = classes[task].from_config(config).eval()
+        if task == "image":
+            case.options.update(output="logits")
+            return model, torch.randn(1, 3, 32, 32)
+        embeddings = _module_path(model, model.get_input_embeddings())
+        case.options.update(attribute_to=embeddings, attribute_sum_axis=-1)
+        if task == "causal":
+            case.options["output"] = lambda out: out.logits[:, -1]
+        return model, {
+            "input_ids": torch.randint(1, 100, (1, 8)),
+            "attention_mask": torch.ones(1, 8, dtype=torch.long),
+        }
+
+    return case
 
 
 def cases(names: list[str] | None, size: int) -> list[Case]:
@@ -160,6 +230,7 @@ def cases(names: list[str] | None, size: int) -> list[Case]:
     if not names:
         names = [
             *torchvision.models.list_models(module=torchvision.models),
+            *(f"video:{n}" for n in VIDEO_MODELS),
             *(f"timm:{n}" for n in TIMM_MODELS),
             *(f"hf:{n}" for n in HF_MODELS),
         ]
@@ -170,13 +241,147 @@ def cases(names: list[str] | None, size: int) -> list[Case]:
             built.append(timm_case(model))
         elif source == "hf":
             built.append(hf_case(model))
+        elif source == "video":
+            built.append(video_case(model))
         else:
             built.append(torchvision_case(model, size))
     return built
 
 
-def cell(model: torch.nn.Module, x: Any, name: str, options: dict[str, Any]) -> tuple[str, str]:
-    """("ok 0.12 s" | "refused" | "error" | "non-finite", message)."""
+# Kinds of node through which lrp.z and input x gradient are the same computation.
+_PIECEWISE_LINEAR = {
+    Kind.INPUT,
+    Kind.CONSTANT,
+    Kind.LINEAR,
+    Kind.BATCHNORM,
+    Kind.MAX_POOL,
+    Kind.LINEAR_NO_PARAM,
+    Kind.REARRANGE,
+    Kind.IDENTITY,
+    Kind.SCALE,
+}
+# Parameters and buffers that add a constant to the signal: zero in the bias-free copy.
+_ADDITIVE = ("bias", "running_mean", "pos_embed", "position_embedding", "pos_embedding",
+             "class_token", "cls_token", "reg_token", "dist_token")  # fmt: skip
+# Embedding tables added to the token embeddings (BERT's positions and types, GPT-2's wpe).
+_ADDED_TABLES = ("position_embeddings", "token_type_embeddings", "wpe")
+TOLERANCE = 1e-6
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+def _explained(out: Any, options: dict[str, Any]) -> torch.Tensor:
+    """The output the analyzers explain (``output=`` as the cases give it)."""
+    chosen = options.get("output")
+    if callable(chosen):
+        return chosen(out)
+    if chosen == "logits" or not isinstance(out, torch.Tensor):
+        return out.logits
+    return out
+
+
+class Reference:
+    """Autograd's gradient of the explained logit (the largest, as the analyzers choose) at
+    the input, or at ``attribute_to``'s output (the token embeddings), and that input."""
+
+    def __init__(self, model: torch.nn.Module, x: Any, options: dict[str, Any]) -> None:
+        leaf: list[torch.Tensor] = []
+        target = options.get("attribute_to")
+        handle = None
+        if target is not None:
+
+            def as_leaf(module, args, output):
+                leaf.append(output.detach().requires_grad_(True))
+                return leaf[-1]
+
+            handle = model.get_submodule(target).register_forward_hook(as_leaf)
+            inputs = x
+        else:
+            leaf.append(x.detach().clone().requires_grad_(True))
+            inputs = leaf[0]
+        try:
+            with torch.enable_grad():
+                out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+                logits = _explained(out, options).flatten(1)
+                self.logit = logits[0, logits[0].argmax()]
+                (self.gradient,) = torch.autograd.grad(self.logit, leaf[0])
+        finally:
+            if handle is not None:
+                handle.remove()
+        self.input = leaf[0].detach()
+        self.sum_axis = options.get("attribute_sum_axis")
+
+    def attribution(self, times_input: bool, summed: bool = True) -> torch.Tensor:
+        value = self.gradient * self.input if times_input else self.gradient
+        return value.sum(self.sum_axis) if summed and self.sum_axis is not None else value
+
+
+def _bias_free(model: torch.nn.Module) -> torch.nn.Module:
+    copied = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, tensor in [*copied.named_parameters(), *copied.named_buffers()]:
+            leaf = name.rsplit(".", 1)[-1]
+            if tensor.is_floating_point() and any(a in leaf for a in _ADDITIVE):
+                tensor.zero_()
+            elif leaf == "weight" and any(f".{t}." in f".{name}" for t in _ADDED_TABLES):
+                tensor.zero_()
+    return copied
+
+
+def _piecewise_linear(model: torch.nn.Module, x: Any, options: dict[str, Any]) -> bool:
+    graph = innspect.create_analyzer("lrp.z", model, **options).graph(x)
+    return all(
+        info.kind in _PIECEWISE_LINEAR or (info.kind is Kind.ACTIVATION and info.is_relu)
+        for info in graph.nodes
+        if info.depends_on_input and not info.is_metadata and info.node.op != "output"
+    )
+
+
+def check(
+    name: str,
+    result: torch.Tensor,
+    model: torch.nn.Module,
+    x: Any,
+    options: dict[str, Any],
+    reference: Reference | None,
+) -> tuple[str, str]:
+    """(the check's short name or "", a failure message or "")."""
+    if name in ("gradient", "input_t_gradient") and reference is not None:
+        if reference.sum_axis is not None:
+            # Per token, a gradient through a LayerNorm sums to ~0 along the embedding axis:
+            # compared unsummed, where relative errors mean something.
+            unsummed = {k: v for k, v in options.items() if k != "attribute_sum_axis"}
+            result = innspect.create_analyzer(name, model, **unsummed).analyze(x)
+        error = _relative(result, reference.attribution(name == "input_t_gradient", summed=False))
+        what = "= autograd" if name == "gradient" else "= x*autograd"
+        return what, "" if error <= TOLERANCE else f"rel. L2 {error:.2g} from autograd"
+    if name == "lrp.z" and reference is not None and _piecewise_linear(model, x, options):
+        error = _relative(result, reference.attribution(True))
+        return "= x*grad", "" if error <= TOLERANCE else f"rel. L2 {error:.2g} from input x grad"
+    if name == "lrp.cp":
+        free = _bias_free(model)
+        # A stabiliser far below the signals: zero biases shrink some models' logits to 1e-14.
+        analyzer = innspect.create_analyzer(name, free, epsilon=1e-30, **options)
+        total = float(analyzer.analyze(x).sum())
+        logit = float(Reference(free, x, options).logit.detach())
+        gap = abs(total - logit) / max(abs(logit), 1e-300)
+        message = f"bias-free: relevance {total:.6g}, logit {logit:.6g}"
+        return "conserves", "" if gap <= TOLERANCE else message
+    return "", ""
+
+
+def cell(
+    model: torch.nn.Module,
+    x: Any,
+    name: str,
+    options: dict[str, Any],
+    reference: Reference | None,
+) -> tuple[str, str]:
+    """("ok CHECK 0.12 s" | "finite 0.12 s" | "wrong CHECK" | "refused" | "error" |
+    "non-finite", message)."""
     start = time.perf_counter()
     try:
         analyzer = innspect.create_analyzer(name, model, **METHODS[name], **options)
@@ -187,10 +392,19 @@ def cell(model: torch.nn.Module, x: Any, name: str, options: dict[str, Any]) -> 
         return "refused", str(error).splitlines()[0][:200]
     except Exception as error:  # noqa: BLE001 - the table reports any failure
         return "error", f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    seconds = time.perf_counter() - start
     tensors = [t for t in (result if isinstance(result, tuple) else (result,)) if t is not None]
     if not all(bool(torch.isfinite(torch.as_tensor(t)).all()) for t in tensors):
         return "non-finite", ""
-    return f"ok {time.perf_counter() - start:.2f} s", ""
+    try:
+        what, failure = check(name, result, model, x, options, reference)
+    except Exception as error:  # noqa: BLE001 - a check that cannot run is reported
+        return f"finite {seconds:.2f} s", f"check not run: {str(error).splitlines()[0][:200]}"
+    if failure:
+        return f"**wrong** ({what})", failure
+    if what:
+        return f"ok {what} {seconds:.2f} s", ""
+    return f"finite {seconds:.2f} s", ""
 
 
 def main() -> None:
@@ -207,13 +421,24 @@ def main() -> None:
         torch.manual_seed(0)
         try:
             model, x = case.build()
+            model = model.double()
+            x = (
+                {k: v.double() if v.is_floating_point() else v for k, v in x.items()}
+                if (isinstance(x, dict))
+                else x.double()
+            )
         except Exception as error:  # noqa: BLE001 - a model the installed library cannot build
             notes.append(f"- `{case.name}` ({case.source}) not built: {error}")
             continue
+        try:
+            reference = Reference(model, x, case.options)
+        except Exception as error:  # noqa: BLE001 - the model itself failed on the input
+            notes.append(f"- `{case.name}` ({case.source}): no autograd reference: {error}")
+            reference = None
         cells = []
         for method in METHODS:
-            status, message = cell(model, x, method, case.options)
-            counts[status.split()[0]] += 1
+            status, message = cell(model, x, method, case.options, reference)
+            counts[status.split()[0].strip("*")] += 1
             cells.append(status)
             if message:
                 notes.append(f"- `{case.name}` ({case.source}) / `{method}`: {message}")
@@ -225,6 +450,7 @@ def main() -> None:
     header = ["| model | " + " | ".join(METHODS) + " |", "|" + " --- |" * (len(METHODS) + 1)]
     titles = {
         "torchvision": "torchvision classification models",
+        "video": "torchvision video models",
         "timm": "timm",
         "hf": "Hugging Face (tiny random configurations)",
     }
@@ -237,22 +463,31 @@ def main() -> None:
             "",
             f"Generated by `benchmarks/model_coverage.py` (torch {torch.__version__}, torchvision "
             f"{torchvision.__version__}, timm {timm.__version__}, transformers "
-            f"{transformers.__version__}): random weights, one input, CPU. torchvision: "
+            f"{transformers.__version__}): random weights, one input, float64, CPU. torchvision: "
             f"{args.size}x{args.size} images (224 for ViT, MaxViT, Swin V2, Inception v3); timm: each model's "
-            "own input size; Hugging Face: BERT / ViT / GPT-2 / LLaMA with 2 layers of width "
-            "32, 8 tokens (32x32 images for ViT); text models explained at their token "
-            "embeddings (`attribute_to`, summed per token), GPT-2 and LLaMA at the last "
-            "token's logits. Totals: "
-            + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-            + ".",
+            "own input size; video: 8 frames of 64x64 (S3D: 16 of 224x224); Hugging Face: "
+            "each family's own classes (`AutoModelFor...`) with 2 layers of width 32, 8 tokens "
+            "(32x32 images for the vision families), its default attention implementation; "
+            "text models explained at their token embeddings (`attribute_to`, summed per "
+            "token), encoders at their classification logits, decoders at the last token's "
+            "logits. Totals: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ".",
             "",
             (
                 f"**A subset**: the models given with `--models` (`{' '.join(args.models)}`); "
                 "`make coverage` runs every model."
                 if args.models
-                else "Every classification model of torchvision, the timm list of issue 16, and "
-                "the four Hugging Face families."
+                else "Every classification model of torchvision, its video models (MViT and "
+                "swin3d_s/b left out for time), the timm list of issue 16, and the Hugging Face "
+                "families."
             ),
+            "Each cell names the check it passed: `= autograd` (gradient equals autograd's), "
+            "`= x*autograd` (input x gradient), `= x*grad` (lrp.z equals input x gradient: the "
+            "model is piecewise linear), `conserves` (lrp.cp on a copy with every bias, "
+            "batch-norm shift, position embedding and class token zeroed sums to the logit, "
+            "epsilon 1e-30); "
+            f"tolerance {TOLERANCE:g}. **wrong**: the check failed (numbers in the notes). "
+            "'finite': ran with finite values and no check here (these methods are checked "
+            "against iNNvestigate, Zennit, Captum and LXT on the models the tests name). "
             "Times include capturing the graph (per method). smoothgrad: 4 samples; "
             "integrated_gradients: 4 steps. 'non-finite': the method ran but its values overflowed "
             "or are NaN, and innspect refused to return them (random weights; "
