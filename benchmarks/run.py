@@ -515,6 +515,8 @@ def _group_section(group: str, args: argparse.Namespace, given: list[str]) -> st
         return module.section(
             this, models, args.introspect_batch, args.size, args.repeats, args.introspect_channels
         )
+    if group == "text":
+        return module.section(this, args.repeats, quick=args.text_quick)
     return module.section(this, args.batch, args.repeats)  # modern
 
 
@@ -542,6 +544,7 @@ def main(argv: list[str] | None = None) -> None:
             "keras",
             "cam",
             "evaluation",
+            "text",
         ),
         help="run one group only, written to RESULTS-<group>.md unless --out is given",
     )
@@ -564,6 +567,9 @@ def main(argv: list[str] | None = None) -> None:
         "--cam-perturb-batch", type=int, default=1, help="batch of --only cam's Score/Ablation-CAM"
     )
     parser.add_argument("--scale-shard", type=int, default=64, help="shard size of --only scale")
+    parser.add_argument(
+        "--text-quick", action="store_true", help="--only text on a tiny model (a quick check)"
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     sections = ["# Benchmark results\n", "Made by `make bench` (benchmarks/run.py).\n", machine()]

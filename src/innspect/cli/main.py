@@ -30,6 +30,7 @@ SUBCOMMANDS: dict[str, str] = {
     "references": "innspect.cli.references",
     "introspect": "innspect.cli.introspect",
     "evaluate": "innspect.cli.evaluate",
+    "text": "innspect.cli.text",
 }
 
 
