@@ -125,6 +125,39 @@ def _header(
 
 
 # -- the entry point ---------------------------------------------------------------------------
+def model_and_source(
+    model: nn.Module | ModelSpec | str,
+    data: Any,
+    backend: str,
+    batch_size: int,
+    shard_size: int,
+    weights: str | None,
+    preprocess: str | None,
+    seed: int,
+) -> tuple[nn.Module | ModelSpec, DataSource]:
+    """A data-set run's model (a module, or the spec workers build it from) and its data as
+    a source, after the checks every data-set runner makes."""
+    if backend not in ("local", "ray"):
+        raise InputError(f"backend must be 'local' or 'ray', got {backend!r}")
+    if batch_size < 1 or shard_size < 1:
+        raise InputError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
+    if isinstance(model, str):
+        model = ModelSpec(model, weights, seed)
+    elif weights is not None:
+        raise InputError("weights= goes with a model spec string, not with a module")
+    if backend == "ray" and not isinstance(model, ModelSpec):
+        raise InputError(
+            "backend='ray' builds the model on each worker from a spec: give model as "
+            "'torchvision:NAME', 'package.module:factory', a TorchScript file or 'keras:FILE', "
+            "with weights='state_dict.pt' where it has them (modules are never pickled)"
+        )
+    spec = model.spec if isinstance(model, ModelSpec) else ""
+    source = as_source(data, preprocess or default_preprocess(spec))
+    if len(source) == 0:
+        raise InputError("the data set is empty")
+    return model, source
+
+
 def explain_dataset(
     model: nn.Module | ModelSpec | str,
     data: Any,
@@ -170,33 +203,18 @@ def explain_dataset(
 
     Returns the output folder; :func:`read_shards` reads it back.
     """
-    if backend not in ("local", "ray"):
-        raise InputError(f"backend must be 'local' or 'ray', got {backend!r}")
-    if batch_size < 1 or shard_size < 1:
-        raise InputError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
     methods = [methods] if isinstance(methods, str) else list(methods)
     if not methods:
         raise InputError("no method given: name at least one analyzer")
     seed = options.pop("seed", 0)
-    if isinstance(model, str):
-        model = ModelSpec(model, weights, seed)
-    elif weights is not None:
-        raise InputError("weights= goes with a model spec string, not with a module")
     if gpus_per_worker and backend != "ray":
         raise InputError(
             "gpus_per_worker goes with backend='ray'; locally, pass a module already on the "
             "GPU (model.to('cuda')): the data follows the model"
         )
-    if backend == "ray" and not isinstance(model, ModelSpec):
-        raise InputError(
-            "backend='ray' builds the model on each worker from a spec: give model as "
-            "'torchvision:NAME', 'package.module:factory' or a TorchScript file, with "
-            "weights='state_dict.pt' (modules are never pickled)"
-        )
-    spec = model.spec if isinstance(model, ModelSpec) else ""
-    source = as_source(data, preprocess or default_preprocess(spec))
-    if len(source) == 0:
-        raise InputError("the data set is empty")
+    model, source = model_and_source(
+        model, data, backend, batch_size, shard_size, weights, preprocess, seed
+    )
     per_method = options_for_methods(methods, options, seed, neuron)
     relevances = [relevances] if isinstance(relevances, str) else list(relevances)
     if relevances:

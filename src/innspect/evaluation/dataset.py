@@ -29,14 +29,14 @@ import torch
 from torch import nn
 
 from innspect.analyzers.options import jsonable
+from innspect.distributed.dataset import model_and_source
 from innspect.distributed.ray_backend import run_jobs
 from innspect.distributed.shards import ShardIndex, write_shard
 from innspect.errors import InputError
 from innspect.evaluation.aggregate import ScoreSummary
 from innspect.evaluation.table import evaluate, make_metrics, method_analyzer
-from innspect.loading.inputs import default_preprocess
 from innspect.loading.models import ModelSpec, model_fingerprint
-from innspect.loading.sources import DataSource, as_source
+from innspect.loading.sources import DataSource
 from innspect.util.files import write_text
 from innspect.util.progress import progress_bar
 
@@ -200,32 +200,17 @@ def evaluate_dataset(
     Returns the merged means, intervals and counts (:class:`DatasetEvaluation`); ``out``
     holds the shards and ``results.json``.
     """
-    if backend not in ("local", "ray"):
-        raise InputError(f"backend must be 'local' or 'ray', got {backend!r}")
     if target not in ("prediction", "label"):
         raise InputError(f"target must be 'prediction' or 'label', got {target!r}")
-    if batch_size < 1 or shard_size < 1:
-        raise InputError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
     methods = [methods] if isinstance(methods, str) else list(methods)
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     if not methods or not metrics:
         raise InputError("name at least one method and one metric")
     if not all(isinstance(m, str) for m in (*methods, *metrics)):
         raise InputError("evaluate_dataset takes method and metric names (workers build them)")
-    if isinstance(model, str):
-        model = ModelSpec(model, weights, seed)
-    elif weights is not None:
-        raise InputError("weights= goes with a model spec string, not with a module")
-    if backend == "ray" and not isinstance(model, ModelSpec):
-        raise InputError(
-            "backend='ray' builds the model on each worker from a spec: give model as "
-            "'torchvision:NAME', 'package.module:factory', a TorchScript or keras: file, with "
-            "weights= where it has them (modules are never pickled)"
-        )
-    spec = model.spec if isinstance(model, ModelSpec) else ""
-    source = as_source(data, preprocess or default_preprocess(spec))
-    if len(source) == 0:
-        raise InputError("the data set is empty")
+    model, source = model_and_source(
+        model, data, backend, batch_size, shard_size, weights, preprocess, seed
+    )
     method_options = {m: dict((method_options or {}).get(m, {})) for m in methods}
     metric_options = {m: dict((metric_options or {}).get(m, {})) for m in metrics}
     runner = EvaluationRunner(
