@@ -51,7 +51,9 @@ def test_functional_layers_get_the_same_relevance_as_modules(name: str) -> None:
     torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
 
 
-def test_weights_computed_in_forward_are_refused_with_the_node_name() -> None:
+def test_weights_computed_in_forward_get_the_linear_rules() -> None:
+    # Issue 25 item 6 (once refused): a weight computed from parameters alone is a linear
+    # layer with that weight (tests/test_computed_weights.py covers every method).
     class Computed(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -60,5 +62,10 @@ def test_weights_computed_in_forward_are_refused_with_the_node_name() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return F.linear(x, self.v / self.v.norm())
 
-    with pytest.raises(innspect.NotAnalyzableModelError, match="computed in forward"):
-        innspect.create_analyzer("lrp.epsilon", Computed()).analyze(torch.randn(2, 4))
+    model = Computed()
+    baked = nn.Linear(4, 3, bias=False)
+    with torch.no_grad():
+        baked.weight.copy_(model.v / model.v.norm())
+    x = torch.randn(2, 4)
+    expected = innspect.create_analyzer("lrp.epsilon", baked).analyze(x)
+    torch.testing.assert_close(innspect.create_analyzer("lrp.epsilon", model).analyze(x), expected)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import platform
 import re
+from importlib.metadata import PackageNotFoundError, version
 
 
 class InnspectError(Exception):
@@ -72,3 +74,53 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 class ModelChangedError(InnspectError, RuntimeError):
     """The model's weights or statistics changed during every attempt of an analysis (a
     training step in another thread): the explanation would mix two models."""
+
+
+class InternalError(InnspectError, RuntimeError):
+    """innspect failed on a model and input that work without it: a defect of innspect, not
+    of the input. The message names the node and operation that failed, the versions, and
+    what to send with a report (``node``, ``operation``, ``versions`` hold them too)."""
+
+    def __init__(
+        self,
+        node: str,
+        operation: str,
+        detail: str,
+        shapes: str = "",
+        reason: str = "the model itself runs on this input",
+    ) -> None:
+        self.node = node
+        self.operation = operation
+        self.versions = {
+            "innspect": _installed("innspect"),
+            "torch": _installed("torch"),
+            "python": platform.python_version(),
+        }
+        on = f" on an input of shape {shapes}" if shapes else ""
+        versions = ", ".join(f"{k} {v}" for k, v in self.versions.items())
+        super().__init__(
+            f"internal error: innspect failed at node '{node}' ({operation}){on}, although "
+            f"{reason}: {detail}. This is a defect of innspect, not of your input; please "
+            f"report it with this message ({versions}) and a minimal reproduction: how the "
+            "model is built (random weights suffice), the input's shape and dtype, and the "
+            "analyzer's name and options"
+        )
+
+    def __reduce__(self) -> tuple:
+        # Pickled as built (Ray sends errors between processes): __init__ takes more than
+        # the message that BaseException's own reduce would pass back.
+        return (_rebuilt, (type(self), self.args, self.__dict__))
+
+
+def _rebuilt(cls: type, args: tuple, state: dict) -> BaseException:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
+def _installed(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:  # a source tree on sys.path without an install
+        return "not installed"

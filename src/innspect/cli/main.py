@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from innspect.cli.common import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, CLIError
-from innspect.errors import InnspectError
+from innspect.errors import InnspectError, InternalError
 
 # name -> module implementing it (HELP, DESCRIPTION, configure(parser), run(args) -> int).
 SUBCOMMANDS: dict[str, str] = {
@@ -75,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args._run(args)
+    except InternalError as error:  # innspect's defect, not the user's mistake: status 1
+        if debug:
+            raise
+        return _fail(EXIT_INTERNAL, f"{error} (rerun with --debug for the traceback)")
     except (CLIError, InnspectError) as error:
         if debug:
             raise

@@ -9,7 +9,14 @@ from typing import Any
 import torch
 from torch import fx
 
-from innspect.errors import InputError, NotAnalyzableModelError
+from innspect.errors import (
+    InnspectError,
+    InputError,
+    InternalError,
+    NotAnalyzableModelError,
+    first_line,
+)
+from innspect.graph.capture import call_arguments, native_failure
 from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.graph.ops import is_plain_relu
 
@@ -171,11 +178,10 @@ def run_forward(
                     values[node] = run_node(info, values, leaves)
         except NotAnalyzableModelError:
             raise  # innspect's own refusal (a hook that changes values): already names it
+        except _OUT_OF_MEMORY:
+            raise  # neither the input's fault nor a defect: the message says what happened
         except Exception as error:  # noqa: BLE001 - re-raised with the node's name
-            raise InputError(
-                f"the model failed at node {info.describe()} on an input of shape "
-                f"{_shapes(feed)}: {error}"
-            ) from error
+            raise node_failure(graph, feed, info, error) from error
         if node in sources:
             value = values[node]
             if _is_float_tensor(value) and not value.requires_grad:
@@ -192,12 +198,59 @@ def run_forward(
     return record
 
 
+# Running out of memory says so itself; rerunning the model to classify it would not help.
+_OUT_OF_MEMORY = (MemoryError, torch.OutOfMemoryError)
+
+
+def node_failure(
+    graph: ModelGraph, feed: dict[fx.Node, Any], info: NodeInfo, error: Exception
+) -> InnspectError:
+    """The error to raise for ``error``, raised by ``info``'s node on ``feed``: the input's
+    (InputError) or innspect's (InternalError).
+
+    A node fails because of the input (a wrong shape, an integer tensor where the model
+    wants floats) or because of innspect (a rewrite, a rule, the recorder). The model run
+    without innspect on the same input tells them apart: if it fails too, the input is at
+    fault; if it runs, innspect is. innspect's own InputErrors (a folded layer's rank
+    check) stay input errors. A feed that gives values for inner nodes (integrated
+    gradients at an embedding's output) holds values innspect made: its failure is
+    innspect's.
+    """
+    shapes = _shapes(feed)
+    failed = f"the model failed at node {info.describe()} on an input of shape {shapes}"
+    if isinstance(error, InputError):
+        return InputError(f"{failed}: {error}")
+    if set(feed) == set(graph.input_nodes):
+        native = native_failure(graph.model, graph.call, [feed[n] for n in graph.input_nodes])
+        if native is not None:
+            return InputError(
+                f"{failed} (it fails on this input without innspect too: "
+                f"{first_line(native)}): {error}"
+            )
+        reason = "the model itself runs on this input"
+    else:
+        reason = "the values fed to its inner nodes were made by innspect"
+    detail = f"{type(error).__name__}: {first_line(error)}"
+    node = info.node
+    if node.op == "call_function":
+        where = f"{getattr(node.target, '__module__', '')}.{getattr(node.target, '__name__', '')}"
+        operation = f"{info.operation}: function {where.lstrip('.')}"
+    elif node.op == "call_method":
+        operation = f"{info.operation}: method Tensor.{node.target}"
+    else:
+        operation = f"{info.operation}: module {type(info.module).__name__}"
+    return InternalError(info.name, operation, detail, shapes, reason)
+
+
 def _add_in_place(info: NodeInfo, values: dict[fx.Node, Any], position: int) -> Any:
     """``a + b`` written into the term at ``position`` when it has the result's shape, dtype
     and device (an allocation less, as a ResNet's ``out += identity``); else ``a + b``.
     Addition commutes exactly, so either term may receive the sum."""
     node = info.node
-    term, other = values[node.args[position]], values[node.args[1 - position]]
+    term, other = (
+        values[arg] if isinstance(arg, fx.Node) else arg  # timm's `0 + x` adds a number
+        for arg in (node.args[position], node.args[1 - position])
+    )
     if (
         isinstance(term, torch.Tensor)
         and isinstance(other, torch.Tensor)
@@ -236,8 +289,7 @@ def run_node(
         # Not substitutes.get(n, values[n]): reading values[n] would rebuild a dropped ReLU.
         return substitutes[n] if n in substitutes else values[n]
 
-    args = fx.node.map_arg(node.args, lookup)
-    kwargs = fx.node.map_arg(node.kwargs, lookup)
+    args, kwargs = call_arguments(node, lookup)
     return _call(info.module, node, args, kwargs)
 
 

@@ -254,9 +254,90 @@ def swin_attention(
     return x[:, :height, :width, :].contiguous()
 
 
+@torch.fx.wrap
+def _swin3d_geometry(
+    shape: torch.Size, window_size: list[int], shift_size: list[int]
+) -> tuple[int, ...]:
+    # torchvision's 3-D padding and shift rule, run on the shape (a metadata node once
+    # traced): pads, padded sizes, windows per axis, shifts (0 without a shift), window.
+    sizes = (shape[1], shape[2], shape[3])
+    pads = tuple((window_size[i] - sizes[i] % window_size[i]) % window_size[i] for i in range(3))
+    padded = tuple(sizes[i] + pads[i] for i in range(3))
+    counts = tuple(padded[i] // window_size[i] for i in range(3))
+    shifts = tuple(shift_size) if sum(shift_size) > 0 else (0, 0, 0)
+    return (*pads, *padded, *counts, *shifts, *window_size)
+
+
+@torch.fx.wrap
+def _swin3d_mask(geometry: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Any:
+    # torchvision's ``_compute_attention_mask_3d`` (0 or -100 between windows), zeros
+    # without a shift.
+    padded, counts, shifts, window = geometry[3:6], geometry[6:9], geometry[9:12], geometry[12:]
+    windows, size = math.prod(counts), math.prod(window)
+    if sum(shifts) == 0:
+        return torch.zeros(windows, size, size, device=device, dtype=dtype)
+    mask = torch.zeros(padded, device=device, dtype=dtype)
+    slices = [((0, -window[i]), (-window[i], -shifts[i]), (-shifts[i], None)) for i in range(3)]
+    count = 0
+    for d in slices[0]:
+        for h in slices[1]:
+            for w in slices[2]:
+                mask[d[0] : d[1], h[0] : h[1], w[0] : w[1]] = count
+                count += 1
+    mask = mask.view(counts[0], window[0], counts[1], window[1], counts[2], window[2])
+    mask = mask.permute(0, 2, 4, 1, 3, 5).reshape(windows, size)
+    mask = mask.unsqueeze(1) - mask.unsqueeze(2)
+    return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+
+
+def swin3d_attention(
+    input: Any,
+    qkv_weight: Any,
+    proj_weight: Any,
+    relative_position_bias: Any,
+    window_size: list[int],
+    num_heads: int,
+    shift_size: list[int],
+    attention_dropout: float = 0.0,
+    dropout: float = 0.0,
+    qkv_bias: Any = None,
+    proj_bias: Any = None,
+    training: bool = True,
+) -> Any:
+    """torchvision's ``shifted_window_attention_3d`` (Video Swin, ``swin3d_t``) in plain
+    operations, eval mode, as ``swin_attention`` does in 2-D: padding, cyclic shift and
+    window partition are rearrangements; the relative position bias and the shift mask
+    are constants added to the scores."""
+    geometry = _swin3d_geometry(input.shape, window_size, shift_size)
+    g = [geometry[i] for i in range(15)]
+    (pad_t, pad_h, pad_w), (tp, hp, wp), (nt, nh, nw) = g[0:3], g[3:6], g[6:9]
+    (s0, s1, s2), (w0, w1, w2) = g[9:12], g[12:15]
+    batch, time, height, width, channels = (input.shape[i] for i in range(5))
+    x = F.pad(input, (0, 0, 0, pad_w, 0, pad_h, 0, pad_t))
+    x = torch.roll(x, shifts=(-s0, -s1, -s2), dims=(1, 2, 3))
+    windows, size = nt * nh * nw, w0 * w1 * w2
+    x = x.view(batch, nt, w0, nh, w1, nw, w2, channels)
+    x = x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(batch * windows, size, channels)
+    qkv = F.linear(x, qkv_weight, qkv_bias)
+    qkv = qkv.reshape(batch * windows, size, 3, num_heads, channels // num_heads)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    scores = torch.matmul(q, k.transpose(-2, -1)) * (channels // num_heads) ** -0.5
+    scores = scores + relative_position_bias
+    scores = scores.view(batch, windows, num_heads, size, size)
+    mask = _swin3d_mask(geometry, input.device, input.dtype)
+    scores = (scores + mask.unsqueeze(1).unsqueeze(0)).view(-1, num_heads, size, size)
+    x = torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2)
+    x = F.linear(x.reshape(batch * windows, size, channels), proj_weight, proj_bias)
+    x = x.view(batch, nt, nh, nw, w0, w1, w2, channels)
+    x = x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(batch, tp, hp, wp, channels)
+    x = torch.roll(x, shifts=(s0, s1, s2), dims=(1, 2, 3))
+    return x[:, :time, :height, :width, :].contiguous()
+
+
 # Fused attention functions of other libraries, by qualified name, and their decomposition.
 DECOMPOSED = {
     "torchvision.models.swin_transformer.shifted_window_attention": swin_attention,
+    "torchvision.models.video.swin_transformer.shifted_window_attention_3d": swin3d_attention,
 }
 
 

@@ -17,8 +17,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.fx.node import has_side_effect
 
 from innspect.errors import InputError
+from innspect.graph.capture import call_arguments
 from innspect.graph.linear_ops import functional_batchnorm_scale_shift
 from innspect.graph.ops import aten_name, is_shape_query, out_of_place
 
@@ -90,7 +92,7 @@ class _FusedLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2:
-            raise ValueError(
+            raise InputError(
                 f"this Linear has a BatchNorm1d folded in, which is exact on 2-D inputs only, "
                 f"got an input of shape {tuple(x.shape)}; create a new analyzer for inputs of "
                 "this rank"
@@ -150,20 +152,41 @@ def _fusable(
 
 
 def _linear_before_batchnorm(gm: fx.GraphModule) -> list[fx.Node]:
-    """Linear module nodes whose only user is a BatchNorm1d module (fusion candidates)."""
+    """Linear nodes, module or functional (``F.linear``), whose only reader is a
+    BatchNorm1d module or an ``F.batch_norm`` (fusion candidates)."""
     found = []
     for node in gm.graph.nodes:
         readers = [u for u in node.users if not is_shape_query(u)]
-        if node.op != "call_module" or len(readers) != 1:
+        if len(readers) != 1:
             continue
         (user,) = readers
-        if (
-            isinstance(gm.get_submodule(node.target), nn.Linear)
-            and user.op == "call_module"
-            and isinstance(gm.get_submodule(user.target), nn.BatchNorm1d)
-        ):
+        if node.op == "call_module":
+            linear = isinstance(gm.get_submodule(node.target), nn.Linear)
+        else:
+            linear = _functional_name(node) == "linear"
+        reader_is_batchnorm = (user.op == "call_function" and user.target is F.batch_norm) or (
+            user.op == "call_module" and isinstance(gm.get_submodule(user.target), nn.BatchNorm1d)
+        )
+        if linear and reader_is_batchnorm:
             found.append(node)
     return found
+
+
+def _functional_name(node: fx.Node) -> str:
+    """'conv2d', 'linear'...: the function a call_function node calls (ATen or torch)."""
+    if node.op != "call_function":
+        return ""
+    return aten_name(node.target) or getattr(node.target, "__name__", "")
+
+
+@has_side_effect
+def _require_2d(rank: int) -> None:
+    """The guard of an ``F.linear`` with a batch norm folded in (kept by dead-code removal)."""
+    if rank != 2:
+        raise InputError(
+            "this F.linear has a BatchNorm folded in, which is exact on 2-D inputs only, got "
+            f"an input of rank {rank}; create a new analyzer for inputs of this rank"
+        )
 
 
 def _linear_output_ranks(
@@ -186,6 +209,10 @@ def _linear_output_ranks(
     shapes = ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor))
 
     class RankRecorder(fx.Interpreter):
+        def fetch_args_kwargs_from_env(self, n: fx.Node) -> tuple[tuple, dict]:
+            # Plain lists, as the model's code passes them (capture.call_arguments).
+            return call_arguments(n, self.env.__getitem__)
+
         def run_node(self, node: fx.Node):
             try:
                 result = super().run_node(node)
@@ -333,6 +360,8 @@ def _batches_tracked(module: object) -> tuple:
 def _fused_layer(layer: nn.Module, fold: Fold) -> nn.Module:
     """A copy of a convolution or Linear computing with ``fold``'s weight and bias."""
     fused = copy.copy(layer)
+    if isinstance(layer, _ComputedWeights):
+        fused.__class__ = layer._innspect_plain  # the folded values are stored, not computed
     if isinstance(layer, nn.Linear):
         fused.__class__ = _FusedLinear
     # New containers on the copy, so nothing the copy holds is shared with the user's layer.
@@ -371,9 +400,9 @@ def fuse_batchnorm(
     folds: list[Fold] = []
     for bn_node in list(gm.graph.nodes):
         if bn_node.op == "call_function" and bn_node.target is F.batch_norm:
-            _fold_functional(gm, bn_node, fused, folds)
+            _fold_functional(gm, bn_node, fused, folds, linear_ranks)
             continue
-        if _fold_module_into_functional(gm, bn_node, folds):
+        if _fold_module_into_functional(gm, bn_node, folds, linear_ranks):
             continue
         producer = _fusable(gm, bn_node, linear_ranks)
         if producer is None:
@@ -399,7 +428,9 @@ def fuse_batchnorm(
     return fused, folds
 
 
-def _fold_module_into_functional(gm: fx.GraphModule, bn_node: fx.Node, folds: list[Fold]) -> bool:
+def _fold_module_into_functional(
+    gm: fx.GraphModule, bn_node: fx.Node, folds: list[Fold], linear_ranks: dict[fx.Node, int]
+) -> bool:
     """Fold a BatchNorm module into the functional convolution before it (torchvision's
     ``Conv3DSimple``, an ``nn.Conv3d`` subclass traced through to ``F.conv3d``); whether
     it was folded."""
@@ -418,6 +449,7 @@ def _fold_module_into_functional(gm: fx.GraphModule, bn_node: fx.Node, folds: li
             {},
             _batches_tracked(bn),
         ),
+        linear_ranks,
     )
     if fold is None:
         return False
@@ -476,7 +508,11 @@ def _attribute(gm: fx.GraphModule, arg: object) -> object:
 
 
 def _fold_functional(
-    gm: fx.GraphModule, bn_node: fx.Node, fused: dict[str, list[str]], folds: list[Fold]
+    gm: fx.GraphModule,
+    bn_node: fx.Node,
+    fused: dict[str, list[str]],
+    folds: list[Fold],
+    linear_ranks: dict[fx.Node, int],
 ) -> None:
     """Fold an ``F.batch_norm`` whose statistics are buffers into the convolution before it."""
     producer = bn_node.args[0] if bn_node.args else None
@@ -511,7 +547,9 @@ def _fold_functional(
         _install(gm, producer, _fused_layer(layer, fold))
         fused[str(producer.target)] = [bn_node.name]
     else:
-        fold = _fold_into_functional_conv(gm, producer, scale.numel(), batchnorm_values)
+        fold = _fold_into_functional_conv(
+            gm, producer, scale.numel(), batchnorm_values, linear_ranks
+        )
         if fold is None:
             return
     folds.append(fold)
@@ -524,15 +562,18 @@ def _fold_into_functional_conv(
     conv: fx.Node,
     channels: int,
     batchnorm_values: Callable[[], tuple[tuple, dict, tuple]],
+    linear_ranks: dict[fx.Node, int],
 ) -> Fold | None:
-    """Give a functional convolution with buffer weights folded copies of them (None where
-    it is not one)."""
-    name = (
-        (aten_name(conv.target) or getattr(conv.target, "__name__", ""))
-        if conv.op == ("call_function")
-        else ""
-    )
-    if name not in ("conv1d", "conv2d", "conv3d"):
+    """Give a functional convolution or ``F.linear`` with buffer weights folded copies of
+    them (None where it is not one).
+
+    An ``F.linear`` acts on the last axis and a batch norm on axis 1: the fold is the same
+    map only on 2-D data, which one forward showed (``linear_ranks``); a guard node
+    (``_require_2d``) refuses inputs of another rank, as ``_FusedLinear`` does."""
+    name = _functional_name(conv)
+    if name not in ("conv1d", "conv2d", "conv3d", "linear"):
+        return None
+    if name == "linear" and linear_ranks.get(conv) != 2:
         return None
     args = list(conv.args)
     kwargs = dict(conv.kwargs)
@@ -562,19 +603,26 @@ def _fold_into_functional_conv(
     else:
         kwargs["bias"] = nodes[1]
     conv.args, conv.kwargs = tuple(args), kwargs
+    if name == "linear":
+        with gm.graph.inserting_before(conv):
+            rank = gm.graph.call_method("dim", (args[0],))
+            gm.graph.call_function(_require_2d, (rank,))
     return fold
 
 
 _CONV_MODULES = {F.conv1d: nn.Conv1d, F.conv2d: nn.Conv2d, F.conv3d: nn.Conv3d}
+_LAYER_MODULES = {**_CONV_MODULES, F.linear: nn.Linear}
 
 
 def conv_subclasses_as_layers(gm: fx.GraphModule) -> None:
-    """Turn functional convolutions that are the forward of an ``nn.ConvNd`` subclass back
-    into calls of a convolution module.
+    """Turn functional convolutions (and ``F.linear`` calls) that are the forward of an
+    ``nn.ConvNd`` (``nn.Linear``) subclass back into calls of a convolution (Linear) module.
 
-    fx traces through convolution classes defined outside torch.nn (torchvision's
-    ``Conv3DSimple``), leaving ``F.conv3d`` on the layer's own weight. Zennit hooks such a
-    layer as the ``nn.Conv3d`` it is, so the Zennit-style composites must see a module.
+    fx traces through layer classes defined outside torch.nn (torchvision's
+    ``Conv3DSimple``, a ``Linear`` subclass whose forward calls ``F.linear``), leaving
+    ``F.conv3d`` / ``F.linear`` on the layer's own weight. Zennit hooks such a layer as the
+    ``nn.Conv3d`` / ``nn.Linear`` it is, so the Zennit-style composites must see a module,
+    and a batch norm after it folds as after the module (with its rank check).
     The module is built from the call's own arguments (what the graph computes; a
     ``padding_mode`` pad is a node of its own) and shares the layer's parameter objects,
     so the graph follows the model's changes. A call on other tensors stays a function.
@@ -582,12 +630,12 @@ def conv_subclasses_as_layers(gm: fx.GraphModule) -> None:
     built: dict[str, tuple[tuple, nn.Module]] = {}
     for node in list(gm.graph.nodes):
         stack = node.meta.get("nn_module_stack")
-        if node.op != "call_function" or node.target not in _CONV_MODULES or not stack:
+        if node.op != "call_function" or node.target not in _LAYER_MODULES or not stack:
             continue
         path, owner = list(stack.values())[-1]
         if not (
             isinstance(owner, type)
-            and issubclass(owner, nn.modules.conv._ConvNd)
+            and issubclass(owner, _LAYER_MODULES[node.target])
             and not owner.__module__.startswith("torch.nn.")
         ):
             continue
@@ -605,8 +653,9 @@ def conv_subclasses_as_layers(gm: fx.GraphModule) -> None:
 
 
 def _conv_layer(gm: fx.GraphModule, node: fx.Node, path: str) -> nn.Module | None:
-    """A convolution module computing ``node`` (a functional convolution reading exactly
-    the weight and bias of the module at ``path``) with those parameters; None otherwise."""
+    """A convolution or Linear module computing ``node`` (a functional convolution or
+    ``F.linear`` reading exactly the weight and bias of the module at ``path``) with those
+    parameters; None otherwise."""
     names = ("weight", "bias", "stride", "padding", "dilation", "groups")
     values = dict(zip(names, node.args[1:], strict=False)) | dict(node.kwargs)
     weight_arg, bias_arg = values.get("weight"), values.get("bias")
@@ -630,6 +679,14 @@ def _conv_layer(gm: fx.GraphModule, node: fx.Node, path: str) -> nn.Module | Non
         return None
     if any(isinstance(v, fx.Node) for v in options):
         return None
+    if node.target is F.linear:
+        if len(node.args) > 3 or set(node.kwargs) - {"weight", "bias"}:
+            return None
+        with torch.device("meta"):  # nothing allocated: the parameters are set below
+            layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        layer.weight = weight
+        layer.bias = bias
+        return layer.train(False)
     stride, padding, dilation, groups = options
     groups = groups or 1
     with torch.device("meta"):  # nothing allocated: the layer's own parameters are set below
@@ -646,6 +703,286 @@ def _conv_layer(gm: fx.GraphModule, node: fx.Node, path: str) -> nn.Module | Non
     layer.weight = weight
     layer.bias = bias
     return layer.train(False)
+
+
+class _ComputedWeights:
+    """A Linear or convolution whose weight and bias are computed from the model's tensors
+    (``weight_norm`` / ``parametrize``, timm's weight-standardised ``StdConv2d``, BEiT's
+    ``torch.cat`` qkv bias).
+
+    Such a layer is linear in its input, with a weight that depends on parameters only: the
+    linear rules apply with the computed weight. ``weight`` and ``bias`` are computed by
+    ``_innspect_compute`` (without autograd: innspect differentiates with respect to the
+    input, never the parameters) and kept until a tensor they come from changes (object,
+    storage or version: ``stamp``), so the layer follows an optimizer step like a plain one.
+    The source tensors are the module's own parameters and buffers, which is what
+    ``ModelGraph`` stamps to know when to rebuild the layer's LinearOp. They are the
+    objects read at capture: a parameter replaced by another object (rather than written
+    in place, as optimizers and ``load_state_dict`` do) is not followed.
+    """
+
+    _innspect_compute: Callable[[], tuple[torch.Tensor, torch.Tensor | None]]
+    _innspect_plain: type  # the torch.nn class with stored weights (for a fold's copy)
+
+    def _innspect_values(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        sources = (*self._parameters.values(), *self._buffers.values())  # type: ignore[attr-defined]
+        key = stamp(sources)  # before computing: a change meanwhile shows next time
+        cached = self.__dict__.get("_innspect_cache")
+        if cached is None or cached[0] != key:
+            # Plain tensors even when first made under torch.inference_mode(): an analysis
+            # outside it must be able to use them.
+            with torch.inference_mode(False), torch.no_grad():
+                weight, bias = self._innspect_compute()
+            cached = (key, weight, bias)
+            self.__dict__["_innspect_cache"] = cached
+        return cached[1], cached[2]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._innspect_values()[0]
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self._innspect_values()[1]
+
+
+class ComputedLinear(_ComputedWeights, nn.Linear):
+    """An ``nn.Linear`` whose weight and bias are computed (``_ComputedWeights``)."""
+
+    _innspect_plain = nn.Linear
+
+
+class ComputedConv1d(_ComputedWeights, nn.Conv1d):
+    """An ``nn.Conv1d`` whose weight and bias are computed (``_ComputedWeights``)."""
+
+    _innspect_plain = nn.Conv1d
+
+
+class ComputedConv2d(_ComputedWeights, nn.Conv2d):
+    """An ``nn.Conv2d`` whose weight and bias are computed (``_ComputedWeights``)."""
+
+    _innspect_plain = nn.Conv2d
+
+
+class ComputedConv3d(_ComputedWeights, nn.Conv3d):
+    """An ``nn.Conv3d`` whose weight and bias are computed (``_ComputedWeights``)."""
+
+    _innspect_plain = nn.Conv3d
+
+
+_COMPUTED = {
+    nn.Linear: ComputedLinear,
+    nn.Conv1d: ComputedConv1d,
+    nn.Conv2d: ComputedConv2d,
+    nn.Conv3d: ComputedConv3d,
+}
+_FUNCTIONAL_LAYERS = {
+    "linear": nn.Linear,
+    "conv1d": nn.Conv1d,
+    "conv2d": nn.Conv2d,
+    "conv3d": nn.Conv3d,
+}
+_WEIGHT_RANKS = {"linear": 2, "conv1d": 3, "conv2d": 4, "conv3d": 5}
+
+
+def _computed_layer(
+    plain: nn.Module,
+    compute: Callable[[], tuple[torch.Tensor, torch.Tensor | None]],
+    sources: list[torch.Tensor],
+) -> nn.Module:
+    """``plain`` (a Linear or ConvNd of the right configuration, its own tensors unused) as
+    a layer computing its weight and bias with ``compute`` from ``sources``."""
+    base = next(b for b in _COMPUTED if type(plain) is b)
+    layer = plain
+    layer.__class__ = _COMPUTED[base]
+    unique = list({id(t): t for t in sources}.values())
+    layer._parameters = OrderedDict(
+        (f"source{i}", t) for i, t in enumerate(unique) if isinstance(t, nn.Parameter)
+    )
+    layer._buffers = OrderedDict(
+        (f"source{i}", t) for i, t in enumerate(unique) if not isinstance(t, nn.Parameter)
+    )
+    layer.__dict__["_innspect_compute"] = compute
+    return layer.train(False)
+
+
+def computed_weights_as_layers(gm: fx.GraphModule) -> None:
+    """Turn linear layers whose weight or bias is computed in forward from the model's
+    tensors alone into Linear / convolution modules computing it (``_ComputedWeights``).
+
+    Two spellings: a functional ``F.linear`` / ``F.convNd`` whose weight or bias is a node
+    computed from ``get_attr`` tensors only (timm's ``StdConv2d`` standardises its weight,
+    BEiT's attention concatenates its qkv bias); and a Linear / ConvNd module with
+    ``torch.nn.utils.parametrize`` parametrizations (``weight_norm``), whose LinearOp must
+    follow its parametrizations' tensors, not its own (it holds none). The layer is linear
+    in its input with a weight computed once per forward, so every linear rule applies with
+    the computed weight, and the Zennit-style composites see the module Zennit hooks.
+    """
+    unused: list[fx.Node] = []
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            if type(module).__module__ == "torch.nn.utils.parametrize":
+                _parametrized_as_layer(gm, node, module)
+        elif node.op == "call_function":
+            unused.extend(_functional_as_layer(gm, node))
+    # The weight's computation, now the layer's, where nothing else reads it.
+    for node in reversed(list(gm.graph.nodes)):
+        if node in unused and not node.users:
+            gm.graph.erase_node(node)
+
+
+def _parametrized_as_layer(gm: fx.GraphModule, node: fx.Node, module: nn.Module) -> None:
+    base = next((b for b in _COMPUTED if isinstance(module, b)), None)
+    if base is None or module._forward_hooks or module._forward_pre_hooks:
+        return
+    if base is nn.Linear:
+        with torch.device("meta"):
+            plain = nn.Linear(module.in_features, module.out_features)
+    else:
+        # The configuration (stride, padding_mode...); not copy.copy, which a parametrized
+        # module refuses.
+        plain = object.__new__(base)
+        plain.__dict__.update(module.__dict__)
+        plain.__dict__["_parameters"] = OrderedDict()
+        for container in ("_modules", "_forward_hooks", "_forward_pre_hooks", "_backward_hooks"):
+            setattr(plain, container, OrderedDict())  # nothing shared with the user's layer
+    sources = [*module.parameters(), *module.buffers()]
+    layer = _computed_layer(plain, lambda: (module.weight, module.bias), sources)
+    _install(gm, node, layer)
+
+
+def _functional_as_layer(gm: fx.GraphModule, node: fx.Node) -> list[fx.Node]:
+    """Make ``node`` a computed-weight layer if it is one; the nodes computing its weight."""
+    name = aten_name(node.target) or getattr(node.target, "__name__", "")
+    base = _FUNCTIONAL_LAYERS.get(name)
+    if base is None:
+        return []
+    # By position or keyword (BEiT: F.linear(input=x, weight=..., bias=qkv_bias)).
+    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+    values = dict(zip(names, node.args, strict=False)) | dict(node.kwargs)
+    if set(values) - set(names) or not isinstance(values.get("input"), fx.Node):
+        return []
+    weight_arg, bias_arg = values.get("weight"), values.get("bias")
+    computed = [a for a in (weight_arg, bias_arg) if isinstance(a, fx.Node) and not _stored(a)]
+    if not computed or not isinstance(weight_arg, fx.Node):
+        return []  # the weights are the model's own tensors (or not tensors): nothing to do
+    options = [values.get(n) for n in names[3:]]
+    if any(isinstance(v, fx.Node) for v in options):
+        return []
+    subgraph = _constant_subgraph(gm, [weight_arg, bias_arg])
+    if subgraph is None:
+        return []  # computed from the input (or by a module call): not a fixed weight
+    compute, sources, needed = subgraph
+    try:
+        with torch.no_grad():
+            weight, _ = compute()
+        if not isinstance(weight, torch.Tensor) or weight.dim() != _WEIGHT_RANKS[name]:
+            return []
+        plain = _plain_layer(base, weight, bias_arg is not None, options)
+    except Exception:  # noqa: BLE001 - not a layer we can build: the call stays as it is
+        return []
+    layer = _computed_layer(plain, compute, sources)
+    # Named after the module whose weight it computes (timm's 'stem.conv', BEiT's
+    # 'blocks.0.attn.qkv'): what per-layer rules and Zennit's first layer refer to.
+    owner = _owner_path(weight_arg, bias_arg) or _module_path(node) or node.name
+    node.op, node.target, node.args, node.kwargs = "call_module", owner, (values["input"],), {}
+    _install(gm, node, layer)
+    return needed
+
+
+def _plain_layer(base: type, weight: torch.Tensor, bias: bool, options: list[Any]) -> nn.Module:
+    """A Linear or ConvNd (on the meta device: nothing allocated) configured as a call of
+    ``F.linear`` / ``F.convNd`` with ``weight`` and ``options`` (stride, padding, dilation,
+    groups)."""
+    with torch.device("meta"):
+        if base is nn.Linear:
+            return nn.Linear(weight.shape[1], weight.shape[0], bias=bias)
+        stride, padding, dilation, groups = options
+        groups = groups or 1
+        return base(
+            weight.shape[1] * groups,
+            weight.shape[0],
+            tuple(weight.shape[2:]),
+            stride=1 if stride is None else stride,
+            padding=0 if padding is None else padding,
+            dilation=1 if dilation is None else dilation,
+            groups=groups,
+            bias=bias,
+        )
+
+
+def _stored(arg: fx.Node) -> bool:
+    """A tensor of the model (``get_attr``), or its transpose as ``addmm_as_linear`` writes
+    GPT-2's ``Conv1D`` (a view of the parameter, which ``ModelGraph.linear_op`` reads)."""
+    if arg.op == "call_function" and arg.target is torch.t and len(arg.args) == 1:
+        arg = arg.args[0] if isinstance(arg.args[0], fx.Node) else arg
+    return arg.op == "get_attr"
+
+
+def _constant_subgraph(
+    gm: fx.GraphModule, outputs: list[Any]
+) -> tuple[Callable[[], tuple[Any, Any]], list[torch.Tensor], list[fx.Node]] | None:
+    """A function computing ``outputs`` (nodes, or plain values) from the model's tensors
+    alone, those tensors and the nodes it copies; None where a node reads an input or
+    calls a module."""
+    needed: set[fx.Node] = set()
+    pending = [o for o in outputs if isinstance(o, fx.Node)]
+    while pending:
+        current = pending.pop()
+        if current in needed:
+            continue
+        if current.op not in ("get_attr", "call_function", "call_method"):
+            return None
+        needed.add(current)
+        pending.extend(current.all_input_nodes)
+    # A copy of the nodes in a graph of their own: the originals may be erased once unused.
+    copied = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for original in gm.graph.nodes:
+        if original in needed:
+            env[original] = copied.node_copy(original, env.__getitem__)
+    attributes = {n: _attribute(gm, n) for n in copied.nodes if n.op == "get_attr"}
+    results = [env[o] if isinstance(o, fx.Node) else o for o in outputs]
+    order = list(copied.nodes)
+
+    def compute() -> tuple[Any, Any]:
+        values: dict[fx.Node, Any] = dict(attributes)
+        for current in order:
+            if current in values:
+                continue
+            args, kwargs = call_arguments(current, values.__getitem__)
+            if current.op == "call_method":
+                values[current] = getattr(args[0], str(current.target))(*args[1:], **kwargs)
+            else:
+                values[current] = current.target(*args, **kwargs)
+        weight, bias = (values[r] if isinstance(r, fx.Node) else r for r in results)
+        return weight, bias
+
+    sources = [v for v in attributes.values() if isinstance(v, torch.Tensor)]
+    return compute, sources, list(needed)
+
+
+def _owner_path(*args: Any) -> str | None:
+    """The module path of the first ``<path>.weight`` / ``<path>.bias`` tensor read."""
+    pending = [a for a in args if isinstance(a, fx.Node)]
+    seen: set[fx.Node] = set()
+    while pending:
+        current = pending.pop(0)
+        if current in seen:
+            continue
+        seen.add(current)
+        if current.op == "get_attr":
+            path, _, leaf = str(current.target).rpartition(".")
+            if leaf in ("weight", "bias") and path:
+                return path
+        pending.extend(current.all_input_nodes)
+    return None
+
+
+def _module_path(node: fx.Node) -> str | None:
+    stack = node.meta.get("nn_module_stack")
+    return list(stack.values())[-1][0] if stack else None
 
 
 def strip_output_activation(gm: fx.GraphModule, output_node: fx.Node) -> fx.GraphModule:

@@ -15,7 +15,8 @@ import io
 import logging
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -141,16 +142,7 @@ def capture(
                     f"torch.fx could not trace {type(view).__name__}: {_brief(fx_error)}"
                 ) from fx_error
             values = (example_input,) if isinstance(example_input, torch.Tensor) else example_input
-            if call is not None and (call.keyword or call.fixed):
-                # By keyword, with what the caller fixed (the defaults need no passing).
-                bound = dict(call.bound)
-                args = ()
-                kwargs = {
-                    **dict(zip(call.names, values, strict=True)),
-                    **{name: bound[name] for name in call.fixed},
-                }
-            else:
-                args, kwargs = tuple(values), {}
+            args, kwargs = model_arguments(call, values)
             hooked = hooked_module(model)
             if hooked is not None:
                 raise NotAnalyzableModelError(
@@ -170,6 +162,44 @@ def capture(
                     "forward free of data-dependent Python control flow, or wrap the "
                     "untraceable part in a submodule."
                 ) from export_error
+
+
+def model_arguments(call: CallSpec | None, values: Sequence[Any]) -> tuple[tuple, dict[str, Any]]:
+    """The positional and keyword arguments of calling the model with ``values`` (one per
+    name of ``call.names``): by keyword, with the values the caller fixed, where the call
+    is by keyword or fixes some (the defaults need no passing); else by position."""
+    if call is not None and (call.keyword or call.fixed):
+        bound = dict(call.bound)
+        kwargs = {
+            **dict(zip(call.names, values, strict=True)),
+            **{name: bound[name] for name in call.fixed},
+        }
+        return (), kwargs
+    return tuple(values), {}
+
+
+def native_failure(model: nn.Module, call: CallSpec, values: Sequence[Any]) -> Exception | None:
+    """What the model raises when run without innspect on ``values`` (one per name of
+    ``call.names``), or None when it runs.
+
+    Tells a failure of the input (the model fails on it too) from a failure of innspect's
+    graph (the model runs). The model runs as its eval view (``graph/views.py``: its
+    training flags and statistics stay as they are) without autograd and without its
+    forward hooks: innspect accepts only hooks that observe (``refuse_hooks``), which
+    change nothing the verdict depends on and must not see a call the user never made.
+    """
+    args, kwargs = model_arguments(call, values)
+    view = eval_view(model)
+    for module in view.modules():
+        if not isinstance(module, torch.jit.ScriptModule):  # a view's own dicts, not the user's
+            module.__dict__["_forward_hooks"] = OrderedDict()
+            module.__dict__["_forward_pre_hooks"] = OrderedDict()
+    try:
+        with torch.no_grad():
+            view(*args, **kwargs)
+    except Exception as error:  # noqa: BLE001 - any failure of the model is the answer
+        return error
+    return None
 
 
 BRIEF_MESSAGE_CHARS = 400
@@ -335,3 +365,29 @@ def _copy_graph(graph: fx.Graph) -> fx.Graph:
     output = new_graph.graph_copy(graph, {})
     new_graph.output(output)
     return new_graph
+
+
+def call_arguments(node: fx.Node, lookup: Callable[[fx.Node], Any]) -> tuple[Any, dict]:
+    """``node``'s arguments and keyword arguments with every node replaced by ``lookup(node)``.
+
+    Unlike ``fx.node.map_arg``, lists and dicts come back as plain (mutable) ``list`` and
+    ``dict``: fx stores them as ``immutable_list``/``immutable_dict``, while the model's
+    own code hands the function a fresh list it may change in place (torchvision's
+    ``_get_window_and_shift_size``, called by ``swin3d_t``, assigns into its list argument).
+    """
+    return _mapped(node.args, lookup), _mapped(node.kwargs, lookup)
+
+
+def _mapped(value: Any, lookup: Callable[[fx.Node], Any]) -> Any:
+    if isinstance(value, fx.Node):
+        return lookup(value)
+    if isinstance(value, list):
+        return [_mapped(v, lookup) for v in value]
+    if isinstance(value, tuple):
+        items = tuple(_mapped(v, lookup) for v in value)
+        return type(value)(*items) if hasattr(value, "_fields") else items
+    if isinstance(value, dict):
+        return {k: _mapped(v, lookup) for k, v in value.items()}
+    if isinstance(value, slice):
+        return slice(*(_mapped(v, lookup) for v in (value.start, value.stop, value.step)))
+    return value

@@ -107,6 +107,7 @@ class ModelGraph:
         canonize.remove_inplace(self.module)
         canonize.addmm_as_linear(self.module)
         canonize.conv_subclasses_as_layers(self.module)
+        canonize.computed_weights_as_layers(self.module)
         activation_patterns.replace_activations(self.module)
         self.fused: dict[str, list[str]] = {}
         self.folds: list[canonize.Fold] = []
