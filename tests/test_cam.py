@@ -154,6 +154,35 @@ def test_score_and_ablation_weights_by_hand(gapnet) -> None:
     torch.testing.assert_close(ours[0, 0], expected)
 
 
+def test_ablation_ratio_keeps_the_chosen_channels_weights(gapnet) -> None:
+    """With ``ratio_channels_to_ablate``, the ablated channels keep the weights of a full
+    Ablation-CAM and the others get 0; once the highest and lowest ``int(C * ratio)`` cover
+    the C channels, every one is ablated (grad-cam would list the middle ones twice)."""
+    x = x_of(2, 3, 12, 12, seed=10)
+    a = gapnet.features(x).detach()
+    raw = {"upsample": False, "normalize": False}
+    full = innspect.create_analyzer("cam.ablation", gapnet, **raw).analyze(x)
+    chosen = cam_methods.channels_to_ablate(a, 0.2)  # int(5 * 0.2) = 1: two channels
+    assert [len(c) for c in chosen] == [2, 2]
+    ours = innspect.create_analyzer(
+        "cam.ablation", gapnet, ratio_channels_to_ablate=0.2, batch_size=1, **raw
+    ).analyze(x)
+    for i in range(2):
+        # the full map's weights, read back from it channel by channel (least squares)
+        basis = a[i].flatten(1).T  # (positions, channels)
+        weights = torch.linalg.lstsq(basis, full[i, 0].flatten()).solution
+        keep = torch.zeros(5, dtype=torch.bool)
+        keep[chosen[i]] = True
+        expected = (basis * torch.where(keep, weights, 0.0)).sum(dim=1)
+        torch.testing.assert_close(ours[i, 0].flatten(), expected)
+    torch.testing.assert_close(
+        innspect.create_analyzer(
+            "cam.ablation", gapnet, ratio_channels_to_ablate=0.6, **raw
+        ).analyze(x),
+        full,
+    )  # int(5 * 0.6) = 3: 3 highest and 3 lowest cover all 5
+
+
 def test_layer_by_module_path_and_list(gapnet) -> None:
     x = x_of(1, 3, 12, 12, seed=6)
     by_path = innspect.create_analyzer("cam.grad", gapnet, layer="features").analyze(x)
@@ -181,8 +210,25 @@ def test_clear_errors(gapnet) -> None:
         innspect.create_analyzer("guided_grad_cam", gapnet, upsample=False)
     with pytest.raises(OptionError, match="kernel"):
         innspect.create_analyzer("cam.kpca", gapnet, kernel="laplace")
-    with pytest.raises(OptionError, match="ratio_channels_to_ablate"):
-        innspect.create_analyzer("cam.ablation", gapnet, ratio_channels_to_ablate=0.5)
+    for ratio in (0.0, 1.5):
+        with pytest.raises(OptionError, match="ratio_channels_to_ablate"):
+            innspect.create_analyzer("cam.ablation", gapnet, ratio_channels_to_ablate=ratio)
+    with pytest.raises(InputError, match="selects no channel"):  # int(5 * 0.1) = 0
+        innspect.create_analyzer("cam.ablation", gapnet, ratio_channels_to_ablate=0.1).analyze(x)
+    with pytest.raises(OptionError, match="aug_smooth=True"):
+        innspect.create_analyzer("cam.grad", gapnet, tta_transforms=[(abs, abs)])
+    for bad in ([], [abs], [(abs, 3)], abs):
+        with pytest.raises(OptionError, match="tta_transforms"):
+            innspect.create_analyzer("cam.grad", gapnet, aug_smooth=True, tta_transforms=bad)
+    for pair, what in (
+        ((lambda im: im[..., 1:], lambda m: m), "input's shape"),
+        ((lambda im: im, lambda m: m[..., 1:]), "map's shape"),
+    ):
+        analyzer = innspect.create_analyzer(
+            "cam.grad", gapnet, aug_smooth=True, tta_transforms=[pair]
+        )
+        with pytest.raises(InputError, match=what):
+            analyzer.analyze(x)
     with pytest.raises(OptionError, match="batch_size"):
         innspect.create_analyzer("cam.score", gapnet, batch_size=0)
     with pytest.raises(NeuronSelectionError):

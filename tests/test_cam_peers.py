@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+import ttach as tta  # grad-cam's own dependency (its aug_smooth)
 from pytorch_grad_cam import (
     KPCA_CAM,
     AblationCAM,
@@ -198,6 +199,71 @@ def test_resnet18_score_and_ablation(resnet, name) -> None:
         cam.batch_size = 32
         expected = cam(x, None)
     assert rel(ours[:, 0], expected) <= TOLERANCE
+
+
+def test_resnet18_ablation_ratio_channels_to_ablate(resnet) -> None:
+    """grad-cam's experimental pruning: the same channels ablated (ties among the many
+    channels scoring exactly 1 broken by numpy's argsort on both sides), the others weight 0.
+    Below ratio 0.5 no channel is listed twice, so grad-cam's scores are assembled right."""
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    full = innspect.create_analyzer("cam.ablation", resnet, layer="layer1").analyze(x)
+    for ratio in (0.1, 0.25):  # 2 * 6 and 2 * 16 of the 64 channels
+        ours = innspect.create_analyzer(
+            "cam.ablation", resnet, layer="layer1", ratio_channels_to_ablate=ratio
+        ).analyze(x)
+        with AblationCAM(resnet, [resnet.layer1[-1]], ratio_channels_to_ablate=ratio) as cam:
+            expected = cam(x, None)
+        assert rel(ours[:, 0], expected) <= TOLERANCE
+        assert rel(ours, full.numpy()) > 0.01  # the pruning changed the map
+    # from 0.5 on the highest and lowest int(64 * ratio) cover every channel: all ablated once
+    ours = innspect.create_analyzer(
+        "cam.ablation", resnet, layer="layer1", ratio_channels_to_ablate=0.75
+    ).analyze(x[:1])
+    torch.testing.assert_close(ours, full[:1])
+
+
+def test_grad_cam_ablation_assembly_drops_channels_after_a_duplicate() -> None:
+    """What docs/cam.md says of grad-cam 1.5.7 above ratio 0.5: its channel list repeats the
+    middle channels, and ``assemble_ablation_scores`` stops matching at the first repeat,
+    so every later channel gets the unablated score (weight 0) though it was ablated."""
+    ablated = np.array([3, 0, 1, 2, 1, 2])  # high + low for C = 4, k = 3: 1 and 2 twice
+    scores = [13.0, 10.0, 11.0, 12.0, 11.0, 12.0]  # channel c ablated scores 10 + c
+    assembled = AblationCAM.assemble_ablation_scores(None, scores, 99.0, ablated, 4)
+    assert list(np.float32(assembled)) == [10.0, 11.0, 99.0, 99.0]  # 2 and 3 lost
+
+
+def test_resnet18_tta_transforms(resnet) -> None:
+    """grad-cam's ``tta_transforms`` (a ttach Compose): innspect takes the same Compose, or
+    the same augmentations as (augment, deaugment) pairs written by hand."""
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    compose = tta.Compose(
+        [tta.VerticalFlip(), tta.Rotate90(angles=[0, 90]), tta.Multiply(factors=[0.8])]
+    )
+    with GradCAM(resnet, [resnet.layer4[-1]]) as cam:
+        cam.tta_transforms = compose  # GradCAM's constructor does not pass it to BaseCAM
+        expected = cam(x, [ClassifierOutputTarget(1), ClassifierOutputTarget(2)], aug_smooth=True)
+
+    def pair(flip: bool, turns: int, factor: float):
+        def augment(image: torch.Tensor) -> torch.Tensor:
+            return torch.rot90(image.flip(2) if flip else image, turns, (2, 3)) * factor
+
+        def deaugment(maps: torch.Tensor) -> torch.Tensor:
+            maps = torch.rot90(maps, -turns, (2, 3))
+            return maps.flip(2) if flip else maps
+
+        return augment, deaugment
+
+    pairs = [pair(f, t, 0.8) for f in (False, True) for t in (0, 1)]
+    for transforms in (compose, pairs):
+        ours = innspect.create_analyzer(
+            "cam.grad",
+            resnet,
+            layer="layer4",
+            aug_smooth=True,
+            tta_transforms=transforms,
+            neuron_selection_mode="index",
+        ).analyze(x, neuron_selection=[1, 2])
+        assert rel(ours[:, 0], expected) <= TOLERANCE
 
 
 def test_vgg11_bn_equals_grad_cam(vgg) -> None:

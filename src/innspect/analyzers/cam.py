@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -38,8 +39,53 @@ from innspect.graph.lock import GRAPH_LOCK
 from innspect.util.checks import check_flag, check_int, check_number
 
 _MINMAX_EPS = 1e-7  # grad-cam's scale_cam_image: (m - min) / (1e-7 + max(m - min))
-# grad-cam's aug_smooth (ttach): horizontal flip x brightness factor, 6 passes.
-_AUGMENTATIONS = tuple((flip, factor) for flip in (False, True) for factor in (0.9, 1.0, 1.1))
+
+Augmentation = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
+
+
+def _flipped_scaled(x: torch.Tensor, flip: bool, factor: float) -> torch.Tensor:
+    return (x.flip(-1) if flip else x) * factor
+
+
+def _unflipped(maps: torch.Tensor, flip: bool) -> torch.Tensor:
+    return maps.flip(-1) if flip else maps
+
+
+# grad-cam's default aug_smooth (ttach's HorizontalFlip x Multiply([0.9, 1, 1.1])): 6 passes,
+# in ttach's order (flip first, then brightness; the map is flipped back).
+_DEFAULT_AUGMENTATIONS: tuple[Augmentation, ...] = tuple(
+    (partial(_flipped_scaled, flip=flip, factor=factor), partial(_unflipped, flip=flip))
+    for flip in (False, True)
+    for factor in (0.9, 1.0, 1.1)
+)
+
+
+def augmentations(transforms: Any) -> tuple[Augmentation, ...]:
+    """``tta_transforms`` as (augment, deaugment) pairs: a sequence of pairs of callables,
+    or of objects with ``augment_image`` and ``deaugment_mask`` (what iterating a
+    ``ttach.Compose`` gives; ttach is not imported)."""
+    if isinstance(transforms, torch.Tensor | str | bytes) or not hasattr(transforms, "__iter__"):
+        raise OptionError(
+            "tta_transforms must be a sequence of (augment, deaugment) pairs of callables "
+            f"or a ttach.Compose, got {type(transforms).__name__}"
+        )
+    pairs = []
+    for item in transforms:
+        if callable(getattr(item, "augment_image", None)) and callable(
+            getattr(item, "deaugment_mask", None)
+        ):
+            pairs.append((item.augment_image, item.deaugment_mask))
+        elif isinstance(item, tuple | list) and len(item) == 2 and all(map(callable, item)):
+            pairs.append((item[0], item[1]))
+        else:
+            raise OptionError(
+                "each of tta_transforms must be an (augment, deaugment) pair of callables "
+                "(image (N, C, H, W) -> augmented image; map (N, 1, H, W) -> map in the "
+                f"input's frame) or a ttach transformer; got {item!r}"
+            )
+    if not pairs:
+        raise OptionError("tta_transforms is empty: give at least one (augment, deaugment) pair")
+    return tuple(pairs)
 
 
 def minmax(maps: torch.Tensor) -> torch.Tensor:
@@ -160,9 +206,17 @@ class ClassActivationMap(Analyzer):
         grad-cam's output: clamped at 0 and min-max normalised per image (before and after
         averaging layers). False: the raw map (weighted sum, no clamp, no scaling).
     aug_smooth
-        grad-cam's test-time augmentation: the mean of the maps of the input flipped or
-        not and scaled by 0.9, 1 and 1.1 (6 passes), flipped back; the explained neuron is
-        chosen once, on the input itself.
+        grad-cam's test-time augmentation: the mean of the maps of the augmented inputs,
+        each brought back to the input's frame; by default the input flipped or not and
+        scaled by 0.9, 1 and 1.1 (6 passes). The explained neuron is chosen once, on the
+        input itself.
+    tta_transforms
+        The augmentations of ``aug_smooth`` (grad-cam's ``tta_transforms``): a sequence of
+        ``(augment, deaugment)`` pairs of callables, ``augment`` taking the image
+        (N, C, H, W) to an image of the same shape, ``deaugment`` taking the map of the
+        augmented image (N, 1, H, W), or (N, 1, h, w) with ``upsample=False``, back to the
+        input's frame; or a ``ttach.Compose`` (its transformers' ``augment_image`` and
+        ``deaugment_mask``). None: the default above. Needs ``aug_smooth=True``.
     eigen_smooth
         Replace the sum over channels by the first principal component of the weighted
         channels (grad-cam's ``eigen_smooth``).
@@ -189,6 +243,7 @@ class ClassActivationMap(Analyzer):
         normalize: bool = True,
         aug_smooth: bool = False,
         eigen_smooth: bool = False,
+        tta_transforms: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
@@ -207,6 +262,12 @@ class ClassActivationMap(Analyzer):
         self.normalize = check_flag("normalize", normalize)
         self.aug_smooth = check_flag("aug_smooth", aug_smooth)
         self.eigen_smooth = check_flag("eigen_smooth", eigen_smooth)
+        if tta_transforms is not None and not self.aug_smooth:
+            raise OptionError("tta_transforms are the augmentations of aug_smooth=True; set it")
+        self.tta_transforms = tta_transforms
+        self._augmentations = (
+            _DEFAULT_AUGMENTATIONS if tta_transforms is None else augmentations(tta_transforms)
+        )
         # The engine's capture, input checks and output selection; batch norms stay nodes.
         self._engine = GradientAnalyzer(
             model,
@@ -300,22 +361,39 @@ class ClassActivationMap(Analyzer):
         layers: list[CamLayer],
         selecting: Callable[[torch.Tensor], OutputSelection],
     ) -> tuple[torch.Tensor, OutputSelection]:
-        """grad-cam's ``forward_augmentation_smoothing``: the mean of the maps of flipped and
-        brightness-scaled inputs, each flipped back."""
+        """grad-cam's ``forward_augmentation_smoothing``: the mean of the maps of the
+        augmented inputs, each brought back to the input's frame (``tta_transforms``)."""
         with GRAPH_LOCK.shared(), torch.no_grad():
             clean = graph.output_value(run_forward(graph, feed, keep=False).values)
         selection = selecting(clean)
         rows = torch.arange(clean.shape[0], device=clean.device)
+        x = feed[image]
         total = None
-        for flip, factor in _AUGMENTATIONS:
-            x = feed[image].flip(-1) if flip else feed[image]
-            augmented = {**feed, image: x * factor}
+        for augment, deaugment in self._augmentations:
+            augmented = augment(x)
+            if not isinstance(augmented, torch.Tensor) or augmented.shape != x.shape:
+                got = tuple(augmented.shape) if isinstance(augmented, torch.Tensor) else augmented
+                raise InputError(
+                    f"a tta_transforms augmentation must return a tensor of the input's shape "
+                    f"{tuple(x.shape)} (the layers are chosen for it); got {got!r}"
+                )
             maps, _ = self._maps(
-                graph, augmented, image, layers, lambda out: selection.rows(rows, out.dim())
+                graph,
+                {**feed, image: augmented.to(x.dtype)},
+                image,
+                layers,
+                lambda out: selection.rows(rows, out.dim()),
             )
-            maps = maps.flip(-1) if flip else maps
-            total = maps if total is None else total + maps
-        return total / len(_AUGMENTATIONS), selection
+            restored = deaugment(maps)
+            if not isinstance(restored, torch.Tensor) or restored.shape != maps.shape:
+                got = tuple(restored.shape) if isinstance(restored, torch.Tensor) else restored
+                raise InputError(
+                    f"a tta_transforms deaugmentation must return the map's shape "
+                    f"{tuple(maps.shape)}; got {got!r}"
+                )
+            restored = restored.to(maps.dtype)
+            total = restored if total is None else total + restored
+        return total / len(self._augmentations), selection
 
     def _maps(
         self,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -191,6 +192,38 @@ class ScoreCAM(_Perturbing):
         return scores.softmax(dim=-1)
 
 
+_OBJECT_THRESHOLD = 0.01  # grad-cam's objectiveness_mask_from_svd threshold
+
+
+def channels_to_ablate(acts: torch.Tensor, ratio: float) -> list[torch.Tensor]:
+    """Per image, the sorted channels Ablation-CAM ablates (grad-cam's experimental
+    ``AblationLayer.activations_to_be_ablated``; the paper ablates every channel).
+
+    ``acts`` (N, C, h, w). Below ``ratio`` 1, an object mask is the absolute Eigen-CAM
+    projection min-max scaled and thresholded at 0.01; each channel's score is the share of
+    its absolute values (shifted to minimum 0, scaled to maximum 1) that falls in the mask.
+    The ``k = int(C * ratio)`` highest and the ``k`` lowest scores are ablated, each channel
+    once (grad-cam lists a channel twice when ``2 k > C``, see docs/cam.md). A constant
+    channel scores 0 / 0 = NaN, which ranks highest (numpy's ``argsort`` sorts NaN last).
+    """
+    n, c = acts.shape[:2]
+    if ratio == 1.0:
+        return [torch.arange(c)] * n
+    mask = principal_projection(acts).abs().flatten(1)
+    mask = mask - mask.min(dim=1, keepdim=True).values
+    mask = (mask / mask.max(dim=1, keepdim=True).values) > _OBJECT_THRESHOLD  # NaN: False
+    channel = torch.nan_to_num(acts.detach(), nan=0.0).flatten(2).abs()
+    channel = channel - channel.min(dim=2, keepdim=True).values
+    channel = channel / channel.max(dim=2, keepdim=True).values
+    scores = (mask[:, None] * channel).sum(dim=2) / channel.sum(dim=2)
+    # Ties are common (every channel inside the mask scores exactly 1): grad-cam breaks
+    # them with numpy's default (unstable) argsort of float32 scores, so the same sort here
+    # picks the same channels. NaN sorts last in numpy.
+    order = np.argsort(scores.detach().cpu().numpy().astype(np.float32), axis=1)
+    k = int(c * ratio)
+    return [torch.from_numpy(np.unique(np.concatenate([row[:k], row[c - k :]]))) for row in order]
+
+
 class AblationCAM(_Perturbing):
     """Ablation-CAM (Desai & Ramaswamy 2020): a channel's weight is the relative drop of the
     score when the channel is ablated, ``(y - y_k) / y``.
@@ -203,7 +236,10 @@ class AblationCAM(_Perturbing):
         What an ablated channel is set to. None (grad-cam's rule): 0 where the layer's
         output for the image has minimum 0 (after a ReLU), else that minimum minus 1e7.
     ratio_channels_to_ablate
-        grad-cam's experimental channel pruning; only 1.0 (every channel) is supported.
+        grad-cam's experimental pruning (``channels_to_ablate``): 1.0 ablates every channel;
+        below 1, the ``int(C * ratio)`` channels that overlap the Eigen-CAM object mask most
+        and the ``int(C * ratio)`` that overlap it least are ablated, each once, and the
+        others get weight 0 (so up to twice the ratio is ablated, as grad-cam does).
     verbose
         Show a progress bar over the passes.
     """
@@ -226,12 +262,12 @@ class AblationCAM(_Perturbing):
         self.ablation_value = (
             None if ablation_value is None else check_number("ablation_value", ablation_value)
         )
-        if check_number("ratio_channels_to_ablate", ratio_channels_to_ablate) != 1.0:
+        ratio = check_number("ratio_channels_to_ablate", ratio_channels_to_ablate)
+        if not 0.0 < ratio <= 1.0:
             raise OptionError(
-                "ratio_channels_to_ablate: only 1.0 (ablate every channel) is supported; "
-                "grad-cam's pruning is experimental and ablates some channels twice"
+                f"ratio_channels_to_ablate must be in (0, 1] (1.0: every channel), got {ratio}"
             )
-        self.ratio_channels_to_ablate = 1.0
+        self.ratio_channels_to_ablate = ratio
 
     def _weights(self, cam_pass: CamPass, index: int, layer: CamLayer) -> torch.Tensor:
         raw = cam_pass.raw[index].detach()
@@ -246,20 +282,29 @@ class AblationCAM(_Perturbing):
                 f"{self.name} divides each drop by the explained score, which is 0 for sample "
                 f"{sample}; explain another output (neuron_selection, target=)"
             )
-        scores = torch.empty(n, c, dtype=raw.dtype, device=raw.device)
-        batches = self._batches(n, c)
+        chosen = channels_to_ablate(cam_pass.acts[index], self.ratio_channels_to_ablate)
+        if any(len(channels) == 0 for channels in chosen):
+            raise InputError(
+                f"ratio_channels_to_ablate={self.ratio_channels_to_ablate} selects no channel "
+                f"of the layer's {c} (int({c} * ratio) = 0); use at least {1 / c:.3g}"
+            )
+        # a channel left out keeps the original score: weight 0 (grad-cam's rule)
+        scores = original[:, None].repeat(1, c)
+        batches = [
+            (i, chunk) for i in range(n) for chunk in chunks(len(chosen[i]), self.batch_size)
+        ]
         for i, chunk in progress(batches, self.verbose, total=len(batches), desc=self.name):
             value = self.ablation_value
             if value is None:
                 low = float(raw[i].min())
                 value = 0.0 if low == 0 else low - _ABLATION_OFFSET
             ablated = raw[i : i + 1].repeat(len(chunk), *[1] * (raw.dim() - 1))
-            # row j ablates channel chunk[j]: one indexed write for the whole pass
+            # row j ablates channel chosen[i][chunk[j]]: one indexed write for the whole pass
             rows = torch.arange(len(chunk), device=raw.device)
-            channels = torch.arange(chunk.start, chunk.stop, device=raw.device)
+            channels = chosen[i][chunk.start : chunk.stop].to(raw.device)
             ablated.movedim(layer.channel_axis(), 1)[rows, channels] = value
             output = run(i, ablated)
-            scores[i, chunk.start : chunk.stop] = _scores_of(graph, output, selection, i)
+            scores[i, channels] = _scores_of(graph, output, selection, i)
         return (original[:, None] - scores) / original[:, None]
 
     def _suffix_runner(self, cam_pass: CamPass, node: fx.Node, n: int) -> Any:
