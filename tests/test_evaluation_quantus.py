@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 from innspect import evaluation as ev
+from innspect.errors import InputError, OptionError
+from innspect.evaluation.randomisation import rule_n_bins
 
 PER_SAMPLE = {"normalise_axes": (1, 2, 3)}
 QUANTUS = {"normalise_func_kwargs": PER_SAMPLE, "disable_warnings": True, "return_aggregate": False}
@@ -616,3 +618,136 @@ def test_efficient_mprt_equals_quantus(case) -> None:
     )  # fmt: skip
     result = ev.EfficientMPRT("gradient")(model, x, y, torch.as_tensor(a))
     np.testing.assert_allclose(result.scores.numpy(), np.asarray(theirs), rtol=1e-9, atol=1e-12)
+
+
+def _textbook_rule(rule: str):
+    """Quantus's rule (its own statistics over the whole batch) with the sample size ``n``
+    the rule's definition means, the number of values in one explanation (Quantus 0.6.0's
+    ``n_bins_func`` takes ``n = a_batch[0].ndim``, the number of axes)."""
+
+    def n_bins(a_batch: np.ndarray) -> int:
+        n = a_batch[0].size
+        spread = np.max(a_batch) - np.min(a_batch)
+        if rule == "Freedman Diaconis":
+            iqr = np.percentile(a_batch, 75) - np.percentile(a_batch, 25)
+            return int(spread / max(2 * iqr / np.power(n, 1 / 3), 1e-6))
+        if rule == "Scotts":
+            return int(spread / (3.5 * np.std(a_batch) / np.power(n, 1 / 3)))
+        return {
+            "Square Root": int(np.sqrt(n)),
+            "Sturges Formula": int(np.log2(n) + 1),
+            "Rice": int(2 * np.power(n, 1 / 3)),
+        }[rule]
+
+    return n_bins
+
+
+@pytest.mark.parametrize(
+    ("rule", "limits"),
+    [
+        ("Freedman Diaconis", {}),
+        ("Scotts", {}),
+        ("Square Root", {}),
+        ("Sturges Formula", {"min_n_bins": 5}),
+        ("Rice", {"min_n_bins": 5, "max_n_bins": 12}),
+    ],
+)
+def test_efficient_mprt_bin_rules_equal_quantus(case, rule, limits, monkeypatch) -> None:
+    """Each of Quantus's bin-width rules, with its sample size read as the rules define it
+    (see the next test), and its clamping to [min_n_bins, max_n_bins]: the same number of
+    bins and scores as Quantus."""
+    from quantus.metrics.randomisation import efficient_mprt
+
+    monkeypatch.setitem(efficient_mprt.AVAILABLE_N_BINS_ALGORITHMS, rule, _textbook_rule(rule))
+    model, x, y = case["model"], case["x"], case["y"]
+    a = _quantus_gradient(model, x.numpy(), y.numpy())
+    metric = quantus.EfficientMPRT(
+        complexity_func_kwargs={"rule": rule, **limits},
+        disable_warnings=True,
+        return_aggregate=False,
+    )
+    theirs = metric(
+        model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a, device="cpu",
+        explain_func=_quantus_gradient,
+    )  # fmt: skip
+    ours = ev.EfficientMPRT("gradient", rule=rule, **limits)
+    bins = rule_n_bins(torch.as_tensor(a), ours.rule, ours.min_n_bins, ours.max_n_bins)
+    assert bins == metric.complexity_func_kwargs["n_bins"]
+    assert bins != 100  # not the fixed default
+    result = ours(model, x, y, torch.as_tensor(a))
+    np.testing.assert_allclose(result.scores.numpy(), np.asarray(theirs), rtol=1e-9, atol=1e-12)
+    fixed = ev.EfficientMPRT("gradient", n_bins=bins)(model, x, y, torch.as_tensor(a))
+    torch.testing.assert_close(result.scores, fixed.scores)
+
+
+def test_efficient_mprt_rules_count_values_not_axes(case) -> None:
+    """Quantus 0.6.0's rules take the sample size as the number of axes of one explanation
+    (``a_batch[0].ndim``): Sturges gives int(log2(3) + 1) = 2 bins for 3 x 64 x 64 values.
+    innspect follows the rules' definitions (Sturges 1926, Scott 1979, Freedman & Diaconis
+    1981): n is the number of values, 12288 here; unclamped results, by hand."""
+    from quantus.functions import n_bins_func
+
+    a = torch.linspace(0, 1, 2 * 3 * 64 * 64, dtype=torch.float64).reshape(2, 3, 64, 64)
+    assert n_bins_func.sturges_formula(a.numpy()) == 2
+    assert n_bins_func.square_root_choice(a.numpy()) == 1
+    n = 3 * 64 * 64
+    rule = rule_n_bins
+    assert rule(a, "sturges", 1, 1000) == 14  # log2(12288) = 13.58
+    assert rule(a, "square_root", 1, 1000) == 110  # sqrt(12288) = 110.85
+    assert rule(a, "rice", 1, 1000) == 46  # 2 * 12288^(1/3) = 46.16
+    # uniform on [0, 1]: IQR 0.5, std 1 / sqrt(12) (to the grid's rounding)
+    assert rule(a, "freedman_diaconis", 1, 1000) == int(n ** (1 / 3))  # 23.08
+    assert rule(a, "scott", 1, 1000) == int(np.sqrt(12) * n ** (1 / 3) / 3.5)  # 22.84
+    # Sturges here agrees unpatched with Quantus: both clamp to min_n_bins = 10
+    model, x, y = case["model"], case["x"], case["y"]
+    g = _quantus_gradient(model, x.numpy(), y.numpy())
+    theirs = quantus.EfficientMPRT(
+        complexity_func_kwargs={"rule": "Sturges Formula"},
+        disable_warnings=True,
+        return_aggregate=False,
+    )(
+        model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=g, device="cpu",
+        explain_func=_quantus_gradient,
+    )  # fmt: skip
+    ours = ev.EfficientMPRT("gradient", rule="sturges")(model, x, y, torch.as_tensor(g))
+    np.testing.assert_allclose(ours.scores.numpy(), np.asarray(theirs), rtol=1e-9, atol=1e-12)
+
+
+def test_efficient_mprt_bin_options_are_checked() -> None:
+    with pytest.raises(OptionError, match="rule"):
+        ev.EfficientMPRT("gradient", rule="Doane")
+    with pytest.raises(OptionError, match="not both"):
+        ev.EfficientMPRT("gradient", rule="rice", n_bins=20)
+    with pytest.raises(OptionError, match="min_n_bins"):
+        ev.EfficientMPRT("gradient", rule="rice", min_n_bins=50, max_n_bins=20)
+
+
+def test_efficient_mprt_extra_scores_equal_quantus(case) -> None:
+    """Quantus's ``compute_extra_scores``: deltas and fractions of the explanation and model
+    output entropies, their ratio, the average complexity and the model-vs-explanation
+    Spearman correlation, per sample."""
+    model, x, y = case["model"], case["x"], case["y"]
+    a = _quantus_gradient(model, x.numpy(), y.numpy())
+    metric = quantus.EfficientMPRT(
+        compute_extra_scores=True, disable_warnings=True, return_aggregate=False
+    )
+    theirs = metric(
+        model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a, device="cpu",
+        explain_func=_quantus_gradient,
+    )  # fmt: skip
+    result = ev.EfficientMPRT("gradient", compute_extra_scores=True, batch_size=3)(
+        model, x, y, torch.as_tensor(a)
+    )
+    np.testing.assert_allclose(result.scores.numpy(), np.asarray(theirs), rtol=1e-9, atol=1e-12)
+    assert set(result.extras) == set(metric.scores_extra)
+    for key, values in metric.scores_extra.items():
+        expected = np.asarray(values, dtype=np.float64)
+        np.testing.assert_allclose(
+            result.extras[key].numpy(), expected, rtol=1e-5, atol=1e-7, equal_nan=True
+        )
+    # the model's output entropy changed: the model fractions are not trivially 1
+    assert not np.allclose(result.extras["scores_fraction_model"].numpy(), 1.0)
+    with pytest.raises(InputError, match="softmax"):
+        ev.EfficientMPRT("gradient", compute_extra_scores=True, softmax=False)(
+            model, x, y, torch.as_tensor(a)
+        )

@@ -24,7 +24,7 @@ from torch import nn
 from innspect.errors import InputError, OptionError
 from innspect.evaluation.correlations import Similarity, _similarity
 from innspect.evaluation.explainers import explain_rows, explainer
-from innspect.evaluation.metric import Metric, MetricResult, flat, positive_int
+from innspect.evaluation.metric import Metric, MetricResult, flat, positive_int, predict
 from innspect.util.extras import require
 
 LAYER_ORDERS = ("top_down", "bottom_up", "independent")
@@ -119,6 +119,12 @@ class MPRT(Metric):
         scores = curve.mean(dim=1) if self.return_average_correlation else curve[:, -1]
         result = self._result(scores, curve)
         result.labels = names
+        return self._finish(result, model, randomised, x)
+
+    def _finish(
+        self, result: MetricResult, model: nn.Module, randomised: nn.Module, x: torch.Tensor
+    ) -> MetricResult:
+        """The result, given the model and its randomised copy (for subclasses)."""
         return result
 
 
@@ -182,6 +188,48 @@ def histogram_entropy(a: torch.Tensor, n_bins: int) -> torch.Tensor:
     return torch.stack(values)
 
 
+def _freedman_diaconis(a: np.ndarray, n: int) -> int:
+    """Freedman & Diaconis 1981: width ``2 IQR / n^(1/3)`` (at least 1e-6, Quantus's floor)."""
+    iqr = np.percentile(a, 75) - np.percentile(a, 25)
+    width = max(2 * iqr / np.power(n, 1 / 3), 1e-6)
+    return int((np.max(a) - np.min(a)) / width)
+
+
+def _scott(a: np.ndarray, n: int) -> int:
+    """Scott 1979: width ``3.5 std / n^(1/3)`` (population standard deviation)."""
+    width = 3.5 * np.std(a) / np.power(n, 1 / 3)
+    return 0 if width == 0 else int((np.max(a) - np.min(a)) / width)  # constant: no spread
+
+
+# The rules of Quantus 0.6.0's ``n_bins_func`` (its names, and ours), with ``n`` the number
+# of values in one explanation (the histogram's sample size).
+N_BINS_RULES: dict[str, Any] = {
+    "freedman_diaconis": _freedman_diaconis,
+    "scott": _scott,
+    "square_root": lambda a, n: int(np.sqrt(n)),
+    "sturges": lambda a, n: int(np.log2(n) + 1),  # Sturges 1926
+    "rice": lambda a, n: int(2 * np.power(n, 1 / 3)),
+}
+_QUANTUS_RULE_NAMES = {
+    "Freedman Diaconis": "freedman_diaconis",
+    "Scotts": "scott",
+    "Square Root": "square_root",
+    "Sturges Formula": "sturges",
+    "Rice": "rice",
+}
+
+
+def rule_n_bins(a: torch.Tensor, rule: str, min_n_bins: int, max_n_bins: int) -> int:
+    """The number of bins ``rule`` gives for the explanations ``a`` (N, ...), clamped to
+    ``[min_n_bins, max_n_bins]``: spread statistics (IQR, standard deviation, range) over the
+    whole batch, ``n`` the number of values in one explanation (Quantus's
+    ``EfficientMPRT.find_n_bins``; Quantus's rules take ``n = a_batch[0].ndim``, see
+    docs/evaluation.md). numpy on the attributions' own dtype, as Quantus."""
+    values = a.detach().cpu().numpy()
+    n = int(values[0].size)
+    return max(min(N_BINS_RULES[rule](values, n), max_n_bins), min_n_bins)
+
+
 class EfficientMPRT(MPRT):
     """Efficient MPRT (Hedström et al. 2023, *Sanity checks revisited*, arXiv:2401.06465):
     the relative rise of the explanation's complexity, ``(H(a_random) - H(a)) / H(a)``, where
@@ -189,6 +237,24 @@ class EfficientMPRT(MPRT):
     ``discrete_entropy`` with its default 100) and ``a_random`` the explanation of the model
     with every layer randomised (bottom-up, as Quantus's defaults). Higher is better: a method
     that depends on the weights explains a random model with noise.
+
+    ``rule`` chooses the number of bins from the attributions of the call instead, as
+    Quantus's ``complexity_func_kwargs={"rule": ...}``: "freedman_diaconis", "scott",
+    "square_root", "sturges" or "rice" (Quantus's names "Freedman Diaconis", "Scotts",
+    "Square Root", "Sturges Formula", "Rice" too), clamped to ``[min_n_bins, max_n_bins]``
+    (10 and 200, Quantus's); ``n_bins`` then must not be given.
+
+    ``compute_extra_scores=True`` adds Quantus's extra scores to ``extras`` (per sample):
+    ``scores_delta_explanation`` ``H(a_random) - H(a)``, ``scores_fraction_explanation``
+    ``H(a_random) / H(a)``, the same two for the entropy of the model's output
+    (``scores_delta_model``, ``scores_fraction_model``; softmax probabilities unless
+    ``softmax=False``, whose outputs must then be non-negative),
+    ``scores_delta_explanation_vs_models`` (explanation fraction / model fraction),
+    ``scores_average_complexity`` ``H(a_random)`` and
+    ``scores_correlation_model_vs_explanation_complexity`` (``similarity_func``, Spearman by
+    default, over the clean and randomised model, of the output entropies with the
+    explanation entropies: +-1 or NaN with two points). A fraction with a zero denominator
+    is NaN.
 
     ``H(a)`` is taken from the attributions given (or explained) at ``x``; Quantus re-explains
     ``x`` for it, the same for deterministic methods."""
@@ -198,25 +264,102 @@ class EfficientMPRT(MPRT):
     higher_is_better = True
     default_abs = False
     default_normalise = False
+    default_softmax = True  # Quantus's EfficientMPRT: the model entropies of the extra scores
 
     def __init__(
-        self, method: Any = None, *, n_bins: int = 100, layer_order: str = "bottom_up", **options
+        self,
+        method: Any = None,
+        *,
+        n_bins: int | None = None,
+        rule: str | None = None,
+        min_n_bins: int = 10,
+        max_n_bins: int = 200,
+        layer_order: str = "bottom_up",
+        compute_extra_scores: bool = False,
+        **options,
     ) -> None:
         super().__init__(method, layer_order=layer_order, skip_layers=True, **options)
-        self.n_bins = positive_int(n_bins, "n_bins")
-        # MPRT's comparison of the clean and randomised explanations: both entropies
+        self.compute_extra_scores = bool(compute_extra_scores)
+        if rule is not None:
+            names = [*N_BINS_RULES, *_QUANTUS_RULE_NAMES]
+            if rule not in names:
+                raise OptionError(f"rule must be one of {names} or None, got {rule!r}")
+            if n_bins is not None:
+                raise OptionError(
+                    f"give n_bins or rule, not both: rule={rule!r} chooses the number of bins"
+                )
+            rule = _QUANTUS_RULE_NAMES.get(rule, rule)
+        self.rule = rule
+        self.n_bins = positive_int(100 if n_bins is None else n_bins, "n_bins")
+        self.min_n_bins = positive_int(min_n_bins, "min_n_bins")
+        self.max_n_bins = positive_int(max_n_bins, "max_n_bins")
+        if self.min_n_bins > self.max_n_bins:
+            raise OptionError(
+                f"min_n_bins ({self.min_n_bins}) must not exceed max_n_bins ({self.max_n_bins})"
+            )
+        # similarity_func (Spearman) correlates the model and explanation entropies in the
+        # extra scores, as Quantus; MPRT's comparison of the explanations is the entropies
+        self._correlation = self.similarity_func
         self.similarity_func = self._entropies
+        self._bins = self.n_bins  # the number of bins of the call under way
 
     def _entropies(self, clean: torch.Tensor, random: torch.Tensor) -> torch.Tensor:
         return torch.stack(
-            [histogram_entropy(clean, self.n_bins), histogram_entropy(random, self.n_bins)], dim=1
+            [histogram_entropy(clean, self._bins), histogram_entropy(random, self._bins)], dim=1
         )
 
     def _evaluate(self, model, x, y, a, method: Any = None, **extra: Any) -> MetricResult:
-        result = super()._evaluate(model, x, y, a, method=method, **extra)
+        self._bins = self.n_bins
+        if self.rule is not None:
+            # the values the histograms count: attributions broadcast to x's shape
+            self._bins = rule_n_bins(a.expand_as(x), self.rule, self.min_n_bins, self.max_n_bins)
+        return super()._evaluate(model, x, y, a, method=method, **extra)
+
+    def _finish(
+        self, result: MetricResult, model: nn.Module, randomised: nn.Module, x: torch.Tensor
+    ) -> MetricResult:
         entropies = result.curves.reshape(x.shape[0], 2)
         before, after = entropies[:, 0], entropies[:, 1]
-        return self._result((after - before) / before, entropies)
+        if not self.compute_extra_scores:
+            return self._result((after - before) / before, entropies)
+        model_before = self._output_entropy(model, x)
+        model_after = self._output_entropy(randomised, x)
+        fraction_explanation = _fraction(after, before)
+        fraction_model = _fraction(model_after, model_before)
+        extras = {
+            "scores_delta_explanation": after - before,
+            "scores_fraction_explanation": fraction_explanation,
+            "scores_delta_model": model_after - model_before,
+            "scores_fraction_model": fraction_model,
+            "scores_delta_explanation_vs_models": _fraction(fraction_explanation, fraction_model),
+            "scores_average_complexity": after,
+            "scores_correlation_model_vs_explanation_complexity": torch.as_tensor(
+                self._correlation(torch.stack([model_before, model_after], 1), entropies),
+                dtype=torch.float64,
+            ),
+        }
+        return self._result((after - before) / before, entropies, **extras)
+
+    def _output_entropy(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Per sample, the entropy of the model's output as a distribution (Quantus's
+        ``entropy``: the output divided by the sum of its absolute values)."""
+        chunks = [
+            predict(model, x[i : i + self.batch_size], self.softmax)
+            for i in range(0, x.shape[0], self.batch_size)
+        ]
+        p = torch.cat(chunks).double()
+        if bool((p < 0).any()):
+            raise InputError(
+                "efficient_mprt's extra scores take the entropy of the model's outputs, which "
+                "must be non-negative: use softmax=True"
+            )
+        p = p / p.abs().sum(dim=1, keepdim=True)
+        return -torch.where(p > 0, p * p.log(), torch.zeros_like(p)).sum(dim=1)
+
+
+def _fraction(top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
+    """``top / bottom``, NaN where ``bottom`` is 0 (Quantus's extra scores)."""
+    return torch.where(bottom != 0, top / bottom, torch.full_like(top, float("nan")))
 
 
 class RandomLogit(Metric):
