@@ -92,6 +92,32 @@ def test_text_contrast_explains_the_difference(folder: Path, tmp_path: Path) -> 
     torch.testing.assert_close(torch.tensor(result["matrix"]), plain - other)
 
 
+def test_text_explains_an_encoder_decoder_folder(tmp_path: Path, capsys) -> None:
+    """A saved T5 folder: load reads it as a sequence-to-sequence model, the decoder's steps
+    are explained against the source (the prompt) and the decoder's tokens, the terminal
+    shows the source, "=>", the decoder's start token, then the generated text."""
+    from tests.test_text_seq2seq import t5
+
+    folder, out = tmp_path / "tiny-t5", tmp_path / "out"
+    t5().save_pretrained(folder)
+    tokenizer().save_pretrained(folder)
+    argv = ["text", "--model", str(folder), "--prompt", PROMPT, "--max-new-tokens", "2",
+            "--method", "gradient", "occlusion", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert " => " in printed.splitlines()[1]
+    results = json.loads((out / "results.json").read_text())["methods"]
+    model, tok = load(folder)
+    assert model.config.is_encoder_decoder and not model.training
+    ids = tok(PROMPT, return_tensors="pt")["input_ids"]
+    for name in ("gradient", "occlusion"):
+        expected = explain_generation(model, ids, max_new_tokens=2, method=name)
+        assert results[name]["source_length"] == ids.shape[1]
+        assert results[name]["prompt_length"] == ids.shape[1] + 1
+        assert results[name]["generated_ids"] == expected.generated_ids.tolist()
+        torch.testing.assert_close(torch.tensor(results[name]["matrix"]), expected.matrix)
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [

@@ -23,7 +23,9 @@ HELP = "explain what a language model writes: every generated token against its 
 DESCRIPTION = """\
 Generate greedily from --prompt with the Hugging Face causal language model in --model (a
 local folder written by save_pretrained: nothing is downloaded) and explain every generated
-token's logit against all earlier tokens, at the token embeddings.
+token's logit against all earlier tokens, at the token embeddings. An encoder-decoder model
+(T5, BART) reads --prompt as its source; each decoder step is explained against the source's
+tokens and the decoder's earlier tokens (printed: source => start token|generated text).
 
 Prints the generated text, then each generated token with its context shaded (red: evidence
 for the token, blue: against; colours only on a terminal). Writes to --out: results.json

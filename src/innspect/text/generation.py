@@ -8,7 +8,9 @@ at step ``k_j``), and each row's attribution at the token embeddings (summed ove
 embedding axis) is row ``k_j`` of the matrix. Token ablation (``occlusion``) replaces one
 token at a time by a baseline token; one forward per replaced token gives the change of
 every step's score at once (Captum's ``FeatureAblation`` in ``LLMAttribution`` runs one per
-token and step).
+token and step). An encoder-decoder model (T5, BART) is run on ``source + start token +
+continuation`` the same way, its decoder's steps explained against the source's and the
+decoder's tokens (``innspect.text.seq2seq``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from innspect.analyzers.api import Analyzer
 from innspect.analyzers.registry import create_analyzer
 from innspect.errors import InputError, NonFiniteRelevanceError, OptionError
 from innspect.graph.views import eval_view
+from innspect.text import seq2seq
 from innspect.text.result import TokenAttribution
 
 METHODS = (
@@ -72,14 +75,17 @@ def explain_generation(
     batching: str = "auto",
     **options: Any,
 ) -> TokenAttribution:
-    """Explain every generated token of a decoder-only language model at its token embeddings.
+    """Explain every generated token of a language model at its token embeddings.
 
     Parameters
     ----------
     model
-        A Hugging Face causal language model (``...ForCausalLM``: LLaMA, GPT-2, ...).
+        A Hugging Face causal language model (``...ForCausalLM``: LLaMA, GPT-2, ...) or an
+        encoder-decoder model (``...ForConditionalGeneration``: T5, BART), whose decoder
+        starts from ``config.decoder_start_token_id``.
     input_ids
-        The prompt's token ids, shape ``(P,)`` or ``(1, P)``.
+        The prompt's token ids, shape ``(P,)`` or ``(1, P)``; an encoder-decoder model's
+        source (the encoder's input).
     max_new_tokens
         Generate this many tokens greedily (fewer when ``stop_at_eos`` and the model ends).
     generated_ids
@@ -130,7 +136,8 @@ def explain_generation(
     -------
     TokenAttribution
         ``matrix[k, i]``: the contribution of token ``i`` to step ``k``'s score; zero for
-        ``i >= P + k``.
+        ``i >= P + k``. Encoder-decoder: the columns are the ``S`` source tokens, the
+        decoder's start token, the continuation (``P = S + 1``; ``source_length`` is ``S``).
     """
     # GenerationExplainer passes its analyzers: captures reused between calls.
     cache = options.pop("_analyzers", None)
@@ -163,44 +170,66 @@ def explain_generation(
         _check_tokenizer(tokenizer, vocab)
     context = _context_length(model)
     mask = _prompt_mask(attention_mask, prompt)
+    encoder_decoder = seq2seq.is_encoder_decoder(model)
+    start = seq2seq.start_token(model, vocab) if encoder_decoder else None
     if generated_ids is not None:
         if max_new_tokens is not None:
             raise InputError("give max_new_tokens (to generate) or generated_ids, not both")
         generated = _token_ids("generated_ids", generated_ids, vocab, device)[0]
-        _check_context(prompt.shape[1], generated.numel(), context)
+        _check_context(prompt.shape[1], generated.numel(), context, encoder_decoder)
     else:
         if max_new_tokens is None:
             raise InputError("give max_new_tokens (how many tokens to generate) or generated_ids")
         count = _positive_int("max_new_tokens", max_new_tokens)
-        _check_context(prompt.shape[1], count, context)
-        generated = greedy_continuation(model, prompt, count, mask, stop_at_eos=stop_at_eos)
-    sequence = torch.cat([prompt, generated[None]], dim=1)
-    full_mask = None if mask is None else torch.cat([mask, torch.ones_like(generated)[None]], 1)
-    steps = _Steps(prompt.shape[1], generated, target, contrast, vocab, device, score)
+        _check_context(prompt.shape[1], count, context, encoder_decoder)
+        if start is not None:
+            eos = _eos_ids(model) if stop_at_eos else set()
+            generated = seq2seq.greedy(eval_view(model), prompt, start, count, mask, eos)
+        else:
+            generated = greedy_continuation(model, prompt, count, mask, stop_at_eos=stop_at_eos)
+    if start is None:
+        # Decoder-only: the model reads the whole sequence; step k at position P + k - 1.
+        sequence = torch.cat([prompt, generated[None]], dim=1)
+        if mask is not None:
+            mask = torch.cat([mask, torch.ones_like(generated)[None]], 1)
+        steps = _Steps(prompt.shape[1], generated, target, contrast, vocab, device, score)
+        source_length, subject = 0, _DecoderOnly(model, mask)
+    else:
+        # Encoder-decoder: source, start token, continuation; the model reads all but the
+        # last token (the decoder's input is the start token and the continuation's G - 1
+        # first), and decoder position k (column S + k) predicts step k.
+        sequence = torch.cat([prompt, prompt.new_tensor([[start]]), generated[None]], dim=1)
+        steps = _Steps(1, generated, target, contrast, vocab, device, score)
+        source_length = prompt.shape[1]
+        subject = _EncoderDecoder(model, source_length, mask)
+    # Step k reads the columns before this one plus k.
+    reads = sequence.shape[1] - steps.count
     baseline = _baseline_token(model, baseline_token, vocab)
     if method == "occlusion":
         if options:
             raise OptionError(f"occlusion takes no options, got {', '.join(options)}")
-        matrix, scores = _occlusion(model, sequence, full_mask, steps, baseline, batch_size)
+        matrix, scores = _occlusion(subject, sequence, steps, baseline, batch_size)
     elif batching == "signals":
         if options:
             raise OptionError(f"batching='signals' takes no options, got {', '.join(options)}")
-        matrix, scores = _signals(model, method, embedding, sequence, full_mask, steps, batch_size)
+        matrix, scores = _signals(subject, method, embedding, sequence, steps, batch_size)
     else:
         matrix, scores = _walks(
-            model,
+            subject,
             method,
             embedding,
             embedding_name,
             sequence,
-            full_mask,
             steps,
             batch_size,
             options,
             baseline,
-            baseline_span,
+            prompt.shape[1] if baseline_span == "prompt" else None,
             cache,
         )
+    if matrix.shape[1] < sequence.shape[1]:  # the last token, read by no step
+        matrix = torch.cat([matrix, matrix.new_zeros(steps.count, 1)], dim=1)
+    _cut_future(matrix, reads, method)
     hidden = _hidden(sequence[0], skip_tokens, tokenizer)
     tokens = None if tokenizer is None else token_texts(tokenizer, sequence[0].tolist())
     return TokenAttribution(
@@ -214,6 +243,7 @@ def explain_generation(
         contrasts=None if steps.b is None else steps.b.cpu(),
         tokens=tokens,
         hidden=hidden.cpu(),
+        source_length=source_length,
     )
 
 
@@ -318,21 +348,88 @@ class _Steps:
         return lambda logits: self.values(logits, steps)
 
 
+class _DecoderOnly:
+    """How a causal language model is run on the sequence: token ids in, every position's
+    logits out; attributed at its embedding's output (``attribute_to``)."""
+
+    def __init__(self, model: nn.Module, mask: torch.Tensor | None) -> None:
+        self.model, self.mask, self.view = model, mask, eval_view(model)
+
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits ``(R, T, V)`` of sequences ``(R, L)``."""
+        return _logits(
+            self.view, ids, None if self.mask is None else self.mask.expand(len(ids), -1)
+        )
+
+    def embedded(self, embedding: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return embedding(ids).detach()
+
+    def forward(self, embedded: torch.Tensor) -> torch.Tensor:
+        kwargs: dict[str, Any] = {"inputs_embeds": embedded, "use_cache": False}
+        if self.mask is not None:
+            kwargs["attention_mask"] = self.mask
+        output = self.view(**kwargs)
+        return output.logits if hasattr(output, "logits") else output
+
+    def analyzed(self, embedding_name: str) -> tuple[nn.Module, str | None, Hashable]:
+        """The module an analyzer explains, its ``attribute_to`` and a cache key part."""
+        return self.model, embedding_name, ("decoder", self.mask is None)
+
+    def inputs(self, embedding: nn.Embedding, ids: torch.Tensor, rows: int) -> Any:
+        inputs = {"input_ids": ids.expand(rows, -1)}
+        if self.mask is not None:
+            inputs["attention_mask"] = self.mask.expand(rows, -1)
+        return inputs
+
+
+class _EncoderDecoder(_DecoderOnly):
+    """How an encoder-decoder model is run on ``source + start + continuation`` (``(R, L)``):
+    the first ``S`` ids are the encoder's, the next ``L - S - 1`` the decoder's input; the
+    leaf is both embeddings (``seq2seq.EncoderDecoderEmbeds``), one column per id read."""
+
+    def __init__(self, model: nn.Module, source_length: int, mask: torch.Tensor | None) -> None:
+        super().__init__(model, mask)
+        self.source_length = source_length
+        self.embeds = seq2seq.EncoderDecoderEmbeds(model, source_length, mask)
+
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        source, decoder = ids[:, : self.source_length], ids[:, self.source_length : -1]
+        return seq2seq.logits(self.view, source, decoder, self.mask)
+
+    def embedded(self, embedding: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+        return seq2seq.embed(
+            self.model, ids[:, : self.source_length], ids[:, self.source_length : -1]
+        )
+
+    def forward(self, embedded: torch.Tensor) -> torch.Tensor:
+        return eval_view(self.embeds)(embedded)
+
+    def analyzed(self, embedding_name: str) -> tuple[nn.Module, str | None, Hashable]:
+        mask = None if self.mask is None else tuple(self.mask[0].tolist())
+        return self.embeds, None, ("encoder-decoder", self.source_length, mask)
+
+    def inputs(self, embedding: nn.Embedding, ids: torch.Tensor, rows: int) -> Any:
+        return self.embedded(embedding, ids).expand(rows, -1, -1)
+
+
 def _walks(
-    model: nn.Module,
+    subject: _DecoderOnly,
     method: str,
     embedding: nn.Embedding,
     embedding_name: str,
     sequence: torch.Tensor,
-    mask: torch.Tensor | None,
     steps: _Steps,
     batch_size: int,
     options: dict[str, Any],
     baseline: int,
-    baseline_span: str,
+    baseline_span: int | None,
     cache: dict[Hashable, Analyzer] | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reverse-walk methods: batches of rows of the same sequence, one step each."""
+    """The reverse-walk methods: batches of rows of the same sequence, one step each.
+
+    ``baseline_span``: integrated gradients start from the baseline token at the first this
+    many tokens (None: every token)."""
     options = dict(options)
     if method == "integrated_gradients":
         if "integration" in options:
@@ -343,39 +440,36 @@ def _walks(
                 "baseline_span=, not reference_inputs"
             )
         reference_ids = sequence.clone()
-        span = sequence.shape[1] if baseline_span == "sequence" else steps.positions[0] + 1
-        reference_ids[:, :span] = baseline
-        with torch.no_grad():
-            options["reference_inputs"] = embedding(reference_ids).detach()
+        reference_ids[:, : sequence.shape[1] if baseline_span is None else baseline_span] = baseline
+        options["reference_inputs"] = subject.embedded(embedding, reference_ids)
     elif "integration" in options:
         raise OptionError("integration= is an option of integrated_gradients only")
-    analyzer = _analyzer(model, method, embedding_name, options, sequence.shape[1], mask, cache)
-    length = sequence.shape[1]
+    module, attribute_to, part = subject.analyzed(embedding_name)
+    analyzer = _analyzer(module, method, attribute_to, options, sequence.shape[1], part, cache)
     rows = min(batch_size, steps.count)
-    matrix = torch.zeros(steps.count, length, dtype=embedding.weight.dtype)
+    matrix: torch.Tensor | None = None
     scores = torch.zeros(steps.count, dtype=embedding.weight.dtype)
     for start in range(0, steps.count, rows):
         chosen = torch.arange(start, min(start + rows, steps.count))
         # The last batch repeats its last step up to the batch's size: one input shape for
         # every walk, so the graph captured for the first serves them all.
         padded = torch.cat([chosen, chosen[-1:].repeat(rows - chosen.numel())])
-        inputs = {"input_ids": sequence.expand(rows, -1)}
-        if mask is not None:
-            inputs["attention_mask"] = mask.expand(rows, -1)
+        inputs = subject.inputs(embedding, sequence, rows)
         explanation = analyzer.explain(inputs, target=steps.target(padded.to(sequence.device)))
         values = torch.as_tensor(explanation.attribution).detach()[: chosen.numel()]
+        if matrix is None:
+            matrix = torch.zeros(steps.count, values.shape[1], dtype=embedding.weight.dtype)
         matrix[chosen] = values.to(matrix.dtype).cpu()
         scores[chosen] = explanation.scores.detach()[: chosen.numel()].to(scores.dtype).cpu()
-    _cut_future(matrix, int(steps.positions[0]) + 1, method)
+    assert matrix is not None  # at least one step
     return matrix, scores
 
 
 def _signals(
-    model: nn.Module,
+    subject: _DecoderOnly,
     method: str,
     embedding: nn.Embedding,
     sequence: torch.Tensor,
-    mask: torch.Tensor | None,
     steps: _Steps,
     batch_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -383,15 +477,10 @@ def _signals(
     comes out of it), then the steps' one-hot start signals stacked in batched backward passes
     (``is_grads_batched``: autograd vmaps the backward over them), ``batch_size`` at a time.
     The embedding's output is the leaf (``inputs_embeds``), as ``attribute_to`` makes it."""
-    view = eval_view(model)
     with torch.enable_grad():
-        embedded = embedding(sequence).detach().requires_grad_(True)
-        kwargs: dict[str, Any] = {"inputs_embeds": embedded, "use_cache": False}
-        if mask is not None:
-            kwargs["attention_mask"] = mask
-        output = view(**kwargs)
-        scores = steps.every_step(output.logits if hasattr(output, "logits") else output)[0]
-        matrix = torch.zeros(steps.count, sequence.shape[1], dtype=embedded.dtype)
+        embedded = subject.embedded(embedding, sequence).requires_grad_(True)
+        scores = steps.every_step(subject.forward(embedded))[0]
+        matrix = torch.zeros(steps.count, embedded.shape[1], dtype=embedded.dtype)
         for chunk in torch.arange(steps.count).split(batch_size):
             signals = scores.new_zeros(chunk.numel(), steps.count)
             signals[torch.arange(chunk.numel()), chunk] = 1
@@ -406,17 +495,16 @@ def _signals(
             f"{method}: the gradient of a step's score is NaN or infinite (the model's output "
             "overflows: try float32 or float64)"
         )
-    _cut_future(matrix, int(steps.positions[0]) + 1, method)
     return matrix, scores.detach().cpu()
 
 
 def _analyzer(
     model: nn.Module,
     method: str,
-    embedding_name: str,
+    attribute_to: str | None,
     options: dict[str, Any],
     length: int,
-    mask: torch.Tensor | None,
+    part: Hashable,
     cache: dict[Hashable, Analyzer] | None,
 ) -> Analyzer:
     """The method's analyzer at the token embeddings, reused from ``cache`` for the same
@@ -425,15 +513,15 @@ def _analyzer(
     key: Hashable | None = None
     if cache is not None and method != "integrated_gradients":
         try:
-            key = (method, embedding_name, tuple(sorted(options.items())), length, mask is None)
+            key = (method, attribute_to, tuple(sorted(options.items())), length, part)
             hash(key)
         except TypeError:  # an option that cannot be a key (an array): no reuse
             key = None
     if key is not None and key in cache:
         return cache[key]
-    analyzer = create_analyzer(
-        method, model, attribute_to=embedding_name, attribute_sum_axis=-1, **options
-    )
+    if attribute_to is not None:
+        options = {**options, "attribute_to": attribute_to}
+    analyzer = create_analyzer(method, model, attribute_sum_axis=-1, **options)
     if key is not None:
         if len(cache) >= _ANALYZERS_KEPT:
             cache.pop(next(iter(cache)))
@@ -442,9 +530,8 @@ def _analyzer(
 
 
 def _occlusion(
-    model: nn.Module,
+    subject: _DecoderOnly,
     sequence: torch.Tensor,
-    mask: torch.Tensor | None,
     steps: _Steps,
     baseline: int,
     batch_size: int,
@@ -452,26 +539,21 @@ def _occlusion(
     """Token ablation: ``score_k(sequence) - score_k(token i replaced by the baseline)``.
 
     Captum's ``FeatureAblation`` (``initial_eval - modified_eval``, one feature at a time);
-    a causal model's forward over the whole sequence gives every step's score at once.
+    one forward over the whole sequence gives every step's score at once.
     """
-    view = eval_view(model)
     length = sequence.shape[1]
     with torch.no_grad():
-        scores = steps.every_step(_logits(view, sequence, mask))[0]
+        scores = steps.every_step(subject.logits(sequence))[0]
         matrix = torch.zeros(steps.count, length, dtype=scores.dtype, device=scores.device)
         # The last token is read by no explained step.
         positions = torch.arange(length - 1, device=sequence.device)
         for chunk in positions.split(batch_size):
             ablated = sequence.repeat(chunk.numel(), 1)
             ablated[torch.arange(chunk.numel(), device=chunk.device), chunk] = baseline
-            rows_mask = None if mask is None else mask.expand(chunk.numel(), -1)
-            changed = _logits(view, ablated, rows_mask)
             # (rows, steps): every step's score with token chunk[r] ablated.
-            per_step = steps.every_step(changed)
+            per_step = steps.every_step(subject.logits(ablated))
             matrix[:, chunk] = (scores[:, None] - per_step.T).to(matrix.dtype)
-    matrix = matrix.cpu()
-    _cut_future(matrix, int(steps.positions[0]) + 1, "occlusion")
-    return matrix, scores
+    return matrix.cpu(), scores
 
 
 def _cut_future(matrix: torch.Tensor, prompt_length: int, method: str) -> None:
@@ -507,12 +589,6 @@ def _embedding(model: nn.Module) -> tuple[nn.Embedding, str]:
     """The token embedding and its module path (where the attributions are read)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    config = getattr(model, "config", None)
-    if getattr(config, "is_encoder_decoder", False):
-        raise InputError(
-            f"{type(model).__name__} is an encoder-decoder model: explain_generation explains "
-            "decoder-only causal language models (LLaMA, GPT-2, ...)"
-        )
     getter = getattr(model, "get_input_embeddings", None)
     embedding = getter() if callable(getter) else None
     if not isinstance(embedding, nn.Embedding):
@@ -575,8 +651,13 @@ def _context_length(model: nn.Module) -> int | None:
     return None
 
 
-def _check_context(prompt: int, new: int, context: int | None) -> None:
-    if context is not None and prompt + new > context:
+def _check_context(prompt: int, new: int, context: int | None, encoder_decoder: bool) -> None:
+    if context is not None and encoder_decoder and max(prompt, new) > context:
+        raise InputError(
+            f"the source ({prompt} tokens) or the {new} decoder tokens exceed the model's "
+            f"context of {context} tokens: shorten the source or generate fewer tokens"
+        )
+    if context is not None and not encoder_decoder and prompt + new > context:
         raise InputError(
             f"the prompt ({prompt} tokens) and {new} new tokens exceed the model's context of "
             f"{context} tokens: shorten the prompt or generate fewer tokens"

@@ -16,8 +16,9 @@ from innspect.util.extras import require
 def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> tuple[nn.Module, Any]:
     """``(model, tokenizer)`` from a folder written by ``save_pretrained``.
 
-    The model is the folder's causal language model (``AutoModelForCausalLM``) in eval mode;
-    the tokenizer ``AutoTokenizer``'s (None when the folder has none). Only local files are
+    The model is the folder's causal language model (``AutoModelForCausalLM``), or its
+    encoder-decoder model (``AutoModelForSeq2SeqLM``: T5, BART) when the config says
+    ``is_encoder_decoder``, in eval mode; the tokenizer ``AutoTokenizer``'s (None when the folder has none). Only local files are
     read (``local_files_only=True``).
 
     Parameters
@@ -39,11 +40,16 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> tuple[
     kwargs: dict[str, Any] = {"local_files_only": True}
     if dtype is not None:
         kwargs["torch_dtype"] = dtype
+    kind = "causal language model"
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+        auto = transformers.AutoModelForCausalLM
+        if getattr(config, "is_encoder_decoder", False):
+            auto, kind = transformers.AutoModelForSeq2SeqLM, "encoder-decoder model"
+        model = auto.from_pretrained(folder, **kwargs)
     except (OSError, ValueError, KeyError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise LoadingError(f"{folder}: cannot load a causal language model: {first}") from error
+        raise LoadingError(f"{folder}: cannot load a {kind}: {first}") from error
     tokenizer = None
     if any((folder / name).is_file() for name in _TOKENIZER_FILES):
         try:

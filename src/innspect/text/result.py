@@ -23,12 +23,17 @@ class TokenAttribution:
     Attributes
     ----------
     sequence_ids
-        Prompt and continuation, shape ``(1, P + G)``.
+        Prompt and continuation, shape ``(1, P + G)``. For an encoder-decoder model (T5,
+        BART) the "prompt" is the encoder's ``S`` tokens followed by the decoder's start token
+        (``P = S + 1``): shape ``(1, S + 1 + G)``.
     generated_ids
         The continuation, shape ``(G,)``.
     matrix
         ``(G, P + G)``: row ``k`` explains generated token ``k`` (predicted at position
-        ``P + k - 1``), one value per token; zero at positions ``>= P + k``.
+        ``P + k - 1``), one value per token; zero at positions ``>= P + k``. Encoder-decoder:
+        columns ``0 .. S - 1`` are the encoder's tokens, column ``S`` the decoder's start
+        token and ``S + 1 + j`` generated token ``j``; row ``k`` (decoder position ``k``)
+        reads the encoder's tokens and the decoder's ``0 .. k`` (columns ``< S + 1 + k``).
     scores
         Per step, the explained value (the logit, a log-probability or a contrast).
     method, score
@@ -39,6 +44,9 @@ class TokenAttribution:
         Each token of the sequence as text, when a tokenizer was given.
     hidden
         Per position, whether the token is hidden from the displays (``skip_tokens``).
+    source_length
+        How many of the first columns are an encoder's input tokens (``S``); 0 for a
+        decoder-only model.
     """
 
     sequence_ids: torch.Tensor
@@ -51,6 +59,7 @@ class TokenAttribution:
     contrasts: torch.Tensor | None
     tokens: list[str] | None
     hidden: torch.Tensor
+    source_length: int = 0
 
     @property
     def prompt_length(self) -> int:
@@ -68,6 +77,7 @@ class TokenAttribution:
             "method": self.method,
             "score": self.score,
             "prompt_length": self.prompt_length,
+            "source_length": self.source_length,
             "sequence_ids": self.sequence_ids[0].tolist(),
             "generated_ids": self.generated_ids.tolist(),
             "tokens": self.labels(),
@@ -111,6 +121,8 @@ class TokenAttribution:
         image = axes.imshow(values, cmap=cmap, vmin=-limit, vmax=limit, aspect="auto")
         # The prompt ends here.
         axes.axvline(int(shown[: self.prompt_length].sum()) - 0.5, color="black", lw=0.8)
+        if self.source_length:  # the encoder's tokens end here (then the decoder's)
+            axes.axvline(int(shown[: self.source_length].sum()) - 0.5, color="black", lw=1.6)
         axes.set_xticks(range(len(labels)), [_short(t) for t in labels], rotation=90, fontsize=7)
         axes.set_yticks(range(len(rows)), [_short(t) for t in rows], fontsize=7)
         axes.set_xlabel("context token")
@@ -128,6 +140,7 @@ class TokenAttribution:
             "tokens": self.labels(),
             "shown": shown,
             "prompt": self.prompt_length,
+            "source": self.source_length,
             "matrix": [[round(float(v), 8) for v in row] for row in self.matrix.tolist()],
             "scores": [float(s) for s in self.scores.tolist()],
         }
@@ -148,7 +161,15 @@ class TokenAttribution:
         shown = [not h for h in self.hidden.tolist()]
         prompt = self.prompt_length
         text = [label if keep else "" for label, keep in zip(labels, shown, strict=True)]
-        lines = ["".join(text[:prompt]) + "|" + "".join(text[prompt:]), ""]
+        source = self.source_length
+        lines = [
+            "".join(text[:source])
+            + (" => " if source else "")
+            + "".join(text[source:prompt])
+            + "|"
+            + "".join(text[prompt:]),
+            "",
+        ]
         for k in range(self.generated_ids.numel()):
             row = self.matrix[k].double().numpy()
             limit = float(_limits(row[None])[0])
@@ -190,6 +211,7 @@ body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 60em; }}
 #text span.gen {{ cursor: pointer; text-decoration: underline dotted; }}
 #text span.current {{ outline: 2px solid #222; }}
 #text span.prompt-end {{ border-right: 2px solid #888; }}
+#text span.source-end {{ border-right: 4px double #444; margin-right: 0.5em; }}
 #info {{ color: #444; min-height: 1.5em; }}
 </style></head><body>
 <h1>{title}</h1>
@@ -209,6 +231,7 @@ const spans = data.tokens.map((token, i) => {{
   span.dataset.index = i;
   if (!data.shown[i]) span.hidden = true;
   if (i === data.prompt - 1) span.classList.add("prompt-end");
+  if (i === data.source - 1) span.classList.add("source-end");
   if (i >= data.prompt) {{
     span.classList.add("gen");
     span.tabIndex = 0;
