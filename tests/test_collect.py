@@ -195,10 +195,6 @@ def test_memory_stays_flat_when_the_data_grows_tenfold() -> None:
         tracemalloc.stop()
         return top, stats
 
-    # A first run fills one-time caches (the capture, lazily built tables), which the
-    # comparison must not count: it would read as growth when this test runs first in its
-    # process (as it did once under pytest-xdist).
-    peak(2)
     small, stats_small = peak(10)
     large, stats_large = peak(100)
     batch_bytes = 16 * 2 * 5 * 5 * 4
