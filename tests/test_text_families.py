@@ -1,7 +1,8 @@
 """explain_generation across Hugging Face decoder families (tiny random float64 configurations):
 gradient x input equals autograd's at the token embeddings for every step; CP-LRP conserves
-each step's logit on bias-free families; where LRP lacks a rule (Falcon's, BLOOM's attention)
-the error says so. LLaMA and GPT-2 are tested in tests/test_text_generation.py."""
+each step's logit on bias-free families (and on bias-free copies of Falcon, with its indexed
+key and value heads, and BLOOM, with its ALiBi ``baddbmm``). LLaMA and GPT-2 are tested in
+tests/test_text_generation.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import pytest
 import torch
 import transformers as hf
 
-from innspect.errors import UnsupportedNodeError
 from innspect.text import explain_generation
 
 V = 80
@@ -44,8 +44,6 @@ FAMILIES = {
     "bloom": (hf.BloomConfig, hf.BloomForCausalLM, {"vocab_size": V, "hidden_size": 16,
                                                     "n_layer": 2, "n_head": 4}),
 }  # fmt: skip
-# Families whose LRP fails with a clear error: the operation without a relevance rule.
-NO_LRP = {"falcon": "'index_", "bloom": "baddbmm"}
 IDS = torch.tensor([[4, 17, 22, 9, 30]])
 
 
@@ -74,17 +72,30 @@ def test_gradient_x_input_rows_equal_autograd(family: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["mistral", "gemma"])
+@pytest.mark.parametrize("family", ["mistral", "gemma", "falcon", "bloom"])
 def test_cp_lrp_conserves_on_bias_free_families(family: str) -> None:
     """No biases and epsilon 1e-12: each row sums to its logit (Gemma scales its embeddings
-    by sqrt(width) after the embedding module: a product with a constant, conservative)."""
+    by sqrt(width) after the embedding module: a product with a constant, conservative).
+    Falcon and BLOOM have biases (LayerNorm, and BLOOM's projections): set to zero here.
+    Falcon picks its shared key and value heads with ``qkv[:, :, [-2]]`` (an ``index``, a
+    copy); BLOOM adds ALiBi in ``alibi.baddbmm(q, k)`` (held constant with the softmax)."""
+    model = build(family)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.zero_()
     result = explain_generation(
-        build(family), IDS, max_new_tokens=3, method="lrp.cp", epsilon=1e-12, stop_at_eos=False
+        model, IDS, max_new_tokens=3, method="lrp.cp", epsilon=1e-12, stop_at_eos=False
     )
     torch.testing.assert_close(result.matrix.sum(1), result.scores, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("family", list(NO_LRP))
-def test_families_without_an_lrp_rule_say_which_operation(family: str) -> None:
-    with pytest.raises(UnsupportedNodeError, match=NO_LRP[family]):
-        explain_generation(build(family), IDS, generated_ids=[5, 6], method="lrp.attn")
+@pytest.mark.parametrize("family", ["falcon", "bloom"])
+def test_falcon_and_bloom_get_attn_lrp(family: str) -> None:
+    """They were refused ('index', 'baddbmm' had no rule): AttnLRP now runs, finite, and its
+    rows differ from CP-LRP's (relevance flows through the softmax too)."""
+    model = build(family)
+    attn = explain_generation(model, IDS, generated_ids=[5, 6], method="lrp.attn")
+    cp = explain_generation(model, IDS, generated_ids=[5, 6], method="lrp.cp")
+    assert torch.isfinite(attn.matrix).all() and attn.matrix.abs().sum() > 0
+    assert not torch.allclose(attn.matrix, cp.matrix)

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import innspect
 import innspect.text
-from innspect.errors import InputError, LoadingError, OptionError, OutputSelectionError
+from innspect.errors import InputError, LoadingError, OptionError
 from innspect.text import METHODS, explain_generation, load
 
 SENTENCES = [
@@ -357,20 +357,9 @@ def test_batched_signals_equal_the_rows_of_the_analyzer(loaded: tuple, method: s
 
 @pytest.mark.parametrize(
     "method",
-    [
-        "input_t_gradient",
-        pytest.param(
-            "lrp.epsilon",
-            # innspect.graph.attention.sdpa gives NaN for a query whose keys are all masked
-            # (the padding token's own row) where torch's SDPA gives 0 since torch 2.5; the
-            # NaN then reaches every position through 0 * NaN in the value product.
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=OutputSelectionError,
-                reason="written-out SDPA: NaN on fully masked rows (graph/attention.py)",
-            ),
-        ),
-    ],
+    # lrp.epsilon: the padding token's own query has every key masked; the written-out
+    # attention gives that row 0, as torch's SDPA does (graph/attention.py, safe_softmax).
+    ["input_t_gradient", "lrp.epsilon"],
 )
 def test_the_attention_mask_reaches_the_model(loaded: tuple, method: str) -> None:
     """A prompt whose first token is padding (mask 0): no step reads it, so its column is

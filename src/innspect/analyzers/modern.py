@@ -37,7 +37,7 @@ def attention_composite(epsilon: float = ATTN_EPSILON, cp: bool = False) -> Comp
             # x + c with c constant (position embeddings): c is a bias that absorbs its
             # share, as in the epsilon rule and in LXT's gradient x input.
             return ZRuleNoParam(epsilon)
-        rule = modern_node_mapping(site.info, epsilon, cp=cp)
+        rule = modern_node_mapping(site.info, epsilon, cp=cp, absorb=True)
         return rule if rule is not None else lrp_default(site, name, epsilon)
 
     rule = Epsilon(epsilon=epsilon, bias=True)

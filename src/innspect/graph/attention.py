@@ -12,6 +12,7 @@ left out: the graph always runs in eval mode.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import torch
@@ -54,7 +55,8 @@ def sdpa(
     enable_gqa: bool = False,
 ) -> Any:
     """``F.scaled_dot_product_attention`` as matmul, scaling, mask and softmax (eval mode:
-    ``dropout_p`` is ignored). Boolean ``attn_mask``: True means *attend*, as in torch."""
+    ``dropout_p`` is ignored). Boolean ``attn_mask``: True means *attend*, as in torch; a
+    query with every key masked gets 0, as in torch (``safe_softmax``)."""
     if enable_gqa:
         # Grouped-query attention: each key/value head serves query.shape[-3] // key.shape[-3]
         # consecutive query heads (torch's semantics), a rearrangement of key and value.
@@ -70,7 +72,23 @@ def sdpa(
             )
         scores = causal_mask(scores)
     scores = _apply_mask(scores, attn_mask, masked_when=False)
-    return torch.matmul(torch.softmax(scores, dim=-1), value)
+    return torch.matmul(safe_softmax(scores), value)
+
+
+def safe_softmax(scores: Any) -> Any:
+    """Softmax over the last axis, 0 on a row whose scores are all ``-inf`` (a query with
+    every key masked: a left-padded prompt's padding token) where the plain softmax gives
+    NaN, which ``0 * NaN`` then spreads to every position. Torch's own
+    ``scaled_dot_product_attention`` (math kernel and the fused ones) computes the same,
+    ``aten._safe_softmax``, since torch 2.5; its gradient on such a row is 0 too. One
+    softmax node once traced (``graph/ops.py``), with the softmax's rules. Before torch 2.5
+    torch's SDPA gave NaN there too, and so does this, with the plain softmax."""
+    if _SAFE_SOFTMAX is None:
+        return torch.softmax(scores, dim=-1)
+    return _SAFE_SOFTMAX(scores, -1)
+
+
+_SAFE_SOFTMAX = getattr(getattr(torch.ops.aten, "_safe_softmax", None), "default", None)
 
 
 def causal_mask(scores: Any) -> Any:
@@ -449,4 +467,59 @@ def inline_exported_attention(gm: torch.fx.GraphModule) -> None:
         found = True
     if found:
         gm.graph.lint()
+        gm.recompile()
+
+
+def _autocast_is_inert(node: torch.fx.Node) -> bool:
+    """Whether an exported ``wrap_with_autocast`` region computes what its body computes
+    without autocast: autocast disabled (Hugging Face's rotary embeddings), or no input it
+    could cast (autocast casts float32 and lower; float64 tensors pass untouched)."""
+    enabled = node.args[2] if len(node.args) > 2 else True
+    if enabled is False:
+        return True
+    for arg in node.args[5:]:
+        value = arg.meta.get("val") if isinstance(arg, torch.fx.Node) else None
+        if not isinstance(value, torch.Tensor):
+            return False  # unknown: keep the region as it is
+        if value.is_floating_point() and value.dtype != torch.float64:
+            return False
+    return True
+
+
+def inline_autocast(gm: torch.fx.GraphModule) -> None:
+    """Put the body of each exported ``torch.autocast`` region (torch.export keeps it as one
+    ``wrap_with_autocast`` call of a submodule, which no rule maps) in the graph, in place,
+    where autocast changes nothing there (``_autocast_is_inert``). A region that autocast
+    would cast stays as it is (the gradient methods run it; the relevance rules refuse it
+    by name), as does one whose body reads its own attributes."""
+    wrap = getattr(torch.ops.higher_order, "wrap_with_autocast", None)
+    found = False
+    for node in list(gm.graph.nodes):
+        if wrap is None or node.op != "call_function" or node.target is not wrap:
+            continue
+        body_node = node.args[4] if len(node.args) > 4 else None
+        if not isinstance(body_node, torch.fx.Node) or body_node.op != "get_attr":
+            continue
+        body = getattr(gm, str(body_node.target), None)
+        if not isinstance(body, torch.fx.GraphModule) or not _autocast_is_inert(node):
+            continue
+        if any(n.op in ("get_attr", "call_module") for n in body.graph.nodes):
+            continue
+        if not all(u.op == "call_function" and u.target is operator.getitem for u in node.users):
+            continue
+        placeholders = [n for n in body.graph.nodes if n.op == "placeholder"]
+        with gm.graph.inserting_before(node):
+            outputs = gm.graph.graph_copy(
+                body.graph, dict(zip(placeholders, node.args[5:], strict=True))
+            )
+        outputs = outputs if isinstance(outputs, list | tuple) else (outputs,)
+        for user in list(node.users):
+            user.replace_all_uses_with(outputs[user.args[1]])
+            gm.graph.erase_node(user)
+        gm.graph.erase_node(node)
+        found = True
+    if found:
+        gm.graph.eliminate_dead_code()
+        gm.graph.lint()
+        gm.delete_all_unused_submodules()
         gm.recompile()

@@ -282,6 +282,7 @@ def _export(view: nn.Module, args: tuple, kwargs: dict[str, Any]) -> fx.GraphMod
     module = exported.module()
     _calls_as_model_layers(module, view)
     attention.inline_exported_attention(module)
+    attention.inline_autocast(module)
     guards = getattr(module, "_guards_fn", None)
     if isinstance(guards, nn.Module):
         module._guards_fn = _ExportGuards(guards)

@@ -545,6 +545,18 @@ OPERATIONS: tuple[Op, ...] = (
             Aten("cat.default", torch.cat),
         ),
     ),
+    # Values picked by an index (Falcon's ``qkv[:, :, [-2]]``, torch.export's ``aten.index``;
+    # DeBERTa's ``gather`` of relative-position scores): each output copies one input value,
+    # so relevance returns along the copy (the gradient, summed over repeats). The indices
+    # are integers and carry no signal.
+    Op(
+        "rearrange",
+        Kind.REARRANGE,
+        (),
+        (torch.gather, torch.index_select, torch.take_along_dim),
+        _names("index gather index_select take_along_dim"),
+        signal_args=(0,),
+    ),
     # Shaped like another tensor: only the first argument's values pass.
     Op(
         "rearrange",
@@ -578,7 +590,7 @@ OPERATIONS: tuple[Op, ...] = (
         Kind.OUTPUT_ACTIVATION,
         (nn.Softmax, nn.Softmax2d),
         (F.softmax, torch.softmax, torch.special.softmax),
-        _names("softmax _softmax special_softmax"),
+        _names("softmax _softmax _safe_softmax special_softmax"),
         gate=True,
     ),
     Op(
@@ -597,6 +609,12 @@ OPERATIONS: tuple[Op, ...] = (
         (torch.matmul, operator.matmul, torch.bmm, torch.einsum),
         _names("matmul bmm einsum"),
     ),
+    # A matrix or element-wise product with a term added in the same call: BLOOM's ALiBi
+    # scores ``alibi.baddbmm(q, k, beta=b, alpha=a)`` = ``b alibi + a (q @ k)``, ResMLP's
+    # ``Affine`` ``addcmul(beta, alpha, x)`` = ``beta + alpha x``. Their rules
+    # (rules/modern.py) are those of the written-out sum and product.
+    Op("baddbmm", Kind.OTHER, (), (torch.baddbmm,), _names("baddbmm")),
+    Op("addcmul", Kind.OTHER, (), (torch.addcmul,), _names("addcmul")),
     Op(
         "layer_norm",
         Kind.OTHER,

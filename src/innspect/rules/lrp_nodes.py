@@ -17,6 +17,7 @@ from innspect.rules.basic import GRADIENT, PassThrough
 from innspect.rules.linear_rule import check_stabilizer, stabilize
 from innspect.rules.modern import (
     ATTN_EPSILON,
+    AddedProductRule,
     MatmulRule,
     NormRule,
     ProductRule,
@@ -161,13 +162,19 @@ def lrp_node_mapping(info: NodeInfo, method: str, stabilizer: float | None = Non
 
 
 def modern_node_mapping(
-    info: NodeInfo, epsilon: float = ATTN_EPSILON, cp: bool = False, gate: bool = True
+    info: NodeInfo,
+    epsilon: float = ATTN_EPSILON,
+    cp: bool = False,
+    gate: bool = True,
+    absorb: bool = False,
 ) -> Mapping | None:
     """The rule of a node of a modern architecture (SPEC "Modern architectures"), or None.
 
     Products of two signals (gate or uniform rule), matrix products (epsilon-uniform),
     softmax inside the network (AttnLRP's rule, or CP-LRP's constant attention with
-    ``cp=True``), LayerNorm / GroupNorm (std held constant), RMSNorm (identity).
+    ``cp=True``), LayerNorm / GroupNorm (std held constant), RMSNorm (identity); a product
+    with an added term (``baddbmm``, ``addcmul``) as its written-out sum and product, whose
+    constant addend absorbs its share with ``absorb=True`` (AttnLRP's bias).
     """
     fam = family(info.node, info.module)
     if fam == "product" and info.kind is Kind.OTHER:
@@ -178,6 +185,10 @@ def modern_node_mapping(
         if cp:
             return MatmulRule(epsilon, hold_gates=True)
         return MatmulRule(epsilon)
+    if fam in ("baddbmm", "addcmul"):
+        if cp:
+            return AddedProductRule(epsilon, activations=True, hold_gates=True, absorb=absorb)
+        return AddedProductRule(epsilon, gate=gate, absorb=absorb)
     if fam == "softmax":
         return SOFTMAX_CONSTANT if cp else SOFTMAX_RULE
     if fam in ("layer_norm", "group_norm"):

@@ -10,7 +10,8 @@ the node's output.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -19,7 +20,7 @@ from innspect.engine.reverse import Mapping, NodeContext
 from innspect.errors import NotAnalyzableModelError
 from innspect.graph.graph import ModelGraph
 from innspect.graph.ops import Kind, family, is_gate, op_name
-from innspect.rules.linear_rule import signed_shift
+from innspect.rules.linear_rule import signed_shift, stabilize
 
 ATTN_EPSILON = 1e-6  # LXT's stabiliser
 
@@ -137,6 +138,148 @@ class MatmulRule(Mapping):
     def __repr__(self) -> str:
         label = ", CP: gates held" if self.hold_gates else ""
         return f"MatmulRule(epsilon={self.epsilon:g}{label})"
+
+
+def _argument(node: fx.Node, position: int, name: str, default: object = None) -> object:
+    if len(node.args) > position:
+        return node.args[position]
+    return node.kwargs.get(name, default)
+
+
+# baddbmm(input, batch1, batch2, beta, alpha), addcmul(input, tensor1, tensor2, value): the
+# argument names of the function, method and ATen forms.
+_ADDED_PRODUCTS = {
+    "baddbmm": (("input", "self"), "batch1", "batch2"),
+    "addcmul": (("input", "self"), "tensor1", "tensor2"),
+}
+
+
+class AddedProductRule(Mapping):
+    """A product with a term added in the same call: ``baddbmm`` computes
+    ``beta input + alpha (A @ B)`` (BLOOM's ALiBi scores), ``addcmul``
+    ``input + value (a * b)`` (ResMLP's ``Affine``, ``beta + alpha x``).
+
+    The rules of the call written out as a sum and a product. The sum: where both terms
+    carry a signal, the z-rule of a sum, ``R_t = t R / z`` (``z`` stabilised as the plain
+    z-rule does); where one does (ALiBi's constant bias, ``Affine``'s parameter shift), it
+    gets ``R`` (a shift). With ``absorb`` (AttnLRP and CP-LRP, whose sums take
+    ``z + eps`` and where a constant addend is a bias), the signal term gets its share
+    ``t R / (z + eps)`` in both cases. The
+    product with relevance ``R_p``: its constant factor (``alpha``, ``value``) a scaling that
+    passes ``R_p``; a matrix product as ``MatmulRule`` (AttnLRP's epsilon-uniform rule over
+    its ``n`` signal operands, ``s = R_p / (n A @ B + eps)``, ``R_A = A * (s @ B^T)``,
+    ``R_B = B * (A^T @ s)``; with ``hold_gates`` a gate operand held constant, CP-LRP); an
+    element-wise product as ``ProductRule`` (a scaling when one factor carries the signal:
+    ``R_x = R_p``; else the gate or uniform rule).
+    Achtibat et al. 2024 (AttnLRP, Prop. 3.2 and 3.3), Ali et al. 2022 (CP-LRP).
+    """
+
+    def __init__(
+        self,
+        epsilon: float = ATTN_EPSILON,
+        gate: bool = True,
+        activations: bool = False,
+        hold_gates: bool = False,
+        absorb: bool = False,
+    ) -> None:
+        self.epsilon = epsilon
+        self.absorb = absorb
+        self.gate = gate
+        self.activations = activations
+        self.hold_gates = hold_gates
+
+    def __call__(self, ctx: NodeContext) -> Sequence[torch.Tensor | None]:
+        node = ctx.info.node
+        name = op_name(node).rstrip("_")
+        (first, alias), left, right = _ADDED_PRODUCTS[name]
+        added = node.args[0] if node.args else node.kwargs.get(first, node.kwargs.get(alias))
+        a, b = _argument(node, 1, left), _argument(node, 2, right)
+        values = ctx.record.values
+
+        def value(arg: object) -> Any:
+            # A recorded tensor (or a number computed in the graph), or the call's constant.
+            found = values[arg] if isinstance(arg, fx.Node) else arg
+            return found.detach() if isinstance(found, torch.Tensor) else found
+
+        signals = set(ctx.info.signal_inputs)
+        x, y = value(a), value(b)
+        if name == "baddbmm":
+            scale, beta = (
+                value(_argument(node, 4, "alpha", 1)),
+                value(_argument(node, 3, "beta", 1)),
+            )
+            unscaled = torch.matmul(x, y)
+        else:
+            scale, beta = value(_argument(node, 3, "value", 1)), 1
+            unscaled = x * y
+        product = scale * unscaled
+        term = beta * value(added)
+        relevance = ctx.signal
+        factors = [f for f in (a, b) if f in signals]
+        parts: dict[fx.Node, torch.Tensor | None] = {}
+
+        def add(target: fx.Node, part: torch.Tensor) -> None:
+            part = _to_shape(part, values[target])
+            parts[target] = part if parts.get(target) is None else parts[target] + part
+
+        share = relevance
+        if (added in signals and factors) or self.absorb:
+            denominator = stabilize(term + product, self.epsilon if self.absorb else None)
+            if added in signals:
+                add(added, term * relevance / denominator)
+            share = product * relevance / denominator
+        elif added in signals:
+            add(added, relevance)
+        if not factors:
+            return _shares(ctx, parts)
+        if name == "baddbmm":
+            self._matrix(ctx, (a, b), (x, y), factors, unscaled, share, add)
+        else:
+            self._elementwise(ctx, factors, share, add)
+        return _shares(ctx, parts)
+
+    def _matrix(
+        self,
+        ctx: NodeContext,
+        operands: tuple[Any, Any],
+        tensors: tuple[torch.Tensor, torch.Tensor],
+        factors: list[fx.Node],
+        product: torch.Tensor,
+        share: torch.Tensor,
+        add: Callable[[fx.Node, torch.Tensor], None],
+    ) -> None:
+        held = set()
+        if self.hold_gates and len(factors) == 2:
+            gates = {f for f in factors if gate_factor(ctx.graph, f)}
+            held = gates if len(gates) == 1 else set()
+        active = [f for f in factors if f not in held]
+        s = share / signed_shift(len(active) * product, self.epsilon)
+        (a, b), (x, y) = operands, tensors
+        if a in active:
+            add(a, x * torch.matmul(s, y.transpose(-1, -2)))
+        if b in active:
+            add(b, y * torch.matmul(x.transpose(-1, -2), s))
+
+    def _elementwise(
+        self,
+        ctx: NodeContext,
+        factors: list[fx.Node],
+        share: torch.Tensor,
+        add: Callable[[fx.Node, torch.Tensor], None],
+    ) -> None:
+        keep = factors
+        if len(factors) == 2 and self.gate:
+            gates = [gate_factor(ctx.graph, f, self.activations) for f in factors]
+            kept = [f for f, g in zip(factors, gates, strict=True) if not g]
+            keep = kept if any(gates) and len(kept) == 1 else factors
+        for factor in keep:
+            add(factor, share / len(keep))
+
+    def __repr__(self) -> str:
+        label = (", CP: gates held" if self.hold_gates else "") + (
+            ", constants absorb" if self.absorb else ""
+        )
+        return f"AddedProductRule(epsilon={self.epsilon:g}{label})"
 
 
 def softmax_dim(ctx: NodeContext) -> int:
