@@ -11,6 +11,7 @@ left out: the graph always runs in eval mode.
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 from typing import Any
@@ -195,28 +196,38 @@ def _swin_geometry(
     return pad_r, pad_b, pad_h, pad_w, shift_h, shift_w
 
 
+def _shifted_window_mask(
+    padded: tuple[int, ...],
+    window: tuple[int, ...],
+    shifts: tuple[int, ...],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """torchvision's shifted-window attention mask in 2-D or 3-D (``shifted_window_attention``
+    and ``_compute_attention_mask_3d``): (windows, size, size), 0 within a region and -100
+    between regions of the cyclic shift; zeros without a shift."""
+    counts = [p // w for p, w in zip(padded, window, strict=True)]
+    windows, size = math.prod(counts), math.prod(window)
+    if sum(shifts) == 0:
+        return torch.zeros(windows, size, size, device=device, dtype=dtype)
+    mask = torch.zeros(tuple(padded), device=device, dtype=dtype)
+    slices = [((0, -w), (-w, -s), (-s, None)) for w, s in zip(window, shifts, strict=True)]
+    for count, region in enumerate(itertools.product(*slices)):
+        mask[tuple(slice(a, b) for a, b in region)] = count
+    rank = len(window)
+    mask = mask.view(*(v for c, w in zip(counts, window, strict=True) for v in (c, w)))
+    mask = mask.permute(*range(0, 2 * rank, 2), *range(1, 2 * rank, 2)).reshape(windows, size)
+    mask = mask.unsqueeze(1) - mask.unsqueeze(2)
+    return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+
+
 @torch.fx.wrap
 def _swin_mask(
     geometry: tuple[int, ...], window_size: list[int], device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
-    # torchvision's shifted-window mask (0 or -100 between windows), zeros without a shift.
     _, _, pad_h, pad_w, shift_h, shift_w = geometry
-    windows = (pad_h // window_size[0]) * (pad_w // window_size[1])
-    size = window_size[0] * window_size[1]
-    if shift_h + shift_w == 0:
-        return torch.zeros(windows, size, size, device=device, dtype=dtype)
-    mask = torch.zeros((pad_h, pad_w), device=device, dtype=dtype)
-    h_slices = ((0, -window_size[0]), (-window_size[0], -shift_h), (-shift_h, None))
-    w_slices = ((0, -window_size[1]), (-window_size[1], -shift_w), (-shift_w, None))
-    count = 0
-    for h in h_slices:
-        for w in w_slices:
-            mask[h[0] : h[1], w[0] : w[1]] = count
-            count += 1
-    mask = mask.view(pad_h // window_size[0], window_size[0], pad_w // window_size[1], -1)
-    mask = mask.permute(0, 2, 1, 3).reshape(windows, size)
-    mask = mask.unsqueeze(1) - mask.unsqueeze(2)
-    return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+    window = (window_size[0], window_size[1])
+    return _shifted_window_mask((pad_h, pad_w), window, (shift_h, shift_w), device, dtype)
 
 
 def swin_attention(
@@ -288,24 +299,8 @@ def _swin3d_geometry(
 
 @torch.fx.wrap
 def _swin3d_mask(geometry: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Any:
-    # torchvision's ``_compute_attention_mask_3d`` (0 or -100 between windows), zeros
-    # without a shift.
-    padded, counts, shifts, window = geometry[3:6], geometry[6:9], geometry[9:12], geometry[12:]
-    windows, size = math.prod(counts), math.prod(window)
-    if sum(shifts) == 0:
-        return torch.zeros(windows, size, size, device=device, dtype=dtype)
-    mask = torch.zeros(padded, device=device, dtype=dtype)
-    slices = [((0, -window[i]), (-window[i], -shifts[i]), (-shifts[i], None)) for i in range(3)]
-    count = 0
-    for d in slices[0]:
-        for h in slices[1]:
-            for w in slices[2]:
-                mask[d[0] : d[1], h[0] : h[1], w[0] : w[1]] = count
-                count += 1
-    mask = mask.view(counts[0], window[0], counts[1], window[1], counts[2], window[2])
-    mask = mask.permute(0, 2, 4, 1, 3, 5).reshape(windows, size)
-    mask = mask.unsqueeze(1) - mask.unsqueeze(2)
-    return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+    padded, shifts, window = geometry[3:6], geometry[9:12], geometry[12:]
+    return _shifted_window_mask(tuple(padded), tuple(window), tuple(shifts), device, dtype)
 
 
 def swin3d_attention(
