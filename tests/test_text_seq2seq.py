@@ -13,21 +13,12 @@ from torch import nn
 
 import innspect
 from innspect.errors import InputError
-from innspect.text import GenerationExplainer, explain_generation
+from innspect.text import METHODS, GenerationExplainer, explain_generation
 from tests.test_text_generation import VOCAB, tokenizer
 
 SOURCE = torch.tensor([[5, 17, 9, 30, 12]])
 STEPS = 3
 _RELEVANCE = ("lrp.epsilon", "lrp.attn", "lrp.cp")
-METHODS = (
-    "gradient",
-    "input_t_gradient",
-    "integrated_gradients",
-    "lrp.epsilon",
-    "lrp.attn",
-    "lrp.cp",
-    "occlusion",
-)
 
 
 def t5(**extra: object) -> hf.T5ForConditionalGeneration:
