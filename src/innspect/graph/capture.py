@@ -126,6 +126,7 @@ def capture(
             "(or load its weights into the Python class)."
         )
     refuse_hooks(model)
+    _refuse_detection(model)
     with GRAPH_LOCK.exclusive(), _torch_left_unpatched():
         view = eval_view(model)
         if isinstance(view, fx.GraphModule):
@@ -162,6 +163,24 @@ def capture(
                     "forward free of data-dependent Python control flow, or wrap the "
                     "untraceable part in a submodule."
                 ) from export_error
+
+
+# Object detectors whose output is a data-dependent number of boxes (torchvision's R-CNNs,
+# RetinaNet, FCOS, SSD, SSDlite; DETR-style models return fixed queries and are not here).
+_DETECTION_MODULES = ("torchvision.models.detection.",)
+
+
+def _refuse_detection(model: nn.Module) -> None:
+    """One line instead of two capture failures: a detector's boxes are chosen by
+    non-maximum suppression and top-k, whose count depends on the values."""
+    cls = type(model)
+    if cls.__module__.startswith(_DETECTION_MODULES):
+        raise NotAnalyzableModelError(
+            f"{cls.__name__} is an object detector: it returns as many boxes as non-maximum "
+            "suppression keeps, a number the values decide, which innspect's graph cannot hold; "
+            "explain its backbone or its classification head on fixed boxes (a module of its "
+            "own), or a classification or segmentation model"
+        )
 
 
 def model_arguments(call: CallSpec | None, values: Sequence[Any]) -> tuple[tuple, dict[str, Any]]:
