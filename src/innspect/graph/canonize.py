@@ -679,27 +679,10 @@ def _conv_layer(gm: fx.GraphModule, node: fx.Node, path: str) -> nn.Module | Non
         return None
     if any(isinstance(v, fx.Node) for v in options):
         return None
-    if node.target is F.linear:
-        if len(node.args) > 3 or set(node.kwargs) - {"weight", "bias"}:
-            return None
-        with torch.device("meta"):  # nothing allocated: the parameters are set below
-            layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-        layer.weight = weight
-        layer.bias = bias
-        return layer.train(False)
-    stride, padding, dilation, groups = options
-    groups = groups or 1
-    with torch.device("meta"):  # nothing allocated: the layer's own parameters are set below
-        layer = _CONV_MODULES[node.target](
-            weight.shape[1] * groups,
-            weight.shape[0],
-            tuple(weight.shape[2:]),
-            stride=1 if stride is None else stride,
-            padding=0 if padding is None else padding,
-            dilation=1 if dilation is None else dilation,
-            groups=groups,
-            bias=bias is not None,
-        )
+    if node.target is F.linear and (len(node.args) > 3 or set(node.kwargs) - {"weight", "bias"}):
+        return None
+    base = nn.Linear if node.target is F.linear else _CONV_MODULES[node.target]
+    layer = _plain_layer(base, weight, bias is not None, options)  # meta: set below
     layer.weight = weight
     layer.bias = bias
     return layer.train(False)
