@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+import timm  # the test extra installs it: missing, the suite fails loudly
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,8 +22,6 @@ from torch.nn.utils import parametrizations, parametrize
 
 import innspect
 from innspect.analyzers.registry import analyzer_class, list_analyzers
-
-timm = pytest.importorskip("timm")
 
 # Options a method needs (the others run with their defaults).
 _OPTIONS = {

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import quantus  # noqa: E402  (a test dependency: pyproject [test])
 import torch
+import torchvision
 from torch import nn
 
 from innspect import evaluation as ev
@@ -301,7 +302,6 @@ def test_quantus_monotonicity_never_changes_its_input(case) -> None:
     ],
 )
 def test_resnet18_equals_quantus(ours, theirs, options, field) -> None:
-    torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10).eval()
     x, y, a = torch.rand(2, 3, 32, 32), torch.tensor([3, 7]), torch.randn(2, 3, 32, 32)

@@ -13,14 +13,13 @@ from __future__ import annotations
 import copy
 
 import pytest
+import timm  # the test extra installs it: missing, the suite fails loudly
 import torch
+import torchvision
 from torch import nn
 
 import innspect
 from innspect.graph.graph import ModelGraph
-
-timm = pytest.importorskip("timm")
-torchvision = pytest.importorskip("torchvision")
 
 PRESETS = [
     "lrp.z",

@@ -18,9 +18,10 @@ import pytest
 import torch
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
-keras = pytest.importorskip("keras")
-if keras.backend.backend() != "torch":  # pragma: no cover - a TensorFlow install chose it
-    pytest.skip("these tests build models with Keras's torch backend", allow_module_level=True)
+import keras  # noqa: E402 - the test extra installs it: missing, the suite fails loudly
+
+# A TensorFlow install could make Keras choose its backend before this module sets it.
+assert keras.backend.backend() == "torch", "these tests build models with Keras's torch backend"
 layers = keras.layers
 
 import innspect  # noqa: E402
