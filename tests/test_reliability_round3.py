@@ -497,3 +497,30 @@ def test_deep_lift_takes_a_reference_per_input_by_name_as_integrated_gradients_d
     total = sum(a.sum(dim=1) for a in explanation.attributions.values())
     # Summation-to-delta (Shrikumar et al. 2017) with each input's own reference.
     torch.testing.assert_close(total, shift[torch.arange(2), explanation.selected])
+
+
+def test_the_change_check_beside_threads_sees_values_and_keeps_no_copy() -> None:
+    # Beside another thread the check also compares values (torch bumps a version only
+    # after a write), without a copy of the weights: a copy per call doubled the peak
+    # memory of every analysis run beside a progress bar's or a server's thread.
+    from innspect.analyzers.api import ModelState
+
+    model = nn.Sequential(nn.Linear(300, 200), nn.BatchNorm1d(200), nn.Linear(200, 3))
+    idle = threading.Event()
+    thread = threading.Thread(target=idle.wait)
+    thread.start()
+    try:
+        state = ModelState(model)
+        assert state.unchanged()
+        kept = sum(part.numel() for part in state.fingerprint)
+        assert kept <= 16  # a number per tensor, not the 60,000 weights
+        versions = [t._version for t in model.parameters()]
+        model[0].weight.data[7, 11] += 1e-3  # .data: a write that bumps no version
+        assert [t._version for t in model.parameters()] == versions
+        assert not state.unchanged()
+        state = ModelState(model)
+        model[1].num_batches_tracked.data += 1  # an integer buffer, exactly
+        assert not state.unchanged()
+    finally:
+        idle.set()
+        thread.join()

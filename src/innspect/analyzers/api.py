@@ -433,17 +433,18 @@ class ModelState:
 
     Each parameter and buffer's object and version (bumped by every in-place write: an
     optimizer step, a train-mode forward's running statistics, ``load_state_dict``). When
-    other threads run, also a copy of the values: torch bumps a version after the write,
-    so a check that falls between the two would miss the change; the values do not.
+    other threads run, also a fingerprint of the values: torch bumps a version after the
+    write, so a check that falls between the two would miss the change; the values do not.
+    A fingerprint, not a copy: a copy of the weights per call doubled the peak memory of
+    every analysis run beside any other thread (a progress bar's, a server's).
     """
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.versions = self._versions()
-        self.values = None
+        self.fingerprint = None
         if threading.active_count() > 1:
-            with torch.no_grad():
-                self.values = [t.detach().clone() for t in self._tensors()]
+            self.fingerprint = self._fingerprint()
 
     def _tensors(self) -> Iterator[torch.Tensor]:
         # A lazy module's parameters have no values until its first forward (which then
@@ -457,27 +458,56 @@ class ModelState:
     def _versions(self) -> tuple[tuple[int, int], ...]:
         return tuple((id(t), t._version) for t in self._tensors())
 
+    def _fingerprint(self) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return model_fingerprint(list(self._tensors()))
+
     def unchanged(self) -> bool:
         """Whether every tensor is the same object, version and (with threads) value."""
         if self._versions() != self.versions:
             return False
-        if self.values is None:
+        if self.fingerprint is None:
             return True
-        with torch.no_grad():
-            return all(
-                _same_values(t, copied)
-                for t, copied in zip(self._tensors(), self.values, strict=True)
-            )
+        return all(
+            torch.equal(now, then) or bool(torch.allclose(now, then, 0.0, 0.0, equal_nan=True))
+            for now, then in zip(self._fingerprint(), self.fingerprint, strict=True)
+        )
 
 
-def _same_values(tensor: torch.Tensor, copied: torch.Tensor) -> bool:
-    """Equal values, NaN equal to NaN (a model with NaN weights has not changed)."""
-    if torch.equal(tensor, copied):
-        return True
-    return bool(
-        (tensor.is_floating_point() or tensor.is_complex())
-        and torch.allclose(tensor, copied, rtol=0.0, atol=0.0, equal_nan=True)
-    )
+def model_fingerprint(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The Euclidean norm of every floating tensor, and the integer tensors' values.
+
+    The norms are taken in each tensor's dtype by one fused call for all tensors (the
+    check's own time is the window a concurrent write must fall into; few calls keep it
+    short for small models, and no copy keeps large ones' memory flat). A write moves a
+    norm but for changes below its rounding or that keep it, and an in-place write only
+    escapes the version check while it runs (torch bumps the version after it), when real
+    updates (an optimizer step) change many values at once. Integer and boolean buffers
+    (counters, masks) are small: their values are kept. A tensor with NaN has NaN norms:
+    for it only the version is compared (NaN equals NaN in ``ModelState.unchanged``).
+    """
+    floats, exact = [], []
+    for tensor in tensors:
+        values = tensor.detach()
+        if values.is_complex():
+            values = torch.view_as_real(values)
+        (floats if values.is_floating_point() else exact).append(values)
+    parts = []
+    if floats:
+        parts.append(_stacked(torch._foreach_norm(floats, 2)))
+    if exact:
+        parts.append(_stacked([t.reshape(-1).to(torch.int64) for t in exact], cat=True))
+    return parts
+
+
+def _stacked(
+    values: list[torch.Tensor] | tuple[torch.Tensor, ...], cat: bool = False
+) -> torch.Tensor:
+    """One tensor of ``values``, moved to the CPU only when they lie on several devices."""
+    join = torch.cat if cat else torch.stack
+    if len({v.device for v in values}) > 1:
+        return join([v.cpu() for v in values])
+    return join(values)
 
 
 def analyzer_parameters(cls: type, inherited: bool = True) -> tuple[set[str], set[str], bool]:
