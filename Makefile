@@ -59,6 +59,7 @@ bench: $(VENV)/.installed-test
 # Which torchvision model each method explains (docs/coverage.md); minutes, not in make test.
 coverage: $(VENV)/.installed-test
 	$(PY) benchmarks/model_coverage.py --out docs/coverage.md
+	$(PY) benchmarks/text_coverage.py --out docs/coverage.md
 
 clean:
 	rm -rf $(VENV) innspect-demo .pytest_cache

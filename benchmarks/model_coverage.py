@@ -264,9 +264,12 @@ _PIECEWISE_LINEAR = {
 # Parameters and buffers that add a constant to the signal: zero in the bias-free copy.
 _ADDITIVE = ("bias", "running_mean", "pos_embed", "position_embedding", "pos_embedding",
              "class_token", "cls_token", "reg_token", "dist_token")  # fmt: skip
-# Embedding tables added to the token embeddings (BERT's positions and types, GPT-2's wpe).
-_ADDED_TABLES = ("position_embeddings", "token_type_embeddings", "wpe")
+# Embedding tables added to the token embeddings (BERT's positions and types, GPT-2's wpe,
+# OPT and BART's learned positions).
+_ADDED_TABLES = ("position_embeddings", "token_type_embeddings", "wpe", "embed_positions")
 TOLERANCE = 1e-6
+# The section benchmarks/text_coverage.py writes into the same file, kept by this script.
+TEXT_START, TEXT_END = "<!-- text-generation:start -->", "<!-- text-generation:end -->"
 CHECKED = ("gradient", "input_t_gradient", "lrp.z", "lrp.cp")
 
 
@@ -529,7 +532,12 @@ def main() -> None:
             "",
         ]
     )
-    write_text(Path(args.out), text)
+    out = Path(args.out)
+    existing = out.read_text() if out.exists() else ""
+    if TEXT_START in existing and TEXT_END in existing:
+        kept = existing[existing.index(TEXT_START) : existing.index(TEXT_END) + len(TEXT_END)]
+        text = text.rstrip("\n") + "\n\n" + kept + "\n"
+    write_text(out, text)
 
 
 if __name__ == "__main__":

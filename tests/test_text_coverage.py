@@ -1,0 +1,70 @@
+"""benchmarks/text_coverage.py, the table of docs/coverage.md's "Explaining generated text":
+its checks pass on right matrices and fail on wrong ones, and it rewrites only its section."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def coverage():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import text_coverage
+
+        yield text_coverage
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("family", "method"),
+    [("llama", "gradient"), ("gpt2", "input_t_gradient"), ("t5", "occlusion"),
+     ("llama", "lrp.attn"), ("opt", "lrp.cp")],
+)  # fmt: skip
+def test_checks_pass_on_the_right_matrix_and_fail_on_a_wrong_one(
+    coverage, family: str, method: str
+) -> None:
+    from innspect.text import explain_generation
+
+    model = coverage.build(family)
+    prompt = torch.tensor([[7, 21, 9, 40, 13, 5]])
+    result = explain_generation(model, prompt, max_new_tokens=2, method=method, stop_at_eos=False)
+    what, failure = coverage.check(method, model, prompt, result)
+    assert what and failure == "", failure
+    # A wrong matrix (one entry moved, as a batching or rule error would) is caught; for
+    # lrp.cp, a model whose relevance leaks (a bias left in) is.
+    if method == "lrp.cp":
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, torch.nn.Linear) and module.bias is not None:
+                    module.bias.fill_(0.3)
+        original = coverage._bias_free
+        coverage._bias_free = lambda m: m  # the check runs on the biased model
+        try:
+            _, failure = coverage.check(method, model, prompt, result)
+        finally:
+            coverage._bias_free = original
+    else:
+        wrong = result.matrix.clone()
+        wrong[-1, 1] += 0.05 * wrong.abs().max()
+        _, failure = coverage.check(
+            method, model, prompt, dataclasses.replace(result, matrix=wrong)
+        )
+    assert failure
+
+
+def test_only_its_section_is_rewritten(coverage) -> None:
+    text = "# Coverage\n\ntable\n"
+    first = coverage.insert(text, f"{coverage.START}\nold\n{coverage.END}\n")
+    second = coverage.insert(first, f"{coverage.START}\nnew\n{coverage.END}\n")
+    assert second.startswith(text) and "new" in second and "old" not in second
+    assert second.count(coverage.START) == 1
