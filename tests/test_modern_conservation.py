@@ -73,6 +73,39 @@ def test_gate_rule_conserves_on_squeeze_excitation() -> None:
     assert "ProductRule(gate)" in plan
 
 
+class _ActivatedSqueezeExcitation(torch.nn.Module):
+    """EfficientNet's SE on an activation's output: ``silu(conv x) * sigmoid(fc(pool))``,
+    bias-free. Under CP-LRP both factors are activation outputs; the sigmoid is the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 6, 3, bias=False)
+        self.act = torch.nn.SiLU()
+        self.fc1 = torch.nn.Conv2d(6, 2, 1, bias=False)
+        self.fc2 = torch.nn.Conv2d(2, 6, 1, bias=False)
+        self.head = torch.nn.Linear(6, 4, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.conv(x))
+        scale = torch.sigmoid(self.fc2(self.act(self.fc1(h.mean((2, 3), keepdim=True)))))
+        return self.head((h * scale).mean((2, 3)))
+
+
+def test_cp_lrp_holds_the_sigmoid_of_a_squeeze_excitation_on_an_activation() -> None:
+    # Both factors count as gates under CP-LRP (activation outputs); splitting the relevance
+    # in two sent half into the excitation branch (bias-free EfficientNet-B3 lost 1.6e-5 of
+    # it there to cancellation). The true gate (the sigmoid) is held: the branch gets none.
+    torch.manual_seed(0)
+    model = _ActivatedSqueezeExcitation().double().eval()
+    x = torch.randn(2, 3, 7, 7, dtype=torch.float64)
+    analyzer = innspect.create_analyzer("lrp.cp", model, epsilon=EPS)
+    report = conservation_report(analyzer, x)
+    assert "mul" in report.nodes
+    for branch in ("fc1", "fc2"):  # a node no relevance reaches is not in the walk
+        assert branch not in report.nodes or not report.nodes[branch].arriving.any(), branch
+    torch.testing.assert_close(report.input_total, report.output_total, rtol=1e-10, atol=0)
+
+
 class _Attention(torch.nn.Module):
     def __init__(self, mask: str, batch_first: bool, kdim: int | None) -> None:
         super().__init__()

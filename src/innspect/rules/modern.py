@@ -83,9 +83,7 @@ class ProductRule(Mapping):
             # a / b: the divisor is held constant (a norm); c / x is element-wise in x.
             keep = [numerator] if numerator in values else factors[:1]
         elif len(factors) == 2 and self.gate:
-            gates = [gate_factor(ctx.graph, f, self.activations) for f in factors]
-            keep = [f for f, g in zip(factors, gates, strict=True) if not g] if any(gates) else []
-            keep = keep if len(keep) == 1 else factors
+            keep = self._signal_factor(ctx, factors)
         else:
             keep = factors
         share = signal / len(keep) if len(keep) > 1 else signal
@@ -94,6 +92,19 @@ class ProductRule(Mapping):
             part = _to_shape(share, values[factor])
             parts[factor] = part if parts.get(factor) is None else parts[factor] + part
         return _shares(ctx, parts)
+
+    def _signal_factor(self, ctx: NodeContext, factors: list[fx.Node]) -> list[fx.Node]:
+        """The factor that takes all the relevance (the other is a gate), or both.
+
+        A true gate (sigmoid, softmax, a reciprocal) is held before an activation output:
+        with ``activations``, a squeeze-excitation's ``silu(x) * sigmoid(s)`` has two
+        activation outputs, and the sigmoid is the gate (splitting in two sent half the
+        relevance into the excitation branch, numerically fragile on bias-free models)."""
+        for activations in (False, True) if self.activations else (False,):
+            gates = [gate_factor(ctx.graph, f, activations) for f in factors]
+            if sum(gates) == 1:
+                return [f for f, g in zip(factors, gates, strict=True) if not g]
+        return factors
 
     def __repr__(self) -> str:
         if self.activations:
