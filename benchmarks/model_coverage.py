@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -268,6 +270,10 @@ _ADDITIVE = ("bias", "running_mean", "pos_embed", "position_embedding", "pos_emb
 # OPT and BART's learned positions).
 _ADDED_TABLES = ("position_embeddings", "token_type_embeddings", "wpe", "embed_positions")
 TOLERANCE = 1e-6
+# Above this many parameters the float64 copies the checks need (the model, its bias-free
+# copy and the folded graphs: ~5 GB each for RegNetY-128GF) do not fit 24 GB: such models
+# run every method in float32, unchecked (and say so in the notes).
+CHECK_PARAMETERS_MAX = 400_000_000
 # The section benchmarks/text_coverage.py writes into the same file, kept by this script.
 TEXT_START, TEXT_END = "<!-- text-generation:start -->", "<!-- text-generation:end -->"
 CHECKED = ("gradient", "input_t_gradient", "lrp.z", "lrp.cp")
@@ -437,6 +443,63 @@ def cell(
     return f"finite {seconds:.2f} s", ""
 
 
+def _read_journal(
+    journal: Path, rows: dict[str, list[str]], notes: list[str], counts: Counter
+) -> set[tuple[str, str]]:
+    """The models a stopped run finished (from its journal), their rows and notes added."""
+    done: set[tuple[str, str]] = set()
+    if not journal.exists():
+        return done
+    for line in journal.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by the kill: that model runs again
+            continue
+        done.add((record["source"], record["name"]))
+        if record["row"] is not None:
+            rows.setdefault(record["source"], []).append(record["row"])
+        notes += record["notes"]
+        counts.update(record["counts"])
+    return done
+
+
+def _model_row(case: Case) -> tuple[str | None, list[str], dict[str, int]]:
+    """(the model's table row or None when it cannot be built, notes, cell counts)."""
+    notes, counts = [], Counter()
+    torch.manual_seed(0)
+    try:
+        model, x = case.build()
+    except Exception as error:  # noqa: BLE001 - a model the installed library cannot build
+        return None, [f"- `{case.name}` ({case.source}) not built: {error}"], {}
+    parameters = sum(p.numel() for p in model.parameters())
+    checked = parameters <= CHECK_PARAMETERS_MAX
+    reference = None
+    if checked:
+        # The checked methods run in float64, where their checks' 1e-6 means something.
+        model64, x64 = copy.deepcopy(model).double(), _double(x)
+        try:
+            reference = Reference(model64, x64, case.options)
+        except Exception as error:  # noqa: BLE001 - the model itself failed on the input
+            notes.append(f"- `{case.name}` ({case.source}): no autograd reference: {error}")
+    else:
+        notes.append(
+            f"- `{case.name}` ({case.source}): {parameters / 1e6:.0f}M parameters, too large "
+            "for the float64 checks on this machine (24 GB): every method in float32, unchecked"
+        )
+    cells = []
+    for method in METHODS:
+        if method in CHECKED and checked:
+            status, message = cell(model64, x64, method, case.options, reference)
+        else:
+            status, message = cell(model, x, method, case.options, None)
+        counts[status.split()[0].strip("*")] += 1
+        cells.append(status)
+        if message:
+            notes.append(f"- `{case.name}` ({case.source}) / `{method}`: {message}")
+        gc.collect()  # the analyzer's graph copies, before the next method's
+    return f"| {case.name} | " + " | ".join(cells) + " |", notes, dict(counts)
+
+
 def main() -> None:
     import torchvision
 
@@ -447,32 +510,22 @@ def main() -> None:
     args = parser.parse_args()
     rows: dict[str, list[str]] = {}
     notes, counts = [], Counter()
+    # Each finished model is appended to a journal beside --out: a run stopped (or killed
+    # for memory) resumes after the models it finished; removed once the table is written.
+    journal = Path(f"{args.out}.partial.jsonl")
+    done = _read_journal(journal, rows, notes, counts)
     for case in tqdm(cases(args.models, args.size), desc="models", unit="model"):
-        torch.manual_seed(0)
-        try:
-            model, x = case.build()
-            # The checked methods run in float64, where their checks' 1e-6 means something.
-            model64, x64 = copy.deepcopy(model).double(), _double(x)
-        except Exception as error:  # noqa: BLE001 - a model the installed library cannot build
-            notes.append(f"- `{case.name}` ({case.source}) not built: {error}")
+        if (case.source, case.name) in done:
             continue
-        try:
-            reference = Reference(model64, x64, case.options)
-        except Exception as error:  # noqa: BLE001 - the model itself failed on the input
-            notes.append(f"- `{case.name}` ({case.source}): no autograd reference: {error}")
-            reference = None
-        cells = []
-        for method in METHODS:
-            if method in CHECKED:
-                status, message = cell(model64, x64, method, case.options, reference)
-            else:
-                status, message = cell(model, x, method, case.options, None)
-            counts[status.split()[0].strip("*")] += 1
-            cells.append(status)
-            if message:
-                notes.append(f"- `{case.name}` ({case.source}) / `{method}`: {message}")
-        rows.setdefault(case.source, []).append(f"| {case.name} | " + " | ".join(cells) + " |")
-        tqdm.write(rows[case.source][-1])
+        row, case_notes, case_counts = _model_row(case)
+        with journal.open("a") as stream:
+            record = {"source": case.source, "name": case.name, "row": row}
+            stream.write(json.dumps({**record, "notes": case_notes, "counts": case_counts}) + "\n")
+        if row is not None:
+            rows.setdefault(case.source, []).append(row)
+            tqdm.write(row)
+        notes += case_notes
+        counts.update(case_counts)
     import timm
     import transformers
 
@@ -538,6 +591,7 @@ def main() -> None:
         kept = existing[existing.index(TEXT_START) : existing.index(TEXT_END) + len(TEXT_END)]
         text = text.rstrip("\n") + "\n\n" + kept + "\n"
     write_text(out, text)
+    journal.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
