@@ -295,3 +295,24 @@ def test_evaluation_on_ray_writes_the_local_shards(cluster, weights, data, tmp_p
     shards = [json.loads((d / INDEX_NAME).read_text())["shards"] for d in (local.out, remote.out)]
     assert len(shards[0]) == 3 and shards[0] == shards[1]  # same checksums
     assert remote.summaries == local.summaries
+
+
+def test_evaluation_with_masks_on_ray_writes_the_local_shards(cluster, weights, data, tmp_path):
+    """Localisation metrics over a data set on Ray: masks given as an array locally and as a
+    function of the sample index (pickled to the workers) give the same shard bytes."""
+    few = data[:24]
+    masks = np.zeros((24, 1, 32, 32), dtype=bool)
+    for i in range(24):
+        masks[i, 0, i : i + 6, 2 * (i % 12) : 2 * (i % 12) + 8] = True
+    settings = {"weights": weights, "batch_size": 8, "shard_size": 8, "verbose": False}
+    metrics = ["pointing_game", "relevance_mass_accuracy"]
+    local = evaluate_dataset(
+        SPEC, few, ["gradient"], metrics, tmp_path / "local", masks=masks, **settings
+    )
+    remote = evaluate_dataset(
+        SPEC, few, ["gradient"], metrics, tmp_path / "ray", backend="ray", num_workers=2,
+        masks=lambda i: masks[i, 0], **settings,
+    )  # fmt: skip
+    shards = [json.loads((d / INDEX_NAME).read_text())["shards"] for d in (local.out, remote.out)]
+    assert len(shards[0]) == 3 and shards[0] == shards[1]  # same checksums
+    assert remote.summaries == local.summaries

@@ -123,7 +123,7 @@ def test_merging_summaries_is_exact_in_any_grouping() -> None:
 
 
 def test_bad_requests_are_clear(model, data, tmp_path) -> None:
-    with pytest.raises(InputError, match="mask= per sample"):
+    with pytest.raises(InputError, match="needs a mask per sample: give evaluate_dataset masks="):
         evaluate_dataset(model, data, METHODS, ["pointing_game"], tmp_path, verbose=False)
     with pytest.raises(InputError, match="no labels"):
         evaluate_dataset(

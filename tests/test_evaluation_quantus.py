@@ -751,3 +751,104 @@ def test_efficient_mprt_extra_scores_equal_quantus(case) -> None:
         ev.EfficientMPRT("gradient", compute_extra_scores=True, softmax=False)(
             model, x, y, torch.as_tensor(a)
         )
+
+
+def _gini_of_magnitudes(a, x=None, **kwargs) -> float:
+    """Gini coefficient of |a| (a complexity function that, unlike Quantus's own ``entropy``
+    and ``gini_coeffiient``, needs no ``x``: Quantus 0.6.0's EfficientMPRT gives ``x=None``
+    for the randomised model's explanations)."""
+    assert kwargs["n_bins"] == 100  # the bins EfficientMPRT chose, passed on as Quantus does
+    values = np.sort(np.abs(np.asarray(a, dtype=np.float64)).ravel())
+    n = values.size
+    return float(np.sum((2 * np.arange(1, n + 1) - n - 1) * values) / (n * np.sum(values)))
+
+
+def _entropy_of_magnitudes(a, x=None, **kwargs) -> float:
+    """Quantus's discrete entropy of |a| in ``n_bins`` bins, scaled by ``scale``."""
+    from quantus.functions.complexity_func import discrete_entropy
+
+    return kwargs["scale"] * discrete_entropy(np.abs(a), x, n_bins=kwargs["n_bins"])
+
+
+@pytest.mark.parametrize(
+    ("function", "kwargs"),
+    [(_gini_of_magnitudes, {}), (_entropy_of_magnitudes, {"n_bins": 20, "scale": 2.0})],
+)
+def test_efficient_mprt_complexity_func_equals_quantus(case, function, kwargs) -> None:
+    """``complexity_func`` (and its ``complexity_func_kwargs``, ``n_bins`` there read as the
+    option) given to both: the same per-sample relative rise as Quantus's, and not the
+    default entropy's."""
+    model, x, y = case["model"], case["x"], case["y"]
+    a = _quantus_gradient(model, x.numpy(), y.numpy())
+    theirs = quantus.EfficientMPRT(
+        complexity_func=function,
+        complexity_func_kwargs=dict(kwargs),
+        disable_warnings=True,
+        return_aggregate=False,
+    )(
+        model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a, device="cpu",
+        explain_func=_quantus_gradient,
+    )  # fmt: skip
+    metric = ev.EfficientMPRT(
+        "gradient",
+        complexity_func=function,
+        complexity_func_kwargs=kwargs,
+        compute_extra_scores=True,
+    )
+    result = metric(model, x, y, torch.as_tensor(a))
+    np.testing.assert_allclose(result.scores.numpy(), np.asarray(theirs), rtol=1e-9, atol=1e-12)
+    default = ev.EfficientMPRT("gradient")(model, x, y, torch.as_tensor(a))
+    assert not np.allclose(result.scores.numpy(), default.scores.numpy())
+    # the complexities themselves: by hand on the clean explanations
+    arguments = {**kwargs, "n_bins": kwargs.get("n_bins", 100)}
+    clean = [function(a=a[i], x=None, **arguments) for i in range(len(a))]
+    np.testing.assert_allclose(result.curves[:, 0].numpy(), clean, rtol=1e-12)
+    assert kwargs == {} or kwargs["n_bins"] == 20  # the caller's dict is not consumed
+
+
+def test_efficient_mprt_default_complexity_is_quantus_discrete_entropy(case) -> None:
+    from quantus.functions.complexity_func import discrete_entropy
+
+    model, x, y = case["model"], case["x"], case["y"]
+    a = torch.as_tensor(_quantus_gradient(model, x.numpy(), y.numpy()))
+    default = ev.EfficientMPRT("gradient", n_bins=30)(model, x, y, a)
+    given = ev.EfficientMPRT("gradient", complexity_func=discrete_entropy, n_bins=30)(
+        model, x, y, a
+    )
+    torch.testing.assert_close(given.scores, default.scores, rtol=1e-12, atol=1e-12)
+
+
+def test_efficient_mprt_complexity_func_is_checked(case) -> None:
+    model, x, y = case["model"], case["x"], case["y"]
+    with pytest.raises(OptionError, match="complexity_func must be a function"):
+        ev.EfficientMPRT("gradient", complexity_func="gini")
+    with pytest.raises(OptionError, match="give n_bins once"):
+        ev.EfficientMPRT("gradient", n_bins=10, complexity_func_kwargs={"n_bins": 20})
+    with pytest.raises(OptionError, match="not both"):
+        ev.EfficientMPRT("gradient", complexity_func_kwargs={"n_bins": 20, "rule": "Rice"})
+    with pytest.raises(InputError, match="must return a number per explanation"):
+        ev.EfficientMPRT("gradient", complexity_func=lambda a, x, **kw: a)(model, x, y)
+
+
+def test_quantus_efficient_mprt_gives_its_complexity_funcs_no_input() -> None:
+    """Quantus 0.6.0 calls ``complexity_func(a=..., x=None)`` on the randomised model's
+    explanations, so its own ``gini_coeffiient`` (which reads ``x.shape``) fails there;
+    innspect passes each sample's input, and the clean complexities are the function's."""
+    from quantus.functions.complexity_func import gini_coeffiient
+
+    model = small_cnn(channels=1)
+    x, y = torch.rand(3, 1, 12, 12), torch.tensor([0, 1, 2])
+    a = _quantus_gradient(model, x.numpy(), y.numpy())
+    with pytest.raises(AttributeError, match="shape"):
+        quantus.EfficientMPRT(
+            complexity_func=gini_coeffiient, disable_warnings=True, return_aggregate=False
+        )(
+            model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a, device="cpu",
+            explain_func=_quantus_gradient,
+        )  # fmt: skip
+    result = ev.EfficientMPRT("gradient", complexity_func=gini_coeffiient)(
+        model, x, y, torch.as_tensor(a)
+    )
+    clean = [gini_coeffiient(a=a[i], x=x[i].numpy()) for i in range(3)]
+    np.testing.assert_allclose(result.curves[:, 0].numpy(), clean, rtol=1e-12)
+    assert result.scores.isfinite().all()

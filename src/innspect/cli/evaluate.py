@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from innspect.cli.common import CLIError, parse_options, quiet_unless_debug, resolve_methods
+from innspect.evaluation.sample_inputs import find_mask_file, fit_mask, read_mask_file
 from innspect.loading.inputs import check_channels, default_preprocess, input_files, load_input
 from innspect.loading.models import load_model
 from innspect.util.files import write_text
@@ -189,51 +190,16 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-MASK_SUFFIXES = (".npy", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-
 def load_mask(folder: str, input_file: Path, shape: tuple[int, ...]) -> np.ndarray:
     """The boolean mask of one input: the file of the same stem in ``folder`` (an .npy array,
     or an image whose non-zero pixels are the object), checked against the input's ``shape``
-    (C, H, W, or any rank); (H, W) and (1, H, W) masks are broadcast over the channels."""
+    (C, H, W, or any rank); (H, W) and (1, H, W) masks are broadcast over the channels
+    (``innspect.evaluation.sample_inputs``, as ``evaluate_dataset(masks=DIR)``)."""
     directory = Path(folder)
     if not directory.is_dir():
         raise CLIError(f"--mask {folder}: not a folder (give a folder of one mask per input)")
-    candidates = [directory / (input_file.stem + s) for s in MASK_SUFFIXES]
-    found = [c for c in candidates if c.is_file()]
-    if not found:
-        raise CLIError(
-            f"no mask for {input_file.name} in {directory}: expected {input_file.stem}.npy or "
-            f"{input_file.stem}.png (a mask per input, named after it)"
-        )
-    file = found[0]
-    try:
-        if file.suffix == ".npy":
-            mask = np.load(file, allow_pickle=False)
-        else:
-            from PIL import Image
-
-            with Image.open(file) as image:
-                mask = np.asarray(image.convert("L"))
-    except (OSError, ValueError) as error:
-        raise CLIError(f"cannot read the mask {file}: {error}") from error
-    mask = np.asarray(mask)
-    given = mask.shape
-    if mask.ndim == len(shape) - 1:
-        mask = mask[None]  # (H, W) for (C, H, W): one channel, broadcast
-    fits = mask.ndim == len(shape) and all(
-        m == s or (i == 0 and m == 1)
-        for i, (m, s) in enumerate(zip(mask.shape, shape, strict=True))
-    )
-    if not fits:
-        raise CLIError(
-            f"the mask {file} has shape {tuple(given)} but its input "
-            f"{input_file.name} has shape {tuple(shape)}: give a mask of the input's shape, "
-            f"{tuple(shape[1:])} or {(1, *shape[1:])}"
-        )
-    if not np.isfinite(mask.astype(np.float64)).all():
-        raise CLIError(f"the mask {file} holds NaN or infinite values")
-    return np.broadcast_to(mask != 0, shape).copy()
+    file = find_mask_file(directory, input_file.stem, input_file.name)
+    return fit_mask(read_mask_file(file), shape, f"the mask {file}", f"its input {input_file.name}")
 
 
 def _finite(value: Any) -> Any:

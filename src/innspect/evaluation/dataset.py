@@ -11,6 +11,13 @@ Each shard holds every cell's per-sample scores (``METHOD/METRIC``) and their su
 (:mod:`innspect.evaluation.aggregate`). Stochastic metrics get a generator seeded from
 ``seed`` and the batch's first sample index, so a shard's bytes depend neither on the backend
 nor on the worker that computed it.
+
+Localisation metrics take a mask per sample and Focus a mosaic's quadrant flags: ``masks=``
+and ``mosaic_labels=`` give them aligned with the data
+(:mod:`innspect.evaluation.sample_inputs`). Each shard stores the SHA-256 of the values it
+was scored with (``inputs_sha256/NAME``); a resumed run recomputes the digests of the shards
+already written and refuses a folder scored with other masks, so a result never mixes two
+sets of masks.
 """
 
 from __future__ import annotations
@@ -34,6 +41,12 @@ from innspect.distributed.ray_backend import run_jobs
 from innspect.distributed.shards import ShardIndex, write_shard
 from innspect.errors import InputError
 from innspect.evaluation.aggregate import ScoreSummary
+from innspect.evaluation.sample_inputs import (
+    ARGUMENTS,
+    SampleInputs,
+    digest,
+    sample_inputs,
+)
 from innspect.evaluation.table import evaluate, make_metrics, method_analyzer
 from innspect.loading.models import ModelSpec, model_fingerprint
 from innspect.loading.sources import DataSource
@@ -41,8 +54,6 @@ from innspect.util.files import write_text
 from innspect.util.progress import progress_bar
 
 FORMAT = "innspect-evaluation/1"
-# Inputs a metric takes per sample that a data source (images and labels) does not carry.
-_PER_SAMPLE_INPUTS = ("mask", "mosaic_labels")
 
 
 class EvaluationRunner:
@@ -59,32 +70,68 @@ class EvaluationRunner:
         batch_size: int,
         seed: int,
         target: str,
+        per_sample: Mapping[str, SampleInputs] | None = None,
     ) -> None:
         self.source = source
+        self.per_sample = dict(per_sample or {})
+        self.sample_shape = tuple(source.sample_shape) if self.per_sample else ()
         if isinstance(model, ModelSpec):
             model = model.load(torch.as_tensor(source.read(0, 1)[0]))
         self.model = model
         self.fingerprint = model_fingerprint(model)
-        self.settings = (methods, metrics, method_options, metric_options, batch_size, seed, target)
+        self.settings = (
+            methods, metrics, method_options, metric_options, batch_size, seed, target,
+            self.per_sample,
+        )  # fmt: skip
         self.methods = {m: method_analyzer(model, m, method_options.get(m)) for m in methods}
         self.metrics = make_metrics(list(metrics), metric_options)
+        taken = {k for metric in self.metrics for k in metric.inputs if k in ARGUMENTS}
         for metric in self.metrics:
-            needed = [k for k in _PER_SAMPLE_INPUTS if k in metric.inputs]
-            if needed:
+            for name in (k for k in metric.inputs if k in ARGUMENTS):
+                if name not in self.per_sample:
+                    needed, folder = "mosaic labels", ""
+                    if name == "mask":
+                        needed, folder = "a mask", ", or a folder of masks named after the images"
+                    raise InputError(
+                        f"{metric.name} needs {needed} per sample: give evaluate_dataset "
+                        f"{ARGUMENTS[name]}= (an array aligned with the data, a .npy file, a "
+                        f"function of the sample index{folder})"
+                    )
+        for name in self.per_sample:
+            if name not in taken:
                 raise InputError(
-                    f"{metric.name} needs {needed[0]}= per sample, which a data set of inputs "
-                    "and labels does not hold: score it with innspect.evaluation.evaluate on "
-                    f"batches with {needed[0]}="
+                    f"{ARGUMENTS[name]}= given but none of the metrics {list(metrics)} takes "
+                    f"{ARGUMENTS[name].replace('_', ' ')}: leave it out, or add a metric that "
+                    "uses them"
                 )
         self.batch_size, self.seed, self.target = batch_size, seed, target
+
+    def read_per_sample(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """The masks / mosaic labels of samples [start, stop), checked, in canonical form."""
+        shape = self.sample_shape
+        return {name: inputs.read(start, stop, shape) for name, inputs in self.per_sample.items()}
+
+    def digests(self, start: int, stop: int) -> dict[str, bytes]:
+        """SHA-256 of each per-sample input of samples [start, stop) (read batch by batch)."""
+        running: dict[str, Any] = {}
+        for first in range(start, stop, self.batch_size):
+            values = self.read_per_sample(first, min(first + self.batch_size, stop))
+            for name, array in values.items():
+                running[name] = digest(array, running.get(name))
+        return {name: value.digest() for name, value in running.items()}
 
     def compute(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Per-sample scores of samples [start, stop) and each cell's summary."""
         parts: dict[str, list[np.ndarray]] = {}
+        running: dict[str, Any] = {}
         for first in range(start, stop, self.batch_size):
-            x, y = self.source.read(first, min(first + self.batch_size, stop))
+            last = min(first + self.batch_size, stop)
+            x, y = self.source.read(first, last)
             if self.target == "label" and y is None:
                 raise InputError("target='label' but the data set has no labels")
+            per_sample = self.read_per_sample(first, last)
+            for name, values in per_sample.items():
+                running[name] = digest(values, running.get(name))
             table = evaluate(
                 self.model,
                 x,
@@ -92,6 +139,7 @@ class EvaluationRunner:
                 self.metrics,
                 target=y if self.target == "label" else None,
                 seed=self.seed + first,
+                **{name: torch.from_numpy(values) for name, values in per_sample.items()},
             )
             parts.setdefault("targets", []).append(table.targets.numpy().astype(np.int64))
             for method in table.methods:
@@ -102,6 +150,9 @@ class EvaluationRunner:
         for name in list(arrays):
             if name != "targets":
                 arrays[f"summary/{name}"] = ScoreSummary.of(arrays[name]).as_array()
+        for name, value in running.items():
+            # what the shard was scored with: checked when a later run resumes the folder
+            arrays[f"inputs_sha256/{name}"] = np.frombuffer(value.digest(), dtype=np.uint8)
         return arrays
 
 
@@ -177,6 +228,8 @@ def evaluate_dataset(
     metric_options: Mapping[str, Mapping[str, Any]] | None = None,
     seed: int = 0,
     verbose: bool = True,
+    masks: Any = None,
+    mosaic_labels: Any = None,
 ) -> DatasetEvaluation:
     """Score every method's attributions of every sample of ``data`` with every metric.
 
@@ -186,8 +239,7 @@ def evaluate_dataset(
         As :func:`innspect.explain_dataset`: a module (local backend) or a model spec, and an
         array, ``(X, Y)`` pair, ``.npy`` / HDF5 file, image folder or torch ``Dataset``.
     methods, metrics
-        Analyzer names and metric names (``innspect.evaluation.METRICS``). Localisation
-        metrics and Focus need a mask per sample: score those with ``evaluate``.
+        Analyzer names and metric names (``innspect.evaluation.METRICS``).
     target
         ``"prediction"`` (default: each sample's predicted class, as ``evaluate``) or
         ``"label"`` (the data set's labels).
@@ -196,6 +248,14 @@ def evaluate_dataset(
     seed
         Stochastic metrics get a generator seeded with ``seed`` plus the index of the batch's
         first sample: reruns repeat exactly, on any backend.
+    masks, mosaic_labels
+        The localisation metrics' mask and Focus's quadrant flags of each sample, aligned with
+        the data: an array or tensor (N, ...), a ``.npy`` file, a function of the sample
+        index (``lambda i: dataset[i][2]``) or, for masks with a folder of images as the data,
+        a folder of one mask per image named after it (``.npy`` or an image, non-zero pixels
+        the object). A mask has the sample's shape, or lacks or has size 1 on its first
+        (channel) axis; errors name the sample. Each shard keeps the digest of the values it
+        was scored with: resuming with other masks is refused.
 
     Returns the merged means, intervals and counts (:class:`DatasetEvaluation`); ``out``
     holds the shards and ``results.json``.
@@ -213,9 +273,12 @@ def evaluate_dataset(
     )
     method_options = {m: dict((method_options or {}).get(m, {})) for m in methods}
     metric_options = {m: dict((metric_options or {}).get(m, {})) for m in metrics}
+    given = {"mask": masks, "mosaic_labels": mosaic_labels}
+    per_sample = {k: sample_inputs(k, v, source) for k, v in given.items() if v is not None}
     runner = EvaluationRunner(
-        model, source, methods, metrics, method_options, metric_options, batch_size, seed, target
-    )
+        model, source, methods, metrics, method_options, metric_options, batch_size, seed, target,
+        per_sample,
+    )  # fmt: skip
     header = {
         "format": FORMAT,
         "model": runner.fingerprint,
@@ -230,10 +293,14 @@ def evaluate_dataset(
         "samples": len(source),
         "sample_shape": list(source.sample_shape),
     }
+    if per_sample:
+        # None (no key) for runs without: folders written before masks existed still resume
+        header["per_sample_inputs"] = sorted(per_sample)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     index = ShardIndex(out, header, source.describe())
     todo = index.pending()
+    _check_per_sample(out, index, todo, runner)
     index.save()
     bar = progress_bar(
         sum(index.shards[i]["stop"] - index.shards[i]["start"] for i in todo),
@@ -262,6 +329,33 @@ def evaluate_dataset(
     if bar is not None:
         bar.close()
     return _merge(out, index, methods, runner)
+
+
+def _check_per_sample(
+    out: Path, index: ShardIndex, todo: list[int], runner: EvaluationRunner
+) -> None:
+    """Refuse a folder whose written shards were scored with other masks / mosaic labels
+    than this run's (their digests are recomputed from this run's values)."""
+    if not runner.per_sample:
+        return
+    for i, shard in enumerate(index.shards):
+        if i in todo:
+            continue
+        expected = runner.digests(shard["start"], shard["stop"])
+        with h5py.File(out / shard["file"], "r") as handle:
+            stored = {
+                name: bytes(handle[f"inputs_sha256/{name}"][()])
+                for name in expected
+                if f"inputs_sha256/{name}" in handle
+            }
+        for name, value in expected.items():
+            if stored.get(name) != value:
+                raise InputError(
+                    f"{out / shard['file']} (samples {shard['start']}..{shard['stop'] - 1}) was "
+                    f"scored with other {ARGUMENTS[name]} than this run's: give another out "
+                    "folder, or delete the folder (or the shards of the samples whose "
+                    f"{ARGUMENTS[name]} changed) to score them again"
+                )
 
 
 class EvaluationJob:

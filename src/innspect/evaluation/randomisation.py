@@ -14,7 +14,7 @@ torch random state is restored after each re-initialisation).
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -113,13 +113,18 @@ class MPRT(Metric):
             if self.skip_layers and index + 1 < len(layers):
                 continue
             a_random = self.preprocess(self._explain(explain, randomised, x, y, len(names), extra))
-            curves.append(self.similarity_func(flat(a.expand_as(x)), flat(a_random.expand_as(x))))
+            curves.append(self._compare(a, a_random, x))
             names.append(name)
         curve = torch.stack(curves, dim=1)
         scores = curve.mean(dim=1) if self.return_average_correlation else curve[:, -1]
         result = self._result(scores, curve)
         result.labels = names
         return self._finish(result, model, randomised, x)
+
+    def _compare(self, a: torch.Tensor, a_random: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per sample, the explanation compared with the randomised model's (the curve's
+        point of one layer): ``similarity_func`` of the two, broadcast to x's shape."""
+        return self.similarity_func(flat(a.expand_as(x)), flat(a_random.expand_as(x)))
 
     def _finish(
         self, result: MetricResult, model: nn.Module, randomised: nn.Module, x: torch.Tensor
@@ -256,6 +261,19 @@ class EfficientMPRT(MPRT):
     explanation entropies: +-1 or NaN with two points). A fraction with a zero denominator
     is NaN.
 
+    ``complexity_func`` replaces ``H`` by another measure of an explanation's complexity, as
+    Quantus's: a function called per sample as ``complexity_func(a=a_i, x=x_i, n_bins=...,
+    **complexity_func_kwargs)`` returning a number, with ``a_i`` the sample's explanation
+    (numpy, in its own shape and dtype), ``x_i`` its input and ``n_bins`` the number of bins
+    chosen by ``n_bins`` / ``rule`` (Quantus passes it too), e.g. Quantus's
+    ``quantus.functions.complexity_func.discrete_entropy`` (the default's values). Quantus
+    0.6.0 calls it with ``x=x_batch[0]`` (the first sample) for the clean model's
+    explanations and ``x=None`` for the randomised model's (its own ``entropy`` and
+    ``gini_coeffiient`` then fail); here ``x_i`` is the sample's input both times.
+    ``complexity_func_kwargs`` keys ``n_bins``, ``rule``, ``min_n_bins`` and ``max_n_bins``
+    are read as the options of those names, as Quantus does, and every key goes to the
+    function too (as in Quantus).
+
     ``H(a)`` is taken from the attributions given (or explained) at ``x``; Quantus re-explains
     ``x`` for it, the same for deterministic methods."""
 
@@ -272,14 +290,36 @@ class EfficientMPRT(MPRT):
         *,
         n_bins: int | None = None,
         rule: str | None = None,
-        min_n_bins: int = 10,
-        max_n_bins: int = 200,
+        min_n_bins: int | None = None,
+        max_n_bins: int | None = None,
         layer_order: str = "bottom_up",
         compute_extra_scores: bool = False,
+        complexity_func: Callable[..., Any] | None = None,
+        complexity_func_kwargs: Mapping[str, Any] | None = None,
         **options,
     ) -> None:
         super().__init__(method, layer_order=layer_order, skip_layers=True, **options)
         self.compute_extra_scores = bool(compute_extra_scores)
+        if complexity_func is not None and not callable(complexity_func):
+            raise OptionError(
+                "complexity_func must be a function complexity_func(a=..., x=..., **kwargs) "
+                f"giving a number per explanation, got {type(complexity_func).__name__}"
+            )
+        self.complexity_func = complexity_func
+        kwargs = dict(complexity_func_kwargs or {})
+        self.complexity_func_kwargs = dict(kwargs)  # all passed on, as Quantus
+        own = {"n_bins": n_bins, "rule": rule, "min_n_bins": min_n_bins, "max_n_bins": max_n_bins}
+        for key in own:
+            if key in kwargs:
+                # Quantus's place for the bin options: read as ours, never both
+                if own[key] is not None:
+                    raise OptionError(f"give {key} once: as {key}= or in complexity_func_kwargs")
+                own[key] = kwargs.pop(key)
+        n_bins, rule = own["n_bins"], own["rule"]
+        if n_bins is None and rule is None and "n_bins_default" in kwargs:
+            n_bins = kwargs["n_bins_default"]  # Quantus's bins without a rule (passed on too)
+        min_n_bins = 10 if own["min_n_bins"] is None else own["min_n_bins"]
+        max_n_bins = 200 if own["max_n_bins"] is None else own["max_n_bins"]
         if rule is not None:
             names = [*N_BINS_RULES, *_QUANTUS_RULE_NAMES]
             if rule not in names:
@@ -298,15 +338,33 @@ class EfficientMPRT(MPRT):
                 f"min_n_bins ({self.min_n_bins}) must not exceed max_n_bins ({self.max_n_bins})"
             )
         # similarity_func (Spearman) correlates the model and explanation entropies in the
-        # extra scores, as Quantus; MPRT's comparison of the explanations is the entropies
+        # extra scores, as Quantus; MPRT's comparison of the explanations is their complexity
         self._correlation = self.similarity_func
-        self.similarity_func = self._entropies
         self._bins = self.n_bins  # the number of bins of the call under way
 
-    def _entropies(self, clean: torch.Tensor, random: torch.Tensor) -> torch.Tensor:
-        return torch.stack(
-            [histogram_entropy(clean, self._bins), histogram_entropy(random, self._bins)], dim=1
-        )
+    def _compare(self, a: torch.Tensor, a_random: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self._complexity(a, x), self._complexity(a_random, x)], dim=1)
+
+    def _complexity(self, a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per sample, the complexity of its explanation."""
+        if self.complexity_func is None:
+            # broadcast to x: the histogram's proportions are the same, its bins too
+            return histogram_entropy(flat(a.expand_as(x)), self._bins)
+        inputs = x.detach().cpu().numpy()
+        values = []
+        for i, explanation in enumerate(a.detach().cpu().numpy()):
+            # Quantus's arguments: one explanation in its own shape, the bins chosen
+            value = self.complexity_func(
+                a=explanation, x=inputs[i], **{**self.complexity_func_kwargs, "n_bins": self._bins}
+            )
+            try:
+                values.append(float(value))
+            except (TypeError, ValueError):
+                raise InputError(
+                    f"complexity_func must return a number per explanation, got {value!r} "
+                    f"for sample {i}"
+                ) from None
+        return torch.tensor(values, dtype=torch.float64)
 
     def _evaluate(self, model, x, y, a, method: Any = None, **extra: Any) -> MetricResult:
         self._bins = self.n_bins
