@@ -117,6 +117,8 @@ class ReverseAnalyzer(Analyzer):
         ``forward`` reads changed: captured again, docs/reliability.md)."""
         if self._graph is not None and structure_stamp(self.model) != self._structure:
             self._graph = None
+        if self._graph is not None and inputs is not None and not self._graph.serves(inputs.values):
+            self._graph = None  # recurrent layers written out for other sequence lengths
         if self._graph is not None:
             if inputs is None or inputs.key() == self._graph_key:
                 return self._graph

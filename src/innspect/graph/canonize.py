@@ -34,14 +34,20 @@ def original_target(gm: fx.GraphModule, target: str) -> str:
 
 def _install(gm: fx.GraphModule, node: fx.Node, module: nn.Module) -> None:
     """Point ``node`` at ``module``, installed on ``gm`` itself under a fresh name."""
+    original = gm.__dict__.get(_ORIGINAL_TARGETS, {}).get(node.target, node.target)
+    node.target = install(gm, module, original)
+
+
+def install(gm: fx.GraphModule, module: nn.Module, original: str) -> str:
+    """Install a new ``module`` on ``gm`` under a fresh name, displayed as ``original``
+    (``original_target``); the target for call_module nodes (``graph/recurrent.py``)."""
     originals = gm.__dict__.setdefault(_ORIGINAL_TARGETS, {})
-    original = originals.get(node.target, node.target)
-    new_target = f"_innspect_{len(originals)}"
-    while hasattr(gm, new_target):
-        new_target += "_"
-    gm.add_submodule(new_target, module)
-    originals[new_target] = original
-    node.target = new_target
+    target = f"_innspect_{len(originals)}"
+    while hasattr(gm, target):
+        target += "_"
+    gm.add_submodule(target, module)
+    originals[target] = original
+    return target
 
 
 def _forward_uses_after(node: fx.Node, mutated: fx.Node) -> None:

@@ -20,7 +20,7 @@ from torch import fx, nn
 from torch.utils import _pytree
 
 from innspect.errors import InputError, NotAnalyzableModelError, OutputSelectionError
-from innspect.graph import activation_patterns, canonize, liveness, outputs
+from innspect.graph import activation_patterns, canonize, liveness, outputs, recurrent
 from innspect.graph.call import CallSpec, bind_call
 from innspect.graph.capture import capture
 from innspect.graph.linear_ops import LinearOp, linear_op_from_function, linear_op_from_module
@@ -112,19 +112,39 @@ class ModelGraph:
         self.fused: dict[str, list[str]] = {}
         self.folds: list[canonize.Fold] = []
         self._match_placeholders()
+        example = None
+        if example_input is not None:
+            given = (example_input,) if isinstance(example_input, torch.Tensor) else example_input
+            example = self.placeholder_values(given)
+        # LSTM / GRU written out over the example's time steps (graph/recurrent.py); where
+        # one takes (T, N, F), the model's first axis may be time: compare it too.
+        layers = [
+            self.module.get_submodule(n.target) for n in recurrent.recurrent_nodes(self.module)
+        ]
+        self._first_axis = 0 if any(not layer.batch_first for layer in layers) else 1
+        self.recurrent_steps: dict[str, int] = {}
+        if layers and example is not None:
+            with GRAPH_LOCK.shared():  # one forward on the example to learn the lengths
+                self.recurrent_steps = recurrent.unroll_recurrent(self.module, example)
+        self._recurrent_left = bool(recurrent.recurrent_nodes(self.module))
+        self._example_shapes = _shapes_from(example_input, self._first_axis)
         if fuse_batchnorm:
-            example = None
-            if example_input is not None:
-                given = (
-                    (example_input,) if isinstance(example_input, torch.Tensor) else example_input
-                )
-                example = self.placeholder_values(given)
             with GRAPH_LOCK.shared():  # it may run one forward
                 self.fused, self.folds = canonize.fuse_batchnorm(self.module, example)
         self.module.graph.lint()
         self.module.recompile()
         self._choose_output(output)
         self._build_infos(attribute_to)
+
+    def serves(self, values: torch.Tensor | Sequence[Any]) -> bool:
+        """Whether this graph computes the model on ``values`` (the inputs): always, unless
+        recurrent layers were written out over the example's time steps (then inputs shaped
+        as the example, batch size aside where every such layer is batch-first) or left whole
+        for want of an example (then none: capture again with the input)."""
+        if self._recurrent_left:
+            return False
+        shapes = _shapes_from(values, self._first_axis)
+        return not self.recurrent_steps or shapes == self._example_shapes
 
     def stale_folds(self) -> list[canonize.Fold]:
         """The folded layers whose model tensors changed since their values were made (an
@@ -620,3 +640,8 @@ def _ancestors(nodes: list[fx.Node]) -> set[fx.Node]:
             seen.add(current)
             stack.extend(current.all_input_nodes)
     return seen
+
+
+def _shapes_from(values: Any, axis: int) -> tuple[Any, ...]:
+    values = (values,) if isinstance(values, torch.Tensor) else tuple(values or ())
+    return tuple(tuple(v.shape[axis:]) if isinstance(v, torch.Tensor) else None for v in values)

@@ -536,8 +536,12 @@ OPERATIONS: tuple[Op, ...] = (
             "_upsample_nearest_exact3d movedim swapaxes swapdims unbind roll flip pixel_shuffle pixel_unshuffle "
             "channel_shuffle"
         ),
-        # Swin's patch merging: pad, then four strided slices concatenated.
-        qualnames=("torchvision.models.swin_transformer._patch_merging_pad",),
+        # Swin's patch merging: pad, then four strided slices concatenated; the time steps
+        # of a written-out recurrent layer (graph/recurrent.py: unbind with a length check).
+        qualnames=(
+            "torchvision.models.swin_transformer._patch_merging_pad",
+            "innspect.graph.recurrent.time_steps",
+        ),
         aten=(
             Aten("flatten.using_ints", torch.flatten),
             Aten("view.default", torch.reshape),
