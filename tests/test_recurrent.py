@@ -222,31 +222,21 @@ def _gru_formula(rnn: nn.GRU, head: nn.Linear, x: np.ndarray, eps: float) -> np.
     return r_x
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
 @pytest.mark.parametrize(("epsilon", "bias"), [(1e-2, False), (1e-9, False), (1e-2, True)])
-def test_lstm_lrp_epsilon_is_arras_et_al(epsilon: float, bias: bool) -> None:
-    rnn = _seeded(nn.LSTM(2, 2, bias=bias, batch_first=True))
+def test_lrp_epsilon_is_the_gate_holding_formula(kind: str, epsilon: float, bias: bool) -> None:
+    # LSTM: Arras et al. 2017; GRU: the same rules (gates held, 1 - z a gate), in NumPy.
+    layer, formula = {"lstm": (nn.LSTM, _lstm_arras), "gru": (nn.GRU, _gru_formula)}[kind]
+    rnn = _seeded(layer(2, 2, bias=bias, batch_first=True))
     model = _Head(rnn)
     _seeded(model.head, 3)
     x = torch.randn(4, 3, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     got = innspect.create_analyzer("lrp.epsilon", model, epsilon=epsilon).analyze(x)
-    expected = np.stack(
-        [_lstm_arras(rnn, model.head, s, epsilon) for s in x.numpy()]  # one sequence each
-    )
+    expected = np.stack([formula(rnn, model.head, s, epsilon) for s in x.numpy()])
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-9, atol=1e-12)
     # LRP is not input x gradient here (tanh and the gates are not piecewise linear).
     grad = innspect.create_analyzer("input_t_gradient", model).analyze(x)
     assert not np.allclose(np.asarray(grad), expected, atol=1e-3)
-
-
-@pytest.mark.parametrize(("epsilon", "bias"), [(1e-2, False), (1e-9, False), (1e-2, True)])
-def test_gru_lrp_epsilon_holds_the_gates_constant(epsilon: float, bias: bool) -> None:
-    rnn = _seeded(nn.GRU(2, 2, bias=bias, batch_first=True))
-    model = _Head(rnn)
-    _seeded(model.head, 3)
-    x = torch.randn(4, 3, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    got = innspect.create_analyzer("lrp.epsilon", model, epsilon=epsilon).analyze(x)
-    expected = np.stack([_gru_formula(rnn, model.head, s, epsilon) for s in x.numpy()])
-    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize(
