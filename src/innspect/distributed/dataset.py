@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from innspect.analyzers.api import analyzer_parameters
-from innspect.analyzers.options import jsonable
+from innspect.analyzers.options import jsonable, stable_repr
 from innspect.analyzers.parameters import options_for_methods
 from innspect.analyzers.registry import analyzer_class, create_analyzer
 from innspect.distributed.ray_backend import run_jobs
@@ -115,7 +115,7 @@ def _header(
         "format": FORMAT,
         "model": fingerprint,
         "methods": list(methods),
-        "options": {m: jsonable(options.get(m, {}), fallback=repr) for m in methods},
+        "options": {m: jsonable(options.get(m, {}), fallback=stable_repr) for m in methods},
         "neuron": neuron,
         "batch_size": batch_size,
         "shard_size": shard_size,

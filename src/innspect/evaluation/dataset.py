@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from innspect.analyzers.options import jsonable
+from innspect.analyzers.options import jsonable, stable_repr
 from innspect.distributed.dataset import model_and_source
 from innspect.distributed.ray_backend import run_jobs
 from innspect.distributed.shards import ShardIndex, write_shard
@@ -284,8 +284,8 @@ def evaluate_dataset(
         "model": runner.fingerprint,
         "methods": methods,
         "metrics": [m.name for m in runner.metrics],
-        "method_options": jsonable(method_options, fallback=repr),
-        "metric_options": jsonable(metric_options, fallback=repr),
+        "method_options": jsonable(method_options, fallback=stable_repr),
+        "metric_options": jsonable(metric_options, fallback=stable_repr),
         "target": target,
         "seed": seed,
         "batch_size": batch_size,
