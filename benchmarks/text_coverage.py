@@ -16,7 +16,16 @@ greedily. Each method's matrix is checked against something computed without
 - ``lrp.epsilon``, ``lrp.attn``: the first and the last rows (a batched walk) equal a
   separate single-logit analysis of that step alone;
 - ``lrp.cp``: on a copy with every bias and position table zeroed, every row sums to its
-  logit (epsilon 1e-100; Ali et al. 2022).
+  logit (epsilon 1e-100; Ali et al. 2022);
+- ``lrp.attn``, ``lrp.cp`` on the families LXT 2.1's efficient mode patches (LLaMA, Qwen2,
+  Qwen3, GPT-2): besides, every row equals LXT's relevance of that step (gradient x input
+  at the token embeddings after ``lxt.efficient.monkey_patch`` with its ``attnLRP`` /
+  ``cp_LRP`` map, one backward per step), relative L2 <= 1e-6 (issue 28 asks 1e-4, LXT's
+  documented agreement; these families agree to 1e-9..5e-8), with innspect's matrix
+  recomputed at epsilon 1e-12 on the same continuation (LXT's efficient mode has no
+  stabiliser in linear layers; the default 1e-6 moves LLaMA's rows by 5e-3..8e-3). The
+  patch changes transformers' classes for good, so LXT runs in a process of its own per
+  family and method (``--lxt-worker FAMILY METHOD``, the weights handed over in a file).
 
 The section is written between two markers in ``--out``; the rest of the file is left as
 ``model_coverage.py`` wrote it (and that script keeps this section).
@@ -25,7 +34,13 @@ The section is written between two markers in ``--out``; the rest of the file is
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib
+import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -75,6 +90,20 @@ _SEQ2SEQ: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {
                              "forced_eos_token_id": None}),
 }  # fmt: skip
 FAMILIES = (*(n for n, (task, _) in HF_FAMILIES.items() if task == "causal"), *_SEQ2SEQ)
+# The families of this table that LXT 2.1's efficient mode patches (lxt/efficient/models/:
+# its gemma3 patches Gemma 3's classes, not Gemma's; its bert is an encoder), and the patch
+# map of each method. Issue 28 asks LXT's documented agreement (1e-4); these families agree
+# to 1e-9..5e-8 (float64), so the check holds them to the table's own 1e-6 (issue 25).
+LXT_FAMILIES = ("llama", "qwen2", "qwen3", "gpt2")
+LXT_MAPS = {"lrp.attn": "attnLRP", "lrp.cp": "cp_LRP"}
+LXT_TOLERANCE = TOLERANCE
+# LXT's efficient mode has no stabiliser in linear layers (gradient x input); the check
+# reruns explain_generation with this epsilon on the same continuation (the default 1e-6
+# moves the rows of these tiny random models by 5e-3..8e-3 from LXT's on LLaMA).
+LXT_EPSILON = 1e-12
+# (family, method) -> relative L2 distance from LXT, for the section's prose.
+_LXT_ROWS: dict[str, torch.Tensor] = {}  # a request's rows (a check run twice asks once)
+LXT_DISTANCES: dict[tuple[str, str], float] = {}
 
 
 def build(family: str) -> torch.nn.Module:
@@ -206,6 +235,79 @@ def alone(method: str, model: torch.nn.Module, result: TokenAttribution, k: int)
     return analyzer.analyze(embedded[:, :width], target=token)[0]
 
 
+def lxt_rows(method: str, model: torch.nn.Module, result: TokenAttribution) -> torch.Tensor:
+    """LXT 2.1's (G, P + G) relevance of every step of ``result``, computed in a process of its
+    own (``--lxt-worker``) on ``build(family)`` loaded with ``model``'s weights."""
+    family = model.config.model_type
+    root = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root / "src"), str(Path(__file__).parent)]),
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        weights = Path(folder) / "weights.pt"
+        torch.save(model.state_dict(), weights)
+        request = {
+            "weights": str(weights),
+            "sequence": result.sequence_ids[0].tolist(),
+            "prompt": result.prompt_length,
+            "generated": result.generated_ids.tolist(),
+        }
+        key = hashlib.sha256(
+            (family + method + json.dumps({**request, "weights": None})).encode()
+            + weights.read_bytes()
+        ).hexdigest()
+        if key in _LXT_ROWS:
+            return _LXT_ROWS[key].clone()
+        done = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--lxt-worker", family, method],
+            input=json.dumps(request),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=900,
+        )
+    if done.returncode != 0:
+        raise RuntimeError(f"the LXT worker failed: {done.stderr.strip()[-800:]}")
+    rows = torch.tensor(json.loads(done.stdout.strip().splitlines()[-1]), dtype=torch.float64)
+    _LXT_ROWS[key] = StepLogits(model, result).columns(rows)
+    return _LXT_ROWS[key].clone()
+
+
+def lxt_worker(family: str, method: str) -> None:
+    """Print LXT's rows (JSON) for the request on stdin; this process is patched for good."""
+    request = json.load(sys.stdin)
+    patches = importlib.import_module(f"lxt.efficient.models.{family}")
+    model = build(family)
+    model.load_state_dict(torch.load(request["weights"]))
+    # monkey_patch(module, patch_map) is this loop; it only warns when a patch fails.
+    for target, apply in getattr(patches, LXT_MAPS[method]).items():
+        if not apply(target):
+            raise SystemExit(f"LXT could not patch {target}")
+    sequence, prompt = torch.tensor([request["sequence"]]), request["prompt"]
+    with torch.no_grad():
+        embedded = model.get_input_embeddings()(sequence)
+    rows = []
+    for k, token in enumerate(request["generated"]):
+        leaf = embedded.clone().requires_grad_(True)
+        logits = model(inputs_embeds=leaf, use_cache=False).logits
+        logits[0, prompt + k - 1, token].backward()
+        rows.append((leaf * leaf.grad).sum(-1)[0].tolist())
+    print(json.dumps(rows))
+
+
+def lxt_check(method: str, model: torch.nn.Module, result: TokenAttribution) -> tuple[float, str]:
+    """(the matrix's relative L2 distance from LXT's rows, a failure message or "")."""
+    reference = lxt_rows(method, model, result)
+    per_row = [_relative(result.matrix[k], reference[k]) for k in range(len(reference))]
+    distance = _relative(result.matrix, reference)
+    LXT_DISTANCES[(model.config.model_type, method)] = distance
+    if distance <= LXT_TOLERANCE:
+        return distance, ""
+    rows = ", ".join(f"{d:.2g}" for d in per_row)
+    return distance, f"rel. L2 {distance:.2g} from LXT 2.1 (rows: {rows})"
+
+
 def result_options(method: str) -> dict[str, Any]:
     return {"steps": STEPS} if method == "integrated_gradients" else {}
 
@@ -235,7 +337,25 @@ def cell(family: str, method: str, model: torch.nn.Module, prompt: torch.Tensor)
 def check(
     method: str, model: torch.nn.Module, prompt: torch.Tensor, result: TokenAttribution
 ) -> tuple[str, str]:
-    """(the check's short name, a failure message or "")."""
+    """(the checks' short names, a failure message or ""): on a failure of an LXT family,
+    the names of the checks that failed, in parentheses."""
+    what, failure = own_check(method, model, prompt, result)
+    if method not in LXT_MAPS or model.config.model_type not in LXT_FAMILIES:
+        return what, failure
+    exact = explain_generation(
+        model, prompt, generated_ids=result.generated_ids, method=method, epsilon=LXT_EPSILON
+    )
+    _, lxt_failure = lxt_check(method, model, exact)
+    failed = [name for name, message in (("= LXT", lxt_failure), (what, failure)) if message]
+    if failed:
+        return "(" + ", ".join(failed) + ")", "; ".join(m for m in (lxt_failure, failure) if m)
+    return f"= LXT, {what}", ""
+
+
+def own_check(
+    method: str, model: torch.nn.Module, prompt: torch.Tensor, result: TokenAttribution
+) -> tuple[str, str]:
+    """The check computed without LXT: (its short name, a failure message or "")."""
     matrix = result.matrix
     if method == "lrp.cp":
         free = _bias_free(model)
@@ -290,8 +410,18 @@ def section(families: list[str]) -> str:
         f"{STEPS} points, token ablation: every row recomputed without innspect), `= alone` "
         "(the first and last rows, from the batched walks, equal a separate analysis of "
         "that step alone), `conserves` (lrp.cp on a copy with biases and position tables "
-        f"zeroed: every row sums to its logit); tolerance {TOLERANCE:g}. Agreement with LXT "
-        "and Captum on the families they handle: tests/test_text_peers.py.",
+        f"zeroed: every row sums to its logit); tolerance {TOLERANCE:g}. On the families "
+        f"LXT 2.1's efficient mode patches ({', '.join(LXT_FAMILIES)}), the lrp.attn and "
+        "lrp.cp cells also check `= LXT`: every row equals LXT's relevance of that step "
+        "(gradient x input at the token embeddings after `lxt.efficient.monkey_patch` with "
+        "its `attnLRP` / `cp_LRP` map, one backward per step, in a process of its own), "
+        f"relative L2 <= {LXT_TOLERANCE:g} (tighter than the 1e-4 of LXT's documented "
+        "agreement); LXT's efficient mode has no stabiliser in linear layers, so innspect's "
+        f"matrix is recomputed for this check with epsilon {LXT_EPSILON:g} on the same "
+        "continuation (the default 1e-6 moves LLaMA's rows by 5e-3..8e-3 from LXT's). "
+        f"{_lxt_distances()} A cell "
+        "that fails a check reads **wrong** with the failed checks in parentheses, the "
+        "distance in the notes. Agreement with Captum: tests/test_text_peers.py.",
         "",
         header,
         rule,
@@ -301,6 +431,13 @@ def section(families: list[str]) -> str:
         END,
     ]
     return "\n".join(lines) + "\n"
+
+
+def _lxt_distances() -> str:
+    if not LXT_DISTANCES:
+        return ""
+    parts = ", ".join(f"{f} {m} {d:.1g}" for (f, m), d in sorted(LXT_DISTANCES.items()))
+    return f"Distances from LXT in this run: {parts}."
 
 
 def insert(text: str, block: str) -> str:
@@ -316,7 +453,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", nargs="+", choices=FAMILIES, default=list(FAMILIES))
     parser.add_argument("--out", type=Path, default=Path("docs/coverage.md"))
+    parser.add_argument(
+        "--lxt-worker",
+        nargs=2,
+        metavar=("FAMILY", "METHOD"),
+        help="internal: print LXT's rows for the request on stdin (patches this process)",
+    )
     args = parser.parse_args(argv)
+    if args.lxt_worker:
+        lxt_worker(*args.lxt_worker)
+        return
     block = section(args.families)
     existing = args.out.read_text() if args.out.exists() else ""
     write_text(args.out, insert(existing, block))
