@@ -119,7 +119,10 @@ class MatmulRule(Mapping):
     the denominator. With one input-dependent operand it is the epsilon rule of the linear
     map. ``hold_gates=True`` (CP-LRP, Ali et al. 2022): an operand that is a gate (the
     attention probabilities) is a constant, and the other operand gets all the relevance
-    by the epsilon rule.
+    by the epsilon rule. Where neither operand is a gate, the output of an element-wise
+    activation is held as CP-LRP's ``ProductRule`` holds it: linear attention's kernels
+    (EfficientViT's ``relu(q) @ (relu(k)^T @ v)``, Katharopoulos et al. 2020), so that the
+    normalised kernel weights act as constant attention and ``v`` gets all the relevance.
     """
 
     needs_autograd = True
@@ -134,9 +137,11 @@ class MatmulRule(Mapping):
         operands = [a for a in _factor_args(node) if isinstance(a, fx.Node) and a in inputs]
         held = set()
         if self.hold_gates and len(operands) == 2:
-            gates = {a for a in operands if gate_factor(ctx.graph, a)}
-            if len(gates) == 1:
-                held = gates
+            for activations in (False, True):
+                gates = {a for a in operands if gate_factor(ctx.graph, a, activations)}
+                if len(gates) == 1:
+                    held = gates
+                    break
         n = max(len(operands) - len(held), 1)
         z = ctx.output.detach()
         s = ctx.signal / signed_shift(n * z, self.epsilon)
