@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from innspect.cli.common import CLIError, parse_options, quiet_unless_debug, resolve_methods
-from innspect.evaluation.sample_inputs import find_mask_file, fit_mask, read_mask_file
 from innspect.loading.inputs import check_channels, default_preprocess, input_files, load_input
 from innspect.loading.models import load_model
 from innspect.util.files import write_text
@@ -195,6 +194,10 @@ def load_mask(folder: str, input_file: Path, shape: tuple[int, ...]) -> np.ndarr
     or an image whose non-zero pixels are the object), checked against the input's ``shape``
     (C, H, W, or any rank); (H, W) and (1, H, W) masks are broadcast over the channels
     (``innspect.evaluation.sample_inputs``, as ``evaluate_dataset(masks=DIR)``)."""
+    # Imported here as the command's other evaluation imports are: the evaluation package
+    # loads matplotlib, and `innspect --help` must not (tests/test_cli.py).
+    from innspect.evaluation.sample_inputs import find_mask_file, fit_mask, read_mask_file
+
     directory = Path(folder)
     if not directory.is_dir():
         raise CLIError(f"--mask {folder}: not a folder (give a folder of one mask per input)")
