@@ -351,10 +351,10 @@ def _bias_free(model: torch.nn.Module) -> torch.nn.Module:
 def _piecewise_linear(model: torch.nn.Module, x: Any, options: dict[str, Any]) -> tuple[bool, str]:
     """(whether lrp.z must equal input x gradient, a batch norm the fold missed or "").
 
-    lrp.z's graph has its batch norms folded into the linear layer before them; one that is
-    still there after a linear layer is a missed fold (issue 25: the check must fail). Other
-    batch norms (DenseNet's pre-activation ones) cannot be folded and get ``bn_layer_rule``
-    (iNNvestigate's epsilon): the check runs them with the z-rule."""
+    lrp.z's graph has its batch norms folded into the linear layer before them; one still
+    there after a linear layer whose only reader it is is a missed fold (issue 25: the check
+    must fail). Other batch norms (DenseNet's pre-activation ones) cannot be folded and get
+    ``bn_layer_rule`` (iNNvestigate's epsilon): the check runs them with the z-rule."""
     graph = innspect.create_analyzer("lrp.z", model, **options).graph(x)
     nodes = [
         i for i in graph.nodes if i.depends_on_input and not i.is_metadata and i.node.op != "output"
@@ -364,9 +364,18 @@ def _piecewise_linear(model: torch.nn.Module, x: Any, options: dict[str, Any]) -
     )
     for info in nodes:
         inputs = [graph.infos[n] for n in info.signal_inputs if n in graph.infos]
-        if info.kind is Kind.BATCHNORM and any(i.kind is Kind.LINEAR for i in inputs):
+        if info.kind is Kind.BATCHNORM and any(
+            i.kind is Kind.LINEAR and _signal_readers(graph, i) == [info.node] for i in inputs
+        ):
             return linear, info.name
     return linear, ""
+
+
+def _signal_readers(graph: Any, info: Any) -> list[Any]:
+    """The nodes that read ``info``'s value as a signal (not only its shape or dtype): a
+    batch norm can be folded into a linear layer only when it is the layer's one reader
+    (MaxViT's pre-norm shares its convolution's output with the residual branch)."""
+    return [u for u in info.node.users if u in graph.infos and not graph.infos[u].is_metadata]
 
 
 def check(
@@ -568,7 +577,7 @@ def main() -> None:
             "model is piecewise linear), `conserves` (lrp.cp on a copy with every bias, "
             "batch-norm shift, position embedding and class token zeroed sums to the logit, "
             "epsilon 1e-100; batch norms that cannot be folded, such as DenseNet's, with "
-            "`bn_layer_rule='Z'`, and one left unfolded after a linear layer fails the "
+            "`bn_layer_rule='Z'`, and one left unfolded after a linear layer it alone reads fails the "
             "check); "
             f"tolerance {TOLERANCE:g}. **wrong**: the check failed (numbers in the notes). "
             "'finite': ran with finite values and no check here (these methods are checked "
