@@ -40,6 +40,23 @@ def gate_factor(graph: ModelGraph, node: fx.Node, activations: bool = False) -> 
         node = info.signal_inputs[0]
 
 
+def held_gate(
+    graph: ModelGraph, factors: Sequence[fx.Node], activations: bool = False
+) -> fx.Node | None:
+    """Of two factors, the one gate that is held constant, or None (both or neither).
+
+    A true gate (sigmoid, softmax, a reciprocal) is held before an activation output: with
+    ``activations`` (CP-LRP), a squeeze-excitation's ``silu(x) * sigmoid(s)`` has two
+    activation outputs and the sigmoid is the gate (splitting in two sent half the relevance
+    into the excitation branch); where neither is a true gate, one activation output is
+    (SwiGLU's ``silu(x W1)``, linear attention's ReLU kernels)."""
+    for as_gates in (False, True) if activations else (False,):
+        gates = [f for f in factors if gate_factor(graph, f, as_gates)]
+        if len(gates) == 1:
+            return gates[0]
+    return None
+
+
 def _factor_args(node: fx.Node) -> list[object]:
     """The operands of a product: ``(a, b)``, or einsum's tensors after the equation."""
     if op_name(node) == "einsum":
@@ -94,17 +111,9 @@ class ProductRule(Mapping):
         return _shares(ctx, parts)
 
     def _signal_factor(self, ctx: NodeContext, factors: list[fx.Node]) -> list[fx.Node]:
-        """The factor that takes all the relevance (the other is a gate), or both.
-
-        A true gate (sigmoid, softmax, a reciprocal) is held before an activation output:
-        with ``activations``, a squeeze-excitation's ``silu(x) * sigmoid(s)`` has two
-        activation outputs, and the sigmoid is the gate (splitting in two sent half the
-        relevance into the excitation branch, numerically fragile on bias-free models)."""
-        for activations in (False, True) if self.activations else (False,):
-            gates = [gate_factor(ctx.graph, f, activations) for f in factors]
-            if sum(gates) == 1:
-                return [f for f, g in zip(factors, gates, strict=True) if not g]
-        return factors
+        """The factor that takes all the relevance (the other is a gate), or both."""
+        gate = held_gate(ctx.graph, factors, self.activations)
+        return factors if gate is None else [f for f in factors if f is not gate]
 
     def __repr__(self) -> str:
         if self.activations:
@@ -137,11 +146,8 @@ class MatmulRule(Mapping):
         operands = [a for a in _factor_args(node) if isinstance(a, fx.Node) and a in inputs]
         held = set()
         if self.hold_gates and len(operands) == 2:
-            for activations in (False, True):
-                gates = {a for a in operands if gate_factor(ctx.graph, a, activations)}
-                if len(gates) == 1:
-                    held = gates
-                    break
+            gate = held_gate(ctx.graph, operands, activations=True)
+            held = set() if gate is None else {gate}
         n = max(len(operands) - len(held), 1)
         z = ctx.output.detach()
         s = ctx.signal / signed_shift(n * z, self.epsilon)
@@ -266,8 +272,8 @@ class AddedProductRule(Mapping):
     ) -> None:
         held = set()
         if self.hold_gates and len(factors) == 2:
-            gates = {f for f in factors if gate_factor(ctx.graph, f)}
-            held = gates if len(gates) == 1 else set()
+            gate = held_gate(ctx.graph, factors, activations=True)  # as MatmulRule
+            held = set() if gate is None else {gate}
         active = [f for f in factors if f not in held]
         s = share / signed_shift(len(active) * product, self.epsilon)
         (a, b), (x, y) = operands, tensors
@@ -284,10 +290,9 @@ class AddedProductRule(Mapping):
         add: Callable[[fx.Node, torch.Tensor], None],
     ) -> None:
         keep = factors
-        if len(factors) == 2 and self.gate:
-            gates = [gate_factor(ctx.graph, f, self.activations) for f in factors]
-            kept = [f for f, g in zip(factors, gates, strict=True) if not g]
-            keep = kept if any(gates) and len(kept) == 1 else factors
+        if len(factors) == 2 and self.gate:  # as ProductRule
+            gate = held_gate(ctx.graph, factors, self.activations)
+            keep = factors if gate is None else [f for f in factors if f is not gate]
         for factor in keep:
             add(factor, share / len(keep))
 
