@@ -208,3 +208,61 @@ def test_only_ordered_curves_are_drawn() -> None:
             name: MetricResult(name, curves.mean(dim=1), curves, False) for name in table.metrics
         }
     assert curve_metrics(table) == {"faithfulness": ["pixel_flipping"], "randomisation": ["mprt"]}
+
+
+def _dataset_argv(files, out, *extra):
+    stacked = np.stack([np.load(files / "inputs" / f"in{i}.npy") for i in range(4)])
+    np.save(files / "data.npy", np.concatenate([stacked, stacked[:2] * 0.5]))  # 6 samples
+    argv = ["evaluate", "--model", "tests.cli_models:small_cnn", "--weights"]
+    argv += [str(files / "weights.pth"), "--input", str(files / "data.npy"), "--out", str(out)]
+    argv += ["--method", "gradient", "input_t_gradient", "--metric", "pixel_flipping"]
+    return argv + ["sparseness", "--option", "features_in_step=16", *extra]
+
+
+def test_evaluate_a_data_set_in_shards_equals_the_library_and_resumes(files, capsys) -> None:
+    from innspect.evaluation import evaluate_dataset
+
+    out = files / "shards"
+    argv = _dataset_argv(files, out, "--backend", "local", "--shard-size", "4", "--batch-size", "3")
+    assert main(argv) == 0
+    assert "sparseness" in capsys.readouterr().out
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 4 and all(int(r["n"]) == 6 for r in rows)
+    expected = evaluate_dataset(
+        "tests.cli_models:small_cnn", files / "data.npy", ["gradient", "input_t_gradient"],
+        ["pixel_flipping", "sparseness"], files / "library", weights=str(files / "weights.pth"),
+        shard_size=4, batch_size=3, metric_options={"pixel_flipping": {"features_in_step": 16}},
+        verbose=False,
+    )  # fmt: skip
+    for row, want in zip(rows, expected.rows(), strict=True):
+        assert (row["method"], row["metric"]) == (want["method"], want["metric"])
+        assert float(row["mean"]) == pytest.approx(want["mean"], rel=1e-12)
+    # a run cut after its first shard resumes from it; the merged result is the same bytes
+    first = (out / "results.json").read_bytes()
+    index = json.loads((out / "index.json").read_text())
+    (out / index["shards"][1]["file"]).unlink()
+    assert main(argv) == 0
+    assert (out / "results.json").read_bytes() == first
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--target", "3"], "one class for every sample is not offered"),
+        (["--report"], "--report is not available with --backend"),
+        (["--shard-size", "0"], "--shard-size must be a positive integer"),
+    ],
+)
+def test_evaluate_a_data_set_refuses_what_it_cannot_do_in_one_line(files, capsys, extra, fragment):
+    argv = _dataset_argv(files, files / "shards", "--backend", "local", *extra)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    errors = [line for line in err if line.startswith("innspect: error: ")]
+    assert len(errors) == 1 and fragment in errors[0]
+
+
+def test_evaluate_files_refuse_label_targets_and_bad_targets(files, capsys) -> None:
+    for target, fragment in (("label", "needs a data set with labels"), ("cat", "class index")):
+        argv = _argv(files, files / "out", "--method", "gradient", "--metric", "sparseness")
+        assert main([*argv, "--target", target]) == 2
+        assert fragment in capsys.readouterr().err

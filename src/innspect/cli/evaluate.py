@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from innspect.cli.common import CLIError, parse_options, quiet_unless_debug, resolve_methods
+from innspect.cli.evaluate_dataset import add_dataset_arguments, run_dataset
 from innspect.loading.inputs import check_channels, default_preprocess, input_files, load_input
 from innspect.loading.models import load_model
 from innspect.util.files import write_text
@@ -45,6 +46,14 @@ examples:
       --metric pixel_flipping sparseness mprt --option features_in_step=224 --report
   innspect evaluate --model m.pt --input images/ --mask masks/ --method gradient \\
       --metric pointing_game relevance_mass_accuracy
+  innspect evaluate --model torchvision:resnet18 --weights resnet18.pth --input data.h5 \\
+      --backend local --method gradient lrp.epsilon_plus_flat --metric pixel_flipping \\
+      --target label --out scores/
+
+With --backend local|ray, --input is one data set (a folder of images, a .npy or .h5 file)
+scored in shards (innspect.evaluation.evaluate_dataset): an interrupted run resumes where it
+stopped, results.json and results.csv hold the merged means and 95 % intervals, and --mask
+may also be one .npy file of every sample's mask. docs/scale.md.
 """
 OUT_DEFAULT = "innspect-evaluation"
 
@@ -81,7 +90,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "metric that takes it)",
     )
     parser.add_argument(
-        "--target", type=int, metavar="N", help="class to explain and score (default: predicted)"
+        "--target",
+        default="prediction",
+        metavar="N|prediction|label",
+        help="class to explain and score: a class index, or each input's predicted class "
+        "(default); with --backend, 'label' takes the data set's labels",
     )
     parser.add_argument(
         "--preprocess",
@@ -101,6 +114,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--report", action="store_true", help="also write index.html, a self-contained page"
     )
     parser.add_argument("--out", default=OUT_DEFAULT, help="output folder (default: %(default)s)")
+    add_dataset_arguments(parser)  # --backend: a whole data set into shards (docs/scale.md)
 
 
 def metric_keys(name: str) -> set[str]:
@@ -142,6 +156,9 @@ def _run(args: argparse.Namespace) -> int:
             raise CLIError(f"--option {key}: none of the metrics {args.metric} takes it")
         for name in takers:
             per_metric[name][key] = value
+    if args.backend is not None or args.address is not None or args.workers is not None:
+        return run_dataset(args, methods, per_metric)
+    target = _single_target(args.target)
     metrics = [create_metric(name, **per_metric[name]) for name in args.metric]
     needing = [m.name for m in metrics if m.needs_mask]
     if needing and args.mask is None:
@@ -163,7 +180,7 @@ def _run(args: argparse.Namespace) -> int:
         mask = torch.from_numpy(np.stack([load_mask(args.mask, f, x.shape[1:]) for f in files]))
     torch.manual_seed(args.seed)  # methods that draw (random, smoothgrad) repeat
     table = evaluate(
-        model, x, methods=methods, metrics=metrics, target=args.target, mask=mask, seed=args.seed
+        model, x, methods=methods, metrics=metrics, target=target, mask=mask, seed=args.seed
     )
     out = Path(args.out)
     try:
@@ -187,6 +204,21 @@ def _run(args: argparse.Namespace) -> int:
     written = ["results.csv", "results.json", *figures] + (["index.html"] * args.report)
     print(f"wrote {', '.join(written)} to {out}")
     return 0
+
+
+def _single_target(text: str) -> int | None:
+    """``--target`` for input files: a class index, or None for each input's prediction."""
+    if text == "prediction":
+        return None
+    if text == "label":
+        raise CLIError("--target label needs a data set with labels: give it with --backend")
+    try:
+        return int(text)
+    except ValueError:
+        raise CLIError(
+            f"--target must be a class index, 'prediction' or (with --backend) 'label'; "
+            f"got {text!r}"
+        ) from None
 
 
 def load_mask(folder: str, input_file: Path, shape: tuple[int, ...]) -> np.ndarray:
