@@ -476,3 +476,62 @@ def test_an_autocast_region_that_casts_stays_one_call() -> None:
     torch.testing.assert_close(gradient, _gradient(model, x))
     with pytest.raises(UnsupportedNodeError, match="wrap_with_autocast"):
         innspect.create_analyzer("lrp.cp", model).analyze(x)
+
+
+# --- GPT-Neo's causal mask: where(mask, scores, min) ------------------------------------
+
+
+class _WhereMasked(nn.Module):
+    """Bias-free causal attention whose mask is ``torch.where(mask, scores, min)`` (GPT-Neo),
+    or (``fill``) the same scores with ``masked_fill`` (a rule the project had)."""
+
+    def __init__(self, fill: bool, method: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fill, self.method = fill, method
+        self.q, self.k, self.v = (nn.Linear(D, D, bias=False) for _ in range(3))
+        self.head = nn.Linear(D, 3, bias=False)
+        self.register_buffer("causal", torch.ones(L, L, dtype=torch.bool).tril())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.q(x) @ self.k(x).transpose(-1, -2)
+        low = torch.tensor(torch.finfo(scores.dtype).min, dtype=scores.dtype)
+        if self.fill:
+            scores = scores.masked_fill(~self.causal, low)
+        elif self.method:
+            scores = scores.where(self.causal, low)
+        else:
+            scores = torch.where(self.causal, scores, low)
+        return self.head((scores.softmax(-1) @ self.v(x)).sum(1))
+
+
+@pytest.mark.parametrize("method", [False, True])
+def test_where_with_a_constant_branch_passes_relevance_to_the_chosen_scores(method) -> None:
+    """GPT-Neo's mask was refused ('where_1: no LRP mapping'); a selection between the
+    signal and a constant passes each position's relevance to the operand chosen there, as
+    the masked_fill spelling of the same model does; lrp.cp conserves."""
+    selected = _WhereMasked(False, method).double().eval()
+    filled = _WhereMasked(True).double().eval()
+    x = _x(2, L, D)
+    results = _check(selected, x)
+    for rule, relevance in results.items():
+        expected = innspect.create_analyzer(rule, filled, epsilon=EPS).analyze(x)
+        torch.testing.assert_close(relevance, expected, rtol=1e-9, atol=1e-12, msg=rule)
+
+
+class _WhereBySignal(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(D, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.lin(x)
+        return torch.where(hidden > 0, hidden, 0.1 * hidden)  # a leaky ReLU by hand
+
+
+def test_where_choosing_by_the_signal_is_refused_by_name() -> None:
+    """A condition computed from the input makes the selection an activation the rules do
+    not know: refused at the node, never passed through as a copy."""
+    model = _WhereBySignal().double().eval()
+    with pytest.raises(UnsupportedNodeError, match="where"):
+        innspect.create_analyzer("lrp.epsilon", model).analyze(_x(2, D))

@@ -29,7 +29,10 @@ def coverage():
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("family", "method"),
-    [("gpt2", "gradient"), ("t5", "occlusion"), ("llama", "lrp.attn"), ("opt", "lrp.cp")],
+    [
+        ("gpt2", "gradient"), ("t5", "occlusion"), ("llama", "lrp.attn"), ("opt", "lrp.cp"),
+        ("gpt_neo", "lrp.epsilon"),  # its causal mask is a where(), refused until wave 3
+    ],
 )  # fmt: skip
 def test_checks_pass_on_the_right_matrix_and_fail_on_a_wrong_one(
     coverage, family: str, method: str

@@ -36,6 +36,7 @@ from innspect.graph.ops import (
     metadata_arguments,
     op_name,
     operation_name,
+    selection_condition,
 )
 from innspect.graph.views import unwrap
 
@@ -357,6 +358,11 @@ class ModelGraph:
                 is_shape_query(node) or (bool(dependent_args) and not signal_args)
             )
             kind = _refine_kind(kind, node, len(args), len(signal_args))
+            if kind is Kind.IDENTITY and op_name(node) == "where":
+                condition = selection_condition(node)
+                if condition is None or condition in signal_args:
+                    # It selects by the signal (where(x > 0, x, 0) is an activation): no rule.
+                    kind = Kind.OTHER
             name = names[node]
             self.infos[node] = NodeInfo(
                 node=node,
@@ -490,7 +496,8 @@ class ModelGraph:
             elif is_nonnegative_op(node, info.module):
                 result = True
             elif info.kind in _SIGN_PRESERVING and info.signal_inputs:
-                result = op_name(node) not in ("sub", "neg") and all(
+                # a selection or fill may put a negative constant (an attention mask's -inf)
+                result = op_name(node) not in ("sub", "neg", "where", "masked_fill") and all(
                     self.is_nonnegative(n) for n in info.signal_inputs
                 )
             else:

@@ -664,7 +664,22 @@ OPERATIONS: tuple[Op, ...] = (
         _names("masked_fill"),
         qualnames=("innspect.graph.attention.attention_mask",),
     ),
+    # where(condition, a, b): each position is a's or b's value, so relevance passes to the
+    # operand chosen there (GPT-Neo's causal mask: where(mask, scores, min)). Only with a
+    # condition that does not depend on the input: graph.py makes any other an OTHER node.
+    Op("select", Kind.IDENTITY, (), (torch.where,), _names("where")),
 )
+
+
+def selection_condition(node: fx.Node) -> fx.Node | None:
+    """The condition of ``where(condition, a, b)`` / ``a.where(condition, b)``; None where
+    the node is no three-operand selection (``torch.where(condition)`` lists indices)."""
+    if len(node.args) + len(node.kwargs) != 3:
+        return None
+    position = 1 if node.op == "call_method" else 0  # a method's self is the first operand
+    condition = node.args[position] if len(node.args) > position else node.kwargs.get("condition")
+    return condition if isinstance(condition, fx.Node) else None
+
 
 UPSAMPLE_NEAREST_MODES = {"nearest", "nearest-exact"}
 
