@@ -204,3 +204,44 @@ def test_a_batch_norm_after_a_standardised_convolution_folds() -> None:
         )
     gradient = _explain("gradient", model, x)
     torch.testing.assert_close(_explain("lrp.z", model, x), x * gradient, rtol=1e-8, atol=1e-12)
+
+
+class _Upsampling(nn.Module):
+    """Transposed convolution (optionally a batch norm after it) -> ReLU -> dense."""
+
+    def __init__(self, norm: bool) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.up = nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1)
+        self.norm = nn.BatchNorm2d(3) if norm else nn.Identity()
+        self.head = nn.Linear(3 * 8 * 8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.norm(self.up(x))).flatten(1))
+
+
+@pytest.mark.parametrize("norm", [False, True], ids=["alone", "batch-norm-after"])
+def test_a_parametrized_transposed_convolution_is_its_computed_layer(norm: bool) -> None:
+    """weight_norm on a ConvTranspose2d (issue 25 item 6): every relevance method gives what
+    it gives the same layer with the computed weight stored (the fold too)."""
+    baked = _Upsampling(norm).double().eval()
+    if norm:
+        with torch.no_grad():
+            baked.norm.running_mean.uniform_(-0.5, 0.5)
+            baked.norm.running_var.uniform_(0.5, 2.0)
+    model = copy.deepcopy(baked)
+    parametrizations.weight_norm(model.up)
+    with torch.no_grad():  # the norm's magnitude moved off its initial value
+        model.up.parametrizations.weight.original0.mul_(1.3)
+        baked.up.weight.copy_(model.up.weight)
+    x = torch.randn(2, 2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(model(x), baked(x), rtol=1e-12, atol=1e-12)
+    from innspect.graph.graph import ModelGraph
+
+    operations = {info.operation for info in ModelGraph(model, x).linear_nodes()}
+    assert "ComputedConvTranspose2d" in operations or norm, operations
+    for name in METHODS:
+        ours, expected = _explain(name, model, x), _explain(name, baked, x)
+        torch.testing.assert_close(ours, expected, rtol=1e-8, atol=1e-10, msg=name)
+    gradient = _explain("gradient", model, x)
+    torch.testing.assert_close(_explain("lrp.z", model, x), x * gradient, rtol=1e-8, atol=1e-10)

@@ -759,11 +759,34 @@ class ComputedConv3d(_ComputedWeights, nn.Conv3d):
     _innspect_plain = nn.Conv3d
 
 
+class ComputedConvTranspose1d(_ComputedWeights, nn.ConvTranspose1d):
+    """An ``nn.ConvTranspose1d`` whose weight and bias are computed (``_ComputedWeights``)."""
+
+    _innspect_plain = nn.ConvTranspose1d
+
+
+class ComputedConvTranspose2d(_ComputedWeights, nn.ConvTranspose2d):
+    """An ``nn.ConvTranspose2d`` whose weight and bias are computed (``_ComputedWeights``)."""
+
+    _innspect_plain = nn.ConvTranspose2d
+
+
+class ComputedConvTranspose3d(_ComputedWeights, nn.ConvTranspose3d):
+    """An ``nn.ConvTranspose3d`` whose weight and bias are computed (``_ComputedWeights``)."""
+
+    _innspect_plain = nn.ConvTranspose3d
+
+
+# Transposed convolutions only as parametrized modules: their functional form
+# (F.conv_transposeNd) takes other arguments than F.convNd's and stays a function.
 _COMPUTED = {
     nn.Linear: ComputedLinear,
     nn.Conv1d: ComputedConv1d,
     nn.Conv2d: ComputedConv2d,
     nn.Conv3d: ComputedConv3d,
+    nn.ConvTranspose1d: ComputedConvTranspose1d,
+    nn.ConvTranspose2d: ComputedConvTranspose2d,
+    nn.ConvTranspose3d: ComputedConvTranspose3d,
 }
 _FUNCTIONAL_LAYERS = {
     "linear": nn.Linear,
