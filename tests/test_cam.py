@@ -233,6 +233,8 @@ def test_clear_errors(gapnet) -> None:
         innspect.create_analyzer("cam.score", gapnet, batch_size=0)
     with pytest.raises(NeuronSelectionError):
         innspect.create_analyzer("cam.finer", gapnet, neuron_selection_mode="all")
+    with pytest.raises(OptionError, match="base_method must be one of cam.grad"):
+        innspect.create_analyzer("cam.finer", gapnet, base_method="cam.eigen")
     dense = nn.Sequential(nn.Linear(6, 3)).double()
     with pytest.raises(InputError, match="image input"):
         innspect.create_analyzer("cam.grad", dense).analyze(x_of(2, 6))

@@ -169,6 +169,23 @@ def test_resnet18_shapley_finer_full_grad(resnet) -> None:
     assert rel(ours[:, 0], theirs(FullGrad, resnet, [], x)) <= TOLERANCE
 
 
+@pytest.mark.parametrize(
+    ("base", "cls"),
+    [("cam.hires", HiResCAM), ("cam.grad_plus_plus", GradCAMPlusPlus), ("cam.shapley", ShapleyCAM)],
+)
+def test_resnet18_finer_on_other_base_methods(resnet, base, cls) -> None:
+    # layer3: at layer4, before the pooling and the classifier, the gradient is the same at
+    # every position and HiResCAM is Grad-CAM
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    analyzer = innspect.create_analyzer("cam.finer", resnet, layer="layer3", base_method=base)
+    with FinerCAM(resnet, [resnet.layer3[-1]], base_method=cls) as cam:
+        expected = cam(x)
+    assert rel(analyzer.analyze(x)[:, 0], expected) <= TOLERANCE
+    # and not the Grad-CAM base's map (the option is read)
+    grad_based = innspect.create_analyzer("cam.finer", resnet, layer="layer3").analyze(x)
+    assert rel(grad_based[:, 0], expected) > 1e-3
+
+
 def test_resnet18_aug_smooth(resnet) -> None:
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     analyzer = innspect.create_analyzer(

@@ -231,7 +231,7 @@ class ClassActivationMap(Analyzer):
     )
     paper = "Selvaraju et al. 2017, ICCV (arXiv 1610.02391)"
     uses_gradients: ClassVar[bool] = True
-    create_graph: ClassVar[bool] = False  # second derivatives (Shapley-CAM)
+    create_graph: bool = False  # second derivatives (Shapley-CAM, or Finer-CAM on it)
     takes_layer: ClassVar[bool] = True
 
     def __init__(
@@ -431,12 +431,20 @@ class ClassActivationMap(Analyzer):
         raw = [values[node] for node in nodes]
         del values
         grads: list[torch.Tensor | None] = [None] * len(nodes)
-        if grad:
+        if grad and self.create_graph and callable(selection.target):
+            # Second derivatives (Shapley-CAM) of a score computed from the output (Finer-CAM's,
+            # a target= callable): the score's own curvature belongs to them, as in grad-cam,
+            # so the score is differentiated whole rather than from its gradient held fixed.
+            with torch.enable_grad():
+                score = selection.target(output).sum()
+                found = torch.autograd.grad(score, raw, allow_unused=True, create_graph=True)
+        elif grad:
             start = selection.start(output, torch.ones_like)
             with torch.enable_grad():
                 found = torch.autograd.grad(
                     output, raw, start, allow_unused=True, create_graph=self.create_graph
                 )
+        if grad:
             grads = [
                 torch.zeros_like(r) if g is None else g for r, g in zip(raw, found, strict=True)
             ]
@@ -660,6 +668,9 @@ class FinerCAM(ClassActivationMap):
     comparison_categories
         Which neighbours, by rank of ``|y_k - y_c|`` (0 is the class itself): default
         (1, 2, 3), the three closest classes.
+    base_method
+        The map computed for that score (grad-cam's ``base_method``): one of the methods
+        that weight channels by the score's gradient, ``FINER_BASES`` (default Grad-CAM).
     """
 
     name = "cam.finer"
@@ -673,9 +684,20 @@ class FinerCAM(ClassActivationMap):
         *,
         alpha: float = 1.0,
         comparison_categories: Sequence[int] = (1, 2, 3),
+        base_method: str = "cam.grad",
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
+        bases = {cls.name: cls for cls in FINER_BASES}
+        if base_method not in bases:
+            raise OptionError(
+                f"base_method must be one of {', '.join(bases)} (a map of the score's "
+                f"gradient: Eigen-CAM and KPCA-CAM ignore the score); got {base_method!r}"
+            )
+        self.base_method = base_method
+        self._base: type[ClassActivationMap] = bases[base_method]
+        # Shapley-CAM's Hessian-vector product needs the gradient's own graph.
+        self.create_graph = self._base.create_graph
         self.alpha = check_number("alpha", alpha)
         ranks = [check_int("comparison_categories", r, 1) for r in comparison_categories]
         if not ranks:
@@ -708,6 +730,30 @@ class FinerCAM(ClassActivationMap):
 
         chosen = resolve(output, "max_activation", None, finer)
         return OutputSelection(main, chosen.scores, chosen.target, chosen.target_grad)
+
+    # The base method's weighting, run on this analyzer (its options and the finer score);
+    # each step calls the next through ``self``, so a base that overrides one step keeps it.
+    def _weights(self, cam_pass: CamPass, index: int, layer: CamLayer) -> torch.Tensor:
+        return self._base._weights(self, cam_pass, index, layer)
+
+    def _weighted(self, cam_pass: CamPass, index: int, layer: CamLayer) -> torch.Tensor:
+        return self._base._weighted(self, cam_pass, index, layer)
+
+    def _layer_cam(self, cam_pass: CamPass, index: int, layer: CamLayer) -> torch.Tensor:
+        return self._base._layer_cam(self, cam_pass, index, layer)
+
+
+# Finer-CAM's base methods: those whose map depends on the explained score's gradient.
+FINER_BASES = (
+    ClassActivationMap,
+    HiResCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    XGradCAM,
+    LayerCAM,
+    EigenGradCAM,
+    ShapleyCAM,
+)
 
 
 ANALYZERS = [
