@@ -743,19 +743,6 @@ class FinerCAM(ClassActivationMap):
         return self._base._layer_cam(self, cam_pass, index, layer)
 
 
-# Finer-CAM's base methods: those whose map depends on the explained score's gradient.
-FINER_BASES = (
-    ClassActivationMap,
-    HiResCAM,
-    GradCAMElementWise,
-    GradCAMPlusPlus,
-    XGradCAM,
-    LayerCAM,
-    EigenGradCAM,
-    ShapleyCAM,
-)
-
-
 ANALYZERS = [
     ClassActivationMap,
     HiResCAM,
@@ -769,3 +756,6 @@ ANALYZERS = [
     ShapleyCAM,
     FinerCAM,
 ]
+
+# Finer-CAM's base methods: those whose map depends on the explained score's gradient.
+FINER_BASES = tuple(cls for cls in ANALYZERS if cls not in (EigenCAM, KPCACAM, FinerCAM))
