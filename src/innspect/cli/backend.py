@@ -39,6 +39,16 @@ def add_backend_arguments(
         )
 
 
+def add_shard_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """``--batch-size`` and ``--shard-size`` of the data-set runners; the group, for more."""
+    group = parser.add_argument_group("shards (with --backend)")
+    group.add_argument("--batch-size", type=int, default=32, metavar="N", help="default: 32")
+    group.add_argument(
+        "--shard-size", type=int, default=256, metavar="N", help="samples per shard (256)"
+    )
+    return group
+
+
 def check_backend(args: argparse.Namespace) -> None:
     """Refuse Ray flags without ``--backend ray`` and ``--backend ray`` without Ray."""
 

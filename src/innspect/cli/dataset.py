@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from innspect.cli.backend import add_backend_arguments, check_backend
+from innspect.cli.backend import add_backend_arguments, add_shard_arguments, check_backend
 from innspect.cli.common import CLIError, parse_options, resolve_methods
 from innspect.distributed.dataset import explain_dataset
 from innspect.distributed.shards import INDEX_NAME
@@ -15,11 +15,7 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     """``--backend`` (switching to shards), ``--address``, ``--workers`` and shard sizes."""
 
     add_backend_arguments(parser, local_default=False, gpus=True)
-    group = parser.add_argument_group("shards (with --backend)")
-    group.add_argument("--batch-size", type=int, default=32, metavar="N", help="default: 32")
-    group.add_argument(
-        "--shard-size", type=int, default=256, metavar="N", help="samples per shard (256)"
-    )
+    group = add_shard_arguments(parser)
     group.add_argument(
         "--relevances",
         nargs="+",

@@ -9,7 +9,7 @@ import io
 import math
 from pathlib import Path
 
-from innspect.cli.backend import add_backend_arguments, check_backend
+from innspect.cli.backend import add_backend_arguments, add_shard_arguments, check_backend
 from innspect.cli.common import CLIError
 from innspect.util.files import write_text
 
@@ -17,11 +17,7 @@ from innspect.util.files import write_text
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     """``--backend`` (switching to shards), ``--address``, ``--workers``, shard sizes."""
     add_backend_arguments(parser, local_default=False)
-    group = parser.add_argument_group("shards (with --backend)")
-    group.add_argument("--batch-size", type=int, default=32, metavar="N", help="default: 32")
-    group.add_argument(
-        "--shard-size", type=int, default=256, metavar="N", help="samples per shard (256)"
-    )
+    add_shard_arguments(parser)
 
 
 def run_dataset(
