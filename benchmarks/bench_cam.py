@@ -7,8 +7,11 @@ itself, grad-cam is given them and, for the ViT, the reshape transform):
   and grad-cam's classes, against one forward+gradient pass (batch ``--batch``);
 - Score-CAM and Ablation-CAM (batch ``--cam-perturb-batch``, default 1: they run one pass
   per channel and image) and grad-cam's, against their floor: the masked forward passes
-  Score-CAM needs (16 inputs per pass, timed bare), and for Ablation-CAM the passes from the
-  layer on (innspect runs only those; grad-cam runs the whole model per pass).
+  Score-CAM needs (16 inputs per pass, timed bare), and for Ablation-CAM the one whole
+  forward pass that gives the layer's output and the score, then the passes from the layer
+  on over copies of that output (32 per pass, as a plain loop builds them: ``repeat``;
+  innspect runs only these passes too; grad-cam runs the whole model per pass).
+``--cam-parts`` picks which of the three (gradient, score, ablation) run.
 Before timing, each innspect map is checked against grad-cam's (relative L2).
 """
 
@@ -105,8 +108,9 @@ def _masked_passes(model: torch.nn.Module, x: torch.Tensor, channels: int) -> Ca
 
 
 def _tail(model: torch.nn.Module, x: torch.Tensor) -> tuple[Callable, int]:
-    """Ablation-CAM's floor: the model from the layer on, on ``channels`` ablated copies of
-    each image's layer output, 32 per pass, bare (eager torchvision code)."""
+    """Ablation-CAM's floor: one whole forward pass (the layer's output and the score the
+    drops are taken from), then the model from the layer on, on ``channels`` ablated copies
+    of each image's layer output, 32 per pass, bare (eager torchvision code)."""
     with torch.no_grad():
         if isinstance(model, torchvision.models.VisionTransformer):
             block = model.encoder.layers[-1]
@@ -136,6 +140,7 @@ def _tail(model: torch.nn.Module, x: torch.Tensor) -> tuple[Callable, int]:
 
     def passes() -> None:
         with torch.no_grad():
+            model(x)
             for i in range(x.shape[0]):
                 for start in range(0, channels, ABLATION_PER_PASS):
                     k = min(ABLATION_PER_PASS, channels - start)
@@ -144,25 +149,33 @@ def _tail(model: torch.nn.Module, x: torch.Tensor) -> tuple[Callable, int]:
     return passes, channels
 
 
-def perturbation_rows(
-    run: ModuleType, model_name: str, batch: int, size: int, repeats: int
-) -> tuple[list, list, list]:
-    from pytorch_grad_cam import AblationCAM, ScoreCAM
-    from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerVit
+def score_rows(run: ModuleType, model_name: str, batch: int, size: int, repeats: int) -> tuple:
+    """Score-CAM beside grad-cam's ScoreCAM, against the bare masked passes."""
+    from pytorch_grad_cam import ScoreCAM
 
     model, peer_model, reshape, layers, layer = build(model_name, size)
     x = torch.randn(batch, 3, size, size)
-    tail, channels = _tail(model, x)
-    agreement = []
+    _, channels = _tail(model, x)
     ours = innspect.create_analyzer("cam.score", model, layer=layer, batch_size=PER_PASS)
     peer = ScoreCAM(peer_model, layers, reshape_transform=reshape)
     peer.batch_size = PER_PASS
-    agreement.append(f"cam.score {check(ours.analyze(x), peer(x, None))}")
+    agreement = f"cam.score {check(ours.analyze(x), peer(x, None))}"
     score = [
         run.Subject("innspect cam.score", lambda: ours.analyze(x)),
         run.Subject("grad-cam ScoreCAM", lambda: peer(x, None), peer=True),
     ]
-    score_floor = run.measure_paired(score, _masked_passes(model, x, channels), repeats)
+    floor = run.measure_paired(score, _masked_passes(model, x, channels), repeats)
+    return [floor] + [s.row() for s in score], agreement
+
+
+def ablation_rows(run: ModuleType, model_name: str, batch: int, size: int, repeats: int) -> tuple:
+    """Ablation-CAM beside grad-cam's AblationCAM, against the bare passes it needs."""
+    from pytorch_grad_cam import AblationCAM
+    from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerVit
+
+    model, peer_model, reshape, layers, layer = build(model_name, size)
+    x = torch.randn(batch, 3, size, size)
+    tail, _ = _tail(model, x)
     ablation_layer = AblationLayerVit() if reshape is not None else AblationLayer()
     ablation = innspect.create_analyzer(
         "cam.ablation", model, layer=layer, batch_size=ABLATION_PER_PASS
@@ -172,17 +185,13 @@ def perturbation_rows(
     )
     # grad-cam lowers the ablation value by 1e7 per row of a batch where activations go
     # below 0 (the ViT): its map differs there, by design of that quirk, not of the method
-    agreement.append(f"cam.ablation {check(ablation.analyze(x), ablation_peer(x, None))}")
+    agreement = f"cam.ablation {check(ablation.analyze(x), ablation_peer(x, None))}"
     rows = [
         run.Subject("innspect cam.ablation", lambda: ablation.analyze(x)),
         run.Subject("grad-cam AblationCAM", lambda: ablation_peer(x, None), peer=True),
     ]
-    ablation_floor = run.measure_paired(rows, tail, repeats)
-    return (
-        [score_floor] + [s.row() for s in score],
-        [ablation_floor] + [s.row() for s in rows],
-        agreement,
-    )
+    floor = run.measure_paired(rows, tail, repeats)
+    return [floor] + [s.row() for s in rows], agreement
 
 
 def _floor_table(run: ModuleType, title: str, model: str, batch: int, size: int, rows: list) -> str:
@@ -192,6 +201,9 @@ def _floor_table(run: ModuleType, title: str, model: str, batch: int, size: int,
     return table.replace("forward+gradient (reference)", "floor: bare passes")
 
 
+CAM_PARTS = ("gradient", "score", "ablation")
+
+
 def section(
     run: ModuleType,
     models: list[str],
@@ -199,19 +211,26 @@ def section(
     size: int,
     repeats: int,
     perturb_batch: int = 1,
+    parts: tuple[str, ...] = CAM_PARTS,
 ) -> str:
-    """The ``--only cam`` tables, as Markdown."""
-    parts = ["## Class activation maps beside grad-cam 1.5.7\n"]
+    """The ``--only cam`` tables (the ``parts`` of CAM_PARTS), as Markdown."""
+    out = ["## Class activation maps beside grad-cam 1.5.7\n"]
     for model_name in models:
-        print(f"{model_name} gradient family:", flush=True)
-        rows, agreement = gradient_rows(run, model_name, batch, size, repeats)
-        parts.append(run.render_model_table(model_name, batch, size, rows))
-        parts.append("Relative L2 to grad-cam's map: " + "; ".join(agreement) + ".\n")
-        print(f"{model_name} Score-CAM and Ablation-CAM:", flush=True)
-        score, ablation, agreement = perturbation_rows(
-            run, model_name, perturb_batch, size, repeats
-        )
-        parts.append(_floor_table(run, "Score-CAM", model_name, perturb_batch, size, score))
-        parts.append(_floor_table(run, "Ablation-CAM", model_name, perturb_batch, size, ablation))
-        parts.append("Relative L2 to grad-cam's map: " + "; ".join(agreement) + ".\n")
-    return "\n".join(parts)
+        if "gradient" in parts:
+            print(f"{model_name} gradient family:", flush=True)
+            rows, agreement = gradient_rows(run, model_name, batch, size, repeats)
+            out.append(run.render_model_table(model_name, batch, size, rows))
+            out.append("Relative L2 to grad-cam's map: " + "; ".join(agreement) + ".\n")
+        agreed = []
+        for part, title, rows_of in (
+            ("score", "Score-CAM", score_rows),
+            ("ablation", "Ablation-CAM", ablation_rows),
+        ):
+            if part in parts:
+                print(f"{model_name} {title}:", flush=True)
+                rows, agreement = rows_of(run, model_name, perturb_batch, size, repeats)
+                out.append(_floor_table(run, title, model_name, perturb_batch, size, rows))
+                agreed.append(agreement)
+        if agreed:
+            out.append("Relative L2 to grad-cam's map: " + "; ".join(agreed) + ".\n")
+    return "\n".join(out)

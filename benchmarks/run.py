@@ -505,7 +505,15 @@ def _group_section(group: str, args: argparse.Namespace, given: list[str]) -> st
     if group == "cam":
         models = args.models if "--models" in given else ["resnet50", "vit_b_16"]
         batch = args.batch if "--batch" in given else 8
-        return module.section(this, models, batch, args.size, args.repeats, args.cam_perturb_batch)
+        return module.section(
+            this,
+            models,
+            batch,
+            args.size,
+            args.repeats,
+            args.cam_perturb_batch,
+            tuple(args.cam_parts),
+        )
     if group == "evaluation":
         models = args.models if "--models" in given else ["small_cnn", "resnet50"]
         batch = args.batch if "--batch" in given else 16
@@ -565,6 +573,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale-samples", type=int, default=512, help="samples of --only scale")
     parser.add_argument(
         "--cam-perturb-batch", type=int, default=1, help="batch of --only cam's Score/Ablation-CAM"
+    )
+    parser.add_argument(
+        "--cam-parts",
+        nargs="+",
+        choices=("gradient", "score", "ablation"),
+        default=["gradient", "score", "ablation"],
+        help="which tables --only cam measures (each alone takes minutes to an hour)",
     )
     parser.add_argument("--scale-shard", type=int, default=64, help="shard size of --only scale")
     parser.add_argument(

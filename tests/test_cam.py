@@ -343,3 +343,31 @@ def test_output_of_a_multi_output_model(gapnet) -> None:
     torch.testing.assert_close(second.analyze(x, 2), 2 * first.analyze(x, 2))
     plain = innspect.create_analyzer("cam.grad", gapnet, **raw).analyze(x, 2)
     torch.testing.assert_close(first.analyze(x, 2), plain)
+
+
+@pytest.mark.parametrize("axis", [1, -1])
+def test_ablated_copies_are_restored_and_refilled_after_in_place_writes(axis) -> None:
+    """Ablation-CAM's reused buffer of copies: every pass sees the sample's output with only
+    its row's channel ablated, after earlier passes put theirs back, and after a pass that
+    wrote into the copies in place (a user's module) they are filled afresh."""
+    raw = torch.randn(2, 5, 3, 4) if axis == 1 else torch.randn(2, 6, 5)
+    channels_first = raw.movedim(axis, 1)
+
+    def expected(i: int, channels: torch.Tensor) -> torch.Tensor:
+        copies = channels_first[i : i + 1].repeat(len(channels), *[1] * (raw.dim() - 1))
+        copies[torch.arange(len(channels)), channels] = -7.0
+        return copies.movedim(1, axis)
+
+    copies = cam_methods._Copies(raw, axis, rows=3)
+    for i, channels, in_place in [
+        (0, [0, 1, 2], False),
+        (0, [3, 4], True),
+        (0, [2, 0], False),
+        (1, [4, 1, 3], False),
+        (1, [0], False),
+    ]:
+        channels = torch.tensor(channels)
+        with copies.ablated(i, channels, -7.0) as ablated:
+            torch.testing.assert_close(ablated, expected(i, channels), rtol=0, atol=0)
+            if in_place:
+                ablated.mul_(2.0)

@@ -171,6 +171,7 @@ class CamPass:
     grads: list[torch.Tensor | None]
     raw_grads: list[torch.Tensor | None]
     output_dim: int
+    kept: dict[fx.Node, Any]  # the values of ``_also_kept`` nodes from the same pass
 
 
 @dataclass(frozen=True)
@@ -420,15 +421,17 @@ class ClassActivationMap(Analyzer):
         gradient of the explained score at them (and at the ``extra`` nodes, whose
         gradients follow the layers' in ``CamPass.grads``)."""
         nodes = [layer.node for layer in layers] + list(extra)
+        also = self._also_kept(graph, layers)
         grad = self.uses_gradients
         if grad:
             # The image requires grad so that every value after it does, frozen weights too.
             feed = {**feed, image: feed[image].detach().requires_grad_(True)}
         with GRAPH_LOCK.shared(), torch.set_grad_enabled(grad):
-            values = run_forward(graph, feed, keep=set(nodes), global_autograd=grad).values
+            values = run_forward(graph, feed, keep={*nodes, *also}, global_autograd=grad).values
             output = graph.output_value(values)
         selection = selecting(output.detach())
         raw = [values[node] for node in nodes]
+        kept = {node: values[node] for node in also}
         del values
         grads: list[torch.Tensor | None] = [None] * len(nodes)
         if grad and self.create_graph and callable(selection.target):
@@ -453,7 +456,13 @@ class ClassActivationMap(Analyzer):
             None if g is None else (layer.to_map(g) if i < len(layers) else g)
             for i, (layer, g) in enumerate(zip([*layers, *[None] * len(extra)], grads, strict=True))
         ]
-        return CamPass(graph, feed, image, selection, raw, maps, grad_maps, grads, output.dim())
+        return CamPass(
+            graph, feed, image, selection, raw, maps, grad_maps, grads, output.dim(), kept
+        )
+
+    def _also_kept(self, graph: ModelGraph, layers: list[CamLayer]) -> set[fx.Node]:
+        """Nodes whose values a method reads after the pass besides the layers' (none)."""
+        return set()
 
     # -- one layer ------------------------------------------------------------------------
     def _weights(self, cam_pass: CamPass, index: int, layer: CamLayer) -> torch.Tensor:

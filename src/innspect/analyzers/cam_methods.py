@@ -4,6 +4,8 @@ every bias layer) and Guided Grad-CAM (guided backprop times Grad-CAM)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -224,6 +226,43 @@ def channels_to_ablate(acts: torch.Tensor, ratio: float) -> list[torch.Tensor]:
     return [torch.from_numpy(np.unique(np.concatenate([row[:k], row[c - k :]]))) for row in order]
 
 
+class _Copies:
+    """Copies of one sample's layer output, row ``j`` with one channel ablated, in a buffer
+    reused across passes: each pass writes its ablated channels and puts them back after,
+    rather than copying the whole output once per row again (the copy costs as much as the
+    pass from ``layer4`` on in a ResNet). A pass that wrote into the buffer (a module of
+    the user's that works in place; in-place writes bump the tensor's version) has it
+    filled afresh."""
+
+    def __init__(self, raw: torch.Tensor, axis: int, rows: int) -> None:
+        self.raw, self.axis, self.rows = raw, axis, rows
+        self.sample: int | None = None
+        self.buffer = raw[:0]
+
+    @contextmanager
+    def ablated(self, i: int, channels: torch.Tensor, value: float) -> Iterator[torch.Tensor]:
+        """The copies of sample ``i``, row ``j`` with ``channels[j]`` set to ``value``."""
+        k = len(channels)
+        if self.sample != i:
+            shape = [1] * (self.raw.dim() - 1)
+            self.buffer = self.raw[i : i + 1].repeat(min(self.rows, max(k, 1)), *shape)
+            self.sample = i
+        copies = self.buffer[:k]
+        rows = torch.arange(k, device=copies.device)
+        # row j ablates channel channels[j]: one indexed write for the whole pass
+        copies.movedim(self.axis, 1)[rows, channels] = value
+        version = self.buffer._version
+        try:
+            yield copies
+        finally:
+            if self.buffer._version != version:
+                self.sample = None  # written by the pass: fill afresh next time
+            else:
+                within = self.axis - 1 if self.axis > 0 else self.axis  # without the batch
+                original = self.raw[i].movedim(within, 0)[channels]
+                copies.movedim(self.axis, 1)[rows, channels] = original
+
+
 class AblationCAM(_Perturbing):
     """Ablation-CAM (Desai & Ramaswamy 2020): a channel's weight is the relative drop of the
     score when the channel is ablated, ``(y - y_k) / y``.
@@ -293,19 +332,24 @@ class AblationCAM(_Perturbing):
         batches = [
             (i, chunk) for i in range(n) for chunk in chunks(len(chosen[i]), self.batch_size)
         ]
+        axis = layer.channel_axis()
+        copies = _Copies(raw, axis, self.batch_size)
         for i, chunk in progress(batches, self.verbose, total=len(batches), desc=self.name):
             value = self.ablation_value
             if value is None:
                 low = float(raw[i].min())
                 value = 0.0 if low == 0 else low - _ABLATION_OFFSET
-            ablated = raw[i : i + 1].repeat(len(chunk), *[1] * (raw.dim() - 1))
-            # row j ablates channel chosen[i][chunk[j]]: one indexed write for the whole pass
-            rows = torch.arange(len(chunk), device=raw.device)
             channels = chosen[i][chunk.start : chunk.stop].to(raw.device)
-            ablated.movedim(layer.channel_axis(), 1)[rows, channels] = value
-            output = run(i, ablated)
-            scores[i, channels] = _scores_of(graph, output, selection, i)
+            with copies.ablated(i, channels, value) as ablated:
+                output = run(i, ablated)
+                scores[i, channels] = _scores_of(graph, output, selection, i)
         return (original[:, None] - scores) / original[:, None]
+
+    def _also_kept(self, graph: ModelGraph, layers: list[CamLayer]) -> set[fx.Node]:
+        """The values the passes from each layer on read (one forward pass gives the
+        layers' outputs, the score and these)."""
+        suffixes = [_Suffix(graph, layer.node) for layer in layers]
+        return {a for suffix in suffixes if suffix.usable for a in suffix.frontier}
 
     def _suffix_runner(self, cam_pass: CamPass, node: fx.Node, n: int) -> Any:
         """``run(i, layer_value) -> output``: the passes from the layer on (``_Suffix``), or
@@ -313,10 +357,8 @@ class AblationCAM(_Perturbing):
         graph = cam_pass.graph
         suffix = _Suffix(graph, node)
         if suffix.usable:
-            with GRAPH_LOCK.shared(), torch.no_grad():
-                values = run_forward(graph, cam_pass.feed, keep=suffix.frontier).values
-            kept = {a: values[a] for a in suffix.frontier}
-            del values
+            # the frontier's values come from the method's own forward pass (``_also_kept``)
+            kept = {a: cam_pass.kept[a] for a in suffix.frontier}
             if all(
                 isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n
                 for a, v in kept.items()
