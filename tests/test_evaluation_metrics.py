@@ -367,6 +367,36 @@ def test_robustness_of_an_input_independent_explanation_is_zero() -> None:
     assert (values <= 2.0 + 1e-9).all() and (values > 0).all()
 
 
+def test_robustness_predicts_only_when_its_score_needs_the_output() -> None:
+    """The sensitivities and the Lipschitz estimate only explain the noisy inputs; they run
+    the model on them only to drop those whose prediction changed (when asked), and the
+    output stability always (its denominator). Same scores either way when none changes."""
+    model = small_cnn()
+    calls = []
+
+    def count(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        if not torch.is_grad_enabled():  # predictions; explanations record gradients
+            calls.append(args[0].shape[0])
+
+    model[0].register_forward_hook(count)
+    x = torch.rand(3, 3, 8, 8, dtype=torch.float64)
+    noise = 1e-3 * torch.rand(4, *x.shape, dtype=torch.float64)
+    for cls in (ev.MaxSensitivity, ev.AvgSensitivity, ev.LocalLipschitzEstimate):
+        calls.clear()
+        plain = cls("gradient", nr_samples=4)(model, x, 0, noise=noise)
+        assert calls == [], cls.name
+        checked = cls("gradient", nr_samples=4, return_nan_when_prediction_changes=True)
+        kept = checked(model, x, 0, noise=noise)
+        assert sum(calls) == 3 + 4 * 3, cls.name  # the clean batch and every noisy row
+        torch.testing.assert_close(kept.scores, plain.scores)
+    calls.clear()
+    output = ev.RelativeOutputStability(
+        "gradient", nr_samples=4, return_nan_when_prediction_changes=False
+    )
+    output(model, x, 0, noise=noise)
+    assert sum(calls) == 3 + 4 * 3
+
+
 def test_robustness_needs_a_method() -> None:
     with pytest.raises(InputError, match="give method="):
         ev.MaxSensitivity(nr_samples=2)(

@@ -31,6 +31,9 @@ class _Robustness(Metric):
     explains = True
     # Quantus's noise: "uniform" in [-lower, lower] (or [lower, upper]), or "gaussian"
     noise_kind = "uniform"
+    # the objective reads the model's outputs; otherwise the perturbed inputs are only
+    # explained, and predicted only to drop those whose class changed (when asked)
+    uses_outputs = False
 
     def __init__(
         self,
@@ -80,8 +83,8 @@ class _Robustness(Metric):
                 )
         elif generator is None:
             generator = torch.Generator().manual_seed(0 if self.seed is None else int(self.seed))
-        clean_output = predict(model, x, self.softmax)
-        clean_class = clean_output.argmax(dim=1)
+        predicts = self.uses_outputs or self.return_nan_when_prediction_changes
+        clean_output = predict(model, x, self.softmax) if predicts else None
         values = torch.full((n, self.nr_samples), torch.nan, dtype=torch.float64)
         steps_per_chunk = max(1, self.batch_size // n)
         for first in range(0, self.nr_samples, steps_per_chunk):
@@ -95,19 +98,22 @@ class _Robustness(Metric):
             a_moved = self.preprocess(
                 explain_rows(explain, model, moved, labels, self.batch_size).expand_as(moved)
             )
-            outputs = torch.cat(
-                [
-                    predict(model, moved[i : i + self.batch_size], self.softmax)
-                    for i in range(0, moved.shape[0], self.batch_size)
-                ]
-            )
+            outputs = None
+            if predicts:
+                outputs = torch.cat(
+                    [
+                        predict(model, moved[i : i + self.batch_size], self.softmax)
+                        for i in range(0, moved.shape[0], self.batch_size)
+                    ]
+                )
             for k, step in enumerate(steps):
                 rows = slice(k * n, (k + 1) * n)
+                out_moved = None if outputs is None else outputs[rows]
                 score = self._objective(
-                    x, moved[rows], a.expand_as(x), a_moved[rows], clean_output, outputs[rows]
+                    x, moved[rows], a.expand_as(x), a_moved[rows], clean_output, out_moved
                 )
                 if self.return_nan_when_prediction_changes:
-                    changed = outputs[rows].argmax(dim=1) != clean_class
+                    changed = out_moved.argmax(dim=1) != clean_output.argmax(dim=1)
                     score = torch.where(changed, torch.nan, score)
                 values[:, step] = score.double().cpu()
         return self._result(self._reduce(values), values)
@@ -258,6 +264,7 @@ class RelativeOutputStability(_RelativeStability):
     name = "relative_output_stability"
     paper = "Agarwal et al. 2022, arXiv:2203.06877"
     default_normalise = False
+    uses_outputs = True
 
     def _objective(self, x, x_moved, a, a_moved, out, out_moved):
         return self._relative_change(a, a_moved) / self._guard(_norm(out - out_moved))
