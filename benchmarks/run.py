@@ -157,7 +157,8 @@ def measure_paired(subjects: list[Subject], reference: Callable[[], object], rep
     taken against a reference run right beside it (A, reference, B: one reference serves
     the run before and the run after), and a row's ratio is the median of its paired
     ratios. Rounds spread a row's runs over the whole measurement instead of one slow
-    minute. The first round starts every run from a trimmed heap and gives the memory
+    minute, and every other round swaps each pair, so neither run of a pair always follows
+    the other's (a large peer's freed heap, a warm cache). The first round starts every run from a trimmed heap and gives the memory
     figures. Returns the reference's own row (median over all its runs).
     """
     reference()  # warm-up
@@ -172,6 +173,8 @@ def measure_paired(subjects: list[Subject], reference: Callable[[], object], rep
         active = [subject for subject in subjects if not subject.note]
         for start in range(0, len(active), 2):
             pair = active[start : start + 2]
+            if round_index % 2:  # every other round swaps the pair: no run always goes first
+                pair = pair[::-1]
             before = pair[0] if len(pair) == 2 else None
             after = pair[-1]
             before_result = attempt(before, before.run, cold) if before else None

@@ -154,6 +154,47 @@ def test_score_and_ablation_weights_by_hand(gapnet) -> None:
     torch.testing.assert_close(ours[0, 0], expected)
 
 
+class _Counting(GapNet):
+    """GapNet counting the Python calls of its forward (the capture traces it once; the
+    captured graph's passes never call it)."""
+
+    calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.fx._symbolic_trace.is_fx_tracing():
+            type(self).calls += 1
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("pair", [False, True])
+def test_score_cam_masked_passes_run_the_model_itself_when_the_image_is_its_only_input(
+    pair: bool,
+) -> None:
+    """Score-CAM's masked passes call the model (its eager kernels, as grad-cam), one call
+    per pass, when the image is its only input; a model taking (image, scale) is run through
+    its graph instead. Both give the by-hand weights (test above)."""
+
+    class Pair(_Counting):
+        def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) * scale
+
+    torch.manual_seed(0)
+    model = (Pair() if pair else _Counting()).double().eval()
+    x = x_of(2, 3, 12, 12, seed=5)
+    inputs = (x, torch.ones(2, 1, dtype=torch.float64)) if pair else x
+    analyzer = innspect.create_analyzer("cam.score", model, batch_size=2, attribute_to="x")
+    expected = analyzer.analyze(inputs)  # captures the graph
+    _Counting.calls = 0
+    again = analyzer.analyze(inputs)
+    passes = 2 * 3  # per image, ceil(5 channels / 2 per pass)
+    assert _Counting.calls == (0 if pair else passes)
+    torch.testing.assert_close(again, expected)
+    if not pair:  # the graph's own passes give the same map
+        graph_only = innspect.create_analyzer("cam.score", model, batch_size=2)
+        graph_only._model_on_images = lambda inputs: None
+        torch.testing.assert_close(graph_only.analyze(x), expected)
+
+
 def test_ablation_ratio_keeps_the_chosen_channels_weights(gapnet) -> None:
     """With ``ratio_channels_to_ablate``, the ablated channels keep the weights of a full
     Ablation-CAM and the others get 0; once the highest and lowest ``int(C * ratio)`` cover

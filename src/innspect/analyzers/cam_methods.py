@@ -152,6 +152,8 @@ class _Perturbing(ClassActivationMap):
 class ScoreCAM(_Perturbing):
     """Score-CAM (Wang et al. 2020): each channel, upsampled and scaled to [0, 1], masks the
     input; the channel's weight is the softmax over channels of the masked input's score.
+    The masked passes call the model itself when the image is its only input (its eager
+    kernels, as grad-cam), else run its captured graph.
 
     Parameters
     ----------
@@ -165,6 +167,7 @@ class ScoreCAM(_Perturbing):
     title = "Score-CAM"
     summary = "Channels weighted by the score of the input masked by each channel: gradient-free."
     paper = "Wang et al. 2020, CVPR workshops (arXiv 1910.01279)"
+    reruns_model = True
 
     def _weights(self, cam_pass: CamPass, index: int, layer: CamLayer) -> torch.Tensor:
         acts = cam_pass.acts[index]
@@ -186,11 +189,15 @@ class ScoreCAM(_Perturbing):
             low = flat.min(dim=1).values[:, None, None]
             high = flat.max(dim=1).values[:, None, None]
             masks = (masks - low) / (high - low + _SCORE_EPS)
-            feed = rows.of(i, len(chunk))
-            feed[cam_pass.image] = image[i : i + 1] * masks[:, None]
-            scores[i, chunk.start : chunk.stop] = _forward_scores(
-                cam_pass.graph, feed, cam_pass.selection, i
-            )
+            masked = image[i : i + 1] * masks[:, None]
+            if cam_pass.model_on_images is not None:
+                output = cam_pass.model_on_images(masked)
+                found = _scores_of(cam_pass.graph, output, cam_pass.selection, i)
+            else:
+                feed = rows.of(i, len(chunk))
+                feed[cam_pass.image] = masked
+                found = _forward_scores(cam_pass.graph, feed, cam_pass.selection, i)
+            scores[i, chunk.start : chunk.stop] = found
         return scores.softmax(dim=-1)
 
 
@@ -414,7 +421,8 @@ class FullGrad(ClassActivationMap):
     paper = "Srinivas & Fleuret 2019, NeurIPS (arXiv 1905.00780)"
     takes_layer = False
 
-    def _maps(self, graph, feed, image, layers, selecting):  # type: ignore[no-untyped-def]
+    def _maps(self, graph, feed, image, layers, selecting, rerun=None):  # type: ignore[no-untyped-def]
+        # ``rerun`` (the model itself on other images) is for methods that rerun it: unused.
         biases = _bias_nodes(graph)
         cam_pass = self._pass(
             graph, feed, image, [], selecting, extra=[image, *[n for n, _ in biases]]
