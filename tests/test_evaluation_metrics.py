@@ -395,6 +395,20 @@ def test_robustness_predicts_only_when_its_score_needs_the_output() -> None:
     )
     output(model, x, 0, noise=noise)
     assert sum(calls) == 3 + 4 * 3
+    # The representation stability's hooked copy (deep copies keep the counting hook) runs
+    # each noisy row once: that pass gives the representations and, when asked, the
+    # prediction (no second pass of the model over the noisy rows).
+    calls.clear()
+    plain = ev.RelativeRepresentationStability(
+        "gradient", nr_samples=4, return_nan_when_prediction_changes=False
+    )(model, x, 0, noise=noise)
+    assert sum(calls) == 3 + 4 * 3  # the clean representations and every noisy row
+    calls.clear()
+    checked = ev.RelativeRepresentationStability(
+        "gradient", nr_samples=4, return_nan_when_prediction_changes=True
+    )(model, x, 0, noise=noise)
+    assert sum(calls) == 3 + 3 + 4 * 3  # and the clean prediction
+    torch.testing.assert_close(checked.scores, plain.scores)
 
 
 def test_robustness_needs_a_method() -> None:

@@ -318,17 +318,22 @@ def predict(model: nn.Module, x: torch.Tensor, softmax: bool) -> torch.Tensor:
     return torch.softmax(output, dim=1) if softmax else output
 
 
+def predict_in_chunks(
+    model: nn.Module, x: torch.Tensor, softmax: bool, batch_size: int
+) -> torch.Tensor:
+    """``predict`` at ``x``, ``batch_size`` rows per pass."""
+    return torch.cat(
+        [predict(model, x[s : s + batch_size], softmax) for s in range(0, x.shape[0], batch_size)]
+    )
+
+
 def class_scores(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, softmax: bool, batch_size: int
 ) -> torch.Tensor:
     """The output at class ``y[i]`` of each sample, ``batch_size`` rows per pass."""
-    parts = []
-    for start in range(0, x.shape[0], batch_size):
-        rows = slice(start, start + batch_size)
-        out = predict(model, x[rows], softmax)
-        _check_labels(y[rows], out.shape[1])
-        parts.append(out.gather(1, y[rows, None])[:, 0])
-    return torch.cat(parts)
+    out = predict_in_chunks(model, x, softmax, batch_size)
+    _check_labels(y, out.shape[1])
+    return out.gather(1, y[:, None])[:, 0]
 
 
 def _check_labels(y: torch.Tensor, classes: int) -> None:

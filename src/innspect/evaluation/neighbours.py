@@ -16,19 +16,14 @@ from innspect.evaluation.metric import (
     MetricResult,
     flat,
     positive_int,
-    predict,
+    predict_in_chunks,
 )
 
 DISCRETISATIONS = ("top_n", "first_n_sign")
 
 
 def _predicted(model, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat(
-        [
-            predict(model, x[i : i + batch_size], False).argmax(dim=1)
-            for i in range(0, len(x), batch_size)
-        ]
-    )
+    return predict_in_chunks(model, x, False, batch_size).argmax(dim=1)
 
 
 def _agreement(similar: torch.Tensor, predicted: torch.Tensor, guard: float) -> torch.Tensor:

@@ -24,7 +24,13 @@ from torch import nn
 from innspect.errors import InputError, OptionError
 from innspect.evaluation.correlations import Similarity, _similarity
 from innspect.evaluation.explainers import explain_rows, explainer
-from innspect.evaluation.metric import Metric, MetricResult, flat, positive_int, predict
+from innspect.evaluation.metric import (
+    Metric,
+    MetricResult,
+    flat,
+    positive_int,
+    predict_in_chunks,
+)
 from innspect.util.extras import require
 
 LAYER_ORDERS = ("top_down", "bottom_up", "independent")
@@ -401,11 +407,7 @@ class EfficientMPRT(MPRT):
     def _output_entropy(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Per sample, the entropy of the model's output as a distribution (Quantus's
         ``entropy``: the output divided by the sum of its absolute values)."""
-        chunks = [
-            predict(model, x[i : i + self.batch_size], self.softmax)
-            for i in range(0, x.shape[0], self.batch_size)
-        ]
-        p = torch.cat(chunks).double()
+        p = predict_in_chunks(model, x, self.softmax, self.batch_size).double()
         if bool((p < 0).any()):
             raise InputError(
                 "efficient_mprt's extra scores take the entropy of the model's outputs, which "

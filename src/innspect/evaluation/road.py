@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from innspect.errors import InputError, OptionError
-from innspect.evaluation.metric import Metric, MetricResult, predict, ranks_descending
+from innspect.evaluation.metric import Metric, MetricResult, predict_in_chunks, ranks_descending
 from innspect.util.extras import require
 
 # (row offset, column offset), weight: Rong et al.'s imputation kernel
@@ -122,13 +122,8 @@ class ROAD(Metric):
                 perturbed.append(image.reshape(channels, height, width))
         rows = torch.as_tensor(np.stack(perturbed)).to(x)
         labels = y.repeat_interleave(len(self.percentages))
-        correct = torch.cat(
-            [
-                predict(model, rows[s : s + self.batch_size], self.softmax).argmax(dim=1)
-                == labels[s : s + self.batch_size]
-                for s in range(0, rows.shape[0], self.batch_size)
-            ]
-        )
+        predicted = predict_in_chunks(model, rows, self.softmax, self.batch_size).argmax(dim=1)
+        correct = predicted == labels
         curves = correct.double().reshape(n, len(self.percentages))
         return self._result(curves.mean(dim=1), curves)
 

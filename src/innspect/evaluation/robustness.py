@@ -21,7 +21,14 @@ from torch import nn
 
 from innspect.errors import InputError, OptionError
 from innspect.evaluation.explainers import explain_rows, explainer
-from innspect.evaluation.metric import Metric, MetricResult, flat, positive_int, predict
+from innspect.evaluation.metric import (
+    Metric,
+    MetricResult,
+    flat,
+    positive_int,
+    predict,
+    predict_in_chunks,
+)
 
 
 class _Robustness(Metric):
@@ -98,19 +105,19 @@ class _Robustness(Metric):
             a_moved = self.preprocess(
                 explain_rows(explain, model, moved, labels, self.batch_size).expand_as(moved)
             )
-            outputs = None
-            if predicts:
-                outputs = torch.cat(
-                    [
-                        predict(model, moved[i : i + self.batch_size], self.softmax)
-                        for i in range(0, moved.shape[0], self.batch_size)
-                    ]
-                )
+            outputs, inner = self._at_moved(model, moved, predicts)
             for k, step in enumerate(steps):
                 rows = slice(k * n, (k + 1) * n)
                 out_moved = None if outputs is None else outputs[rows]
+                inner_moved = None if inner is None else inner[rows]
                 score = self._objective(
-                    x, moved[rows], a.expand_as(x), a_moved[rows], clean_output, out_moved
+                    x,
+                    moved[rows],
+                    a.expand_as(x),
+                    a_moved[rows],
+                    clean_output,
+                    out_moved,
+                    inner_moved,
                 )
                 if self.return_nan_when_prediction_changes:
                     changed = out_moved.argmax(dim=1) != clean_output.argmax(dim=1)
@@ -118,8 +125,20 @@ class _Robustness(Metric):
                 values[:, step] = score.double().cpu()
         return self._result(self._reduce(values), values)
 
-    def _objective(self, x, x_moved, a, a_moved, out, out_moved) -> torch.Tensor:
+    def _objective(self, x, x_moved, a, a_moved, out, out_moved, inner_moved) -> torch.Tensor:
+        """Per sample, the score of one perturbation: ``out`` / ``out_moved`` the model's
+        outputs (None unless ``uses_outputs``), ``inner_moved`` what ``_at_moved`` read
+        inside the model (None but for the representation stability)."""
         raise NotImplementedError
+
+    def _at_moved(
+        self, model: nn.Module, moved: torch.Tensor, predicts: bool
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The model's outputs at the moved inputs (when ``predicts``) and what the objective
+        reads inside the model there (nothing here), ``batch_size`` rows per pass."""
+        if not predicts:
+            return None, None
+        return predict_in_chunks(model, moved, self.softmax, self.batch_size), None
 
     def _reduce(self, values: torch.Tensor) -> torch.Tensor:
         return max_over_kept(values)
@@ -160,7 +179,7 @@ class _Sensitivity(_Robustness):
         )
         return torch.rand(shape, generator=generator, dtype=torch.float64) * (high - low) + low
 
-    def _objective(self, x, x_moved, a, a_moved, out, out_moved):
+    def _objective(self, x, x_moved, a, a_moved, out, out_moved, inner_moved):
         return _norm(a - a_moved) / _norm(a)
 
 
@@ -210,7 +229,7 @@ class LocalLipschitzEstimate(_Robustness):
         noise = torch.randn(shape, generator=generator, dtype=torch.float64)
         return noise * self.perturb_std + self.perturb_mean
 
-    def _objective(self, x, x_moved, a, a_moved, out, out_moved):
+    def _objective(self, x, x_moved, a, a_moved, out, out_moved, inner_moved):
         return _norm(a - a_moved) / (_norm(x - x_moved) + 1e-10)
 
 
@@ -252,7 +271,7 @@ class RelativeInputStability(_RelativeStability):
     paper = "Agarwal et al. 2022, arXiv:2203.06877"
     default_normalise = False
 
-    def _objective(self, x, x_moved, a, a_moved, out, out_moved):
+    def _objective(self, x, x_moved, a, a_moved, out, out_moved, inner_moved):
         return self._relative_change(a, a_moved) / self._guard(self._relative_change(x, x_moved))
 
 
@@ -266,7 +285,7 @@ class RelativeOutputStability(_RelativeStability):
     default_normalise = False
     uses_outputs = True
 
-    def _objective(self, x, x_moved, a, a_moved, out, out_moved):
+    def _objective(self, x, x_moved, a, a_moved, out, out_moved, inner_moved):
         return self._relative_change(a, a_moved) / self._guard(_norm(out - out_moved))
 
 
@@ -308,10 +327,16 @@ class Representations:
             self._outputs.append(output.detach().reshape(output.shape[0], -1))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x)[0]
+
+    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The representations at ``x`` and the model's (N, classes) output, one pass."""
         self._outputs = []
         with torch.no_grad():
-            self.copy(x)
-        return torch.cat(self._outputs, dim=1).double()
+            output = self.copy(x)
+        if not isinstance(output, torch.Tensor):
+            raise InputError(f"the model must return a tensor (N, classes), got {type(output)}")
+        return torch.cat(self._outputs, dim=1).double(), output.reshape(output.shape[0], -1)
 
 
 def translate(x: torch.Tensor, shift: int, fill: torch.Tensor) -> torch.Tensor:
@@ -360,8 +385,21 @@ class RelativeRepresentationStability(_RelativeStability):
         finally:
             self._inner, self._clean = None, None
 
-    def _objective(self, x, x_moved, a, a_moved, out, out_moved):
-        change = self._relative_change(self._clean, self._inner(x_moved))
+    def _at_moved(self, model, moved, predicts):
+        # One pass of the hooked copy gives the representations and the outputs alike.
+        assert self._inner is not None
+        parts = [
+            self._inner.run(moved[s : s + self.batch_size])
+            for s in range(0, moved.shape[0], self.batch_size)
+        ]
+        inner = torch.cat([p[0] for p in parts])
+        if not predicts:
+            return None, inner
+        outputs = torch.cat([p[1] for p in parts])
+        return (torch.softmax(outputs, dim=1) if self.softmax else outputs), inner
+
+    def _objective(self, x, x_moved, a, a_moved, out, out_moved, inner_moved):
+        change = self._relative_change(self._clean, inner_moved)
         return self._relative_change(a, a_moved) / self._guard(change)
 
 
@@ -421,12 +459,7 @@ class Continuity(Metric):
         distance = _norm(moved - x.repeat(len(shifts), *[1] * (x.ndim - 1)))
         ratio = (change / (distance + 1e-9)).reshape(len(shifts), n).T
         if self.return_nan_when_prediction_changes:
-            predicted = torch.cat(
-                [
-                    predict(model, moved[i : i + self.batch_size], self.softmax).argmax(dim=1)
-                    for i in range(0, moved.shape[0], self.batch_size)
-                ]
-            )
+            predicted = predict_in_chunks(model, moved, self.softmax, self.batch_size).argmax(1)
             changed = (predicted != labels).reshape(len(shifts), n).T
             ratio = torch.where(changed, torch.nan, ratio)
         return self._result(max_over_kept(ratio), ratio)
