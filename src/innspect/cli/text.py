@@ -5,7 +5,9 @@ Loads a Hugging Face causal language model and its tokenizer from a local folder
 against its context with each method (``innspect.text.explain_generation``). Prints the text
 with each generated token's context shaded (ANSI colours when stdout is a terminal), and writes
 ``results.json``, one matrix figure per method (``matrix_<method>.png``) and, with
-``--report``, ``index.html`` (hover a generated token to shade its context).
+``--report``, ``index.html`` (hover a generated token to shade its context). A text
+classifier's folder (BERT-style ``...ForSequenceClassification``) has its predicted class
+explained against the prompt's tokens instead (``innspect.text.explain_classification``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ for the token, blue: against; colours only on a terminal). Writes to --out: resu
 (tokens, scores, the matrix per method), matrix_<method>.png and, with --report, index.html
 (hover a generated token to shade its context). --contrast TOKEN explains "the generated
 token rather than TOKEN" (the difference of the two logits).
+
+A text classifier (a folder of a BERT-style ...ForSequenceClassification) generates nothing:
+its predicted class is explained against the tokens of --prompt (--contrast CLASS: the class
+rather than CLASS, a name of config.id2label or an index), the same files written.
 
 methods: gradient, input_t_gradient, integrated_gradients, lrp.epsilon, lrp.attn (AttnLRP,
 default), lrp.cp, occlusion (each token replaced by the pad token)
@@ -72,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     # Imported when the subcommand runs: transformers and matplotlib are slow to import.
     from innspect.text import METHODS, explain_generation, load
+    from innspect.text.generation import is_text_classifier
     from innspect.viz.files import save_figure
 
     for name in args.method:
@@ -83,12 +90,14 @@ def _run(args: argparse.Namespace) -> int:
     if tokenizer is None:
         raise CLIError(f"{args.model} has no tokenizer: save it there (tokenizer.save_pretrained)")
     ids = tokenizer(args.prompt, return_tensors="pt")["input_ids"]
-    contrast = None if args.contrast is None else _token_id(tokenizer, args.contrast)
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise CLIError(f"cannot create the output folder {out}: {error.strerror}") from error
+    if is_text_classifier(model):
+        return _classify(args, model, tokenizer, ids, out)
+    contrast = None if args.contrast is None else _token_id(tokenizer, args.contrast)
     results: dict[str, Any] = {}
     generated = None
     colour = sys.stdout.isatty()
@@ -120,6 +129,53 @@ def _run(args: argparse.Namespace) -> int:
     write_text(out / "results.json", json.dumps(summary, indent=1))
     print(f"wrote {out}/results.json" + (" and index.html" if args.report else ""))
     return 0
+
+
+def _classify(args: argparse.Namespace, model: Any, tokenizer: Any, ids: Any, out: Path) -> int:
+    """A text classifier: its predicted class explained against the prompt's tokens."""
+    from innspect.text import explain_classification
+    from innspect.viz.files import save_figure
+
+    names = [str(n) for n in getattr(model.config, "id2label", {}).values()]
+    contrast = None if args.contrast is None else _class_index(names, args.contrast)
+    results: dict[str, Any] = {}
+    colour = sys.stdout.isatty()
+    for name in args.method:
+        result = explain_classification(
+            model,
+            ids,
+            method=name,
+            contrast=contrast,
+            tokenizer=tokenizer,
+            skip_tokens=list(tokenizer.all_special_ids),
+            batch_size=args.batch_size,
+        )
+        print(f"== {name}")
+        print(result.to_terminal(colour=colour))
+        results[name] = result.to_dict()
+        save_figure(result.plot(), out / f"matrix_{name}.png")
+        if args.report:
+            page = result.to_html(title=f"innspect: why {Path(args.model).name} chose its class")
+            write_text(out / ("index.html" if name == args.method[0] else f"{name}.html"), page)
+    first = results[args.method[0]]
+    summary = {
+        "model": str(args.model),
+        "prompt": args.prompt,
+        "predicted_class": first["class_names"][first["classes"][0]],
+        "methods": results,
+    }
+    write_text(out / "results.json", json.dumps(summary, indent=1))
+    print(f"wrote {out}/results.json" + (" and index.html" if args.report else ""))
+    return 0
+
+
+def _class_index(names: list[str], text: str) -> int:
+    """A class given by its name (``config.id2label``) or its index."""
+    if text in names:
+        return names.index(text)
+    if text.isdigit() and int(text) < len(names):
+        return int(text)
+    raise CLIError(f"--contrast {text!r} is not a class of this model; one of {', '.join(names)}")
 
 
 def _token_id(tokenizer: Any, text: str) -> int:

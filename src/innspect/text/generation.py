@@ -162,6 +162,11 @@ def explain_generation(
     if baseline_span not in BASELINE_SPANS:
         raise OptionError(f"baseline_span must be one of {BASELINE_SPANS}, got {baseline_span!r}")
     batch_size = _positive_int("batch_size", batch_size)
+    if is_text_classifier(model):
+        raise InputError(
+            f"{type(model).__name__} is a text classifier: it writes no text; explain its "
+            "classes with innspect.text.explain_classification"
+        )
     embedding, embedding_name = _embedding(model)
     vocab = embedding.num_embeddings
     device = embedding.weight.device
@@ -583,6 +588,11 @@ def _logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor | None) -> t
             "Face ...ForCausalLM does"
         )
     return logits
+
+
+def is_text_classifier(model: nn.Module) -> bool:
+    """Whether ``model`` is a Hugging Face sequence classifier (one score per class)."""
+    return type(model).__name__.endswith("ForSequenceClassification")
 
 
 def _embedding(model: nn.Module) -> tuple[nn.Embedding, str]:

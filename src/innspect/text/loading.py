@@ -1,4 +1,5 @@
-"""A Hugging Face language model and its tokenizer from a local folder (nothing downloaded)."""
+"""A Hugging Face language model or text classifier and its tokenizer from a local folder
+(nothing downloaded)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from innspect.util.extras import require
 def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> tuple[nn.Module, Any]:
     """``(model, tokenizer)`` from a folder written by ``save_pretrained``.
 
-    The model is the folder's causal language model (``AutoModelForCausalLM``), or its
+    The model is the folder's causal language model (``AutoModelForCausalLM``), its
     encoder-decoder model (``AutoModelForSeq2SeqLM``: T5, BART) when the config says
-    ``is_encoder_decoder``, in eval mode; the tokenizer ``AutoTokenizer``'s (None when the folder has none). Only local files are
-    read (``local_files_only=True``).
+    ``is_encoder_decoder``, or its text classifier (``AutoModelForSequenceClassification``:
+    BERT, RoBERTa...) when the config's ``architectures`` names a
+    ``...ForSequenceClassification``, in eval mode; the tokenizer ``AutoTokenizer``'s (None
+    when the folder has none). Only local files are read (``local_files_only=True``).
 
     Parameters
     ----------
@@ -46,6 +49,11 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> tuple[
         auto = transformers.AutoModelForCausalLM
         if getattr(config, "is_encoder_decoder", False):
             auto, kind = transformers.AutoModelForSeq2SeqLM, "encoder-decoder model"
+        elif any(
+            str(name).endswith("ForSequenceClassification")
+            for name in getattr(config, "architectures", None) or ()
+        ):
+            auto, kind = transformers.AutoModelForSequenceClassification, "text classifier"
         model = auto.from_pretrained(folder, **kwargs)
     except (OSError, ValueError, KeyError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

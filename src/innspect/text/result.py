@@ -1,5 +1,5 @@
-"""The explanation of a generation (``TokenAttribution``) and its displays: a matrix figure,
-a hover page and shaded terminal text."""
+"""The explanation of a generation (``TokenAttribution``) or of a text classifier's classes
+(``ClassAttribution``) and their displays: a matrix figure, a page and shaded terminal text."""
 
 from __future__ import annotations
 
@@ -183,6 +183,140 @@ class TokenAttribution:
         return "\n".join(lines)
 
 
+@dataclass
+class ClassAttribution:
+    """A text classifier's classes explained against the tokens of its input.
+
+    Attributes
+    ----------
+    input_ids
+        The text, shape ``(1, L)``.
+    classes
+        The explained classes, shape ``(K,)``: one row of ``matrix`` each.
+    contrasts
+        Per row, the class it is contrasted with (the score is the difference), or None.
+    class_names
+        Every class's name (``config.id2label``, else ``class k``).
+    matrix
+        ``(K, L)``: the contribution of each token to each explained score.
+    scores
+        Per row, the explained value (the class's logit, or the contrast).
+    method
+        The method.
+    tokens
+        Each token as text, when a tokenizer was given.
+    hidden
+        Per position, whether the token is hidden from the displays (``skip_tokens``).
+    """
+
+    input_ids: torch.Tensor
+    classes: torch.Tensor
+    contrasts: torch.Tensor | None
+    class_names: list[str]
+    matrix: torch.Tensor
+    scores: torch.Tensor
+    method: str
+    tokens: list[str] | None
+    hidden: torch.Tensor
+
+    def labels(self) -> list[str]:
+        """The tokens as text (their ids in brackets without a tokenizer)."""
+        if self.tokens is not None:
+            return list(self.tokens)
+        return [f"[{int(i)}]" for i in self.input_ids[0].tolist()]
+
+    def row_names(self) -> list[str]:
+        """Each row's explained score in words: ``positive`` or ``positive - negative``."""
+        names = [self.class_names[int(k)] for k in self.classes]
+        if self.contrasts is None:
+            return names
+        return [
+            f"{a} - {self.class_names[int(b)]}" for a, b in zip(names, self.contrasts, strict=True)
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready values (``results.json`` of ``innspect text``)."""
+        return {
+            "method": self.method,
+            "input_ids": self.input_ids[0].tolist(),
+            "tokens": self.labels(),
+            "hidden": self.hidden.tolist(),
+            "classes": self.classes.tolist(),
+            "contrasts": None if self.contrasts is None else self.contrasts.tolist(),
+            "class_names": list(self.class_names),
+            "scores": self.scores.tolist(),
+            "matrix": self.matrix.tolist(),
+        }
+
+    def _shown(self) -> tuple[np.ndarray, list[str]]:
+        shown = ~self.hidden.numpy()
+        labels = [t for t, keep in zip(self.labels(), shown, strict=True) if keep]
+        return self.matrix.double().numpy()[:, shown], labels
+
+    def plot(self) -> Any:
+        """A matplotlib Figure: explained classes down, tokens across, each row scaled by its
+        largest absolute value."""
+        from matplotlib import colormaps
+        from matplotlib.figure import Figure
+
+        values, labels = self._shown()
+        values = values / _limits(values)[:, None]
+        rows = self.row_names()
+        figure = Figure(figsize=(min(4 + 0.28 * len(labels), 40), min(2 + 0.4 * len(rows), 40)))
+        axes = figure.add_subplot()
+        image = axes.imshow(values, cmap=colormaps["seismic"], vmin=-1, vmax=1, aspect="auto")
+        axes.set_xticks(range(len(labels)), [_short(t) for t in labels], rotation=90, fontsize=7)
+        axes.set_yticks(range(len(rows)), [_short(t, 20) for t in rows], fontsize=7)
+        axes.set_xlabel("token")
+        axes.set_ylabel("explained class")
+        axes.set_title(f"{self.method}: each class against the text's tokens")
+        figure.colorbar(image, ax=axes, fraction=0.03)
+        figure.tight_layout()
+        return figure
+
+    def to_html(self, title: str = "innspect: explaining a text classifier") -> str:
+        """A self-contained page: per explained class, the text with each token shaded, red
+        for evidence for the class, blue against, by the row's largest value."""
+        values, labels = self._shown()
+        limits = _limits(values)
+        blocks = []
+        for k, name in enumerate(self.row_names()):
+            spans = "".join(
+                f'<span style="background:{_css(v / limits[k])}">{html.escape(t)}</span>'
+                for t, v in zip(labels, values[k], strict=True)
+            )
+            blocks.append(
+                f"<h2>{html.escape(name)} (score {float(self.scores[k]):.4g})</h2>"
+                f'<p class="text">{spans}</p>'
+            )
+        return _CLASS_PAGE.format(
+            title=html.escape(title), method=html.escape(self.method), blocks="\n".join(blocks)
+        )
+
+    def to_terminal(self, *, colour: bool) -> str:
+        """Per explained class, the text with its tokens shaded (ANSI background colours when
+        ``colour``; else the three strongest tokens)."""
+        values, labels = self._shown()
+        limits = _limits(values)
+        lines = ["".join(labels), ""]
+        for k, name in enumerate(self.row_names()):
+            head = f"{name} ({float(self.scores[k]):+.3g}): "
+            row = values[k]
+            if colour:
+                shaded = (_ansi(t, v / limits[k]) for t, v in zip(labels, row, strict=True))
+                lines.append(head + "".join(shaded))
+            else:
+                strongest = sorted(range(len(labels)), key=lambda i: -abs(row[i]))[:3]
+                lines.append(head + ", ".join(f"{labels[i]!r} {row[i]:+.3g}" for i in strongest))
+        return "\n".join(lines)
+
+
+def _css(value: float) -> str:
+    """A background colour for ``value`` in [-1, 1]."""
+    red, green, blue = _POSITIVE if value >= 0 else _NEGATIVE
+    return f"rgba({red},{green},{blue},{min(abs(value), 1.0):.3f})"
+
+
 def _limits(values: np.ndarray) -> np.ndarray:
     """Per row, the largest absolute finite value (1 for a row of zeros)."""
     limits = np.nan_to_num(np.abs(values)).max(axis=1) if values.size else np.ones(len(values))
@@ -256,5 +390,20 @@ function show(step) {{
     ": score " + data.scores[step].toPrecision(4);
 }}
 </script>
+</body></html>
+"""
+
+
+_CLASS_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 60em; }}
+.text {{ font-family: ui-monospace, monospace; line-height: 2; white-space: pre-wrap; }}
+.text span {{ padding: 0.1em 0; border-radius: 3px; }}
+</style></head><body>
+<h1>{title}</h1>
+<p>Method <b>{method}</b>. Per explained class, each token of the text is shaded red for
+evidence for the class, blue against, scaled by the row's largest value.</p>
+{blocks}
 </body></html>
 """
