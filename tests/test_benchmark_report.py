@@ -58,10 +58,12 @@ def test_each_run_is_paired_with_the_reference_beside_it(bench, monkeypatch) -> 
     )
     reference_row = bench.measure_paired([a, b, c], clock.reference, repeats=2)
     # One warm-up call each (the first reference value is spent by the warm-up), then per
-    # round: a, reference, b, then reference, c (an odd subject out is paired with the one before it).
+    # round: a, reference, b, then reference, c (an odd subject out is paired with the one
+    # before it); the second round swaps each pair, so no subject always runs first.
     timed_calls = [name for name, _ in clock.calls]
     assert timed_calls[:3] == ["a", "b", "c"]
-    assert timed_calls[3:] == ["a", "reference", "b", "reference", "c"] * 2
+    assert timed_calls[3:8] == ["a", "reference", "b", "reference", "c"]
+    assert timed_calls[8:] == ["b", "reference", "a", "reference", "c"]
     # Reference costs 4, 8 (round 1), 16, 32 (round 2).
     assert a.ratios == [1.0 / 4, 1.0 / 16]
     assert b.ratios == [3.0 / 4, 3.0 / 16]
