@@ -337,7 +337,22 @@ class Reference:
 
 
 def _bias_free(model: torch.nn.Module) -> torch.nn.Module:
-    copied = copy.deepcopy(model)
+    # Caches of tensors computed from parameters (timm's LeViT keeps its attention biases per
+    # device) would keep the biases zeroed below, and cannot be deep-copied when computed
+    # with autograd: the copy starts without them.
+    caches = [
+        (module, key, value)
+        for module in model.modules()
+        for key, value in vars(module).items()
+        if "cache" in key and isinstance(value, dict) and value
+    ]
+    for module, key, _ in caches:
+        module.__dict__[key] = {}
+    try:
+        copied = copy.deepcopy(model)
+    finally:
+        for module, key, value in caches:
+            module.__dict__[key] = value
     with torch.no_grad():
         for name, tensor in [*copied.named_parameters(), *copied.named_buffers()]:
             leaf = name.rsplit(".", 1)[-1]
