@@ -79,7 +79,6 @@ def _run(args: argparse.Namespace) -> int:
     # Imported when the subcommand runs: transformers and matplotlib are slow to import.
     from innspect.text import METHODS, explain_generation, load
     from innspect.text.generation import is_text_classifier
-    from innspect.viz.files import save_figure
 
     for name in args.method:
         if name not in METHODS:
@@ -113,13 +112,8 @@ def _run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
         )
         generated = result.generated_ids  # every method explains the same continuation
-        print(f"== {name}")
-        print(result.to_terminal(colour=colour))
-        results[name] = result.to_dict()
-        save_figure(result.plot(), out / f"matrix_{name}.png")
-        if args.report:
-            page = result.to_html(title=f"innspect: what {Path(args.model).name} wrote")
-            write_text(out / ("index.html" if name == args.method[0] else f"{name}.html"), page)
+        title = f"innspect: what {Path(args.model).name} wrote"
+        results[name] = _show_and_save(result, name, args, out, title, colour)
     summary = {
         "model": str(args.model),
         "prompt": args.prompt,
@@ -134,7 +128,6 @@ def _run(args: argparse.Namespace) -> int:
 def _classify(args: argparse.Namespace, model: Any, tokenizer: Any, ids: Any, out: Path) -> int:
     """A text classifier: its predicted class explained against the prompt's tokens."""
     from innspect.text import explain_classification
-    from innspect.viz.files import save_figure
 
     names = [str(n) for n in getattr(model.config, "id2label", {}).values()]
     contrast = None if args.contrast is None else _class_index(names, args.contrast)
@@ -150,13 +143,8 @@ def _classify(args: argparse.Namespace, model: Any, tokenizer: Any, ids: Any, ou
             skip_tokens=list(tokenizer.all_special_ids),
             batch_size=args.batch_size,
         )
-        print(f"== {name}")
-        print(result.to_terminal(colour=colour))
-        results[name] = result.to_dict()
-        save_figure(result.plot(), out / f"matrix_{name}.png")
-        if args.report:
-            page = result.to_html(title=f"innspect: why {Path(args.model).name} chose its class")
-            write_text(out / ("index.html" if name == args.method[0] else f"{name}.html"), page)
+        title = f"innspect: why {Path(args.model).name} chose its class"
+        results[name] = _show_and_save(result, name, args, out, title, colour)
     first = results[args.method[0]]
     summary = {
         "model": str(args.model),
@@ -167,6 +155,22 @@ def _classify(args: argparse.Namespace, model: Any, tokenizer: Any, ids: Any, ou
     write_text(out / "results.json", json.dumps(summary, indent=1))
     print(f"wrote {out}/results.json" + (" and index.html" if args.report else ""))
     return 0
+
+
+def _show_and_save(
+    result: Any, name: str, args: argparse.Namespace, out: Path, title: str, colour: bool
+) -> dict[str, Any]:
+    """Print one method's result, write its figure (and page with ``--report``); its values
+    for results.json."""
+    from innspect.viz.files import save_figure  # matplotlib: imported when the command runs
+
+    print(f"== {name}")
+    print(result.to_terminal(colour=colour))
+    save_figure(result.plot(), out / f"matrix_{name}.png")
+    if args.report:
+        page = result.to_html(title=title)
+        write_text(out / ("index.html" if name == args.method[0] else f"{name}.html"), page)
+    return result.to_dict()
 
 
 def _class_index(names: list[str], text: str) -> int:

@@ -31,6 +31,7 @@ from innspect.text.generation import (
     _prompt_mask,
     _token_ids,
     token_texts,
+    walk_options,
 )
 from innspect.text.result import ClassAttribution
 
@@ -161,18 +162,12 @@ def _walks(
     count: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The reverse-walk methods: the text repeated as a batch, one class per row."""
-    options = dict(options)
-    if method == "integrated_gradients":
-        if "integration" in options:
-            options["method"] = options.pop("integration")
-        if "reference_inputs" in options:
-            raise OptionError(
-                "integrated_gradients of a classifier takes baseline_token=, not reference_inputs"
-            )
+
+    def reference() -> torch.Tensor:
         with torch.no_grad():
-            options["reference_inputs"] = embedding(torch.full_like(ids, baseline)).detach()
-    elif "integration" in options:
-        raise OptionError("integration= is an option of integrated_gradients only")
+            return embedding(torch.full_like(ids, baseline)).detach()
+
+    options = walk_options(method, options, reference, "of a classifier takes baseline_token=")
     analyzer = _analyzer(model, method, embedding_name, options, ids.shape[1], "classifier", None)
     rows = min(batch_size, count)
     matrix = torch.zeros(count, ids.shape[1], dtype=embedding.weight.dtype)

@@ -435,20 +435,15 @@ def _walks(
 
     ``baseline_span``: integrated gradients start from the baseline token at the first this
     many tokens (None: every token)."""
-    options = dict(options)
-    if method == "integrated_gradients":
-        if "integration" in options:
-            options["method"] = options.pop("integration")
-        if "reference_inputs" in options:
-            raise OptionError(
-                "integrated_gradients over a generation takes baseline_token= and "
-                "baseline_span=, not reference_inputs"
-            )
+
+    def reference() -> torch.Tensor:
         reference_ids = sequence.clone()
         reference_ids[:, : sequence.shape[1] if baseline_span is None else baseline_span] = baseline
-        options["reference_inputs"] = subject.embedded(embedding, reference_ids)
-    elif "integration" in options:
-        raise OptionError("integration= is an option of integrated_gradients only")
+        return subject.embedded(embedding, reference_ids)
+
+    options = walk_options(
+        method, options, reference, "over a generation takes baseline_token= and baseline_span="
+    )
     module, attribute_to, part = subject.analyzed(embedding_name)
     analyzer = _analyzer(module, method, attribute_to, options, sequence.shape[1], part, cache)
     rows = min(batch_size, steps.count)
@@ -468,6 +463,27 @@ def _walks(
         scores[chosen] = explanation.scores.detach()[: chosen.numel()].to(scores.dtype).cpu()
     assert matrix is not None  # at least one step
     return matrix, scores
+
+
+def walk_options(
+    method: str,
+    options: dict[str, Any],
+    reference: Callable[[], torch.Tensor],
+    instead: str,
+) -> dict[str, Any]:
+    """The analyzer's options for the token walks: integrated gradients' ``integration=``
+    becomes its ``method=`` and its reference is ``reference()`` (the baseline tokens'
+    embeddings); ``reference_inputs`` is refused (``instead`` says what to give)."""
+    options = dict(options)
+    if method == "integrated_gradients":
+        if "integration" in options:
+            options["method"] = options.pop("integration")
+        if "reference_inputs" in options:
+            raise OptionError(f"integrated_gradients {instead}, not reference_inputs")
+        options["reference_inputs"] = reference()
+    elif "integration" in options:
+        raise OptionError("integration= is an option of integrated_gradients only")
+    return options
 
 
 def _signals(
