@@ -11,7 +11,7 @@ one forward per batch of replaced tokens.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -127,7 +127,9 @@ def explain_classification(
     if method == "occlusion":
         if options:
             raise OptionError(f"occlusion takes no options, got {', '.join(options)}")
-        matrix, scores = _occlusion(view, ids, mask, baseline, batch_size, scores_of, len(classes))
+        matrix, scores = _occlusion(
+            view, ids, mask, logits, baseline, batch_size, scores_of, len(classes)
+        )
     else:
         matrix, scores = _walks(
             model, method, embedding, embedding_name, ids, mask, baseline, batch_size, options,
@@ -158,7 +160,7 @@ def _walks(
     baseline: int,
     batch_size: int,
     options: dict[str, Any],
-    scores_of: Any,
+    scores_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     count: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The reverse-walk methods: the text repeated as a batch, one class per row."""
@@ -193,17 +195,18 @@ def _occlusion(
     model: nn.Module,
     ids: torch.Tensor,
     mask: torch.Tensor | None,
+    logits: torch.Tensor,
     baseline: int,
     batch_size: int,
-    scores_of: Any,
+    scores_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     count: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ablation: ``score_k(text) - score_k(token i replaced by the baseline)``, every
-    class's score from the same forward (Captum's ``FeatureAblation``)."""
+    class's score from the same forward (Captum's ``FeatureAblation``); ``logits``: the
+    text's own, already computed."""
     every = torch.arange(count)
     length = ids.shape[1]
     with torch.no_grad():
-        logits = _class_logits(model, ids, mask)
         scores = scores_of(logits.expand(count, -1), every)
         matrix = torch.zeros(count, length, dtype=scores.dtype, device=scores.device)
         for chunk in torch.arange(length, device=ids.device).split(batch_size):
