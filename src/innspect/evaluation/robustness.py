@@ -293,7 +293,12 @@ class Representations:
     """The outputs of a model's inner layers, flattened and concatenated in the order they run
     (Quantus's ``get_hidden_representations``): every named module except containers of the
     model's own class and ``nn.Sequential``, or those chosen by name or index in that list.
-    The hooks go on a copy of the model, never on the user's."""
+    The hooks go on a copy of the model, never on the user's.
+
+    :meth:`relative_change` never holds the concatenation: each hook folds its layer's part of
+    the norm into a per-row sum as the pass goes, so one pass costs a forward pass and one
+    layer's float64 copy, whatever the number of layers and rows.
+    """
 
     def __init__(
         self,
@@ -319,24 +324,78 @@ class Representations:
         if not chosen:
             raise InputError("no layer chosen for the representations: check layer_names")
         self._outputs: list[torch.Tensor] = []
+        # set by relative_change: per clean layer (n, F_l) in float64 and the inverse of
+        # its guard L + (L == 0) eps_min; the per-row sum of squares
+        self._against: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._squares: torch.Tensor | None = None
+        self._seen = 0
         for module in chosen:
             module.register_forward_hook(self._keep)
 
     def _keep(self, module: nn.Module, inputs: Any, output: Any) -> None:
-        if isinstance(output, torch.Tensor):
-            self._outputs.append(output.detach().reshape(output.shape[0], -1))
+        if not isinstance(output, torch.Tensor):
+            return
+        rows = output.detach().reshape(output.shape[0], -1)
+        if self._against is None:
+            self._outputs.append(rows.double())
+            return
+        # the k-th hooked output of this pass meets the k-th of the clean pass (same model,
+        # same order); row r of the pass is a noisy copy of sample r mod n
+        if self._seen >= len(self._against):
+            raise InputError(self._other_layers_message(self._seen + 1))
+        before, scale = self._against[self._seen]
+        self._seen += 1
+        # (L' - L) / guard, in place on the one float64 copy of the layer (the square
+        # forgets the sign); the guard's inverse was taken once on the clean pass
+        relative = rows.to(torch.float64, copy=True).reshape(-1, *before.shape)
+        relative.sub_(before).mul_(scale)
+        assert self._squares is not None
+        self._squares += torch.linalg.vector_norm(relative, dim=-1).square().reshape(-1)
+
+    def layers(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each hooked layer's output at ``x``, (N, F_l) in float64, in the order they run."""
+        self._outputs, self._against = [], None
+        self._forward(x)
+        layers, self._outputs = self._outputs, []
+        return layers
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.run(x)[0]
+        """The representations at ``x``, (N, sum of F_l) in float64."""
+        return torch.cat(self.layers(x), dim=1)
 
-    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The representations at ``x`` and the model's (N, classes) output, one pass."""
-        self._outputs = []
+    def relative_change(
+        self, clean: list[torch.Tensor], moved: torch.Tensor, eps_min: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``||(L(x) - L(x')) / (L(x) + (L(x) == 0) eps_min)||`` per row of ``moved`` (rows
+        ``k n + i`` noisy copies of sample ``i`` of the ``n`` in ``clean``, from
+        :meth:`layers`) and the model's (rows, classes) output, one pass."""
+        n = clean[0].shape[0]
+        if moved.shape[0] % n:
+            raise AssertionError("moved must hold whole copies of the clean batch")
+        self._against = [(c, 1 / (c + (c == 0) * eps_min)) for c in clean]
+        self._seen = 0
+        self._squares = torch.zeros(moved.shape[0], dtype=torch.float64, device=moved.device)
+        try:
+            output = self._forward(moved)
+            if self._seen != len(clean):
+                raise InputError(self._other_layers_message(self._seen))
+            return self._squares.sqrt(), output
+        finally:
+            self._against, self._squares = None, None
+
+    def _other_layers_message(self, seen: int) -> str:
+        assert self._against is not None
+        return (
+            f"the model ran {seen} hooked layers on the noisy inputs against "
+            f"{len(self._against)} on the clean ones: their representations cannot be compared"
+        )
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             output = self.copy(x)
         if not isinstance(output, torch.Tensor):
             raise InputError(f"the model must return a tensor (N, classes), got {type(output)}")
-        return torch.cat(self._outputs, dim=1).double(), output.reshape(output.shape[0], -1)
+        return output.reshape(output.shape[0], -1)
 
 
 def translate(x: torch.Tensor, shift: int, fill: torch.Tensor) -> torch.Tensor:
@@ -379,28 +438,31 @@ class RelativeRepresentationStability(_RelativeStability):
 
     def _evaluate(self, model, x, y, a, **inputs: Any) -> MetricResult:
         self._inner = Representations(model, self.layer_names, self.layer_indices)
-        self._clean = self._inner(x)
+        self._clean = self._inner.layers(x)
         try:
             return super()._evaluate(model, x, y, a, **inputs)
         finally:
             self._inner, self._clean = None, None
 
     def _at_moved(self, model, moved, predicts):
-        # One pass of the hooked copy gives the representations and the outputs alike.
-        assert self._inner is not None
+        # One pass of the hooked copy gives the representations' change (folded layer by
+        # layer, never all layers of all rows at once) and the outputs alike.
+        assert self._inner is not None and self._clean is not None
+        n = self._clean[0].shape[0]
+        rows = max(n, self.batch_size // n * n)  # whole copies of the batch per pass
         parts = [
-            self._inner.run(moved[s : s + self.batch_size])
-            for s in range(0, moved.shape[0], self.batch_size)
+            self._inner.relative_change(self._clean, moved[s : s + rows], self.eps_min)
+            for s in range(0, moved.shape[0], rows)
         ]
-        inner = torch.cat([p[0] for p in parts])
+        change = torch.cat([p[0] for p in parts])
         if not predicts:
-            return None, inner
+            return None, change
         outputs = torch.cat([p[1] for p in parts])
-        return (torch.softmax(outputs, dim=1) if self.softmax else outputs), inner
+        return (torch.softmax(outputs, dim=1) if self.softmax else outputs), change
 
     def _objective(self, x, x_moved, a, a_moved, out, out_moved, inner_moved):
-        change = self._relative_change(self._clean, inner_moved)
-        return self._relative_change(a, a_moved) / self._guard(change)
+        # inner_moved: the representations' relative change per row (see _at_moved)
+        return self._relative_change(a, a_moved) / self._guard(inner_moved)
 
 
 class Continuity(Metric):
