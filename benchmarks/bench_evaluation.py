@@ -462,8 +462,14 @@ def floor_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, case: Case, ba
 
 
 def section(
-    run: ModuleType, batch: int, size: int, repeats: int, models: list[str] | None = None
+    run: ModuleType,
+    batch: int,
+    size: int,
+    repeats: int,
+    models: list[str] | None = None,
+    metrics: list[str] | None = None,
 ) -> str:
+    """The table; ``metrics``: only these rows (names as in the table), to rerun one alone."""
     import quantus
 
     if not hasattr(np, "trapz"):  # Quantus calls np.trapz, gone in numpy 2
@@ -498,6 +504,8 @@ def section(
             x, neuron_selection=y
         )
         for case in cases(model_name, model, x, y, quantus, rows_per_pass):
+            if metrics and case.name not in metrics:
+                continue
             print(f"  {model_name} {case.name}", flush=True)
             cells = measure(run, model, (x, y, a), case, rows_per_pass, repeats)
             lines.append(f"| {model_name} | {case.name} | " + " | ".join(cells) + " |")

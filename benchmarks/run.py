@@ -520,7 +520,7 @@ def _group_section(group: str, args: argparse.Namespace, given: list[str]) -> st
     if group == "evaluation":
         models = args.models if "--models" in given else ["small_cnn", "resnet50"]
         batch = args.batch if "--batch" in given else 16
-        return module.section(this, batch, args.size, args.repeats, models)
+        return module.section(this, batch, args.size, args.repeats, models, args.metrics)
     if group == "introspect":
         models = args.models if "--models" in given else ["resnet50"]
         return module.section(
@@ -583,6 +583,11 @@ def main(argv: list[str] | None = None) -> None:
         choices=("gradient", "score", "ablation"),
         default=["gradient", "score", "ablation"],
         help="which tables --only cam measures (each alone takes minutes to an hour)",
+    )
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        help="--only evaluation: only these metrics' rows (names as in its table)",
     )
     parser.add_argument("--scale-shard", type=int, default=64, help="shard size of --only scale")
     parser.add_argument(
