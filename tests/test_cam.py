@@ -190,7 +190,7 @@ def test_score_cam_masked_passes_run_the_model_itself_when_the_image_is_its_only
     torch.testing.assert_close(again, expected)
     if not pair:  # the graph's own passes give the same map
         graph_only = innspect.create_analyzer("cam.score", model, batch_size=2)
-        graph_only._model_on_images = lambda inputs: None
+        graph_only._model_on_images = lambda cam_pass: None
         torch.testing.assert_close(graph_only.analyze(x), expected)
 
 

@@ -36,8 +36,6 @@ from innspect.engine.selection import OutputSelection, resolve
 from innspect.errors import InputError, NeuronSelectionError, OptionError
 from innspect.graph.graph import ModelGraph
 from innspect.graph.lock import GRAPH_LOCK
-from innspect.graph.outputs import select_output
-from innspect.graph.views import eval_view
 from innspect.util.checks import check_flag, check_int, check_number
 
 _MINMAX_EPS = 1e-7  # grad-cam's scale_cam_image: (m - min) / (1e-7 + max(m - min))
@@ -174,9 +172,6 @@ class CamPass:
     raw_grads: list[torch.Tensor | None]
     output_dim: int
     kept: dict[fx.Node, Any]  # the values of ``_also_kept`` nodes from the same pass
-    # The model itself on a batch of images (its explained output), when the image is its
-    # only input (``ClassActivationMap._model_on_images``); None: run ``graph``.
-    model_on_images: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -237,8 +232,6 @@ class ClassActivationMap(Analyzer):
     )
     paper = "Selvaraju et al. 2017, ICCV (arXiv 1610.02391)"
     uses_gradients: ClassVar[bool] = True
-    # Whether the method runs the model on whole other images (Score-CAM's masked inputs).
-    reruns_model: ClassVar[bool] = False
     create_graph: bool = False  # second derivatives (Shapley-CAM, or Finer-CAM on it)
     takes_layer: ClassVar[bool] = True
 
@@ -350,41 +343,11 @@ class ClassActivationMap(Analyzer):
         def selecting(output: torch.Tensor) -> OutputSelection:
             return self._selection(output, neuron_selection, target, inputs)
 
-        rerun = self._model_on_images(inputs) if self.reruns_model else None
         if not self.aug_smooth:
-            maps, selection = self._maps(graph, feed, image, layers, selecting, rerun)
+            maps, selection = self._maps(graph, feed, image, layers, selecting)
         else:
-            maps, selection = self._smoothed(graph, feed, image, layers, selecting, rerun)
+            maps, selection = self._smoothed(graph, feed, image, layers, selecting)
         return graph.source_names[image], maps, selection
-
-    def _model_on_images(
-        self, inputs: ModelInputs
-    ) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """The model itself (its eval view) on a batch of images, giving the explained
-        output; None unless the image is the model's only input and has the dtype and device
-        of the model's parameters.
-
-        Passes that only read the output (Score-CAM's masked inputs) then run the model's
-        own eager kernels, as grad-cam does: the captured graph writes attention out in
-        plain operations for its relevance rules, a few percent slower than PyTorch's fused
-        attention (benchmarks/RESULTS-cam.md).
-        """
-        if inputs.structure != "tensor" or inputs.call.fixed or inputs.call.keyword:
-            return None
-        image = inputs.values[0]
-        weights = next(
-            (t for t in (*self.model.parameters(), *self.model.buffers()) if t.is_floating_point()),
-            None,
-        )
-        if weights is None or (weights.dtype, weights.device) != (image.dtype, image.device):
-            return None
-        model, output = eval_view(self.model), self.output
-
-        def run(images: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return select_output(model(images), output)
-
-        return run
 
     def _selection(
         self, output: torch.Tensor, neuron_selection: Any, target: Any, inputs: ModelInputs
@@ -398,7 +361,6 @@ class ClassActivationMap(Analyzer):
         image: fx.Node,
         layers: list[CamLayer],
         selecting: Callable[[torch.Tensor], OutputSelection],
-        rerun: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, OutputSelection]:
         """grad-cam's ``forward_augmentation_smoothing``: the mean of the maps of the
         augmented inputs, each brought back to the input's frame (``tta_transforms``)."""
@@ -422,7 +384,6 @@ class ClassActivationMap(Analyzer):
                 image,
                 layers,
                 lambda out: selection.rows(rows, out.dim()),
-                rerun,
             )
             restored = deaugment(maps)
             if not isinstance(restored, torch.Tensor) or restored.shape != maps.shape:
@@ -442,9 +403,8 @@ class ClassActivationMap(Analyzer):
         image: fx.Node,
         layers: list[CamLayer],
         selecting: Callable[[torch.Tensor], OutputSelection],
-        rerun: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, OutputSelection]:
-        cam_pass = self._pass(graph, feed, image, layers, selecting, rerun=rerun)
+        cam_pass = self._pass(graph, feed, image, layers, selecting)
         cams = [self._layer_cam(cam_pass, i, layer) for i, layer in enumerate(layers)]
         return self._combine(cams, tuple(feed[image].shape[2:])), cam_pass.selection
 
@@ -456,7 +416,6 @@ class ClassActivationMap(Analyzer):
         layers: list[CamLayer],
         selecting: Callable[[torch.Tensor], OutputSelection],
         extra: Sequence[fx.Node] = (),
-        rerun: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> CamPass:
         """One forward pass keeping the layers' outputs, and (for gradient methods) one
         gradient of the explained score at them (and at the ``extra`` nodes, whose
@@ -498,7 +457,7 @@ class ClassActivationMap(Analyzer):
             for i, (layer, g) in enumerate(zip([*layers, *[None] * len(extra)], grads, strict=True))
         ]
         return CamPass(
-            graph, feed, image, selection, raw, maps, grad_maps, grads, output.dim(), kept, rerun
+            graph, feed, image, selection, raw, maps, grad_maps, grads, output.dim(), kept
         )
 
     def _also_kept(self, graph: ModelGraph, layers: list[CamLayer]) -> set[fx.Node]:

@@ -4,7 +4,7 @@ every bias layer) and Guided Grad-CAM (guided backprop times Grad-CAM)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +31,8 @@ from innspect.engine.selection import OutputSelection
 from innspect.errors import InputError, OptionError
 from innspect.graph.graph import ModelGraph
 from innspect.graph.lock import GRAPH_LOCK
+from innspect.graph.outputs import select_output
+from innspect.graph.views import eval_view
 from innspect.util.checks import check_flag, check_int, check_number
 from innspect.util.progress import progress
 
@@ -167,9 +169,37 @@ class ScoreCAM(_Perturbing):
     title = "Score-CAM"
     summary = "Channels weighted by the score of the input masked by each channel: gradient-free."
     paper = "Wang et al. 2020, CVPR workshops (arXiv 1910.01279)"
-    reruns_model = True
+
+    def _model_on_images(self, cam_pass: CamPass) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The model itself (its eval view) on a batch of images, giving the explained
+        output; None unless the image is the model's only input, passed by position, with
+        the dtype and device of the model's parameters.
+
+        The masked passes only read the output: the model's own eager kernels serve them, as
+        in grad-cam, where the captured graph writes attention out in plain operations for
+        the relevance rules, a few percent slower than PyTorch's fused attention
+        (benchmarks/RESULTS-cam.md).
+        """
+        graph = cam_pass.graph
+        if graph.input_nodes != [cam_pass.image] or graph.call.fixed or graph.call.keyword:
+            return None
+        image = cam_pass.feed[cam_pass.image]
+        weights = next(
+            (t for t in (*self.model.parameters(), *self.model.buffers()) if t.is_floating_point()),
+            None,
+        )
+        if weights is None or (weights.dtype, weights.device) != (image.dtype, image.device):
+            return None
+        model, output = eval_view(self.model), self.output
+
+        def run(images: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return select_output(model(images), output)
+
+        return run
 
     def _weights(self, cam_pass: CamPass, index: int, layer: CamLayer) -> torch.Tensor:
+        model_on_images = self._model_on_images(cam_pass)
         acts = cam_pass.acts[index]
         n, c = acts.shape[:2]
         image = cam_pass.feed[cam_pass.image]
@@ -190,8 +220,8 @@ class ScoreCAM(_Perturbing):
             high = flat.max(dim=1).values[:, None, None]
             masks = (masks - low) / (high - low + _SCORE_EPS)
             masked = image[i : i + 1] * masks[:, None]
-            if cam_pass.model_on_images is not None:
-                output = cam_pass.model_on_images(masked)
+            if model_on_images is not None:
+                output = model_on_images(masked)
                 found = _scores_of(cam_pass.graph, output, cam_pass.selection, i)
             else:
                 feed = rows.of(i, len(chunk))
@@ -421,8 +451,7 @@ class FullGrad(ClassActivationMap):
     paper = "Srinivas & Fleuret 2019, NeurIPS (arXiv 1905.00780)"
     takes_layer = False
 
-    def _maps(self, graph, feed, image, layers, selecting, rerun=None):  # type: ignore[no-untyped-def]
-        # ``rerun`` (the model itself on other images) is for methods that rerun it: unused.
+    def _maps(self, graph, feed, image, layers, selecting):  # type: ignore[no-untyped-def]
         biases = _bias_nodes(graph)
         cam_pass = self._pass(
             graph, feed, image, [], selecting, extra=[image, *[n for n, _ in biases]]
