@@ -10,7 +10,7 @@ VJP and no per-node option is asked for, one autograd pass (the same walk in C++
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -24,6 +24,7 @@ from innspect.engine.inputs import ModelInputs
 from innspect.engine.reverse import Mapping, ReverseOptions, reverse_walk
 from innspect.engine.selection import OutputSelection
 from innspect.errors import InputError, OutputActivationError
+from innspect.graph.cache import SHARED_GRAPHS, option_key, tensors_key
 from innspect.graph.canonize import structure_stamp
 from innspect.graph.graph import ModelGraph, NodeInfo
 from innspect.graph.lock import GRAPH_LOCK
@@ -118,7 +119,8 @@ class ReverseAnalyzer(Analyzer):
         if self._graph is not None and structure_stamp(self.model) != self._structure:
             self._graph = None
         if self._graph is not None and inputs is not None and not self._graph.serves(inputs.values):
-            self._graph = None  # recurrent layers written out for other sequence lengths
+            # exported for other sizes, or recurrent layers written out for other lengths
+            self._graph = None
         if self._graph is not None:
             if inputs is None or inputs.key() == self._graph_key:
                 return self._graph
@@ -131,14 +133,23 @@ class ReverseAnalyzer(Analyzer):
         names = self._attribute_names
         if names is None and inputs is not None:
             names = inputs.default_sources()
-        graph = ModelGraph(
-            self.model,
-            tuple(inputs.values) if inputs is not None else None,
-            fuse_batchnorm=self.fuse_batchnorm,
-            call=inputs.call if inputs is not None else None,
-            attribute_to=names,
-            output=self.output,
-        )
+        # Another analysis of this model may have captured it already for these inputs
+        # (graph/cache.py): the graph is shared, the rules below are this analyzer's.
+        key = None if inputs is None else self._capture_key(inputs, names)
+        graph = None if key is None else SHARED_GRAPHS.find(self.model, key, inputs.values)
+        if graph is not None:
+            graph.refresh()
+        else:
+            graph = ModelGraph(
+                self.model,
+                tuple(inputs.values) if inputs is not None else None,
+                fuse_batchnorm=self.fuse_batchnorm,
+                call=inputs.call if inputs is not None else None,
+                attribute_to=names,
+                output=self.output,
+            )
+            if key is not None:
+                SHARED_GRAPHS.add(self.model, key, graph)
         if inputs is not None:
             self._check_sources(graph, inputs)
         activation = graph.output_activation()
@@ -169,6 +180,25 @@ class ReverseAnalyzer(Analyzer):
         self._graph_key = inputs.key() if inputs is not None else None
         self._structure = structure_stamp(self.model)
         return graph
+
+    def _capture_key(self, inputs: ModelInputs, names: Sequence[str] | None) -> Hashable:
+        """What a shared graph must have been captured with to serve this analyzer: the
+        module tree, its tensors' shapes and those it holds outside its parameters, the call,
+        its inputs' ranks, dtypes and devices, and the capture's options."""
+        return (
+            structure_stamp(self.model),
+            tensors_key(self.model),
+            inputs.key(),
+            # a capture may depend on them (a Linear + BatchNorm1d folds on 2-D inputs only,
+            # torch.export traces dtype casts): a shared graph saw the same
+            tuple(
+                (v.dim(), v.dtype, v.device) if isinstance(v, torch.Tensor) else None
+                for v in inputs.values
+            ),
+            self.fuse_batchnorm,
+            None if names is None else tuple(names),
+            option_key(self.output),
+        )
 
     def _check_sources(self, graph: ModelGraph, inputs: ModelInputs) -> None:
         """Clear errors for nothing to attribute and for integer inputs named by the user."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,7 +100,9 @@ class ModelGraph:
         attribute_to: Sequence[str] | None = None,
         output: Any = None,
     ) -> None:
-        self.model = model
+        # Weakly: graphs are shared per model (graph/cache.py), and a registry entry must
+        # not keep its model alive. Whoever analyses with the graph holds the model.
+        self._model = weakref.ref(model)
         self.call = call if call is not None else bind_call(unwrap(model))
         # The graph's layers are eval views of the model's (views.eval_view): running them
         # never reads or changes the user's training flags.
@@ -113,6 +116,7 @@ class ModelGraph:
         self.fused: dict[str, list[str]] = {}
         self.folds: list[canonize.Fold] = []
         self._match_placeholders()
+        self._fixed_sizes = _fixed_sizes(self.input_nodes)
         example = None
         if example_input is not None:
             given = (example_input,) if isinstance(example_input, torch.Tensor) else example_input
@@ -137,13 +141,27 @@ class ModelGraph:
         self._choose_output(output)
         self._build_infos(attribute_to)
 
+    @property
+    def model(self) -> nn.Module:
+        """The user's model the graph was captured from."""
+        model = self._model()
+        if model is None:
+            raise AssertionError("the model of this graph was freed while the graph is in use")
+        return model
+
     def serves(self, values: torch.Tensor | Sequence[Any]) -> bool:
         """Whether this graph computes the model on ``values`` (the inputs): always, unless
-        recurrent layers were written out over the example's time steps (then inputs shaped
+        torch.export captured it with sizes other than the inputs' (it keeps the batch axis
+        symbolic, but a sequence length or image size is fixed), or recurrent layers were written out over the example's time steps (then inputs shaped
         as the example, batch size aside where every such layer is batch-first) or left whole
         for want of an example (then none: capture again with the input)."""
         if self._recurrent_left:
             return False
+        given = (values,) if isinstance(values, torch.Tensor) else tuple(values)
+        for value, (rank, fixed) in zip(given, self._fixed_sizes, strict=False):
+            if rank is not None and isinstance(value, torch.Tensor):
+                if value.dim() != rank or any(value.shape[a] != size for a, size in fixed):
+                    return False  # torch.export specialised the graph to other sizes
         shapes = _shapes_from(values, self._first_axis)
         return not self.recurrent_steps or shapes == self._example_shapes
 
@@ -647,6 +665,21 @@ def _ancestors(nodes: list[fx.Node]) -> set[fx.Node]:
             seen.add(current)
             stack.extend(current.all_input_nodes)
     return seen
+
+
+def _fixed_sizes(nodes: list[fx.Node]) -> list[tuple[int | None, tuple[tuple[int, int], ...]]]:
+    """Per input, its rank and the (axis, size) pairs torch.export fixed: its placeholders
+    carry fake tensors whose free sizes are symbols. (None, ()) where nothing is fixed (fx's
+    placeholders carry no value)."""
+    found: list[tuple[int | None, tuple[tuple[int, int], ...]]] = []
+    for node in nodes:
+        value = node.meta.get("val")
+        if not isinstance(value, torch.Tensor):
+            found.append((None, ()))
+            continue
+        sizes = tuple((axis, size) for axis, size in enumerate(value.shape) if type(size) is int)
+        found.append((value.dim(), sizes))
+    return found
 
 
 def _shapes_from(values: Any, axis: int) -> tuple[Any, ...]:
