@@ -152,9 +152,10 @@ class ModelGraph:
     def serves(self, values: torch.Tensor | Sequence[Any]) -> bool:
         """Whether this graph computes the model on ``values`` (the inputs): always, unless
         torch.export captured it with sizes other than the inputs' (it keeps the batch axis
-        symbolic, but a sequence length or image size is fixed), or recurrent layers were written out over the example's time steps (then inputs shaped
-        as the example, batch size aside where every such layer is batch-first) or left whole
-        for want of an example (then none: capture again with the input)."""
+        symbolic, but a sequence length or image size is fixed), or recurrent layers were
+        written out over the example's time steps (then inputs shaped as the example, batch
+        size aside where every such layer is batch-first) or left whole for want of an
+        example (then none: capture again with the input)."""
         if self._recurrent_left:
             return False
         given = (values,) if isinstance(values, torch.Tensor) else tuple(values)
