@@ -85,9 +85,10 @@ def _net() -> nn.Module:
                 nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 3)
             )
             self.scale = torch.tensor(2.0)  # a plain tensor attribute read by forward
+            self.offsets = {"shift": torch.tensor(0.0)}  # a dict of them
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.body(x) * self.scale
+            return self.body(x).relu() * self.scale + self.offsets["shift"] * self.body(x)
 
     model = Scaled().double().eval()
     model.body[1].running_mean.uniform_(-1, 1)
@@ -112,6 +113,10 @@ def test_other_options_or_a_replaced_tensor_attribute_get_their_own_capture(capt
     model.scale = torch.tensor(-3.0, dtype=torch.float64)  # a new tensor: not the captured one
     got = innspect.create_analyzer("gradient", model).analyze(x)
     assert len(captures) == 3
+    torch.testing.assert_close(got, _gradient(model, x))
+    model.offsets = {"shift": torch.tensor(0.5, dtype=torch.float64)}  # a new dict of tensors
+    got = innspect.create_analyzer("gradient", model).analyze(x)
+    assert len(captures) == 4
     torch.testing.assert_close(got, _gradient(model, x))
 
 

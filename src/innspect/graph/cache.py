@@ -63,22 +63,28 @@ class SharedGraphs:
             self._by_model.clear()
 
 
+# What every nn.Module holds (parameters, buffers, hooks...): not the user's attributes.
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+
+
 def tensors_key(model: nn.Module) -> tuple[Any, ...]:
     """What a capture assumed of the model's tensors beyond the module tree: the shape of
-    every parameter and buffer (a folded copy is made for them), and the tensors the
-    modules hold outside those (a plain ``self.scale = torch.tensor(...)`` that ``forward``
-    reads) by identity, since the graph holds the one it saw."""
+    every parameter and buffer (a folded copy is made for them), and the tensors and
+    containers the modules hold outside those (``self.scale = torch.tensor(...)``, a dict of
+    tables that ``forward`` reads) by identity, since the graph holds the ones it saw.
+    Containers changed in place keep their identity (a cache ``forward`` fills)."""
     shapes = tuple(
         (name, None if is_lazy(t) else tuple(t.shape), t.dtype)  # lazy: no shape yet
         for name, t in (*model.named_parameters(), *model.named_buffers())
     )
-    plain = tuple(
+    held = tuple(
         (path, key, id(value))
         for path, module in model.named_modules()
         for key, value in vars(module).items()
-        if isinstance(value, torch.Tensor)
+        if key not in _MODULE_INTERNALS
+        and isinstance(value, torch.Tensor | dict | list | set | tuple)
     )
-    return shapes, plain
+    return shapes, held
 
 
 def option_key(value: Any) -> Hashable:
