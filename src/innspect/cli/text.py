@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     # Imported when the subcommand runs: transformers and matplotlib are slow to import.
     from innspect.text import METHODS, explain_generation, load
-    from innspect.text.generation import is_text_classifier
+    from innspect.text.loading import is_text_classifier
 
     for name in args.method:
         if name not in METHODS:

@@ -27,6 +27,7 @@ from innspect.analyzers.registry import create_analyzer
 from innspect.errors import InputError, NonFiniteRelevanceError, OptionError
 from innspect.graph.views import eval_view
 from innspect.text import seq2seq
+from innspect.text.loading import is_text_classifier
 from innspect.text.result import TokenAttribution
 
 METHODS = (
@@ -604,11 +605,6 @@ def _logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor | None) -> t
             "Face ...ForCausalLM does"
         )
     return logits
-
-
-def is_text_classifier(model: nn.Module) -> bool:
-    """Whether ``model`` is a Hugging Face sequence classifier (one score per class)."""
-    return type(model).__name__.endswith("ForSequenceClassification")
 
 
 def _embedding(model: nn.Module) -> tuple[nn.Embedding, str]:

@@ -50,7 +50,7 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> tuple[
         if getattr(config, "is_encoder_decoder", False):
             auto, kind = transformers.AutoModelForSeq2SeqLM, "encoder-decoder model"
         elif any(
-            str(name).endswith("ForSequenceClassification")
+            names_text_classifier(str(name))
             for name in getattr(config, "architectures", None) or ()
         ):
             auto, kind = transformers.AutoModelForSequenceClassification, "text classifier"
@@ -70,3 +70,13 @@ def load(path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> tuple[
 
 # Files one of which a saved tokenizer writes.
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def names_text_classifier(class_name: str) -> bool:
+    """Whether a Hugging Face class name is a sequence classifier's (one score per class)."""
+    return class_name.endswith("ForSequenceClassification")
+
+
+def is_text_classifier(model: nn.Module) -> bool:
+    """Whether ``model`` is a Hugging Face sequence classifier (one score per class)."""
+    return names_text_classifier(type(model).__name__)
