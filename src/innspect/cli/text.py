@@ -128,8 +128,9 @@ def _run(args: argparse.Namespace) -> int:
 def _classify(args: argparse.Namespace, model: Any, tokenizer: Any, ids: Any, out: Path) -> int:
     """A text classifier: its predicted class explained against the prompt's tokens."""
     from innspect.text import explain_classification
+    from innspect.text.classification import class_names
 
-    names = [str(n) for n in getattr(model.config, "id2label", {}).values()]
+    names = class_names(model, model.config.num_labels)
     contrast = None if args.contrast is None else _class_index(names, args.contrast)
     results: dict[str, Any] = {}
     colour = sys.stdout.isatty()

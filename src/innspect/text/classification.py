@@ -141,7 +141,7 @@ def explain_classification(
         input_ids=ids.cpu(),
         classes=classes,
         contrasts=contrasts,
-        class_names=_class_names(model, count),
+        class_names=class_names(model, count),
         matrix=matrix.cpu(),
         scores=scores.cpu(),
         method=method,
@@ -254,7 +254,7 @@ def _classes(name: str, value: Any, rows: int | None, count: int) -> torch.Tenso
     return tensor.long().cpu()
 
 
-def _class_names(model: nn.Module, count: int) -> list[str]:
+def class_names(model: nn.Module, count: int) -> list[str]:
     """The classes' names (``config.id2label``), else ``class k``."""
     labels = getattr(getattr(model, "config", None), "id2label", None) or {}
     return [str(labels.get(k, labels.get(str(k), f"class {k}"))) for k in range(count)]
