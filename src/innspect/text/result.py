@@ -123,14 +123,10 @@ class TokenAttribution:
         axes.axvline(int(shown[: self.prompt_length].sum()) - 0.5, color="black", lw=0.8)
         if self.source_length:  # the encoder's tokens end here (then the decoder's)
             axes.axvline(int(shown[: self.source_length].sum()) - 0.5, color="black", lw=1.6)
-        axes.set_xticks(range(len(labels)), [_short(t) for t in labels], rotation=90, fontsize=7)
-        axes.set_yticks(range(len(rows)), [_short(t) for t in rows], fontsize=7)
-        axes.set_xlabel("context token")
-        axes.set_ylabel("generated token")
-        axes.set_title(f"{self.method}: each generated token against its context")
-        figure.colorbar(image, ax=axes, fraction=0.03)
-        figure.tight_layout()
-        return figure
+        return _labelled(
+            image, labels, rows, ("context token", "generated token"),
+            f"{self.method}: each generated token against its context",
+        )  # fmt: skip
 
     def to_html(self, title: str = "innspect: explaining generated text") -> str:
         """A self-contained page: hovering (or focusing) a generated token shades its context,
@@ -265,14 +261,10 @@ class ClassAttribution:
         figure = Figure(figsize=(min(4 + 0.28 * len(labels), 40), min(2 + 0.4 * len(rows), 40)))
         axes = figure.add_subplot()
         image = axes.imshow(values, cmap=colormaps["seismic"], vmin=-1, vmax=1, aspect="auto")
-        axes.set_xticks(range(len(labels)), [_short(t) for t in labels], rotation=90, fontsize=7)
-        axes.set_yticks(range(len(rows)), [_short(t, 20) for t in rows], fontsize=7)
-        axes.set_xlabel("token")
-        axes.set_ylabel("explained class")
-        axes.set_title(f"{self.method}: each class against the text's tokens")
-        figure.colorbar(image, ax=axes, fraction=0.03)
-        figure.tight_layout()
-        return figure
+        return _labelled(
+            image, labels, rows, ("token", "explained class"),
+            f"{self.method}: each class against the text's tokens", row_width=20,
+        )  # fmt: skip
 
     def to_html(self, title: str = "innspect: explaining a text classifier") -> str:
         """A self-contained page: per explained class, the text with each token shaded, red
@@ -321,6 +313,27 @@ def _limits(values: np.ndarray) -> np.ndarray:
     """Per row, the largest absolute finite value (1 for a row of zeros)."""
     limits = np.nan_to_num(np.abs(values)).max(axis=1) if values.size else np.ones(len(values))
     return np.where(limits > 0, limits, 1.0)
+
+
+def _labelled(
+    image: Any,
+    columns: list[str],
+    rows: list[str],
+    axis_names: tuple[str, str],
+    title: str,
+    row_width: int = 12,
+) -> Any:
+    """The matplotlib figure of ``image`` (an ``imshow`` on its axes) with its tokens on the
+    columns, ``rows`` on the rows, axis names, title and colour bar."""
+    axes, figure = image.axes, image.axes.figure
+    axes.set_xticks(range(len(columns)), [_short(t) for t in columns], rotation=90, fontsize=7)
+    axes.set_yticks(range(len(rows)), [_short(t, row_width) for t in rows], fontsize=7)
+    axes.set_xlabel(axis_names[0])
+    axes.set_ylabel(axis_names[1])
+    axes.set_title(title)
+    figure.colorbar(image, ax=axes, fraction=0.03)
+    figure.tight_layout()
+    return figure
 
 
 def _short(text: str, width: int = 12) -> str:
