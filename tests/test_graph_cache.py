@@ -15,6 +15,7 @@ from torch import nn
 
 import innspect
 import innspect.graph.graph as graph_module
+from innspect.graph.graph import ModelGraph
 
 
 @pytest.fixture
@@ -130,3 +131,14 @@ def test_the_registry_keeps_no_model_alive(which: str) -> None:
     del model, analyzer
     gc.collect()
     assert gone() is None
+
+
+def test_a_graph_outliving_its_model_says_so() -> None:
+    model = _net()
+    graph = ModelGraph(model, torch.randn(2, 2, 4, 4, dtype=torch.float64))
+    assert graph.model is model
+    del model
+    gc.collect()
+    assert graph.live_model() is None
+    with pytest.raises(AssertionError, match="freed"):
+        graph.model  # noqa: B018 - the property's error is the point

@@ -220,16 +220,19 @@ def node_failure(
     failed = f"the model failed at node {info.describe()} on an input of shape {shapes}"
     if isinstance(error, InputError):
         return InputError(f"{failed}: {error}")
-    if set(feed) == set(graph.input_nodes):
-        native = native_failure(graph.model, graph.call, [feed[n] for n in graph.input_nodes])
+    model = graph.live_model()  # a graph kept by a worker may outlive the model it got
+    if set(feed) != set(graph.input_nodes):
+        reason = "the values fed to its inner nodes were made by innspect"
+    elif model is None:
+        reason = "the model, freed since, could not be rerun to tell"
+    else:
+        native = native_failure(model, graph.call, [feed[n] for n in graph.input_nodes])
         if native is not None:
             return InputError(
                 f"{failed} (it fails on this input without innspect too: "
                 f"{first_line(native)}): {error}"
             )
         reason = "the model itself runs on this input"
-    else:
-        reason = "the values fed to its inner nodes were made by innspect"
     detail = f"{type(error).__name__}: {first_line(error)}"
     node = info.node
     if node.op == "call_function":

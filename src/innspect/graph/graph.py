@@ -144,10 +144,14 @@ class ModelGraph:
     @property
     def model(self) -> nn.Module:
         """The user's model the graph was captured from."""
-        model = self._model()
+        model = self.live_model()
         if model is None:
             raise AssertionError("the model of this graph was freed while the graph is in use")
         return model
+
+    def live_model(self) -> nn.Module | None:
+        """The user's model, or None once nothing else holds it (the graph holds it weakly)."""
+        return self._model()
 
     def serves(self, values: torch.Tensor | Sequence[Any]) -> bool:
         """Whether this graph computes the model on ``values`` (the inputs): always, unless
