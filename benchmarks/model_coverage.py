@@ -520,7 +520,8 @@ def _model_row(case: Case) -> tuple[str | None, list[str], dict[str, int]]:
     else:
         notes.append(
             f"- `{case.name}` ({case.source}): {parameters / 1e6:.0f}M parameters, too large "
-            "for the float64 checks on this machine (24 GB): every method in float32, unchecked"
+            "for the float64 checks on this machine (24 GB): every method in float32, only "
+            "lrp.cp checked (its conservation, in float32)"
         )
     cells = []
     for method in METHODS:
